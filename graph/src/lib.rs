@@ -1,0 +1,449 @@
+//! `graph` owns Marquee's entities and the one log. Users, venues, events and
+//! ticket types live here, persisted in an embedded sled store as rkyv
+//! records; every change is a typed, sequenced [`log::Record`] appended in the
+//! same atomic batch as the rows it changes, and is acknowledged only after a
+//! (shared, group-committed) flush. Events, ticket types and venues are also
+//! held in an in-memory catalog that serves listings without touching disk.
+//!
+//! Promises: an email belongs to at most one account (case-insensitively);
+//! every acknowledged write survives a crash; the catalog always equals the
+//! stored rows. The crate knows nothing of HTTP or GraphQL.
+//!
+//! ```no_run
+//! use graph::{Graph, model::Role};
+//! let graph = Graph::open(std::path::Path::new("./data"), graph::Options::default())?;
+//! let ada = graph.register("ada@example.com", "Ada", Role::Organizer, None)?;
+//! assert_eq!(graph.user(ada.id)?.unwrap().name, "Ada");
+//! # Ok::<(), graph::Error>(())
+//! ```
+#![deny(missing_docs)]
+
+mod catalog;
+mod codec;
+mod error;
+pub mod ids;
+pub mod log;
+pub mod model;
+pub mod rules;
+mod store;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+pub use catalog::{EventPage, EventQuery};
+pub use error::Error;
+pub use store::Store;
+
+use catalog::Catalog;
+use codec::{decode, encode};
+use ids::{EventId, TicketTypeId, UserId, VenueId};
+use log::{Record, SessionOpened, SessionRevoked, UserRegistered};
+use model::{Event, EventStatus, Role, Session, TicketType, User, Venue};
+use store::{key, table};
+
+/// Settings for opening a graph.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// sled's page cache size in bytes.
+    pub cache_bytes: u64,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { cache_bytes: 256 * 1024 * 1024 }
+    }
+}
+
+/// A new event's details, as given by its organizer.
+#[derive(Clone, Debug, Default)]
+pub struct NewEvent {
+    /// Title.
+    pub title: String,
+    /// Longer text.
+    pub description: Option<String>,
+    /// Start, unix ms.
+    pub starts_at_ms: i64,
+    /// End, unix ms.
+    pub ends_at_ms: Option<i64>,
+    /// City.
+    pub city: String,
+    /// Venue, which must exist.
+    pub venue: Option<VenueId>,
+    /// Tags.
+    pub tags: Vec<String>,
+}
+
+/// Changes to an event; `None` leaves a field as it is, and for the two
+/// optional fields `Some(None)` clears them.
+#[derive(Clone, Debug, Default)]
+pub struct EventChanges {
+    /// New title.
+    pub title: Option<String>,
+    /// New description, or `Some(None)` to clear it.
+    pub description: Option<Option<String>>,
+    /// New start.
+    pub starts_at_ms: Option<i64>,
+    /// New end, or `Some(None)` to clear it.
+    pub ends_at_ms: Option<Option<i64>>,
+    /// New tags.
+    pub tags: Option<Vec<String>>,
+}
+
+/// A new ticket type's details.
+#[derive(Clone, Debug)]
+pub struct NewTicketType {
+    /// Name.
+    pub name: String,
+    /// Price of one seat in minor units.
+    pub price_cents: i64,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// Seats for sale.
+    pub capacity: i64,
+    /// Most seats per user, if limited.
+    pub per_user_limit: Option<i64>,
+}
+
+/// The graph: the store, id counters and the in-memory catalog.
+pub struct Graph {
+    store: Store,
+    /// Serialises writes so checks (unique email, event state) and the commit
+    /// that depends on them see the same state.
+    write: Mutex<()>,
+    next_user: AtomicU64,
+    next_venue: AtomicU64,
+    next_event: AtomicU64,
+    next_ticket_type: AtomicU64,
+    catalog: RwLock<Catalog>,
+}
+
+impl Graph {
+    /// Opens the graph in `dir` (created if missing) and loads the catalog.
+    pub fn open(dir: &Path, options: Options) -> Result<Graph, Error> {
+        let store = Store::open(dir, options.cache_bytes, materialize)?;
+        let catalog = load_catalog(&store)?;
+        Ok(Graph {
+            next_user: AtomicU64::new(store.max_id(table::USER)? + 1),
+            next_venue: AtomicU64::new(store.max_id(table::VENUE)? + 1),
+            next_event: AtomicU64::new(store.max_id(table::EVENT)? + 1),
+            next_ticket_type: AtomicU64::new(store.max_id(table::TICKET_TYPE)? + 1),
+            store,
+            write: Mutex::new(()),
+            catalog: RwLock::new(catalog),
+        })
+    }
+
+    /// The underlying store: the log, its head, flushing.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn writer(&self) -> MutexGuard<'_, ()> {
+        self.write.lock().expect("graph write lock poisoned")
+    }
+
+    fn catalog(&self) -> std::sync::RwLockReadGuard<'_, Catalog> {
+        self.catalog.read().expect("catalog lock poisoned")
+    }
+
+    fn catalog_mut(&self) -> std::sync::RwLockWriteGuard<'_, Catalog> {
+        self.catalog.write().expect("catalog lock poisoned")
+    }
+
+    /// Commits one record durably: append + apply, then a shared flush.
+    fn commit_durably(&self, record: Record) -> Result<(), Error> {
+        let seq = self.store.commit(now_ms(), &[record])?;
+        self.store.sync(seq)
+    }
+
+    /// Creates an account. `password_hash` is a PHC string, or `None` for an
+    /// imported account that must reset its password before signing in.
+    pub fn register(&self, email: &str, name: &str, role: Role, password_hash: Option<String>) -> Result<User, Error> {
+        let email = rules::email(email)?;
+        let name = rules::required_text("name", name, rules::NAME_CHARS_MAX)?;
+        let guard = self.writer();
+        if self.store.get(&key(table::EMAIL, rules::email_key(&email).as_bytes()))?.is_some() {
+            return Err(Error::EmailTaken);
+        }
+        let id = UserId(self.next_user.fetch_add(1, Ordering::Relaxed));
+        let user = User { id, email, name, role, created_at_ms: now_ms() };
+        let seq = self.store.commit(now_ms(), &[Record::UserRegistered(UserRegistered { user: user.clone(), password_hash })])?;
+        drop(guard);
+        self.store.sync(seq)?;
+        Ok(user)
+    }
+
+    /// A user by id.
+    pub fn user(&self, id: UserId) -> Result<Option<User>, Error> {
+        match self.store.get(&key(table::USER, &id.to_key()))? {
+            Some(bytes) => decode(&bytes, "user").map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// A user and their password hash, by email (case-insensitive).
+    pub fn user_by_email(&self, email: &str) -> Result<Option<(User, Option<String>)>, Error> {
+        let Some(id) = self.store.get(&key(table::EMAIL, rules::email_key(email).as_bytes()))? else {
+            return Ok(None);
+        };
+        let id = UserId(u64::from_be_bytes(id.as_ref().try_into().map_err(|_| Error::Corrupt("email index"))?));
+        let Some(user) = self.user(id)? else {
+            return Err(Error::Corrupt("email index"));
+        };
+        let hash = self.store.get(&key(table::PASSWORD, &id.to_key()))?;
+        let hash = hash.map(|bytes| String::from_utf8(bytes.to_vec())).transpose().map_err(|_| Error::Corrupt("password hash"))?;
+        Ok(Some((user, hash)))
+    }
+
+    /// Changes a user's role.
+    pub fn set_role(&self, id: UserId, role: Role) -> Result<User, Error> {
+        let guard = self.writer();
+        let mut user = self.user(id)?.ok_or(Error::NotFound("user"))?;
+        if user.role == role {
+            return Ok(user);
+        }
+        user.role = role;
+        let seq = self.store.commit(now_ms(), &[Record::RoleSet(user.clone())])?;
+        drop(guard);
+        self.store.sync(seq)?;
+        Ok(user)
+    }
+
+    /// Records a session for the token whose SHA-256 is `token_hash`.
+    pub fn open_session(&self, token_hash: [u8; 32], user: UserId, expires_at_ms: i64) -> Result<(), Error> {
+        let session = Session { user, expires_at_ms };
+        self.commit_durably(Record::SessionOpened(SessionOpened { token_hash, session }))
+    }
+
+    /// The session of a token hash, if it exists (expired or not).
+    pub fn session(&self, token_hash: &[u8; 32]) -> Result<Option<Session>, Error> {
+        match self.store.get(&key(table::SESSION, token_hash))? {
+            Some(bytes) => decode(&bytes, "session").map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Revokes a session; revoking an unknown one is a no-op.
+    pub fn revoke_session(&self, token_hash: [u8; 32]) -> Result<(), Error> {
+        if self.session(&token_hash)?.is_none() {
+            return Ok(());
+        }
+        self.commit_durably(Record::SessionRevoked(SessionRevoked { token_hash }))
+    }
+
+    /// Creates a venue.
+    pub fn create_venue(&self, by: UserId, name: &str, city: &str, capacity: Option<i64>) -> Result<Arc<Venue>, Error> {
+        let name = rules::required_text("name", name, rules::NAME_CHARS_MAX)?;
+        let city = rules::required_text("city", city, rules::CITY_CHARS_MAX)?;
+        let capacity = capacity.map(|c| rules::within("capacity", c, 1, rules::VENUE_CAPACITY_MAX.into())).transpose()?;
+        let guard = self.writer();
+        let id = VenueId(self.next_venue.fetch_add(1, Ordering::Relaxed));
+        let venue = Venue { id, name, city, capacity, created_by: by };
+        let seq = self.store.commit(now_ms(), &[Record::VenueCreated(venue.clone())])?;
+        let venue = self.catalog_mut().put_venue(venue);
+        drop(guard);
+        self.store.sync(seq)?;
+        Ok(venue)
+    }
+
+    /// A venue by id.
+    pub fn venue(&self, id: VenueId) -> Option<Arc<Venue>> {
+        self.catalog().venue(id)
+    }
+
+    /// Creates a draft event owned by `organizer`.
+    pub fn create_event(&self, organizer: UserId, new: NewEvent) -> Result<Arc<Event>, Error> {
+        let mut event = Event {
+            id: EventId(0),
+            organizer,
+            title: rules::required_text("title", &new.title, rules::TITLE_CHARS_MAX)?,
+            description: checked_description(new.description)?,
+            starts_at_ms: new.starts_at_ms,
+            ends_at_ms: new.ends_at_ms,
+            city: rules::required_text("city", &new.city, rules::CITY_CHARS_MAX)?,
+            venue: new.venue,
+            tags: rules::tags(&new.tags)?,
+            status: EventStatus::Draft,
+            created_at_ms: now_ms(),
+        };
+        check_times(event.starts_at_ms, event.ends_at_ms)?;
+        if let Some(venue) = new.venue {
+            self.venue(venue).ok_or(Error::NotFound("venue"))?;
+        }
+        let guard = self.writer();
+        event.id = EventId(self.next_event.fetch_add(1, Ordering::Relaxed));
+        self.save_event(guard, Record::EventCreated, event)
+    }
+
+    /// Applies `changes` to an event that is not cancelled.
+    pub fn update_event(&self, id: EventId, changes: EventChanges) -> Result<Arc<Event>, Error> {
+        let guard = self.writer();
+        let mut event = Event::clone(&*self.event(id).ok_or(Error::NotFound("event"))?);
+        if event.status == EventStatus::Cancelled {
+            return Err(Error::Conflict("event is cancelled and can no longer be changed".into()));
+        }
+        if let Some(title) = changes.title {
+            event.title = rules::required_text("title", &title, rules::TITLE_CHARS_MAX)?;
+        }
+        if let Some(description) = changes.description {
+            event.description = checked_description(description)?;
+        }
+        if let Some(tags) = changes.tags {
+            event.tags = rules::tags(&tags)?;
+        }
+        event.starts_at_ms = changes.starts_at_ms.unwrap_or(event.starts_at_ms);
+        event.ends_at_ms = changes.ends_at_ms.unwrap_or(event.ends_at_ms);
+        check_times(event.starts_at_ms, event.ends_at_ms)?;
+        self.save_event(guard, Record::EventUpdated, event)
+    }
+
+    /// Puts a draft event on sale; publishing a published event is a no-op.
+    pub fn publish_event(&self, id: EventId) -> Result<Arc<Event>, Error> {
+        let guard = self.writer();
+        let event = self.event(id).ok_or(Error::NotFound("event"))?;
+        match event.status {
+            EventStatus::Published => Ok(event),
+            EventStatus::Cancelled => Err(Error::Conflict("event is cancelled and cannot be published".into())),
+            EventStatus::Draft => {
+                let event = Event { status: EventStatus::Published, ..Event::clone(&*event) };
+                self.save_event(guard, Record::EventPublished, event)
+            }
+        }
+    }
+
+    /// Calls an event off; cancelling a cancelled event is a no-op.
+    pub fn cancel_event(&self, id: EventId) -> Result<Arc<Event>, Error> {
+        let guard = self.writer();
+        let event = self.event(id).ok_or(Error::NotFound("event"))?;
+        if event.status == EventStatus::Cancelled {
+            return Ok(event);
+        }
+        let event = Event { status: EventStatus::Cancelled, ..Event::clone(&*event) };
+        self.save_event(guard, Record::EventCancelled, event)
+    }
+
+    fn save_event(&self, guard: MutexGuard<'_, ()>, record: fn(Event) -> Record, event: Event) -> Result<Arc<Event>, Error> {
+        let seq = self.store.commit(now_ms(), &[record(event.clone())])?;
+        let event = self.catalog_mut().put_event(event);
+        drop(guard);
+        self.store.sync(seq)?;
+        Ok(event)
+    }
+
+    /// An event by id, in any status.
+    pub fn event(&self, id: EventId) -> Option<Arc<Event>> {
+        self.catalog().event(id)
+    }
+
+    /// Adds a ticket type to an event that is not cancelled.
+    pub fn add_ticket_type(&self, event: EventId, new: NewTicketType) -> Result<Arc<TicketType>, Error> {
+        let capacity = rules::within("capacity", new.capacity, 1, rules::TICKET_CAPACITY_MAX.into())?;
+        let per_user_limit = new.per_user_limit.map(|limit| rules::within("perUserLimit", limit, 1, capacity.into())).transpose()?;
+        let mut ticket_type = TicketType {
+            id: TicketTypeId(0),
+            event,
+            name: rules::required_text("name", &new.name, rules::NAME_CHARS_MAX)?,
+            price_cents: rules::within("priceCents", new.price_cents, 0, rules::PRICE_CENTS_MAX.into())?,
+            currency: rules::currency(&new.currency)?,
+            capacity,
+            per_user_limit,
+        };
+        let guard = self.writer();
+        let owner = self.event(event).ok_or(Error::NotFound("event"))?;
+        if owner.status == EventStatus::Cancelled {
+            return Err(Error::Conflict("event is cancelled; no ticket types can be added".into()));
+        }
+        if self.catalog().ticket_type_count(event) >= rules::TICKET_TYPES_PER_EVENT_MAX {
+            return Err(Error::invalid("eventId", format!("an event has at most {} ticket types", rules::TICKET_TYPES_PER_EVENT_MAX)));
+        }
+        ticket_type.id = TicketTypeId(self.next_ticket_type.fetch_add(1, Ordering::Relaxed));
+        let seq = self.store.commit(now_ms(), &[Record::TicketTypeAdded(ticket_type.clone())])?;
+        let ticket_type = self.catalog_mut().put_ticket_type(ticket_type);
+        drop(guard);
+        self.store.sync(seq)?;
+        Ok(ticket_type)
+    }
+
+    /// A ticket type by id.
+    pub fn ticket_type(&self, id: TicketTypeId) -> Option<Arc<TicketType>> {
+        self.catalog().ticket_type(id)
+    }
+
+    /// An event's ticket types, in the order they were added.
+    pub fn ticket_types(&self, event: EventId) -> Vec<Arc<TicketType>> {
+        self.catalog().ticket_types_of(event)
+    }
+
+    /// Published events matching the query, by start time then id.
+    pub fn events(&self, query: &EventQuery) -> EventPage {
+        self.catalog().published(query)
+    }
+
+    /// Events `organizer` owns, in every status, by start time then id.
+    /// Only the query's `after` and `first` apply.
+    pub fn organized_by(&self, organizer: UserId, query: &EventQuery) -> EventPage {
+        self.catalog().organized_by(organizer, query)
+    }
+}
+
+fn checked_description(description: Option<String>) -> Result<Option<String>, Error> {
+    let text = description.map(|d| rules::optional_text("description", &d, rules::DESCRIPTION_CHARS_MAX)).transpose()?;
+    Ok(text.filter(|d| !d.is_empty()))
+}
+
+fn check_times(starts_at_ms: i64, ends_at_ms: Option<i64>) -> Result<(), Error> {
+    match ends_at_ms {
+        Some(ends) if ends <= starts_at_ms => Err(Error::invalid("endsAt", "must be after startsAt")),
+        _ => Ok(()),
+    }
+}
+
+/// Turns a record into the row writes it implies. The same function serves
+/// the live write path and any replay of the log, so they cannot disagree.
+fn materialize(record: &Record, batch: &mut sled::Batch) {
+    match record {
+        Record::UserRegistered(registered) => {
+            let user = &registered.user;
+            batch.insert(key(table::USER, &user.id.to_key()), encode(user));
+            batch.insert(key(table::EMAIL, rules::email_key(&user.email).as_bytes()), user.id.to_key().to_vec());
+            if let Some(hash) = &registered.password_hash {
+                batch.insert(key(table::PASSWORD, &user.id.to_key()), hash.as_bytes());
+            }
+        }
+        Record::RoleSet(user) => batch.insert(key(table::USER, &user.id.to_key()), encode(user)),
+        Record::SessionOpened(opened) => batch.insert(key(table::SESSION, &opened.token_hash), encode(&opened.session)),
+        Record::SessionRevoked(revoked) => batch.remove(key(table::SESSION, &revoked.token_hash)),
+        Record::VenueCreated(venue) => batch.insert(key(table::VENUE, &venue.id.to_key()), encode(venue)),
+        Record::EventCreated(event)
+        | Record::EventUpdated(event)
+        | Record::EventPublished(event)
+        | Record::EventCancelled(event) => batch.insert(key(table::EVENT, &event.id.to_key()), encode(event)),
+        Record::TicketTypeAdded(ticket_type) => {
+            batch.insert(key(table::TICKET_TYPE, &ticket_type.id.to_key()), encode(ticket_type))
+        }
+    }
+}
+
+fn load_catalog(store: &Store) -> Result<Catalog, Error> {
+    let mut catalog = Catalog::default();
+    for row in store.scan(table::VENUE) {
+        catalog.put_venue(decode(&row?.1, "venue")?);
+    }
+    for row in store.scan(table::EVENT) {
+        catalog.put_event(decode(&row?.1, "event")?);
+    }
+    for row in store.scan(table::TICKET_TYPE) {
+        catalog.put_ticket_type(decode(&row?.1, "ticket type")?);
+    }
+    Ok(catalog)
+}
+
+/// Wall-clock time, unix milliseconds.
+pub fn now_ms() -> i64 {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,197 @@
+//! The one log: every state change is a typed record with a sequence number,
+//! appended in the same atomic write as the state it changes.
+//!
+//! A stored entry is `at_ms (8 bytes, BE) | kind (2 bytes, BE) | payload (rkyv)`.
+//! Each kind's payload is archived on its own, so new kinds can be added
+//! without changing how older entries decode.
+
+use crate::codec::{decode, encode};
+use crate::model::{Event, Session, TicketType, User, Venue};
+use crate::Error;
+
+/// A state change, as appended to the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// A user account was created.
+    UserRegistered(UserRegistered),
+    /// An admin changed a user's role; the record holds the new row.
+    RoleSet(User),
+    /// A bearer token was issued.
+    SessionOpened(SessionOpened),
+    /// A bearer token was revoked.
+    SessionRevoked(SessionRevoked),
+    /// A venue was created.
+    VenueCreated(Venue),
+    /// An event was created as a draft.
+    EventCreated(Event),
+    /// An event's details changed; the record holds the new row.
+    EventUpdated(Event),
+    /// An event went on sale; the record holds the new row.
+    EventPublished(Event),
+    /// An event was called off; the record holds the new row.
+    EventCancelled(Event),
+    /// A ticket type was added to an event.
+    TicketTypeAdded(TicketType),
+}
+
+/// Payload of [`Record::UserRegistered`].
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct UserRegistered {
+    /// The new account.
+    pub user: User,
+    /// PHC-format password hash; `None` for accounts imported without one.
+    pub password_hash: Option<String>,
+}
+
+/// Payload of [`Record::SessionOpened`].
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct SessionOpened {
+    /// SHA-256 of the bearer token; the token itself is never stored.
+    pub token_hash: [u8; 32],
+    /// The session it opens.
+    pub session: Session,
+}
+
+/// Payload of [`Record::SessionRevoked`].
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct SessionRevoked {
+    /// SHA-256 of the revoked bearer token.
+    pub token_hash: [u8; 32],
+}
+
+/// One log entry: a record and when it was written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Position in the log, from 1, without gaps.
+    pub seq: u64,
+    /// Wall-clock time of the write, unix milliseconds.
+    pub at_ms: i64,
+    /// What changed.
+    pub record: Record,
+}
+
+impl Record {
+    fn kind(&self) -> u16 {
+        match self {
+            Record::UserRegistered(_) => 1,
+            Record::RoleSet(_) => 2,
+            Record::SessionOpened(_) => 3,
+            Record::SessionRevoked(_) => 4,
+            Record::VenueCreated(_) => 5,
+            Record::EventCreated(_) => 6,
+            Record::EventUpdated(_) => 7,
+            Record::EventPublished(_) => 8,
+            Record::EventCancelled(_) => 9,
+            Record::TicketTypeAdded(_) => 10,
+        }
+    }
+
+    fn encode_payload(&self) -> Vec<u8> {
+        match self {
+            Record::UserRegistered(p) => encode(p),
+            Record::RoleSet(p) => encode(p),
+            Record::SessionOpened(p) => encode(p),
+            Record::SessionRevoked(p) => encode(p),
+            Record::VenueCreated(p) => encode(p),
+            Record::EventCreated(p)
+            | Record::EventUpdated(p)
+            | Record::EventPublished(p)
+            | Record::EventCancelled(p) => encode(p),
+            Record::TicketTypeAdded(p) => encode(p),
+        }
+    }
+
+    fn decode_payload(kind: u16, bytes: &[u8]) -> Result<Record, Error> {
+        const WHAT: &str = "log record";
+        Ok(match kind {
+            1 => Record::UserRegistered(decode(bytes, WHAT)?),
+            2 => Record::RoleSet(decode(bytes, WHAT)?),
+            3 => Record::SessionOpened(decode(bytes, WHAT)?),
+            4 => Record::SessionRevoked(decode(bytes, WHAT)?),
+            5 => Record::VenueCreated(decode(bytes, WHAT)?),
+            6 => Record::EventCreated(decode(bytes, WHAT)?),
+            7 => Record::EventUpdated(decode(bytes, WHAT)?),
+            8 => Record::EventPublished(decode(bytes, WHAT)?),
+            9 => Record::EventCancelled(decode(bytes, WHAT)?),
+            10 => Record::TicketTypeAdded(decode(bytes, WHAT)?),
+            _ => return Err(Error::Corrupt("log record kind")),
+        })
+    }
+
+    /// The record's event name for readers, e.g. `"event.published"`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Record::UserRegistered(_) => "user.registered",
+            Record::RoleSet(_) => "user.role_set",
+            Record::SessionOpened(_) => "session.opened",
+            Record::SessionRevoked(_) => "session.revoked",
+            Record::VenueCreated(_) => "venue.created",
+            Record::EventCreated(_) => "event.created",
+            Record::EventUpdated(_) => "event.updated",
+            Record::EventPublished(_) => "event.published",
+            Record::EventCancelled(_) => "event.cancelled",
+            Record::TicketTypeAdded(_) => "ticket_type.added",
+        }
+    }
+}
+
+impl Entry {
+    /// The stored form of an entry (its seq is the key, not part of the value).
+    pub fn encode_value(at_ms: i64, record: &Record) -> Vec<u8> {
+        let payload = record.encode_payload();
+        let mut bytes = Vec::with_capacity(10 + payload.len());
+        bytes.extend_from_slice(&at_ms.to_be_bytes());
+        bytes.extend_from_slice(&record.kind().to_be_bytes());
+        bytes.extend_from_slice(&payload);
+        bytes
+    }
+
+    /// Reads an entry back from its key's seq and stored value.
+    pub fn decode_value(seq: u64, bytes: &[u8]) -> Result<Entry, Error> {
+        if bytes.len() < 10 {
+            return Err(Error::Corrupt("log entry header"));
+        }
+        let (at, rest) = bytes.split_at(8);
+        let (kind, payload) = rest.split_at(2);
+        let at_ms = i64::from_be_bytes(at.try_into().expect("split at 8"));
+        let kind = u16::from_be_bytes(kind.try_into().expect("split at 2"));
+        let record = Record::decode_payload(kind, payload)?;
+        Ok(Entry { seq, at_ms, record })
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::UserId;
+    use crate::model::Role;
+
+    #[test]
+    fn every_kind_round_trips() {
+        let user = User {
+            id: UserId(1),
+            email: "a@b.co".into(),
+            name: "A".into(),
+            role: Role::Attendee,
+            created_at_ms: 5,
+        };
+        let records = vec![
+            Record::UserRegistered(UserRegistered { user: user.clone(), password_hash: Some("$argon2id$x".into()) }),
+            Record::RoleSet(User { role: Role::Admin, ..user.clone() }),
+            Record::SessionRevoked(SessionRevoked { token_hash: [9; 32] }),
+        ];
+        for record in records {
+            let bytes = Entry::encode_value(42, &record);
+            let entry = Entry::decode_value(3, &bytes).unwrap();
+            assert_eq!(entry, Entry { seq: 3, at_ms: 42, record });
+        }
+    }
+
+    #[test]
+    fn unknown_kind_is_corrupt() {
+        let mut bytes = Entry::encode_value(1, &Record::SessionRevoked(SessionRevoked { token_hash: [0; 32] }));
+        bytes[8] = 0xff;
+        assert!(matches!(Entry::decode_value(1, &bytes), Err(Error::Corrupt(_))));
+    }
+}

@@ -1,0 +1,121 @@
+//! The entities the graph owns, exactly as they are stored (rkyv) and returned.
+
+use crate::ids::{EventId, TicketTypeId, UserId, VenueId};
+
+/// What a user may do. Self-service registration gives `Attendee` or `Organizer`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug, PartialEq, Eq))]
+pub enum Role {
+    /// Books tickets, follows people.
+    Attendee,
+    /// Creates venues, events and ticket types; checks attendees in.
+    Organizer,
+    /// May do anything, including changing roles.
+    Admin,
+    /// Integrates through the API and webhooks.
+    Partner,
+}
+
+impl Role {
+    /// Whether this role may create venues and events.
+    pub fn can_organize(self) -> bool {
+        matches!(self, Role::Organizer | Role::Admin)
+    }
+}
+
+/// Where an event is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug, PartialEq, Eq))]
+pub enum EventStatus {
+    /// Visible only to its organizer and admins; not on sale.
+    Draft,
+    /// Listed and on sale.
+    Published,
+    /// Called off; nothing more can be sold or changed.
+    Cancelled,
+}
+
+/// A registered account.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct User {
+    /// Its id.
+    pub id: UserId,
+    /// The address it signs in with, as given (trimmed); unique case-insensitively.
+    pub email: String,
+    /// Display name.
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// When it registered, unix milliseconds.
+    pub created_at_ms: i64,
+}
+
+/// A place events happen at.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Venue {
+    /// Its id.
+    pub id: VenueId,
+    /// Display name.
+    pub name: String,
+    /// City it is in.
+    pub city: String,
+    /// Seats or standing places, when known.
+    pub capacity: Option<u32>,
+    /// Who created it.
+    pub created_by: UserId,
+}
+
+/// An event; its ticket types are stored on their own.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Event {
+    /// Its id.
+    pub id: EventId,
+    /// The organizer who owns it.
+    pub organizer: UserId,
+    /// Title shown in listings.
+    pub title: String,
+    /// Longer text, optional.
+    pub description: Option<String>,
+    /// Start, unix milliseconds.
+    pub starts_at_ms: i64,
+    /// End, unix milliseconds, after the start when set.
+    pub ends_at_ms: Option<i64>,
+    /// City it takes place in.
+    pub city: String,
+    /// Venue, when it has one.
+    pub venue: Option<VenueId>,
+    /// Lower-case tags, distinct, in the order given.
+    pub tags: Vec<String>,
+    /// Draft, published or cancelled.
+    pub status: EventStatus,
+    /// When it was created, unix milliseconds.
+    pub created_at_ms: i64,
+}
+
+/// One kind of ticket of an event.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct TicketType {
+    /// Its id.
+    pub id: TicketTypeId,
+    /// The event it admits to.
+    pub event: EventId,
+    /// Name, e.g. "Early bird".
+    pub name: String,
+    /// Price of one seat in the currency's minor unit.
+    pub price_cents: u32,
+    /// ISO 4217 code, upper case.
+    pub currency: String,
+    /// Seats for sale.
+    pub capacity: u32,
+    /// Most seats one user may hold or own; `None` is no limit.
+    pub per_user_limit: Option<u32>,
+}
+
+/// A signed-in session, found by the hash of its bearer token.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Session {
+    /// Whose session it is.
+    pub user: UserId,
+    /// When it stops being accepted, unix milliseconds.
+    pub expires_at_ms: i64,
+}

@@ -1,0 +1,170 @@
+//! Input rules: every string and list has a maximum, and every violation is
+//! an [`Error::Invalid`] naming the field. The API documents these bounds.
+
+use crate::Error;
+
+/// Longest email address (RFC 5321 path limit).
+pub const EMAIL_CHARS_MAX: usize = 254;
+/// Shortest password.
+pub const PASSWORD_CHARS_MIN: usize = 8;
+/// Longest password (argon2 hashes anything, but a bound keeps requests small).
+pub const PASSWORD_CHARS_MAX: usize = 128;
+/// Longest user, venue or ticket type name.
+pub const NAME_CHARS_MAX: usize = 100;
+/// Longest event title.
+pub const TITLE_CHARS_MAX: usize = 200;
+/// Longest event description.
+pub const DESCRIPTION_CHARS_MAX: usize = 5_000;
+/// Longest city name.
+pub const CITY_CHARS_MAX: usize = 100;
+/// Most tags on one event.
+pub const TAGS_MAX: usize = 10;
+/// Longest tag.
+pub const TAG_CHARS_MAX: usize = 40;
+/// Largest venue capacity.
+pub const VENUE_CAPACITY_MAX: u32 = 1_000_000;
+/// Largest capacity of one ticket type.
+pub const TICKET_CAPACITY_MAX: u32 = 1_000_000;
+/// Highest price of one seat, in minor units (one million in major units).
+pub const PRICE_CENTS_MAX: u32 = 100_000_000;
+/// Most ticket types on one event.
+pub const TICKET_TYPES_PER_EVENT_MAX: usize = 50;
+
+/// Trims `text` and checks it is 1..=max characters with no control characters.
+pub fn required_text(field: &'static str, text: &str, max: usize) -> Result<String, Error> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    optional_text(field, trimmed, max)
+}
+
+/// Like [`required_text`] but allows the empty string, which it keeps as is.
+pub fn optional_text(field: &'static str, text: &str, max: usize) -> Result<String, Error> {
+    let trimmed = text.trim();
+    if trimmed.chars().count() > max {
+        return Err(Error::invalid(field, format!("must be at most {max} characters")));
+    }
+    if trimmed.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err(Error::invalid(field, "must not contain control characters"));
+    }
+    Ok(trimmed.to_string())
+}
+
+/// Checks an email's shape: `local@domain.tld`, no spaces, bounded length.
+/// Returns it trimmed; uniqueness compares [`email_key`].
+pub fn email(text: &str) -> Result<String, Error> {
+    let email = text.trim();
+    if email.chars().count() > EMAIL_CHARS_MAX {
+        return Err(Error::invalid("email", format!("must be at most {EMAIL_CHARS_MAX} characters")));
+    }
+    let Some((local, domain)) = email.split_once('@') else {
+        return Err(Error::invalid("email", "must look like name@example.com"));
+    };
+    let well_formed = !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains('@')
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !well_formed {
+        return Err(Error::invalid("email", "must look like name@example.com"));
+    }
+    Ok(email.to_string())
+}
+
+/// The case-insensitive form of an email, used for uniqueness and sign-in.
+pub fn email_key(email: &str) -> String {
+    email.trim().to_lowercase()
+}
+
+/// Checks a password's length (in characters).
+pub fn password(text: &str) -> Result<(), Error> {
+    let chars = text.chars().count();
+    if chars < PASSWORD_CHARS_MIN {
+        return Err(Error::invalid("password", format!("must be at least {PASSWORD_CHARS_MIN} characters")));
+    }
+    if chars > PASSWORD_CHARS_MAX {
+        return Err(Error::invalid("password", format!("must be at most {PASSWORD_CHARS_MAX} characters")));
+    }
+    Ok(())
+}
+
+/// Normalises tags: trimmed, lower-case, distinct, in the order given.
+pub fn tags(tags: &[String]) -> Result<Vec<String>, Error> {
+    if tags.len() > TAGS_MAX {
+        return Err(Error::invalid("tags", format!("at most {TAGS_MAX} tags")));
+    }
+    let mut normal: Vec<String> = Vec::with_capacity(tags.len());
+    for tag in tags {
+        let tag = required_text("tags", tag, TAG_CHARS_MAX)?.to_lowercase();
+        if !normal.contains(&tag) {
+            normal.push(tag);
+        }
+    }
+    Ok(normal)
+}
+
+/// Checks an ISO 4217-shaped currency code: three upper-case letters.
+pub fn currency(code: &str) -> Result<String, Error> {
+    if code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase()) {
+        Ok(code.to_string())
+    } else {
+        Err(Error::invalid("currency", "must be an ISO 4217 code of three upper-case letters, e.g. EUR"))
+    }
+}
+
+/// Checks `value` is within `min..=max`, naming the field otherwise.
+pub fn within(field: &'static str, value: i64, min: i64, max: i64) -> Result<u32, Error> {
+    if value < min || value > max {
+        return Err(Error::invalid(field, format!("must be between {min} and {max}")));
+    }
+    u32::try_from(value).map_err(|_| Error::invalid(field, "out of range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_trimmed_and_bounded() {
+        assert_eq!(required_text("title", "  Gig  ", 10).unwrap(), "Gig");
+        assert!(required_text("title", "   ", 10).is_err());
+        assert!(required_text("title", &"x".repeat(11), 10).is_err());
+        assert!(required_text("title", "a\u{0}b", 10).is_err());
+        let Error::Invalid { field, .. } = required_text("title", "", 10).unwrap_err() else { panic!() };
+        assert_eq!(field, "title");
+    }
+
+    #[test]
+    fn emails_need_a_domain_with_a_dot() {
+        assert!(email("ada@example.com").is_ok());
+        assert!(email("ada@localhost").is_err());
+        assert!(email("@example.com").is_err());
+        assert!(email("ada example@x.com").is_err());
+        assert!(email("a@b@c.com").is_err());
+        assert_eq!(email_key(" Ada@Example.COM "), "ada@example.com");
+    }
+
+    #[test]
+    fn passwords_are_bounded() {
+        assert!(password("1234567").is_err());
+        assert!(password("12345678").is_ok());
+        assert!(password(&"x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn tags_are_normalised_and_bounded() {
+        let given = vec!["Jazz".to_string(), " jazz ".to_string(), "Live".to_string()];
+        assert_eq!(tags(&given).unwrap(), vec!["jazz", "live"]);
+        assert!(tags(&vec!["x".to_string(); 11]).is_err());
+        assert!(tags(&["".to_string()]).is_err());
+    }
+
+    #[test]
+    fn currency_is_three_upper_case_letters() {
+        assert!(currency("EUR").is_ok());
+        assert!(currency("eur").is_err());
+        assert!(currency("EURO").is_err());
+    }
+}

@@ -1,0 +1,169 @@
+use super::*;
+
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!("marquee-graph-{name}-{}-{}", std::process::id(), now_ms()));
+        let _ = std::fs::remove_dir_all(&path);
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn open(dir: &TempDir) -> Graph {
+    Graph::open(&dir.0, Options { cache_bytes: 8 << 20 }).unwrap()
+}
+
+fn event_at(starts_at_ms: i64, city: &str, tags: &[&str]) -> NewEvent {
+    NewEvent {
+        title: format!("Gig at {starts_at_ms}"),
+        city: city.into(),
+        starts_at_ms,
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        ..NewEvent::default()
+    }
+}
+
+#[test]
+fn email_is_unique_case_insensitively() {
+    let dir = TempDir::new("email");
+    let graph = open(&dir);
+    graph.register("Ada@Example.com", "Ada", Role::Attendee, None).unwrap();
+    assert!(matches!(graph.register(" ada@example.COM", "Other", Role::Attendee, None), Err(Error::EmailTaken)));
+    let (user, hash) = graph.user_by_email("ADA@example.com").unwrap().unwrap();
+    assert_eq!(user.email, "Ada@Example.com");
+    assert_eq!(hash, None);
+}
+
+#[test]
+fn data_dir_is_locked_against_a_second_opener() {
+    let dir = TempDir::new("lock");
+    let _graph = open(&dir);
+    match Graph::open(&dir.0, Options::default()) {
+        Err(Error::Locked { holder, .. }) => assert_eq!(holder, std::process::id().to_string()),
+        Err(other) => panic!("expected Locked, got {other}"),
+        Ok(_) => panic!("a second open of a locked data dir succeeded"),
+    }
+}
+
+#[test]
+fn everything_written_is_there_after_reopen() {
+    let dir = TempDir::new("reopen");
+    let (user, event, ticket_type, venue);
+    {
+        let graph = open(&dir);
+        user = graph.register("org@example.com", "Org", Role::Organizer, Some("$argon2id$h".into())).unwrap();
+        graph.set_role(user.id, Role::Admin).unwrap();
+        graph.open_session([7; 32], user.id, 99).unwrap();
+        graph.open_session([8; 32], user.id, 99).unwrap();
+        graph.revoke_session([8; 32]).unwrap();
+        venue = graph.create_venue(user.id, "Hall", "Berlin", Some(500)).unwrap();
+        let draft = graph.create_event(user.id, NewEvent { venue: Some(venue.id), ..event_at(1_000, "Berlin", &["Jazz"]) }).unwrap();
+        ticket_type = graph
+            .add_ticket_type(draft.id, NewTicketType { name: "GA".into(), price_cents: 2500, currency: "EUR".into(), capacity: 100, per_user_limit: Some(4) })
+            .unwrap();
+        event = graph.publish_event(draft.id).unwrap();
+    }
+    let graph = open(&dir);
+    assert_eq!(graph.user(user.id).unwrap().unwrap().role, Role::Admin);
+    assert_eq!(graph.user_by_email("org@example.com").unwrap().unwrap().1.as_deref(), Some("$argon2id$h"));
+    assert_eq!(graph.session(&[7; 32]).unwrap().unwrap().user, user.id);
+    assert_eq!(graph.session(&[8; 32]).unwrap(), None);
+    assert_eq!(*graph.venue(venue.id).unwrap(), *venue);
+    assert_eq!(*graph.event(event.id).unwrap(), *event);
+    assert_eq!(graph.ticket_types(event.id).iter().map(|t| (**t).clone()).collect::<Vec<_>>(), vec![(*ticket_type).clone()]);
+    assert_eq!(graph.events(&EventQuery { first: 10, ..EventQuery::default() }).total, 1);
+    // Ids keep counting after a restart instead of reusing old ones.
+    let next = graph.register("second@example.com", "Second", Role::Attendee, None).unwrap();
+    assert!(next.id > user.id);
+    assert!(graph.store().head_seq() >= 9);
+}
+
+#[test]
+fn listings_hold_published_events_in_start_order_with_filters() {
+    let dir = TempDir::new("list");
+    let graph = open(&dir);
+    let org = graph.register("o@example.com", "O", Role::Organizer, None).unwrap();
+    let mut published = Vec::new();
+    for (i, city) in ["Berlin", "Paris", "berlin", "Rome"].iter().enumerate() {
+        let start = 10_000 - i64::try_from(i).unwrap() * 1_000;
+        let event = graph.create_event(org.id, event_at(start, city, &["rock"])).unwrap();
+        published.push(graph.publish_event(event.id).unwrap());
+    }
+    let draft = graph.create_event(org.id, event_at(1, "Berlin", &[])).unwrap();
+    let all = graph.events(&EventQuery { first: 2, ..EventQuery::default() });
+    assert_eq!(all.total, 4);
+    assert!(all.has_next);
+    assert_eq!(all.events.iter().map(|e| e.starts_at_ms).collect::<Vec<_>>(), vec![7_000, 8_000]);
+    let last = all.events.last().unwrap();
+    let rest = graph.events(&EventQuery { first: 10, after: Some((last.starts_at_ms, last.id)), ..EventQuery::default() });
+    assert_eq!(rest.events.len(), 2);
+    assert!(!rest.has_next);
+    let berlin = graph.events(&EventQuery { city: Some("BERLIN".into()), first: 10, ..EventQuery::default() });
+    assert_eq!(berlin.total, 2);
+    let window = graph.events(&EventQuery { from_ms: Some(8_000), to_ms: Some(10_000), first: 10, ..EventQuery::default() });
+    assert_eq!(window.events.iter().map(|e| e.starts_at_ms).collect::<Vec<_>>(), vec![8_000, 9_000]);
+    let text = graph.events(&EventQuery { text: Some("gig 9000".into()), first: 10, ..EventQuery::default() });
+    assert_eq!(text.total, 1);
+    let mine = graph.organized_by(org.id, &EventQuery { first: 10, ..EventQuery::default() });
+    assert_eq!(mine.total, 5);
+    assert_eq!(mine.events[0].id, draft.id);
+    graph.cancel_event(published[0].id).unwrap();
+    assert_eq!(graph.events(&EventQuery { first: 10, ..EventQuery::default() }).total, 3);
+}
+
+#[test]
+fn cancelled_events_refuse_changes() {
+    let dir = TempDir::new("cancel");
+    let graph = open(&dir);
+    let org = graph.register("o@example.com", "O", Role::Organizer, None).unwrap();
+    let event = graph.create_event(org.id, event_at(5, "Oslo", &[])).unwrap();
+    graph.cancel_event(event.id).unwrap();
+    assert!(matches!(graph.publish_event(event.id), Err(Error::Conflict(_))));
+    assert!(matches!(graph.update_event(event.id, EventChanges::default()), Err(Error::Conflict(_))));
+    let ticket = NewTicketType { name: "GA".into(), price_cents: 0, currency: "EUR".into(), capacity: 1, per_user_limit: None };
+    assert!(matches!(graph.add_ticket_type(event.id, ticket), Err(Error::Conflict(_))));
+}
+
+#[test]
+fn invalid_input_names_its_field() {
+    let dir = TempDir::new("invalid");
+    let graph = open(&dir);
+    let org = graph.register("o@example.com", "O", Role::Organizer, None).unwrap();
+    let bad_end = NewEvent { ends_at_ms: Some(5), ..event_at(5, "Oslo", &[]) };
+    assert!(matches!(graph.create_event(org.id, bad_end), Err(Error::Invalid { field: "endsAt", .. })));
+    let missing_venue = NewEvent { venue: Some(VenueId(99)), ..event_at(5, "Oslo", &[]) };
+    assert!(matches!(graph.create_event(org.id, missing_venue), Err(Error::NotFound("venue"))));
+    let event = graph.create_event(org.id, event_at(5, "Oslo", &[])).unwrap();
+    let over_limit = NewTicketType { name: "GA".into(), price_cents: 0, currency: "EUR".into(), capacity: 2, per_user_limit: Some(3) };
+    assert!(matches!(graph.add_ticket_type(event.id, over_limit), Err(Error::Invalid { field: "perUserLimit", .. })));
+}
+
+#[test]
+fn concurrent_writers_share_flushes() {
+    let dir = TempDir::new("group");
+    let graph = Arc::new(open(&dir));
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let graph = graph.clone();
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    graph.open_session([t * 32 + i; 32], UserId(1), 1).unwrap();
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let log = graph.store().read_log(1, 1_000).unwrap();
+    assert_eq!(log.len(), 200);
+    assert!(log.windows(2).all(|pair| pair[1].seq == pair[0].seq + 1));
+    assert!(graph.store().flush_count() <= 200);
+}
