@@ -1,1 +1,242 @@
-fn main() {}
+//! `marquee`: the events and ticketing platform in one binary. This file
+//! parses the command line, dispatches to one function per command and
+//! picks the exit code: 0 success, 1 a runtime failure, 2 a bad setting.
+
+mod config;
+
+use std::io::{BufRead, Write};
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use graph::model::Role;
+use graph::Graph;
+
+use config::{LogFormat, ServeArgs, ServeConfig, StoreArgs, StoreConfig};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Marquee: a self-hosted events and ticketing platform in one process.
+#[derive(Parser, Debug)]
+#[command(name = "marquee", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server: GraphQL at /graphql (POST; GET opens the IDE), /healthz, /readyz.
+    Serve(ServeArgs),
+    /// Manage accounts in a data directory while the server is stopped.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCommand {
+    /// Create an account, e.g. the first admin. Reads the password from stdin.
+    Create {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Sign-in email.
+        #[arg(long)]
+        email: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// Role of the new account.
+        #[arg(long, value_enum, default_value = "attendee")]
+        role: CliRole,
+        /// Read the password from the first line of standard input (required).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Change the role of an existing account.
+    SetRole {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Sign-in email of the account.
+        #[arg(long)]
+        email: String,
+        /// The new role.
+        #[arg(long, value_enum)]
+        role: CliRole,
+    },
+    /// Mint a short-lived bearer token for an account (support, load tests).
+    Token {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Sign-in email of the account.
+        #[arg(long)]
+        email: String,
+        /// How long the token is valid, e.g. 15m, 2h.
+        #[arg(long, default_value = "1h", value_parser = config::parse_duration)]
+        ttl: Duration,
+    },
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+enum CliRole {
+    Attendee,
+    Organizer,
+    Admin,
+    Partner,
+}
+
+impl From<CliRole> for Role {
+    fn from(role: CliRole) -> Role {
+        match role {
+            CliRole::Attendee => Role::Attendee,
+            CliRole::Organizer => Role::Organizer,
+            CliRole::Admin => Role::Admin,
+            CliRole::Partner => Role::Partner,
+        }
+    }
+}
+
+/// A failure and the exit code it maps to.
+enum Failure {
+    /// A setting is wrong: exit 2.
+    Config(String),
+    /// Something failed while running: exit 1.
+    Runtime(String),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Serve(args) => serve(&args),
+        Command::User(command) => user(command),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(message)) => {
+            eprintln!("marquee: configuration error: {message}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(message)) => {
+            eprintln!("marquee: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn open_graph(store: &StoreConfig) -> Result<Graph, Failure> {
+    let options = graph::Options { cache_bytes: store.cache_bytes };
+    Graph::open(&store.data_dir, options).map_err(|e| Failure::Runtime(format!("cannot open data directory: {e}")))
+}
+
+fn serve(args: &ServeArgs) -> Result<(), Failure> {
+    let config = ServeConfig::resolve(args).map_err(Failure::Config)?;
+    init_logging(config.log_format);
+    let graph = Arc::new(open_graph(&config.store)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(run_server(&config, graph.clone()))?;
+    graph.store().flush().map_err(|e| Failure::Runtime(format!("final flush failed: {e}")))?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn run_server(config: &ServeConfig, graph: Arc<Graph>) -> Result<(), Failure> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| Failure::Runtime(format!("cannot listen on {}: {e}", config.listen)))?;
+    let address = listener.local_addr().map_err(|e| Failure::Runtime(e.to_string()))?;
+    let settings = api::Settings {
+        token_ttl_ms: i64::try_from(config.token_ttl.as_millis()).unwrap_or(i64::MAX),
+        body_bytes_max: config.body_bytes_max,
+    };
+    let app = Arc::new(api::App::new(graph, settings));
+    tracing::info!(%address, data_dir = %config.store.data_dir.display(), "marquee serving");
+    // Tests and scripts read the bound address (port 0 picks one) from this line.
+    println!("marquee listening on http://{address}");
+    let _ = std::io::stdout().flush();
+    api::serve(listener, app, shutdown_signal()).await.map_err(|e| Failure::Runtime(format!("server failed: {e}")))
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::error!(%error, "cannot watch SIGTERM; only SIGINT stops the server");
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn user(command: UserCommand) -> Result<(), Failure> {
+    match command {
+        UserCommand::Create { store, email, name, role, password_stdin } => {
+            if !password_stdin {
+                return Err(Failure::Config("give the password on standard input with --password-stdin".into()));
+            }
+            let password = read_password()?;
+            graph::rules::password(&password).map_err(|e| Failure::Config(e.to_string()))?;
+            let hash = api::auth::hash_password(&password).map_err(|_| Failure::Runtime("hashing failed".into()))?;
+            let graph = open_graph(&StoreConfig::resolve(&store).map_err(Failure::Config)?)?;
+            let user = graph.register(&email, &name, role.into(), Some(hash)).map_err(|e| Failure::Runtime(e.to_string()))?;
+            println!("created user {} <{}> with role {:?}", user.id, user.email, user.role);
+            Ok(())
+        }
+        UserCommand::SetRole { store, email, role } => {
+            let graph = open_graph(&StoreConfig::resolve(&store).map_err(Failure::Config)?)?;
+            let user = find_user(&graph, &email)?;
+            let user = graph.set_role(user.id, role.into()).map_err(|e| Failure::Runtime(e.to_string()))?;
+            println!("user {} <{}> now has role {:?}", user.id, user.email, user.role);
+            Ok(())
+        }
+        UserCommand::Token { store, email, ttl } => {
+            let graph = Arc::new(open_graph(&StoreConfig::resolve(&store).map_err(Failure::Config)?)?);
+            let user = find_user(&graph, &email)?;
+            let settings = api::Settings { token_ttl_ms: i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX), ..api::Settings::default() };
+            let app = api::App::new(graph, settings);
+            let token = app.issue_token(user.id).map_err(|e| Failure::Runtime(e.message().to_string()))?;
+            println!("{token}");
+            Ok(())
+        }
+    }
+}
+
+fn find_user(graph: &Graph, email: &str) -> Result<graph::model::User, Failure> {
+    match graph.user_by_email(email) {
+        Ok(Some((user, _))) => Ok(user),
+        Ok(None) => Err(Failure::Runtime(format!("no account with email {email}"))),
+        Err(e) => Err(Failure::Runtime(e.to_string())),
+    }
+}
+
+fn read_password() -> Result<String, Failure> {
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).map_err(|e| Failure::Runtime(format!("cannot read standard input: {e}")))?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+

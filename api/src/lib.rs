@@ -1,1 +1,80 @@
-//! placeholder
+//! `api` owns everything a client talks to: HTTP routing (axum on hyper),
+//! the GraphQL schema (async-graphql), authentication, and the mapping of
+//! domain errors to the contract's error codes. It calls `graph` and `ledger`
+//! and knows nothing of how they store data.
+//!
+//! Promises: every GraphQL error carries an `extensions.code` from the
+//! contract; no client ever sees a panic message, storage error or stack
+//! trace; the router and schema are built by plain functions so tests can
+//! drive them without a socket.
+//!
+//! ```no_run
+//! # async fn run(graph: std::sync::Arc<graph::Graph>) -> std::io::Result<()> {
+//! let app = std::sync::Arc::new(api::App::new(graph, api::Settings::default()));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! api::serve(listener, app, std::future::pending()).await
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+pub mod auth;
+pub mod error;
+mod http;
+pub mod schema;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use graph::ids::UserId;
+use graph::Graph;
+
+pub use error::{ApiError, ApiResult};
+pub use http::router;
+
+/// Settings of the front end.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// How long a bearer token is accepted after sign-in, milliseconds.
+    pub token_ttl_ms: i64,
+    /// Largest request body accepted, bytes (413 beyond it).
+    pub body_bytes_max: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings { token_ttl_ms: 30 * 24 * 3600 * 1000, body_bytes_max: 1024 * 1024 }
+    }
+}
+
+/// Everything a request handler needs, shared by all of them.
+pub struct App {
+    /// Entities and the log.
+    pub graph: Arc<Graph>,
+    /// Front-end settings.
+    pub settings: Settings,
+}
+
+impl App {
+    /// Wires the app together.
+    pub fn new(graph: Arc<Graph>, settings: Settings) -> App {
+        App { graph, settings }
+    }
+
+    /// Opens a session for `user` and returns its new bearer token. Blocking.
+    pub fn issue_token(&self, user: UserId) -> ApiResult<String> {
+        let token = auth::new_token();
+        let expires_at_ms = graph::now_ms().saturating_add(self.settings.token_ttl_ms);
+        self.graph.open_session(auth::token_hash(&token), user, expires_at_ms)?;
+        Ok(token)
+    }
+}
+
+/// Serves HTTP on `listener` until `shutdown` completes, then finishes the
+/// requests in flight.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Arc<App>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(app)).with_graceful_shutdown(shutdown).await
+}

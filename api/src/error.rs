@@ -1,0 +1,81 @@
+//! The api's error type. Each variant maps once to its contract code in
+//! `extensions.code`; storage and internal details never reach a client.
+
+use async_graphql::ErrorExtensions;
+
+/// Why a request or a field failed, as the client sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    /// No, a bad, an expired or a revoked token where one is needed.
+    Unauthenticated(String),
+    /// Authenticated but not allowed (role or ownership).
+    Forbidden(String),
+    /// No such id or code.
+    NotFound(String),
+    /// An argument is invalid; the message names the field.
+    BadUserInput(String),
+    /// The state forbids it (duplicate email, cancelled event, ...).
+    Conflict(String),
+    /// The server failed; details went to the log, not to the client.
+    Internal,
+}
+
+impl ApiError {
+    /// The contract's `extensions.code` of this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthenticated(_) => "UNAUTHENTICATED",
+            ApiError::Forbidden(_) => "FORBIDDEN",
+            ApiError::NotFound(_) => "NOT_FOUND",
+            ApiError::BadUserInput(_) => "BAD_USER_INPUT",
+            ApiError::Conflict(_) => "CONFLICT",
+            ApiError::Internal => "INTERNAL",
+        }
+    }
+
+    /// The message a client sees.
+    pub fn message(&self) -> &str {
+        match self {
+            ApiError::Unauthenticated(m)
+            | ApiError::Forbidden(m)
+            | ApiError::NotFound(m)
+            | ApiError::BadUserInput(m)
+            | ApiError::Conflict(m) => m,
+            ApiError::Internal => "internal error",
+        }
+    }
+
+    /// An invalid argument: `field: reason`.
+    pub fn bad_input(field: &str, reason: impl std::fmt::Display) -> ApiError {
+        ApiError::BadUserInput(format!("{field}: {reason}"))
+    }
+
+    /// The caller must sign in.
+    pub fn sign_in() -> ApiError {
+        ApiError::Unauthenticated("sign in first: send Authorization: Bearer <token>".into())
+    }
+}
+
+impl From<graph::Error> for ApiError {
+    fn from(error: graph::Error) -> ApiError {
+        match error {
+            graph::Error::Invalid { .. } => ApiError::BadUserInput(error.to_string()),
+            graph::Error::EmailTaken => ApiError::Conflict(error.to_string()),
+            graph::Error::NotFound(_) => ApiError::NotFound(error.to_string()),
+            graph::Error::Conflict(why) => ApiError::Conflict(why),
+            internal => {
+                tracing::error!(error = %internal, "graph operation failed");
+                ApiError::Internal
+            }
+        }
+    }
+}
+
+impl From<ApiError> for async_graphql::Error {
+    fn from(error: ApiError) -> async_graphql::Error {
+        async_graphql::Error::new(error.message()).extend_with(|_, ext| ext.set("code", error.code()))
+    }
+}
+
+/// Result of a resolver.
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,135 @@
+//! HTTP: routes, the GraphQL endpoint, health checks and the bundled IDE.
+
+use std::sync::Arc;
+
+use async_graphql::{BatchRequest, BatchResponse, Response as GqlResponse};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use crate::auth::{self, Viewer};
+use crate::error::ApiError;
+use crate::schema::{self, MarqueeSchema};
+use crate::App;
+
+#[derive(Clone)]
+struct HttpState {
+    app: Arc<App>,
+    schema: MarqueeSchema,
+}
+
+/// Builds the router: `/graphql` (POST to execute, GET for the IDE),
+/// `/healthz` and `/readyz`.
+pub fn router(app: Arc<App>) -> Router {
+    let body_bytes_max = app.settings.body_bytes_max;
+    let state = HttpState { schema: schema::build(app.clone()), app };
+    Router::new()
+        .route("/graphql", get(ide).post(graphql))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ready\n" }))
+        .layer(DefaultBodyLimit::max(body_bytes_max))
+        .with_state(state)
+}
+
+/// The interactive GraphQL IDE; its script and styles are in the page, so
+/// it works with no internet access.
+async fn ide() -> impl IntoResponse {
+    Html(include_str!("ide.html"))
+}
+
+async fn graphql(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+    if !is_json(&headers) {
+        return request_error("Content-Type must be application/json");
+    }
+    let batch: BatchRequest = match serde_json::from_slice(&body) {
+        Ok(batch) => batch,
+        Err(error) => return request_error(&format!("the body is not a GraphQL request: {error}")),
+    };
+    let viewer = match resolve_viewer(&state.app, &headers) {
+        Ok(viewer) => viewer,
+        Err(error) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, &error),
+    };
+    let schema = state.schema.clone();
+    // A task of its own, so a panic in a resolver becomes a bland 500
+    // instead of a dropped connection or a leaked message.
+    let executed = tokio::spawn(async move { schema.execute_batch(batch.data(viewer)).await }).await;
+    match executed {
+        Ok(mut response) => {
+            add_missing_codes(&mut response);
+            json_response(StatusCode::OK, &response)
+        }
+        Err(join) => {
+            tracing::error!(error = %join, "GraphQL execution panicked");
+            error_response(StatusCode::INTERNAL_SERVER_ERROR, &ApiError::Internal)
+        }
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(content_type) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/json") || essence.eq_ignore_ascii_case("application/graphql-response+json")
+}
+
+/// Who the request acts as, from its Authorization header.
+fn resolve_viewer(app: &App, headers: &HeaderMap) -> Result<Viewer, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(Viewer::Anonymous);
+    };
+    let Some(token) = value.to_str().ok().and_then(auth::bearer) else {
+        return Ok(Viewer::BadToken);
+    };
+    let token_hash = auth::token_hash(token);
+    let Some(session) = app.graph.session(&token_hash)? else {
+        return Ok(Viewer::BadToken);
+    };
+    if session.expires_at_ms <= graph::now_ms() {
+        return Ok(Viewer::BadToken);
+    }
+    match app.graph.user(session.user)? {
+        Some(user) => Ok(Viewer::User { user, token_hash }),
+        None => Ok(Viewer::BadToken),
+    }
+}
+
+/// Errors raised before a resolver runs (syntax, validation, argument
+/// coercion) come without a code; they are all the caller's input.
+fn add_missing_codes(response: &mut BatchResponse) {
+    let responses: &mut [GqlResponse] = match response {
+        BatchResponse::Single(single) => std::slice::from_mut(single),
+        BatchResponse::Batch(many) => many,
+    };
+    for error in responses.iter_mut().flat_map(|r| r.errors.iter_mut()) {
+        let extensions = error.extensions.get_or_insert_with(Default::default);
+        if extensions.get("code").is_none() {
+            extensions.set("code", "BAD_USER_INPUT");
+        }
+    }
+}
+
+/// A request that could not be executed at all: 400 with a GraphQL-shaped body.
+fn request_error(message: &str) -> Response {
+    error_response(StatusCode::BAD_REQUEST, &ApiError::BadUserInput(message.to_string()))
+}
+
+fn error_response(status: StatusCode, error: &ApiError) -> Response {
+    let body = serde_json::json!({
+        "errors": [{ "message": error.message(), "extensions": { "code": error.code() } }]
+    });
+    json_response(status, &body)
+}
+
+fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Err(error) => {
+            tracing::error!(%error, "response did not serialise");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! Venues, events and ticket types: creation, changes, lifecycle, listings.
+
+use std::sync::Arc;
+
+use async_graphql::{ComplexObject, Context, Enum, InputObject, MaybeUndefined, Object, SimpleObject, ID};
+use graph::ids::{EventId, VenueId};
+use graph::model::{self, Role};
+use graph::{EventChanges, EventPage, EventQuery, NewEvent, NewTicketType};
+
+use super::identity::UserObject;
+use super::{app, blocking, page_size, parse_id, viewer, DateTime};
+use crate::error::{ApiError, ApiResult};
+
+/// Where an event is in its life.
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+#[graphql(name = "EventStatus")]
+pub enum EventStatus {
+    /// Visible to its organizer and admins only.
+    Draft,
+    /// Listed and on sale.
+    Published,
+    /// Called off.
+    Cancelled,
+}
+
+impl From<model::EventStatus> for EventStatus {
+    fn from(status: model::EventStatus) -> EventStatus {
+        match status {
+            model::EventStatus::Draft => EventStatus::Draft,
+            model::EventStatus::Published => EventStatus::Published,
+            model::EventStatus::Cancelled => EventStatus::Cancelled,
+        }
+    }
+}
+
+/// A venue.
+pub struct VenueObject(Arc<model::Venue>);
+
+#[Object(name = "Venue")]
+impl VenueObject {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    async fn city(&self) -> &str {
+        &self.0.city
+    }
+    async fn capacity(&self) -> Option<u32> {
+        self.0.capacity
+    }
+}
+
+/// A ticket type.
+pub struct TicketTypeObject(pub Arc<model::TicketType>);
+
+#[Object(name = "TicketType")]
+impl TicketTypeObject {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    async fn price_cents(&self) -> u32 {
+        self.0.price_cents
+    }
+    /// ISO 4217, e.g. "EUR".
+    async fn currency(&self) -> &str {
+        &self.0.currency
+    }
+    async fn capacity(&self) -> u32 {
+        self.0.capacity
+    }
+    /// null: no per-user limit.
+    async fn per_user_limit(&self) -> Option<u32> {
+        self.0.per_user_limit
+    }
+}
+
+/// An event.
+pub struct EventObject(pub Arc<model::Event>);
+
+#[Object(name = "Event")]
+impl EventObject {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    async fn title(&self) -> &str {
+        &self.0.title
+    }
+    async fn description(&self) -> Option<&str> {
+        self.0.description.as_deref()
+    }
+    async fn starts_at(&self) -> DateTime {
+        DateTime(self.0.starts_at_ms)
+    }
+    async fn ends_at(&self) -> Option<DateTime> {
+        self.0.ends_at_ms.map(DateTime)
+    }
+    async fn city(&self) -> &str {
+        &self.0.city
+    }
+    async fn tags(&self) -> &[String] {
+        &self.0.tags
+    }
+    async fn status(&self) -> EventStatus {
+        self.0.status.into()
+    }
+    async fn venue(&self, ctx: &Context<'_>) -> Option<VenueObject> {
+        self.0.venue.and_then(|id| app(ctx).graph.venue(id)).map(VenueObject)
+    }
+    async fn organizer(&self, ctx: &Context<'_>) -> ApiResult<UserObject> {
+        match app(ctx).graph.user(self.0.organizer)? {
+            Some(user) => Ok(UserObject::new(user)),
+            None => {
+                tracing::error!(event = %self.0.id, "event's organizer is missing");
+                Err(ApiError::Internal)
+            }
+        }
+    }
+    async fn ticket_types(&self, ctx: &Context<'_>) -> Vec<TicketTypeObject> {
+        app(ctx).graph.ticket_types(self.0.id).into_iter().map(TicketTypeObject).collect()
+    }
+}
+
+/// Where a page ends.
+#[derive(SimpleObject)]
+pub struct PageInfo {
+    has_next_page: bool,
+    end_cursor: Option<String>,
+}
+
+/// A page of events.
+#[derive(SimpleObject)]
+#[graphql(complex)]
+pub struct EventConnection {
+    #[graphql(skip)]
+    page: EventPage,
+    page_info: PageInfo,
+}
+
+#[ComplexObject]
+impl EventConnection {
+    async fn nodes(&self) -> Vec<EventObject> {
+        self.page.events.iter().cloned().map(EventObject).collect()
+    }
+    async fn total_count(&self) -> usize {
+        self.page.total
+    }
+}
+
+impl From<EventPage> for EventConnection {
+    fn from(page: EventPage) -> EventConnection {
+        let end_cursor = page.events.last().map(|event| encode_cursor(event.starts_at_ms, event.id));
+        let page_info = PageInfo { has_next_page: page.has_next, end_cursor };
+        EventConnection { page, page_info }
+    }
+}
+
+/// Cursors are opaque to clients: `<startsAt ms>:<id>`.
+fn encode_cursor(starts_at_ms: i64, id: EventId) -> String {
+    format!("{starts_at_ms}:{id}")
+}
+
+fn decode_cursor(cursor: &str) -> ApiResult<(i64, EventId)> {
+    let invalid = || ApiError::bad_input("after", "not a cursor returned by this API");
+    let (starts, id) = cursor.split_once(':').ok_or_else(invalid)?;
+    Ok((starts.parse().map_err(|_| invalid())?, id.parse().map_err(|_| invalid())?))
+}
+
+/// Filters for `events`.
+#[derive(InputObject, Default)]
+pub struct EventFilter {
+    city: Option<String>,
+    tag: Option<String>,
+    from: Option<DateTime>,
+    to: Option<DateTime>,
+    text: Option<String>,
+}
+
+/// A new event.
+#[derive(InputObject)]
+pub struct CreateEventInput {
+    title: String,
+    description: Option<String>,
+    starts_at: DateTime,
+    ends_at: Option<DateTime>,
+    city: String,
+    venue_id: Option<ID>,
+    tags: Option<Vec<String>>,
+}
+
+/// Changes to an event; omitted fields stay, `description: null` and
+/// `endsAt: null` clear those fields.
+#[derive(InputObject)]
+pub struct UpdateEventInput {
+    title: Option<String>,
+    description: MaybeUndefined<String>,
+    starts_at: Option<DateTime>,
+    ends_at: MaybeUndefined<DateTime>,
+    tags: Option<Vec<String>>,
+}
+
+/// A new ticket type.
+#[derive(InputObject)]
+pub struct TicketTypeInput {
+    name: String,
+    price_cents: i32,
+    currency: String,
+    capacity: i32,
+    per_user_limit: Option<i32>,
+}
+
+/// Absent: leave as is (`None`); null: clear (`Some(None)`); a value: set.
+fn optional<T>(value: MaybeUndefined<T>) -> Option<Option<T>> {
+    match value {
+        MaybeUndefined::Undefined => None,
+        MaybeUndefined::Null => Some(None),
+        MaybeUndefined::Value(value) => Some(Some(value)),
+    }
+}
+
+fn changes(input: UpdateEventInput) -> EventChanges {
+    EventChanges {
+        title: input.title,
+        description: optional(input.description),
+        starts_at_ms: input.starts_at.map(|at| at.0),
+        ends_at_ms: optional(input.ends_at.map_value(|at| at.0)),
+        tags: input.tags,
+    }
+}
+
+const TEXT_FILTER_CHARS_MAX: usize = 200;
+
+fn event_query(filter: Option<EventFilter>, first: i32, after: Option<String>) -> ApiResult<EventQuery> {
+    let filter = filter.unwrap_or_default();
+    for (field, value) in [("filter.city", &filter.city), ("filter.tag", &filter.tag), ("filter.text", &filter.text)] {
+        if value.as_ref().is_some_and(|v| v.chars().count() > TEXT_FILTER_CHARS_MAX) {
+            return Err(ApiError::bad_input(field, format!("must be at most {TEXT_FILTER_CHARS_MAX} characters")));
+        }
+    }
+    Ok(EventQuery {
+        city: filter.city,
+        tag: filter.tag,
+        from_ms: filter.from.map(|at| at.0),
+        to_ms: filter.to.map(|at| at.0),
+        text: filter.text,
+        after: after.as_deref().map(decode_cursor).transpose()?,
+        first: page_size(first)?,
+    })
+}
+
+const ORGANIZING: &[Role] = &[Role::Organizer, Role::Admin];
+
+/// The event `id`, if the viewer may manage it (its organizer or an admin).
+fn managed_event(ctx: &Context<'_>, field: &str, id: &ID, action: &str) -> ApiResult<Arc<model::Event>> {
+    let user = viewer(ctx).require_role(ORGANIZING, action)?;
+    let id: EventId = parse_id(field, id)?;
+    let event = app(ctx).graph.event(id).ok_or_else(|| ApiError::NotFound("no such event".into()))?;
+    if event.organizer != user.id && user.role != Role::Admin {
+        return Err(ApiError::Forbidden(format!("{action}: only the event's organizer or an admin may do this")));
+    }
+    Ok(event)
+}
+
+#[derive(Default)]
+pub struct EventsQuery;
+
+#[Object]
+impl EventsQuery {
+    /// An event by id. DRAFT events: only their organizer and admins.
+    async fn event(&self, ctx: &Context<'_>, id: ID) -> ApiResult<Option<EventObject>> {
+        let id: EventId = parse_id("id", &id)?;
+        let Some(event) = app(ctx).graph.event(id) else {
+            return Ok(None);
+        };
+        let viewer = viewer(ctx);
+        let visible = event.status != model::EventStatus::Draft
+            || viewer.is_admin()
+            || viewer.user().is_some_and(|user| user.id == event.organizer);
+        Ok(visible.then(|| EventObject(event)))
+    }
+
+    /// PUBLISHED events, by startsAt then id.
+    async fn events(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<EventFilter>,
+        #[graphql(default = 20)] first: i32,
+        after: Option<String>,
+    ) -> ApiResult<EventConnection> {
+        let query = event_query(filter, first, after)?;
+        Ok(app(ctx).graph.events(&query).into())
+    }
+
+    /// Events the viewer organizes, every status. ORGANIZER, ADMIN.
+    async fn my_events(&self, ctx: &Context<'_>, #[graphql(default = 20)] first: i32, after: Option<String>) -> ApiResult<EventConnection> {
+        let user = viewer(ctx).require_role(ORGANIZING, "myEvents")?;
+        let query = event_query(None, first, after)?;
+        Ok(app(ctx).graph.organized_by(user.id, &query).into())
+    }
+}
+
+#[derive(Default)]
+pub struct EventsMutation;
+
+#[Object]
+impl EventsMutation {
+    /// ORGANIZER, ADMIN.
+    async fn create_venue(&self, ctx: &Context<'_>, name: String, city: String, capacity: Option<i32>) -> ApiResult<VenueObject> {
+        let user = viewer(ctx).require_role(ORGANIZING, "createVenue")?.id;
+        let app = app(ctx).clone();
+        let capacity = capacity.map(i64::from);
+        blocking(move || Ok(VenueObject(app.graph.create_venue(user, &name, &city, capacity)?))).await
+    }
+
+    /// ORGANIZER, ADMIN; starts as DRAFT.
+    async fn create_event(&self, ctx: &Context<'_>, input: CreateEventInput) -> ApiResult<EventObject> {
+        let organizer = viewer(ctx).require_role(ORGANIZING, "createEvent")?.id;
+        let venue: Option<VenueId> = input.venue_id.as_ref().map(|id| parse_id("input.venueId", id)).transpose()?;
+        let new = NewEvent {
+            title: input.title,
+            description: input.description,
+            starts_at_ms: input.starts_at.0,
+            ends_at_ms: input.ends_at.map(|at| at.0),
+            city: input.city,
+            venue,
+            tags: input.tags.unwrap_or_default(),
+        };
+        let app = app(ctx).clone();
+        blocking(move || Ok(EventObject(app.graph.create_event(organizer, new)?))).await
+    }
+
+    /// Its organizer, ADMIN.
+    async fn update_event(&self, ctx: &Context<'_>, id: ID, input: UpdateEventInput) -> ApiResult<EventObject> {
+        let event = managed_event(ctx, "id", &id, "updateEvent")?;
+        let app = app(ctx).clone();
+        blocking(move || Ok(EventObject(app.graph.update_event(event.id, changes(input))?))).await
+    }
+
+    /// Its organizer, ADMIN: DRAFT to PUBLISHED.
+    async fn publish_event(&self, ctx: &Context<'_>, id: ID) -> ApiResult<EventObject> {
+        let event = managed_event(ctx, "id", &id, "publishEvent")?;
+        let app = app(ctx).clone();
+        blocking(move || Ok(EventObject(app.graph.publish_event(event.id)?))).await
+    }
+
+    /// Its organizer, ADMIN: calls the event off.
+    async fn cancel_event(&self, ctx: &Context<'_>, id: ID) -> ApiResult<EventObject> {
+        let event = managed_event(ctx, "id", &id, "cancelEvent")?;
+        let app = app(ctx).clone();
+        blocking(move || Ok(EventObject(app.graph.cancel_event(event.id)?))).await
+    }
+
+    /// Its organizer, ADMIN.
+    async fn add_ticket_type(&self, ctx: &Context<'_>, event_id: ID, input: TicketTypeInput) -> ApiResult<TicketTypeObject> {
+        let event = managed_event(ctx, "eventId", &event_id, "addTicketType")?;
+        let new = NewTicketType {
+            name: input.name,
+            price_cents: input.price_cents.into(),
+            currency: input.currency,
+            capacity: input.capacity.into(),
+            per_user_limit: input.per_user_limit.map(i64::from),
+        };
+        let app = app(ctx).clone();
+        blocking(move || Ok(TicketTypeObject(app.graph.add_ticket_type(event.id, new)?))).await
+    }
+}

@@ -1,0 +1,69 @@
+//! The GraphQL schema: a root per domain, merged; resolvers stay thin and
+//! call `graph` (and later `ledger`) through [`crate::App`].
+
+mod events;
+mod identity;
+mod scalars;
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use async_graphql::{Context, EmptySubscription, MergedObject, Schema, ID};
+
+use crate::auth::Viewer;
+use crate::error::{ApiError, ApiResult};
+use crate::App;
+
+pub use scalars::DateTime;
+
+/// The served schema type.
+pub type MarqueeSchema = Schema<Query, Mutation, EmptySubscription>;
+
+/// Every query field, by domain.
+#[derive(MergedObject, Default)]
+pub struct Query(identity::IdentityQuery, events::EventsQuery);
+
+/// Every mutation, by domain.
+#[derive(MergedObject, Default)]
+pub struct Mutation(identity::IdentityMutation, events::EventsMutation);
+
+/// Builds the schema with the app as shared data.
+pub fn build(app: Arc<App>) -> MarqueeSchema {
+    Schema::build(Query::default(), Mutation::default(), EmptySubscription).data(app).finish()
+}
+
+/// The app, from the schema's data.
+fn app<'a>(ctx: &Context<'a>) -> &'a Arc<App> {
+    ctx.data_unchecked::<Arc<App>>()
+}
+
+/// The request's viewer (anonymous when none was attached).
+fn viewer<'a>(ctx: &Context<'a>) -> &'a Viewer {
+    ctx.data_opt::<Viewer>().unwrap_or(&Viewer::Anonymous)
+}
+
+/// Parses a GraphQL ID into a typed id, naming the argument when it is not one.
+fn parse_id<T: FromStr>(field: &str, id: &ID) -> ApiResult<T> {
+    id.as_str().parse().map_err(|_| ApiError::bad_input(field, "not a valid id"))
+}
+
+/// Runs blocking graph work (writes flush to disk) off the async workers.
+async fn blocking<T, F>(work: F) -> ApiResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> ApiResult<T> + Send + 'static,
+{
+    tokio::task::spawn_blocking(work).await.map_err(|join| {
+        tracing::error!(error = %join, "blocking task failed");
+        ApiError::Internal
+    })?
+}
+
+/// Checks a page size argument.
+fn page_size(first: i32) -> ApiResult<usize> {
+    const FIRST_MAX: i32 = 100;
+    if !(0..=FIRST_MAX).contains(&first) {
+        return Err(ApiError::bad_input("first", format!("must be between 0 and {FIRST_MAX}")));
+    }
+    usize::try_from(first).map_err(|_| ApiError::bad_input("first", "out of range"))
+}

@@ -1,0 +1,173 @@
+//! Settings: command-line flags win over `MARQUEE_*` environment variables,
+//! which win over the TOML file given with `--config`, which wins over the
+//! embedded defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+
+/// Where the data lives; shared by every command that opens it.
+#[derive(Args, Debug, Clone)]
+pub struct StoreArgs {
+    /// TOML file with settings (keys as the long flags, with underscores).
+    #[arg(long, env = "MARQUEE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory; created if missing [default: ./data]
+    #[arg(long, env = "MARQUEE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Storage page cache in MiB [default: 256]
+    #[arg(long, env = "MARQUEE_CACHE_MB", value_name = "MIB")]
+    pub cache_mb: Option<u64>,
+}
+
+/// Settings of `marquee serve`.
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Address to listen on; port 0 picks a free port [default: 127.0.0.1:8080]
+    #[arg(long, env = "MARQUEE_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// How long a sign-in token stays valid, e.g. 30d, 12h [default: 30d]
+    #[arg(long, env = "MARQUEE_TOKEN_TTL", value_name = "DURATION", value_parser = parse_duration)]
+    pub token_ttl: Option<Duration>,
+    /// Largest request body in bytes; larger ones get 413 [default: 1048576]
+    #[arg(long, env = "MARQUEE_BODY_BYTES_MAX", value_name = "BYTES")]
+    pub body_bytes_max: Option<usize>,
+    /// Log format: text or json [default: text]
+    #[arg(long, env = "MARQUEE_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// How log lines are written.
+#[derive(clap::ValueEnum, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// For people.
+    Text,
+    /// One JSON object a line, for collectors.
+    Json,
+}
+
+/// The settings file: every key optional, unknown keys refused.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    data_dir: Option<PathBuf>,
+    cache_mb: Option<u64>,
+    listen: Option<String>,
+    token_ttl: Option<String>,
+    body_bytes_max: Option<usize>,
+    log_format: Option<LogFormat>,
+}
+
+/// Where the store is and how big its cache is.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub data_dir: PathBuf,
+    pub cache_bytes: u64,
+}
+
+/// Resolved settings of `marquee serve`.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub store: StoreConfig,
+    pub listen: SocketAddr,
+    pub token_ttl: Duration,
+    pub body_bytes_max: usize,
+    pub log_format: LogFormat,
+}
+
+/// Bounds checked at start-up.
+const CACHE_MB_MAX: u64 = 1 << 20;
+const BODY_BYTES_MIN: usize = 1024;
+const BODY_BYTES_MAX: usize = 64 << 20;
+
+fn read_file(path: Option<&Path>) -> Result<FileSettings, String> {
+    let Some(path) = path else {
+        return Ok(FileSettings::default());
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+}
+
+fn store_config(args: &StoreArgs, file: &FileSettings) -> Result<StoreConfig, String> {
+    let data_dir = args.data_dir.clone().or(file.data_dir.clone()).unwrap_or_else(|| PathBuf::from("./data"));
+    let cache_mb = args.cache_mb.or(file.cache_mb).unwrap_or(256);
+    if cache_mb == 0 || cache_mb > CACHE_MB_MAX {
+        return Err(format!("cache_mb must be between 1 and {CACHE_MB_MAX}"));
+    }
+    Ok(StoreConfig { data_dir, cache_bytes: cache_mb * 1024 * 1024 })
+}
+
+impl StoreConfig {
+    /// Resolves the store settings of a command.
+    pub fn resolve(args: &StoreArgs) -> Result<StoreConfig, String> {
+        store_config(args, &read_file(args.config.as_deref())?)
+    }
+}
+
+impl ServeConfig {
+    /// Resolves flags, environment (already merged by clap), file and defaults.
+    pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, String> {
+        let file = read_file(args.store.config.as_deref())?;
+        let store = store_config(&args.store, &file)?;
+        let listen_text = args.listen.clone().or(file.listen.clone()).unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen = listen_text
+            .parse()
+            .map_err(|_| format!("listen: {listen_text:?} is not an address like 127.0.0.1:8080"))?;
+        let token_ttl = match (args.token_ttl, &file.token_ttl) {
+            (Some(ttl), _) => ttl,
+            (None, Some(text)) => parse_duration(text).map_err(|e| format!("token_ttl: {e}"))?,
+            (None, None) => Duration::from_secs(30 * 24 * 3600),
+        };
+        if token_ttl < Duration::from_secs(60) || token_ttl > Duration::from_secs(366 * 24 * 3600) {
+            return Err("token_ttl must be between 1m and 366d".into());
+        }
+        let body_bytes_max = args.body_bytes_max.or(file.body_bytes_max).unwrap_or(1024 * 1024);
+        if !(BODY_BYTES_MIN..=BODY_BYTES_MAX).contains(&body_bytes_max) {
+            return Err(format!("body_bytes_max must be between {BODY_BYTES_MIN} and {BODY_BYTES_MAX}"));
+        }
+        let log_format = args.log_format.or(file.log_format).unwrap_or(LogFormat::Text);
+        Ok(ServeConfig { store, listen, token_ttl, body_bytes_max, log_format })
+    }
+}
+
+/// Parses durations like `500ms`, `90s`, `10m`, `12h`, `30d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 10m, 12h or 30d"))?;
+    let millis_per_unit = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("{text:?} is not a duration like 10m, 12h or 30d (units: ms, s, m, h, d)")),
+    };
+    value
+        .checked_mul(millis_per_unit)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{text:?} is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("m").is_err());
+        assert!(parse_duration("10 weeks").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
+    }
+}
