@@ -203,7 +203,8 @@ fn user(command: UserCommand) -> Result<(), Failure> {
             graph::rules::password(&password).map_err(|e| Failure::Config(e.to_string()))?;
             let hash = api::auth::hash_password(&password).map_err(|_| Failure::Runtime("hashing failed".into()))?;
             let graph = open_graph(&StoreConfig::resolve(&store).map_err(Failure::Config)?)?;
-            let user = graph.register(&email, &name, role.into(), Some(hash)).map_err(|e| Failure::Runtime(e.to_string()))?;
+            let user =
+                graph.register(&email, &name, role.into(), Some(hash)).map_err(|e| Failure::Runtime(e.to_string()))?;
             println!("created user {} <{}> with role {:?}", user.id, user.email, user.role);
             Ok(())
         }
@@ -217,7 +218,10 @@ fn user(command: UserCommand) -> Result<(), Failure> {
         UserCommand::Token { store, email, ttl } => {
             let graph = Arc::new(open_graph(&StoreConfig::resolve(&store).map_err(Failure::Config)?)?);
             let user = find_user(&graph, &email)?;
-            let settings = api::Settings { token_ttl_ms: i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX), ..api::Settings::default() };
+            let settings = api::Settings {
+                token_ttl_ms: i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
+                ..api::Settings::default()
+            };
             let app = api::App::new(graph, settings);
             let token = app.issue_token(user.id).map_err(|e| Failure::Runtime(e.message().to_string()))?;
             println!("{token}");
@@ -236,7 +240,9 @@ fn find_user(graph: &Graph, email: &str) -> Result<graph::model::User, Failure> 
 
 fn read_password() -> Result<String, Failure> {
     let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).map_err(|e| Failure::Runtime(format!("cannot read standard input: {e}")))?;
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| Failure::Runtime(format!("cannot read standard input: {e}")))?;
     Ok(line.trim_end_matches(['\r', '\n']).to_string())
 }
-

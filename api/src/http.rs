@@ -73,7 +73,8 @@ fn is_json(headers: &HeaderMap) -> bool {
         return false;
     };
     let essence = content_type.split(';').next().unwrap_or("").trim();
-    essence.eq_ignore_ascii_case("application/json") || essence.eq_ignore_ascii_case("application/graphql-response+json")
+    essence.eq_ignore_ascii_case("application/json")
+        || essence.eq_ignore_ascii_case("application/graphql-response+json")
 }
 
 /// Who the request acts as, from its Authorization header.

@@ -127,7 +127,8 @@ impl Catalog {
             return EventPage::default();
         }
         let filter = Filter::new(query);
-        let matching = self.published.range((lower, upper)).filter(|position| filter.matches(&self.events[&position.1]));
+        let matching =
+            self.published.range((lower, upper)).filter(|position| filter.matches(&self.events[&position.1]));
         self.page(matching, query)
     }
 

@@ -16,17 +16,14 @@ where
     T: for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
 {
     // Serialising plain owned data into a growable buffer cannot fail.
-    rkyv::to_bytes::<rancor::Error>(value)
-        .expect("serialising owned data into memory cannot fail")
-        .into_vec()
+    rkyv::to_bytes::<rancor::Error>(value).expect("serialising owned data into memory cannot fail").into_vec()
 }
 
 /// Decodes and validates archived bytes. `what` names the value in the error.
 pub fn decode<T>(bytes: &[u8], what: &'static str) -> Result<T, Error>
 where
     T: Archive,
-    T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
-        + Deserialize<T, HighDeserializer<rancor::Error>>,
+    T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>> + Deserialize<T, HighDeserializer<rancor::Error>>,
 {
     // Storage hands out bytes with no alignment promise; rkyv needs 16.
     let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());

@@ -168,7 +168,9 @@ impl Graph {
         }
         let id = UserId(self.next_user.fetch_add(1, Ordering::Relaxed));
         let user = User { id, email, name, role, created_at_ms: now_ms() };
-        let seq = self.store.commit(now_ms(), &[Record::UserRegistered(UserRegistered { user: user.clone(), password_hash })])?;
+        let seq = self
+            .store
+            .commit(now_ms(), &[Record::UserRegistered(UserRegistered { user: user.clone(), password_hash })])?;
         drop(guard);
         self.store.sync(seq)?;
         Ok(user)
@@ -192,7 +194,10 @@ impl Graph {
             return Err(Error::Corrupt("email index"));
         };
         let hash = self.store.get(&key(table::PASSWORD, &id.to_key()))?;
-        let hash = hash.map(|bytes| String::from_utf8(bytes.to_vec())).transpose().map_err(|_| Error::Corrupt("password hash"))?;
+        let hash = hash
+            .map(|bytes| String::from_utf8(bytes.to_vec()))
+            .transpose()
+            .map_err(|_| Error::Corrupt("password hash"))?;
         Ok(Some((user, hash)))
     }
 
@@ -236,7 +241,8 @@ impl Graph {
     pub fn create_venue(&self, by: UserId, name: &str, city: &str, capacity: Option<i64>) -> Result<Arc<Venue>, Error> {
         let name = rules::required_text("name", name, rules::NAME_CHARS_MAX)?;
         let city = rules::required_text("city", city, rules::CITY_CHARS_MAX)?;
-        let capacity = capacity.map(|c| rules::within("capacity", c, 1, rules::VENUE_CAPACITY_MAX.into())).transpose()?;
+        let capacity =
+            capacity.map(|c| rules::within("capacity", c, 1, rules::VENUE_CAPACITY_MAX.into())).transpose()?;
         let guard = self.writer();
         let id = VenueId(self.next_venue.fetch_add(1, Ordering::Relaxed));
         let venue = Venue { id, name, city, capacity, created_by: by };
@@ -323,7 +329,12 @@ impl Graph {
         self.save_event(guard, Record::EventCancelled, event)
     }
 
-    fn save_event(&self, guard: MutexGuard<'_, ()>, record: fn(Event) -> Record, event: Event) -> Result<Arc<Event>, Error> {
+    fn save_event(
+        &self,
+        guard: MutexGuard<'_, ()>,
+        record: fn(Event) -> Record,
+        event: Event,
+    ) -> Result<Arc<Event>, Error> {
         let seq = self.store.commit(now_ms(), &[record(event.clone())])?;
         let event = self.catalog_mut().put_event(event);
         drop(guard);
@@ -339,7 +350,8 @@ impl Graph {
     /// Adds a ticket type to an event that is not cancelled.
     pub fn add_ticket_type(&self, event: EventId, new: NewTicketType) -> Result<Arc<TicketType>, Error> {
         let capacity = rules::within("capacity", new.capacity, 1, rules::TICKET_CAPACITY_MAX.into())?;
-        let per_user_limit = new.per_user_limit.map(|limit| rules::within("perUserLimit", limit, 1, capacity.into())).transpose()?;
+        let per_user_limit =
+            new.per_user_limit.map(|limit| rules::within("perUserLimit", limit, 1, capacity.into())).transpose()?;
         let mut ticket_type = TicketType {
             id: TicketTypeId(0),
             event,
@@ -355,7 +367,10 @@ impl Graph {
             return Err(Error::Conflict("event is cancelled; no ticket types can be added".into()));
         }
         if self.catalog().ticket_type_count(event) >= rules::TICKET_TYPES_PER_EVENT_MAX {
-            return Err(Error::invalid("eventId", format!("an event has at most {} ticket types", rules::TICKET_TYPES_PER_EVENT_MAX)));
+            return Err(Error::invalid(
+                "eventId",
+                format!("an event has at most {} ticket types", rules::TICKET_TYPES_PER_EVENT_MAX),
+            ));
         }
         ticket_type.id = TicketTypeId(self.next_ticket_type.fetch_add(1, Ordering::Relaxed));
         let seq = self.store.commit(now_ms(), &[Record::TicketTypeAdded(ticket_type.clone())])?;
@@ -388,7 +403,8 @@ impl Graph {
 }
 
 fn checked_description(description: Option<String>) -> Result<Option<String>, Error> {
-    let text = description.map(|d| rules::optional_text("description", &d, rules::DESCRIPTION_CHARS_MAX)).transpose()?;
+    let text =
+        description.map(|d| rules::optional_text("description", &d, rules::DESCRIPTION_CHARS_MAX)).transpose()?;
     Ok(text.filter(|d| !d.is_empty()))
 }
 

@@ -160,7 +160,6 @@ impl Entry {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,13 +168,8 @@ mod tests {
 
     #[test]
     fn every_kind_round_trips() {
-        let user = User {
-            id: UserId(1),
-            email: "a@b.co".into(),
-            name: "A".into(),
-            role: Role::Attendee,
-            created_at_ms: 5,
-        };
+        let user =
+            User { id: UserId(1), email: "a@b.co".into(), name: "A".into(), role: Role::Attendee, created_at_ms: 5 };
         let records = vec![
             Record::UserRegistered(UserRegistered { user: user.clone(), password_hash: Some("$argon2id$x".into()) }),
             Record::RoleSet(User { role: Role::Admin, ..user.clone() }),

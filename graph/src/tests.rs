@@ -64,9 +64,20 @@ fn everything_written_is_there_after_reopen() {
         graph.open_session([8; 32], user.id, 99).unwrap();
         graph.revoke_session([8; 32]).unwrap();
         venue = graph.create_venue(user.id, "Hall", "Berlin", Some(500)).unwrap();
-        let draft = graph.create_event(user.id, NewEvent { venue: Some(venue.id), ..event_at(1_000, "Berlin", &["Jazz"]) }).unwrap();
+        let draft = graph
+            .create_event(user.id, NewEvent { venue: Some(venue.id), ..event_at(1_000, "Berlin", &["Jazz"]) })
+            .unwrap();
         ticket_type = graph
-            .add_ticket_type(draft.id, NewTicketType { name: "GA".into(), price_cents: 2500, currency: "EUR".into(), capacity: 100, per_user_limit: Some(4) })
+            .add_ticket_type(
+                draft.id,
+                NewTicketType {
+                    name: "GA".into(),
+                    price_cents: 2500,
+                    currency: "EUR".into(),
+                    capacity: 100,
+                    per_user_limit: Some(4),
+                },
+            )
             .unwrap();
         event = graph.publish_event(draft.id).unwrap();
     }
@@ -77,7 +88,10 @@ fn everything_written_is_there_after_reopen() {
     assert_eq!(graph.session(&[8; 32]).unwrap(), None);
     assert_eq!(*graph.venue(venue.id).unwrap(), *venue);
     assert_eq!(*graph.event(event.id).unwrap(), *event);
-    assert_eq!(graph.ticket_types(event.id).iter().map(|t| (**t).clone()).collect::<Vec<_>>(), vec![(*ticket_type).clone()]);
+    assert_eq!(
+        graph.ticket_types(event.id).iter().map(|t| (**t).clone()).collect::<Vec<_>>(),
+        vec![(*ticket_type).clone()]
+    );
     assert_eq!(graph.events(&EventQuery { first: 10, ..EventQuery::default() }).total, 1);
     // Ids keep counting after a restart instead of reusing old ones.
     let next = graph.register("second@example.com", "Second", Role::Attendee, None).unwrap();
@@ -102,12 +116,14 @@ fn listings_hold_published_events_in_start_order_with_filters() {
     assert!(all.has_next);
     assert_eq!(all.events.iter().map(|e| e.starts_at_ms).collect::<Vec<_>>(), vec![7_000, 8_000]);
     let last = all.events.last().unwrap();
-    let rest = graph.events(&EventQuery { first: 10, after: Some((last.starts_at_ms, last.id)), ..EventQuery::default() });
+    let rest =
+        graph.events(&EventQuery { first: 10, after: Some((last.starts_at_ms, last.id)), ..EventQuery::default() });
     assert_eq!(rest.events.len(), 2);
     assert!(!rest.has_next);
     let berlin = graph.events(&EventQuery { city: Some("BERLIN".into()), first: 10, ..EventQuery::default() });
     assert_eq!(berlin.total, 2);
-    let window = graph.events(&EventQuery { from_ms: Some(8_000), to_ms: Some(10_000), first: 10, ..EventQuery::default() });
+    let window =
+        graph.events(&EventQuery { from_ms: Some(8_000), to_ms: Some(10_000), first: 10, ..EventQuery::default() });
     assert_eq!(window.events.iter().map(|e| e.starts_at_ms).collect::<Vec<_>>(), vec![8_000, 9_000]);
     let text = graph.events(&EventQuery { text: Some("gig 9000".into()), first: 10, ..EventQuery::default() });
     assert_eq!(text.total, 1);
@@ -127,7 +143,8 @@ fn cancelled_events_refuse_changes() {
     graph.cancel_event(event.id).unwrap();
     assert!(matches!(graph.publish_event(event.id), Err(Error::Conflict(_))));
     assert!(matches!(graph.update_event(event.id, EventChanges::default()), Err(Error::Conflict(_))));
-    let ticket = NewTicketType { name: "GA".into(), price_cents: 0, currency: "EUR".into(), capacity: 1, per_user_limit: None };
+    let ticket =
+        NewTicketType { name: "GA".into(), price_cents: 0, currency: "EUR".into(), capacity: 1, per_user_limit: None };
     assert!(matches!(graph.add_ticket_type(event.id, ticket), Err(Error::Conflict(_))));
 }
 
@@ -141,7 +158,13 @@ fn invalid_input_names_its_field() {
     let missing_venue = NewEvent { venue: Some(VenueId(99)), ..event_at(5, "Oslo", &[]) };
     assert!(matches!(graph.create_event(org.id, missing_venue), Err(Error::NotFound("venue"))));
     let event = graph.create_event(org.id, event_at(5, "Oslo", &[])).unwrap();
-    let over_limit = NewTicketType { name: "GA".into(), price_cents: 0, currency: "EUR".into(), capacity: 2, per_user_limit: Some(3) };
+    let over_limit = NewTicketType {
+        name: "GA".into(),
+        price_cents: 0,
+        currency: "EUR".into(),
+        capacity: 2,
+        per_user_limit: Some(3),
+    };
     assert!(matches!(graph.add_ticket_type(event.id, over_limit), Err(Error::Invalid { field: "perUserLimit", .. })));
 }
 

@@ -234,7 +234,7 @@ fn changes(input: UpdateEventInput) -> EventChanges {
 
 const TEXT_FILTER_CHARS_MAX: usize = 200;
 
-fn event_query(filter: Option<EventFilter>, first: i32, after: Option<String>) -> ApiResult<EventQuery> {
+fn event_query(filter: Option<EventFilter>, first: Option<i32>, after: Option<String>) -> ApiResult<EventQuery> {
     let filter = filter.unwrap_or_default();
     for (field, value) in [("filter.city", &filter.city), ("filter.tag", &filter.tag), ("filter.text", &filter.text)] {
         if value.as_ref().is_some_and(|v| v.chars().count() > TEXT_FILTER_CHARS_MAX) {
@@ -248,7 +248,7 @@ fn event_query(filter: Option<EventFilter>, first: i32, after: Option<String>) -
         to_ms: filter.to.map(|at| at.0),
         text: filter.text,
         after: after.as_deref().map(decode_cursor).transpose()?,
-        first: page_size(first)?,
+        first: page_size(first, 20)?,
     })
 }
 
@@ -288,7 +288,7 @@ impl EventsQuery {
         &self,
         ctx: &Context<'_>,
         filter: Option<EventFilter>,
-        #[graphql(default = 20)] first: i32,
+        #[graphql(default = 20)] first: Option<i32>,
         after: Option<String>,
     ) -> ApiResult<EventConnection> {
         let query = event_query(filter, first, after)?;
@@ -296,7 +296,12 @@ impl EventsQuery {
     }
 
     /// Events the viewer organizes, every status. ORGANIZER, ADMIN.
-    async fn my_events(&self, ctx: &Context<'_>, #[graphql(default = 20)] first: i32, after: Option<String>) -> ApiResult<EventConnection> {
+    async fn my_events(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 20)] first: Option<i32>,
+        after: Option<String>,
+    ) -> ApiResult<EventConnection> {
         let user = viewer(ctx).require_role(ORGANIZING, "myEvents")?;
         let query = event_query(None, first, after)?;
         Ok(app(ctx).graph.organized_by(user.id, &query).into())
@@ -309,7 +314,13 @@ pub struct EventsMutation;
 #[Object]
 impl EventsMutation {
     /// ORGANIZER, ADMIN.
-    async fn create_venue(&self, ctx: &Context<'_>, name: String, city: String, capacity: Option<i32>) -> ApiResult<VenueObject> {
+    async fn create_venue(
+        &self,
+        ctx: &Context<'_>,
+        name: String,
+        city: String,
+        capacity: Option<i32>,
+    ) -> ApiResult<VenueObject> {
         let user = viewer(ctx).require_role(ORGANIZING, "createVenue")?.id;
         let app = app(ctx).clone();
         let capacity = capacity.map(i64::from);
@@ -355,7 +366,12 @@ impl EventsMutation {
     }
 
     /// Its organizer, ADMIN.
-    async fn add_ticket_type(&self, ctx: &Context<'_>, event_id: ID, input: TicketTypeInput) -> ApiResult<TicketTypeObject> {
+    async fn add_ticket_type(
+        &self,
+        ctx: &Context<'_>,
+        event_id: ID,
+        input: TicketTypeInput,
+    ) -> ApiResult<TicketTypeObject> {
         let event = managed_event(ctx, "eventId", &event_id, "addTicketType")?;
         let new = NewTicketType {
             name: input.name,

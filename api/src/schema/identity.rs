@@ -126,8 +126,9 @@ impl IdentityMutation {
         email: String,
         password: String,
         name: String,
-        #[graphql(default_with = "Role::Attendee")] role: Role,
+        #[graphql(default_with = "Some(Role::Attendee)")] role: Option<Role>,
     ) -> ApiResult<AuthPayload> {
+        let role = role.unwrap_or(Role::Attendee);
         if !matches!(role, Role::Attendee | Role::Organizer) {
             return Err(ApiError::bad_input("role", "self-service registration allows ATTENDEE or ORGANIZER"));
         }
@@ -151,7 +152,8 @@ impl IdentityMutation {
         blocking(move || {
             let found = app.graph.user_by_email(&email)?;
             let stored = found.as_ref().and_then(|(_, hash)| hash.as_deref());
-            let verified = password.len() <= 4 * graph::rules::PASSWORD_CHARS_MAX && auth::verify_password(&password, stored);
+            let verified =
+                password.len() <= 4 * graph::rules::PASSWORD_CHARS_MAX && auth::verify_password(&password, stored);
             match found {
                 Some((user, _)) if verified => {
                     let token = app.issue_token(user.id)?;

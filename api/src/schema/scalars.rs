@@ -14,8 +14,9 @@ impl ScalarType for DateTime {
         let Value::String(text) = &value else {
             return Err(InputValueError::expected_type(value));
         };
-        let parsed = chrono::DateTime::parse_from_rfc3339(text)
-            .map_err(|_| InputValueError::custom(format!("{text:?} is not an RFC 3339 date-time like 2026-12-31T20:00:00Z")))?;
+        let parsed = chrono::DateTime::parse_from_rfc3339(text).map_err(|_| {
+            InputValueError::custom(format!("{text:?} is not an RFC 3339 date-time like 2026-12-31T20:00:00Z"))
+        })?;
         Ok(DateTime(parsed.timestamp_millis()))
     }
 
