@@ -37,9 +37,9 @@ pub use store::Store;
 
 use catalog::Catalog;
 use codec::{decode, encode};
-use ids::{EventId, TicketTypeId, UserId, VenueId};
+use ids::{BookingId, EventId, TicketTypeId, UserId, VenueId};
 use log::{Record, SessionOpened, SessionRevoked, UserRegistered};
-use model::{Event, EventStatus, Role, Session, TicketType, User, Venue};
+use model::{Booking, Event, EventStatus, Role, Session, TicketType, User, Venue};
 use store::{key, table};
 
 /// Settings for opening a graph.
@@ -390,6 +390,20 @@ impl Graph {
         self.catalog().ticket_types_of(event)
     }
 
+    /// Every stored booking, in id order (for the ledger's recovery).
+    pub fn bookings(&self) -> impl Iterator<Item = Result<Booking, Error>> + '_ {
+        self.store.scan(table::BOOKING).map(|row| decode(&row?.1, "booking"))
+    }
+
+    /// The booking a ticket code belongs to.
+    pub fn booking_id_by_ticket_code(&self, code: &str) -> Result<Option<BookingId>, Error> {
+        let Some(id) = self.store.get(&key(table::TICKET_CODE, code.as_bytes()))? else {
+            return Ok(None);
+        };
+        let id: [u8; 8] = id.as_ref().try_into().map_err(|_| Error::Corrupt("ticket code index"))?;
+        Ok(Some(BookingId(u64::from_be_bytes(id))))
+    }
+
     /// Published events matching the query, by start time then id.
     pub fn events(&self, query: &EventQuery) -> EventPage {
         self.catalog().published(query)
@@ -437,6 +451,16 @@ fn materialize(record: &Record, batch: &mut sled::Batch) {
         | Record::EventCancelled(event) => batch.insert(key(table::EVENT, &event.id.to_key()), encode(event)),
         Record::TicketTypeAdded(ticket_type) => {
             batch.insert(key(table::TICKET_TYPE, &ticket_type.id.to_key()), encode(ticket_type))
+        }
+        Record::BookingHeld(booking)
+        | Record::BookingConfirmed(booking)
+        | Record::BookingCancelled(booking)
+        | Record::BookingExpired(booking)
+        | Record::TicketCheckedIn(booking) => {
+            batch.insert(key(table::BOOKING, &booking.id.to_key()), encode(booking));
+            for ticket in &booking.tickets {
+                batch.insert(key(table::TICKET_CODE, ticket.code.as_bytes()), booking.id.to_key().to_vec());
+            }
         }
     }
 }

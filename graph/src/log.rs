@@ -6,7 +6,7 @@
 //! without changing how older entries decode.
 
 use crate::codec::{decode, encode};
-use crate::model::{Event, Session, TicketType, User, Venue};
+use crate::model::{Booking, Event, Session, TicketType, User, Venue};
 use crate::Error;
 
 /// A state change, as appended to the log.
@@ -32,6 +32,16 @@ pub enum Record {
     EventCancelled(Event),
     /// A ticket type was added to an event.
     TicketTypeAdded(TicketType),
+    /// Seats were held; the record holds the booking.
+    BookingHeld(Booking),
+    /// A booking was confirmed (directly or from a hold), tickets issued.
+    BookingConfirmed(Booking),
+    /// A booking was cancelled and its seats returned.
+    BookingCancelled(Booking),
+    /// A hold ran out and its seats returned.
+    BookingExpired(Booking),
+    /// A ticket of the booking was checked in at the door.
+    TicketCheckedIn(Booking),
 }
 
 /// Payload of [`Record::UserRegistered`].
@@ -83,6 +93,11 @@ impl Record {
             Record::EventPublished(_) => 8,
             Record::EventCancelled(_) => 9,
             Record::TicketTypeAdded(_) => 10,
+            Record::BookingHeld(_) => 11,
+            Record::BookingConfirmed(_) => 12,
+            Record::BookingCancelled(_) => 13,
+            Record::BookingExpired(_) => 14,
+            Record::TicketCheckedIn(_) => 15,
         }
     }
 
@@ -98,6 +113,11 @@ impl Record {
             | Record::EventPublished(p)
             | Record::EventCancelled(p) => encode(p),
             Record::TicketTypeAdded(p) => encode(p),
+            Record::BookingHeld(p)
+            | Record::BookingConfirmed(p)
+            | Record::BookingCancelled(p)
+            | Record::BookingExpired(p)
+            | Record::TicketCheckedIn(p) => encode(p),
         }
     }
 
@@ -114,6 +134,11 @@ impl Record {
             8 => Record::EventPublished(decode(bytes, WHAT)?),
             9 => Record::EventCancelled(decode(bytes, WHAT)?),
             10 => Record::TicketTypeAdded(decode(bytes, WHAT)?),
+            11 => Record::BookingHeld(decode(bytes, WHAT)?),
+            12 => Record::BookingConfirmed(decode(bytes, WHAT)?),
+            13 => Record::BookingCancelled(decode(bytes, WHAT)?),
+            14 => Record::BookingExpired(decode(bytes, WHAT)?),
+            15 => Record::TicketCheckedIn(decode(bytes, WHAT)?),
             _ => return Err(Error::Corrupt("log record kind")),
         })
     }
@@ -131,6 +156,11 @@ impl Record {
             Record::EventPublished(_) => "event.published",
             Record::EventCancelled(_) => "event.cancelled",
             Record::TicketTypeAdded(_) => "ticket_type.added",
+            Record::BookingHeld(_) => "booking.held",
+            Record::BookingConfirmed(_) => "booking.confirmed",
+            Record::BookingCancelled(_) => "booking.cancelled",
+            Record::BookingExpired(_) => "booking.expired",
+            Record::TicketCheckedIn(_) => "ticket.checked_in",
         }
     }
 }

@@ -119,3 +119,62 @@ pub struct Session {
     /// When it stops being accepted, unix milliseconds.
     pub expires_at_ms: i64,
 }
+
+/// Where a booking is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug, PartialEq, Eq))]
+pub enum BookingStatus {
+    /// Seats held until `expires_at_ms`; no tickets yet.
+    Held,
+    /// Paid for: tickets issued.
+    Confirmed,
+    /// Cancelled by its owner, the organizer or an admin; seats returned.
+    Cancelled,
+    /// A hold that ran out; seats returned.
+    Expired,
+}
+
+/// One seat of a confirmed booking: what the QR code at the door carries.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Ticket {
+    /// Its id.
+    pub id: crate::ids::TicketId,
+    /// Unguessable, URL-safe code (128 random bits, hex).
+    pub code: String,
+    /// When it was checked in at the door, unix ms.
+    pub checked_in_at_ms: Option<i64>,
+}
+
+/// Seats of one ticket type booked by one user.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Booking {
+    /// Its id.
+    pub id: crate::ids::BookingId,
+    /// Who booked.
+    pub user: UserId,
+    /// The event, denormalised from the ticket type.
+    pub event: EventId,
+    /// What was booked.
+    pub ticket_type: TicketTypeId,
+    /// Seats, 1..=50.
+    pub quantity: u32,
+    /// Price of one seat when booked, minor units.
+    pub unit_price_cents: u32,
+    /// The client's idempotency key.
+    pub idempotency_key: String,
+    /// Held, confirmed, cancelled or expired.
+    pub status: BookingStatus,
+    /// When it was made, unix ms.
+    pub created_at_ms: i64,
+    /// When a hold runs out, unix ms; `None` once not held.
+    pub expires_at_ms: Option<i64>,
+    /// Issued on confirmation, one per seat.
+    pub tickets: Vec<Ticket>,
+}
+
+impl Booking {
+    /// Whether its seats count as sold: confirmed, or held and not yet expired.
+    pub fn takes_seats(&self) -> bool {
+        matches!(self.status, BookingStatus::Held | BookingStatus::Confirmed)
+    }
+}

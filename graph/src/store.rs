@@ -31,6 +31,10 @@ pub(crate) mod table {
     pub const EVENT: u8 = b'N';
     /// Ticket types by id.
     pub const TICKET_TYPE: u8 = b'T';
+    /// Bookings by id.
+    pub const BOOKING: u8 = b'B';
+    /// Booking id by ticket code.
+    pub const TICKET_CODE: u8 = b'K';
 }
 
 /// Builds a key from a table tag and the key's bytes.
@@ -92,7 +96,7 @@ impl Store {
     /// Appends `records` to the log and applies the state they describe, in
     /// one atomic batch. Returns the seq of the last record. Not yet durable:
     /// call [`Store::sync`] before acknowledging.
-    pub(crate) fn commit(&self, at_ms: i64, records: &[Record]) -> Result<u64, Error> {
+    pub fn commit(&self, at_ms: i64, records: &[Record]) -> Result<u64, Error> {
         assert!(!records.is_empty(), "a commit carries at least one record");
         let mut next = self.next_seq.lock().expect("log append lock poisoned");
         let mut batch = sled::Batch::default();
@@ -111,7 +115,7 @@ impl Store {
 
     /// Returns once everything up to `seq` is on disk. Concurrent callers
     /// share flushes: whoever flushes covers every commit made before it.
-    pub(crate) fn sync(&self, seq: u64) -> Result<(), Error> {
+    pub fn sync(&self, seq: u64) -> Result<(), Error> {
         if self.durable_seq.load(Ordering::Acquire) >= seq {
             return Ok(());
         }

@@ -1,1 +1,410 @@
-//! placeholder
+//! `ledger` owns ticket inventory: seats, holds, bookings, tickets and
+//! check-in. Ticket types are spread over lock-sharded shards; a shard owns
+//! the stock, bookings and holds of its ticket types behind its own lock, so
+//! bookings for different events never contend. Idempotency keys live in
+//! their own shards, always locked before a stock shard.
+//!
+//! Promises, under any concurrency: sold = confirmed + live held seats <=
+//! capacity; one idempotency key of one user maps to at most one booking; a
+//! user's seats of a ticket type stay within its per-user limit; a booking is
+//! returned only after the flush that holds its log record (group commit via
+//! [`graph::Store::sync`]). State is rebuilt from the stored bookings at open.
+//! The crate knows nothing of HTTP or GraphQL.
+//!
+//! ```no_run
+//! # fn run(graph: std::sync::Arc<graph::Graph>) -> Result<(), ledger::Error> {
+//! use graph::ids::{TicketTypeId, UserId};
+//! let ledger = ledger::Ledger::open(graph, ledger::Options::default())?;
+//! let request = ledger::BookRequest {
+//!     user: UserId(1), ticket_type: TicketTypeId(1), quantity: 2,
+//!     idempotency_key: "order-17".into(), hold: false,
+//! };
+//! let booking = ledger.book(&request, graph::now_ms())?;
+//! assert_eq!(booking.tickets.len(), 2);
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+mod error;
+mod shard;
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use graph::ids::{BookingId, EventId, TicketId, TicketTypeId, UserId};
+use graph::log::Record;
+use graph::model::{Booking, BookingStatus, EventStatus, Ticket};
+use graph::Graph;
+
+pub use error::Error;
+use shard::{Shard, Stock};
+
+/// Most seats in one booking.
+pub const QUANTITY_MAX: u32 = 50;
+/// Longest idempotency key.
+pub const IDEMPOTENCY_KEY_CHARS_MAX: usize = 200;
+/// Shards are addressed by the low byte of a hash, so at most this many.
+pub const SHARDS_MAX: usize = 256;
+
+/// Settings of the ledger.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Stock shards, a power of two up to [`SHARDS_MAX`].
+    pub shards: usize,
+    /// How long a hold lasts, milliseconds.
+    pub hold_ttl_ms: i64,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { shards: 16, hold_ttl_ms: 10 * 60 * 1000 }
+    }
+}
+
+/// A request for seats.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BookRequest {
+    /// Who books.
+    pub user: UserId,
+    /// What.
+    pub ticket_type: TicketTypeId,
+    /// How many seats, 1..=50.
+    pub quantity: u32,
+    /// The client's key: the same user, key and input give the same booking.
+    pub idempotency_key: String,
+    /// Hold until the hold expires instead of confirming at once.
+    pub hold: bool,
+}
+
+/// The ticket inventory.
+pub struct Ledger {
+    graph: Arc<Graph>,
+    shards: Box<[Mutex<Shard>]>,
+    keys: Box<[Mutex<HashMap<(UserId, String), BookingId>>]>,
+    mask: u64,
+    next_booking: AtomicU64,
+    hold_ttl_ms: i64,
+}
+
+/// The low byte every booking id of a ticket type carries, so a booking's
+/// shard follows from its id whatever the shard count.
+fn shard_hint(ticket_type: TicketTypeId) -> u64 {
+    ticket_type.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56
+}
+
+impl Ledger {
+    /// Opens the ledger over `graph`, rebuilding every shard from the stored
+    /// bookings.
+    pub fn open(graph: Arc<Graph>, options: Options) -> Result<Ledger, Error> {
+        assert!(
+            options.shards.is_power_of_two() && options.shards <= SHARDS_MAX,
+            "shards must be a power of two <= 256"
+        );
+        let ledger = Ledger {
+            shards: (0..options.shards).map(|_| Mutex::new(Shard::default())).collect(),
+            keys: (0..options.shards).map(|_| Mutex::new(HashMap::new())).collect(),
+            mask: u64::try_from(options.shards - 1).expect("shard count fits u64"),
+            next_booking: AtomicU64::new(1),
+            hold_ttl_ms: options.hold_ttl_ms,
+            graph,
+        };
+        ledger.recover()?;
+        Ok(ledger)
+    }
+
+    fn recover(&self) -> Result<(), Error> {
+        let mut counter_max = 0;
+        for booking in self.graph.bookings() {
+            let booking = booking?;
+            counter_max = counter_max.max(booking.id.0 >> 8);
+            self.keys_of(booking.user, &booking.idempotency_key)
+                .insert((booking.user, booking.idempotency_key.clone()), booking.id);
+            let mut shard = self.shard_of(booking.ticket_type);
+            self.ensure_stock(&mut shard, booking.ticket_type)?;
+            shard.insert(booking);
+        }
+        self.next_booking.store(counter_max + 1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn shard_index(&self, hint: u64) -> usize {
+        usize::try_from(hint & self.mask).expect("shard index fits usize")
+    }
+
+    fn shard_of(&self, ticket_type: TicketTypeId) -> MutexGuard<'_, Shard> {
+        self.shards[self.shard_index(shard_hint(ticket_type))].lock().expect("shard lock poisoned")
+    }
+
+    fn shard_of_booking(&self, id: BookingId) -> MutexGuard<'_, Shard> {
+        self.shards[self.shard_index(id.0 & 0xff)].lock().expect("shard lock poisoned")
+    }
+
+    fn keys_of(&self, user: UserId, key: &str) -> MutexGuard<'_, HashMap<(UserId, String), BookingId>> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (user, key).hash(&mut hasher);
+        self.keys[self.shard_index(hasher.finish())].lock().expect("key lock poisoned")
+    }
+
+    fn ensure_stock(&self, shard: &mut Shard, ticket_type: TicketTypeId) -> Result<(), Error> {
+        if !shard.stock.contains_key(&ticket_type) {
+            let definition = self.graph.ticket_type(ticket_type).ok_or(Error::NotFound("ticket type"))?;
+            let stock =
+                Stock { capacity: definition.capacity, per_user_limit: definition.per_user_limit, ..Stock::default() };
+            shard.stock.insert(ticket_type, stock);
+        }
+        Ok(())
+    }
+
+    /// Commits a booking's new state to the log (atomically with its row).
+    fn commit(&self, record: Record, now_ms: i64) -> Result<u64, Error> {
+        Ok(self.graph.store().commit(now_ms, &[record])?)
+    }
+
+    /// Books seats: held until the hold expires, or confirmed with tickets.
+    pub fn book(&self, request: &BookRequest, now_ms: i64) -> Result<Booking, Error> {
+        check_request(request)?;
+        let definition = self.graph.ticket_type(request.ticket_type).ok_or(Error::NotFound("ticket type"))?;
+        let mut keys = self.keys_of(request.user, &request.idempotency_key);
+        if let Some(&existing) = keys.get(&(request.user, request.idempotency_key.clone())) {
+            drop(keys);
+            return self.replay(existing, request);
+        }
+        let mut shard = self.shard_of(request.ticket_type);
+        let event = self.graph.event(definition.event).ok_or(Error::NotFound("event"))?;
+        match event.status {
+            EventStatus::Published => {}
+            EventStatus::Draft => return Err(Error::Conflict("the event is not on sale yet (DRAFT)".into())),
+            EventStatus::Cancelled => return Err(Error::Conflict("the event is cancelled".into())),
+        }
+        self.ensure_stock(&mut shard, request.ticket_type)?;
+        self.expire_due(&mut shard, now_ms)?;
+        let stock = &shard.stock[&request.ticket_type];
+        if request.quantity > stock.available() {
+            return Err(Error::SoldOut { available: stock.available() });
+        }
+        let owned = stock.seats_by_user.get(&request.user).copied().unwrap_or(0);
+        if let Some(limit) = stock.per_user_limit {
+            if owned + request.quantity > limit {
+                return Err(Error::LimitExceeded { limit, owned });
+            }
+        }
+        let counter = self.next_booking.fetch_add(1, Ordering::Relaxed);
+        let id = BookingId((counter << 8) | shard_hint(request.ticket_type));
+        let mut booking = Booking {
+            id,
+            user: request.user,
+            event: definition.event,
+            ticket_type: request.ticket_type,
+            quantity: request.quantity,
+            unit_price_cents: definition.price_cents,
+            idempotency_key: request.idempotency_key.clone(),
+            status: BookingStatus::Held,
+            created_at_ms: now_ms,
+            expires_at_ms: Some(now_ms.saturating_add(self.hold_ttl_ms)),
+            tickets: Vec::new(),
+        };
+        let record = if request.hold {
+            Record::BookingHeld(booking.clone())
+        } else {
+            confirm_in_place(&mut booking);
+            Record::BookingConfirmed(booking.clone())
+        };
+        let seq = self.commit(record, now_ms)?;
+        shard.insert(booking.clone());
+        keys.insert((request.user, request.idempotency_key.clone()), id);
+        drop(shard);
+        drop(keys);
+        self.graph.store().sync(seq)?;
+        Ok(booking)
+    }
+
+    /// The booking an idempotency key already made, if the input matches.
+    fn replay(&self, existing: BookingId, request: &BookRequest) -> Result<Booking, Error> {
+        let booking = self.booking(existing).ok_or(Error::NotFound("booking"))?;
+        if booking.ticket_type != request.ticket_type || booking.quantity != request.quantity {
+            return Err(Error::Conflict("idempotencyKey was already used with a different input".into()));
+        }
+        // The first request may still be waiting for its flush.
+        self.graph.store().sync(self.graph.store().head_seq())?;
+        Ok(booking)
+    }
+
+    /// Confirms a held booking (issuing tickets); confirming a confirmed
+    /// booking returns it unchanged.
+    pub fn confirm(&self, id: BookingId, now_ms: i64) -> Result<Booking, Error> {
+        let mut shard = self.shard_of_booking(id);
+        self.expire_due(&mut shard, now_ms)?;
+        let mut booking = shard.bookings.get(&id).cloned().ok_or(Error::NotFound("booking"))?;
+        match booking.status {
+            BookingStatus::Confirmed => return Ok(booking),
+            BookingStatus::Expired => return Err(Error::HoldExpired),
+            BookingStatus::Cancelled => return Err(Error::Conflict("the booking is cancelled".into())),
+            BookingStatus::Held => {}
+        }
+        confirm_in_place(&mut booking);
+        let seq = self.commit(Record::BookingConfirmed(booking.clone()), now_ms)?;
+        shard.replace(booking.clone());
+        drop(shard);
+        self.graph.store().sync(seq)?;
+        Ok(booking)
+    }
+
+    /// Cancels a held or confirmed booking and returns its seats.
+    pub fn cancel(&self, id: BookingId, now_ms: i64) -> Result<Booking, Error> {
+        let mut shard = self.shard_of_booking(id);
+        self.expire_due(&mut shard, now_ms)?;
+        let booking = shard.bookings.get(&id).cloned().ok_or(Error::NotFound("booking"))?;
+        match booking.status {
+            BookingStatus::Cancelled => return Ok(booking),
+            BookingStatus::Expired => return Err(Error::Conflict("the hold already expired".into())),
+            BookingStatus::Held | BookingStatus::Confirmed => {}
+        }
+        let seq = self.cancel_locked(&mut shard, booking, now_ms)?;
+        let booking = shard.bookings[&id].clone();
+        drop(shard);
+        self.graph.store().sync(seq)?;
+        Ok(booking)
+    }
+
+    fn cancel_locked(&self, shard: &mut Shard, mut booking: Booking, now_ms: i64) -> Result<u64, Error> {
+        booking.status = BookingStatus::Cancelled;
+        booking.expires_at_ms = None;
+        let seq = self.commit(Record::BookingCancelled(booking.clone()), now_ms)?;
+        shard.replace(booking);
+        Ok(seq)
+    }
+
+    /// Cancels every live booking of the event's ticket types; returns how many.
+    pub fn cancel_event(&self, event: EventId, now_ms: i64) -> Result<usize, Error> {
+        let mut cancelled = 0;
+        let mut last_seq = 0;
+        for ticket_type in self.graph.ticket_types(event) {
+            let mut shard = self.shard_of(ticket_type.id);
+            let live: Vec<BookingId> =
+                shard.stock.get(&ticket_type.id).map(|s| s.live.iter().copied().collect()).unwrap_or_default();
+            for id in live {
+                let booking = shard.bookings[&id].clone();
+                last_seq = self.cancel_locked(&mut shard, booking, now_ms)?;
+                cancelled += 1;
+            }
+        }
+        if cancelled > 0 {
+            self.graph.store().sync(last_seq)?;
+        }
+        Ok(cancelled)
+    }
+
+    /// Checks in the ticket with `code`, once, for confirmed bookings only.
+    pub fn check_in(&self, code: &str, now_ms: i64) -> Result<(Booking, usize), Error> {
+        let id = self.graph.booking_id_by_ticket_code(code)?.ok_or(Error::NotFound("ticket"))?;
+        let mut shard = self.shard_of_booking(id);
+        let mut booking = shard.bookings.get(&id).cloned().ok_or(Error::NotFound("ticket"))?;
+        let seat = booking.tickets.iter().position(|t| t.code == code).ok_or(Error::NotFound("ticket"))?;
+        if booking.status != BookingStatus::Confirmed {
+            return Err(Error::Conflict("the ticket's booking is cancelled".into()));
+        }
+        if let Some(at) = booking.tickets[seat].checked_in_at_ms {
+            return Err(Error::AlreadyCheckedIn { at_ms: at });
+        }
+        booking.tickets[seat].checked_in_at_ms = Some(now_ms);
+        let seq = self.commit(Record::TicketCheckedIn(booking.clone()), now_ms)?;
+        shard.replace(booking.clone());
+        drop(shard);
+        self.graph.store().sync(seq)?;
+        Ok((booking, seat))
+    }
+
+    /// Expires every hold due at `now_ms`, in every shard; returns how many.
+    pub fn reap_expired(&self, now_ms: i64) -> Result<usize, Error> {
+        let mut expired = 0;
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().expect("shard lock poisoned");
+            expired += self.expire_due(&mut shard, now_ms)?;
+        }
+        Ok(expired)
+    }
+
+    /// Expires a shard's due holds. The records are flushed with the next
+    /// sync; an unflushed expiry lost in a crash is simply redone at start.
+    fn expire_due(&self, shard: &mut Shard, now_ms: i64) -> Result<usize, Error> {
+        let due = shard.expired_holds(now_ms);
+        for id in &due {
+            let mut booking = shard.bookings[id].clone();
+            booking.status = BookingStatus::Expired;
+            booking.expires_at_ms = None;
+            self.commit(Record::BookingExpired(booking.clone()), now_ms)?;
+            shard.replace(booking);
+        }
+        Ok(due.len())
+    }
+
+    /// A booking by id.
+    pub fn booking(&self, id: BookingId) -> Option<Booking> {
+        self.shard_of_booking(id).bookings.get(&id).cloned()
+    }
+
+    /// A user's bookings, newest first.
+    pub fn bookings_of(&self, user: UserId) -> Vec<Booking> {
+        let mut found: Vec<Booking> = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock().expect("shard lock poisoned");
+            let ids = shard.by_user.get(&user).map(Vec::as_slice).unwrap_or(&[]);
+            found.extend(ids.iter().map(|id| shard.bookings[id].clone()));
+        }
+        found.sort_by_key(|b| std::cmp::Reverse((b.created_at_ms, b.id)));
+        found
+    }
+
+    /// Seats sold (confirmed + live held) of a ticket type.
+    pub fn sold(&self, ticket_type: TicketTypeId) -> u32 {
+        self.shard_of(ticket_type).stock.get(&ticket_type).map_or(0, Stock::sold)
+    }
+
+    /// Distinct users with a confirmed booking of any of these ticket types.
+    pub fn attendee_count(&self, ticket_types: &[TicketTypeId]) -> usize {
+        let mut users = HashSet::new();
+        for ticket_type in ticket_types {
+            if let Some(stock) = self.shard_of(*ticket_type).stock.get(ticket_type) {
+                users.extend(stock.confirmed_by_user.keys().copied());
+            }
+        }
+        users.len()
+    }
+}
+
+fn check_request(request: &BookRequest) -> Result<(), Error> {
+    if !(1..=QUANTITY_MAX).contains(&request.quantity) {
+        return Err(Error::Invalid { field: "quantity", reason: format!("must be between 1 and {QUANTITY_MAX}") });
+    }
+    let key_chars = request.idempotency_key.chars().count();
+    if key_chars == 0 || key_chars > IDEMPOTENCY_KEY_CHARS_MAX {
+        let reason = format!("must be 1 to {IDEMPOTENCY_KEY_CHARS_MAX} characters");
+        return Err(Error::Invalid { field: "idempotencyKey", reason });
+    }
+    Ok(())
+}
+
+/// Marks a booking confirmed and issues one ticket per seat.
+fn confirm_in_place(booking: &mut Booking) {
+    booking.status = BookingStatus::Confirmed;
+    booking.expires_at_ms = None;
+    booking.tickets = (0..booking.quantity)
+        .map(|seat| Ticket {
+            id: TicketId(booking.id.0 * 64 + u64::from(seat)),
+            code: ticket_code(),
+            checked_in_at_ms: None,
+        })
+        .collect();
+}
+
+/// 128 random bits as 32 hex characters: unguessable and URL-safe.
+fn ticket_code() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::getrandom(&mut bytes).expect("the operating system's random source failed");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,120 @@
+//! One shard: the stock, bookings and holds of the ticket types hashed to it,
+//! behind one lock. Pure in-memory bookkeeping; the ledger persists.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use graph::ids::{BookingId, TicketTypeId, UserId};
+use graph::model::Booking;
+
+/// Seats of one ticket type.
+#[derive(Debug, Default)]
+pub(crate) struct Stock {
+    pub capacity: u32,
+    pub per_user_limit: Option<u32>,
+    /// Seats in live holds.
+    pub held: u32,
+    /// Seats in confirmed bookings.
+    pub confirmed: u32,
+    /// Held plus confirmed seats per user, for the per-user limit.
+    pub seats_by_user: HashMap<UserId, u32>,
+    /// Confirmed seats per user, for attendee counts.
+    pub confirmed_by_user: HashMap<UserId, u32>,
+    /// Bookings that take seats (held or confirmed).
+    pub live: HashSet<BookingId>,
+}
+
+impl Stock {
+    /// sold = confirmed + live held seats.
+    pub fn sold(&self) -> u32 {
+        self.held + self.confirmed
+    }
+
+    pub fn available(&self) -> u32 {
+        debug_assert!(self.sold() <= self.capacity, "oversold: {} of {}", self.sold(), self.capacity);
+        self.capacity.saturating_sub(self.sold())
+    }
+
+    /// Counts a booking's seats in.
+    pub fn take(&mut self, booking: &Booking) {
+        self.add(booking, 1);
+        assert!(self.sold() <= self.capacity, "oversold: {} of {}", self.sold(), self.capacity);
+    }
+
+    /// Counts a booking's seats out.
+    pub fn release(&mut self, booking: &Booking) {
+        self.add(booking, -1);
+    }
+
+    fn add(&mut self, booking: &Booking, sign: i64) {
+        let quantity = i64::from(booking.quantity) * sign;
+        let bump =
+            |value: &mut u32| *value = u32::try_from(i64::from(*value) + quantity).expect("seat counts stay in range");
+        match booking.status {
+            graph::model::BookingStatus::Held => bump(&mut self.held),
+            graph::model::BookingStatus::Confirmed => {
+                bump(&mut self.confirmed);
+                bump(self.confirmed_by_user.entry(booking.user).or_default());
+                if self.confirmed_by_user[&booking.user] == 0 {
+                    self.confirmed_by_user.remove(&booking.user);
+                }
+            }
+            _ => unreachable!("only held and confirmed bookings take seats"),
+        }
+        bump(self.seats_by_user.entry(booking.user).or_default());
+        if self.seats_by_user[&booking.user] == 0 {
+            self.seats_by_user.remove(&booking.user);
+        }
+        if sign > 0 {
+            self.live.insert(booking.id);
+        } else {
+            self.live.remove(&booking.id);
+        }
+    }
+}
+
+/// Everything one lock guards.
+#[derive(Default)]
+pub(crate) struct Shard {
+    pub stock: HashMap<TicketTypeId, Stock>,
+    pub bookings: HashMap<BookingId, Booking>,
+    pub by_user: HashMap<UserId, Vec<BookingId>>,
+    /// Live holds by expiry, for the reaper.
+    pub holds: BTreeSet<(i64, BookingId)>,
+}
+
+impl Shard {
+    /// Adds a booking that was never seen before.
+    pub fn insert(&mut self, booking: Booking) {
+        if booking.takes_seats() {
+            self.stock.get_mut(&booking.ticket_type).expect("stock exists before bookings").take(&booking);
+        }
+        if let (graph::model::BookingStatus::Held, Some(expires)) = (booking.status, booking.expires_at_ms) {
+            self.holds.insert((expires, booking.id));
+        }
+        self.by_user.entry(booking.user).or_default().push(booking.id);
+        self.bookings.insert(booking.id, booking);
+    }
+
+    /// Replaces a booking with its next state, moving seats as needed.
+    pub fn replace(&mut self, next: Booking) {
+        let previous = self.bookings.insert(next.id, next.clone()).expect("replace an existing booking");
+        if let Some(expires) = previous.expires_at_ms {
+            self.holds.remove(&(expires, previous.id));
+        }
+        let stock = self.stock.get_mut(&next.ticket_type).expect("stock exists before bookings");
+        if previous.takes_seats() {
+            stock.release(&previous);
+        }
+        if next.takes_seats() {
+            stock.take(&next);
+        }
+        if let (graph::model::BookingStatus::Held, Some(expires)) = (next.status, next.expires_at_ms) {
+            self.holds.insert((expires, next.id));
+        }
+    }
+
+    /// Ids of holds that expired at `now_ms`.
+    pub fn expired_holds(&self, now_ms: i64) -> Vec<BookingId> {
+        self.holds.iter().take_while(|(expires, _)| *expires <= now_ms).map(|(_, id)| *id).collect()
+    }
+}
