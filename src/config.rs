@@ -37,6 +37,12 @@ pub struct ServeArgs {
     /// Largest request body in bytes; larger ones get 413 [default: 1048576]
     #[arg(long, env = "MARQUEE_BODY_BYTES_MAX", value_name = "BYTES")]
     pub body_bytes_max: Option<usize>,
+    /// How long a hold keeps seats before they return to sale, e.g. 10m [default: 10m]
+    #[arg(long, env = "MARQUEE_HOLD_TTL", value_name = "DURATION", value_parser = parse_duration)]
+    pub hold_ttl: Option<Duration>,
+    /// Ticket ledger shards, a power of two up to 256 [default: 16]
+    #[arg(long, env = "MARQUEE_LEDGER_SHARDS", value_name = "N")]
+    pub ledger_shards: Option<usize>,
     /// Log format: text or json [default: text]
     #[arg(long, env = "MARQUEE_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -60,6 +66,8 @@ struct FileSettings {
     cache_mb: Option<u64>,
     listen: Option<String>,
     token_ttl: Option<String>,
+    hold_ttl: Option<String>,
+    ledger_shards: Option<usize>,
     body_bytes_max: Option<usize>,
     log_format: Option<LogFormat>,
 }
@@ -77,6 +85,8 @@ pub struct ServeConfig {
     pub store: StoreConfig,
     pub listen: SocketAddr,
     pub token_ttl: Duration,
+    pub hold_ttl: Duration,
+    pub ledger_shards: usize,
     pub body_bytes_max: usize,
     pub log_format: LogFormat,
 }
@@ -127,12 +137,24 @@ impl ServeConfig {
         if token_ttl < Duration::from_secs(60) || token_ttl > Duration::from_secs(366 * 24 * 3600) {
             return Err("token_ttl must be between 1m and 366d".into());
         }
+        let hold_ttl = match (args.hold_ttl, &file.hold_ttl) {
+            (Some(ttl), _) => ttl,
+            (None, Some(text)) => parse_duration(text).map_err(|e| format!("hold_ttl: {e}"))?,
+            (None, None) => Duration::from_secs(600),
+        };
+        if hold_ttl < Duration::from_secs(1) || hold_ttl > Duration::from_secs(24 * 3600) {
+            return Err("hold_ttl must be between 1s and 24h".into());
+        }
+        let ledger_shards = args.ledger_shards.or(file.ledger_shards).unwrap_or(16);
+        if !ledger_shards.is_power_of_two() || ledger_shards > ledger::SHARDS_MAX {
+            return Err(format!("ledger_shards must be a power of two from 1 to {}", ledger::SHARDS_MAX));
+        }
         let body_bytes_max = args.body_bytes_max.or(file.body_bytes_max).unwrap_or(1024 * 1024);
         if !(BODY_BYTES_MIN..=BODY_BYTES_MAX).contains(&body_bytes_max) {
             return Err(format!("body_bytes_max must be between {BODY_BYTES_MIN} and {BODY_BYTES_MAX}"));
         }
         let log_format = args.log_format.or(file.log_format).unwrap_or(LogFormat::Text);
-        Ok(ServeConfig { store, listen, token_ttl, body_bytes_max, log_format })
+        Ok(ServeConfig { store, listen, token_ttl, hold_ttl, ledger_shards, body_bytes_max, log_format })
     }
 }
 

@@ -134,26 +134,51 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
     let config = ServeConfig::resolve(args).map_err(Failure::Config)?;
     init_logging(config.log_format);
     let graph = Arc::new(open_graph(&config.store)?);
+    let options = ledger::Options { shards: config.ledger_shards, hold_ttl_ms: millis(config.hold_ttl) };
+    let ledger = ledger::Ledger::open(graph.clone(), options)
+        .map_err(|e| Failure::Runtime(format!("cannot recover the ticket ledger: {e}")))?;
+    let ledger = Arc::new(ledger);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure::Runtime(format!("cannot start the runtime: {e}")))?;
-    runtime.block_on(run_server(&config, graph.clone()))?;
+    runtime.block_on(run_server(&config, graph.clone(), ledger))?;
     graph.store().flush().map_err(|e| Failure::Runtime(format!("final flush failed: {e}")))?;
     tracing::info!("stopped cleanly");
     Ok(())
 }
 
-async fn run_server(config: &ServeConfig, graph: Arc<Graph>) -> Result<(), Failure> {
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Returns expired holds' seats to sale every `HOLD_REAP_INTERVAL`, so they
+/// come back promptly even when nobody touches that ticket type.
+fn spawn_hold_reaper(ledger: Arc<ledger::Ledger>) {
+    const HOLD_REAP_INTERVAL: Duration = Duration::from_millis(500);
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(HOLD_REAP_INTERVAL);
+        loop {
+            ticker.tick().await;
+            let ledger = ledger.clone();
+            match tokio::task::spawn_blocking(move || ledger.reap_expired(graph::now_ms())).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(expired)) => tracing::info!(expired, "expired holds released their seats"),
+                Ok(Err(error)) => tracing::error!(%error, "reaping expired holds failed"),
+                Err(error) => tracing::error!(%error, "hold reaper task failed"),
+            }
+        }
+    });
+}
+
+async fn run_server(config: &ServeConfig, graph: Arc<Graph>, ledger: Arc<ledger::Ledger>) -> Result<(), Failure> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| Failure::Runtime(format!("cannot listen on {}: {e}", config.listen)))?;
     let address = listener.local_addr().map_err(|e| Failure::Runtime(e.to_string()))?;
-    let settings = api::Settings {
-        token_ttl_ms: i64::try_from(config.token_ttl.as_millis()).unwrap_or(i64::MAX),
-        body_bytes_max: config.body_bytes_max,
-    };
-    let app = Arc::new(api::App::new(graph, settings));
+    let settings = api::Settings { token_ttl_ms: millis(config.token_ttl), body_bytes_max: config.body_bytes_max };
+    spawn_hold_reaper(ledger.clone());
+    let app = Arc::new(api::App::new(graph, ledger, settings));
     tracing::info!(%address, data_dir = %config.store.data_dir.display(), "marquee serving");
     // Tests and scripts read the bound address (port 0 picks one) from this line.
     println!("marquee listening on http://{address}");
@@ -216,14 +241,10 @@ fn user(command: UserCommand) -> Result<(), Failure> {
             Ok(())
         }
         UserCommand::Token { store, email, ttl } => {
-            let graph = Arc::new(open_graph(&StoreConfig::resolve(&store).map_err(Failure::Config)?)?);
+            let graph = open_graph(&StoreConfig::resolve(&store).map_err(Failure::Config)?)?;
             let user = find_user(&graph, &email)?;
-            let settings = api::Settings {
-                token_ttl_ms: i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
-                ..api::Settings::default()
-            };
-            let app = api::App::new(graph, settings);
-            let token = app.issue_token(user.id).map_err(|e| Failure::Runtime(e.message().to_string()))?;
+            let token = api::auth::issue_token(&graph, user.id, millis(ttl))
+                .map_err(|e| Failure::Runtime(e.message().to_string()))?;
             println!("{token}");
             Ok(())
         }

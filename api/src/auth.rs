@@ -111,6 +111,15 @@ pub fn new_token() -> String {
     token
 }
 
+/// Opens a session for `user`, valid for `ttl_ms`, and returns its new
+/// bearer token. Blocking (the session is flushed before it is returned).
+pub fn issue_token(graph: &graph::Graph, user: graph::ids::UserId, ttl_ms: i64) -> Result<String, ApiError> {
+    let token = new_token();
+    let expires_at_ms = graph::now_ms().saturating_add(ttl_ms);
+    graph.open_session(token_hash(&token), user, expires_at_ms)?;
+    Ok(token)
+}
+
 /// What is stored for a token: its SHA-256.
 pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()

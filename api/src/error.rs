@@ -16,6 +16,12 @@ pub enum ApiError {
     BadUserInput(String),
     /// The state forbids it (duplicate email, cancelled event, ...).
     Conflict(String),
+    /// Fewer seats available than asked for.
+    SoldOut(String),
+    /// The per-user ticket limit would be passed.
+    LimitExceeded(String),
+    /// Confirming a hold whose time ran out.
+    HoldExpired(String),
     /// The server failed; details went to the log, not to the client.
     Internal,
 }
@@ -29,6 +35,9 @@ impl ApiError {
             ApiError::NotFound(_) => "NOT_FOUND",
             ApiError::BadUserInput(_) => "BAD_USER_INPUT",
             ApiError::Conflict(_) => "CONFLICT",
+            ApiError::SoldOut(_) => "SOLD_OUT",
+            ApiError::LimitExceeded(_) => "LIMIT_EXCEEDED",
+            ApiError::HoldExpired(_) => "HOLD_EXPIRED",
             ApiError::Internal => "INTERNAL",
         }
     }
@@ -40,7 +49,10 @@ impl ApiError {
             | ApiError::Forbidden(m)
             | ApiError::NotFound(m)
             | ApiError::BadUserInput(m)
-            | ApiError::Conflict(m) => m,
+            | ApiError::Conflict(m)
+            | ApiError::SoldOut(m)
+            | ApiError::LimitExceeded(m)
+            | ApiError::HoldExpired(m) => m,
             ApiError::Internal => "internal error",
         }
     }
@@ -67,6 +79,24 @@ impl From<graph::Error> for ApiError {
                 tracing::error!(error = %internal, "graph operation failed");
                 ApiError::Internal
             }
+        }
+    }
+}
+
+impl From<ledger::Error> for ApiError {
+    fn from(error: ledger::Error) -> ApiError {
+        match error {
+            ledger::Error::Invalid { .. } => ApiError::BadUserInput(error.to_string()),
+            ledger::Error::NotFound(_) => ApiError::NotFound(error.to_string()),
+            ledger::Error::SoldOut { .. } => ApiError::SoldOut(error.to_string()),
+            ledger::Error::LimitExceeded { .. } => ApiError::LimitExceeded(error.to_string()),
+            ledger::Error::HoldExpired => ApiError::HoldExpired(error.to_string()),
+            ledger::Error::Conflict(why) => ApiError::Conflict(why),
+            ledger::Error::AlreadyCheckedIn { at_ms } => {
+                let at = crate::schema::DateTime(at_ms).to_rfc3339();
+                ApiError::Conflict(format!("this ticket was already checked in at {at}"))
+            }
+            ledger::Error::Graph(inner) => inner.into(),
         }
     }
 }

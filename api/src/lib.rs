@@ -9,8 +9,8 @@
 //! drive them without a socket.
 //!
 //! ```no_run
-//! # async fn run(graph: std::sync::Arc<graph::Graph>) -> std::io::Result<()> {
-//! let app = std::sync::Arc::new(api::App::new(graph, api::Settings::default()));
+//! # async fn run(graph: std::sync::Arc<graph::Graph>, ledger: std::sync::Arc<ledger::Ledger>) -> std::io::Result<()> {
+//! let app = std::sync::Arc::new(api::App::new(graph, ledger, api::Settings::default()));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! api::serve(listener, app, std::future::pending()).await
 //! # }
@@ -50,22 +50,21 @@ impl Default for Settings {
 pub struct App {
     /// Entities and the log.
     pub graph: Arc<Graph>,
+    /// Ticket inventory and bookings.
+    pub ledger: Arc<ledger::Ledger>,
     /// Front-end settings.
     pub settings: Settings,
 }
 
 impl App {
     /// Wires the app together.
-    pub fn new(graph: Arc<Graph>, settings: Settings) -> App {
-        App { graph, settings }
+    pub fn new(graph: Arc<Graph>, ledger: Arc<ledger::Ledger>, settings: Settings) -> App {
+        App { graph, ledger, settings }
     }
 
     /// Opens a session for `user` and returns its new bearer token. Blocking.
     pub fn issue_token(&self, user: UserId) -> ApiResult<String> {
-        let token = auth::new_token();
-        let expires_at_ms = graph::now_ms().saturating_add(self.settings.token_ttl_ms);
-        self.graph.open_session(auth::token_hash(&token), user, expires_at_ms)?;
-        Ok(token)
+        auth::issue_token(&self.graph, user, self.settings.token_ttl_ms)
     }
 }
 

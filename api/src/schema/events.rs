@@ -77,6 +77,14 @@ impl TicketTypeObject {
     async fn per_user_limit(&self) -> Option<u32> {
         self.0.per_user_limit
     }
+    /// Seats taken: CONFIRMED plus live HELD.
+    async fn sold(&self, ctx: &Context<'_>) -> u32 {
+        app(ctx).ledger.sold(self.0.id)
+    }
+    /// capacity - sold; never negative.
+    async fn available(&self, ctx: &Context<'_>) -> u32 {
+        self.0.capacity.saturating_sub(app(ctx).ledger.sold(self.0.id))
+    }
 }
 
 /// An event.
@@ -122,6 +130,11 @@ impl EventObject {
     }
     async fn ticket_types(&self, ctx: &Context<'_>) -> Vec<TicketTypeObject> {
         app(ctx).graph.ticket_types(self.0.id).into_iter().map(TicketTypeObject).collect()
+    }
+    /// Distinct users with a CONFIRMED booking.
+    async fn attendee_count(&self, ctx: &Context<'_>) -> usize {
+        let ticket_types: Vec<_> = app(ctx).graph.ticket_types(self.0.id).iter().map(|t| t.id).collect();
+        app(ctx).ledger.attendee_count(&ticket_types)
     }
 }
 
@@ -362,7 +375,12 @@ impl EventsMutation {
     async fn cancel_event(&self, ctx: &Context<'_>, id: ID) -> ApiResult<EventObject> {
         let event = managed_event(ctx, "id", &id, "cancelEvent")?;
         let app = app(ctx).clone();
-        blocking(move || Ok(EventObject(app.graph.cancel_event(event.id)?))).await
+        blocking(move || {
+            let cancelled = app.graph.cancel_event(event.id)?;
+            app.ledger.cancel_event(event.id, graph::now_ms())?;
+            Ok(EventObject(cancelled))
+        })
+        .await
     }
 
     /// Its organizer, ADMIN.

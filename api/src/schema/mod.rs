@@ -1,6 +1,7 @@
 //! The GraphQL schema: a root per domain, merged; resolvers stay thin and
 //! call `graph` (and later `ledger`) through [`crate::App`].
 
+mod bookings;
 mod events;
 mod identity;
 mod scalars;
@@ -21,11 +22,11 @@ pub type MarqueeSchema = Schema<Query, Mutation, EmptySubscription>;
 
 /// Every query field, by domain.
 #[derive(MergedObject, Default)]
-pub struct Query(identity::IdentityQuery, events::EventsQuery);
+pub struct Query(identity::IdentityQuery, events::EventsQuery, bookings::BookingsQuery);
 
 /// Every mutation, by domain.
 #[derive(MergedObject, Default)]
-pub struct Mutation(identity::IdentityMutation, events::EventsMutation);
+pub struct Mutation(identity::IdentityMutation, events::EventsMutation, bookings::BookingsMutation);
 
 /// Builds the schema with the app as shared data.
 pub fn build(app: Arc<App>) -> MarqueeSchema {

@@ -8,6 +8,16 @@ use chrono::{SecondsFormat, TimeZone, Utc};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DateTime(pub i64);
 
+impl DateTime {
+    /// The RFC 3339 UTC text of this time.
+    pub fn to_rfc3339(self) -> String {
+        match self.to_value() {
+            Value::String(text) => text,
+            _ => format!("{} ms since the epoch", self.0),
+        }
+    }
+}
+
 #[Scalar(name = "DateTime")]
 impl ScalarType for DateTime {
     fn parse(value: Value) -> InputValueResult<Self> {

@@ -1,0 +1,195 @@
+//! Bookings: book, confirm, cancel, check in, and the viewer's bookings.
+
+use async_graphql::{Context, Enum, InputObject, Object, ID};
+use graph::ids::{BookingId, TicketTypeId};
+use graph::model::{self, Role};
+
+use super::events::{EventObject, TicketTypeObject};
+use super::{app, blocking, parse_id, viewer, DateTime};
+use crate::error::{ApiError, ApiResult};
+
+/// Where a booking is in its life.
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+#[graphql(name = "BookingStatus")]
+pub enum BookingStatus {
+    /// Seats held until expiresAt.
+    Held,
+    /// Tickets issued.
+    Confirmed,
+    /// Cancelled; seats returned.
+    Cancelled,
+    /// The hold ran out; seats returned.
+    Expired,
+}
+
+impl From<model::BookingStatus> for BookingStatus {
+    fn from(status: model::BookingStatus) -> BookingStatus {
+        match status {
+            model::BookingStatus::Held => BookingStatus::Held,
+            model::BookingStatus::Confirmed => BookingStatus::Confirmed,
+            model::BookingStatus::Cancelled => BookingStatus::Cancelled,
+            model::BookingStatus::Expired => BookingStatus::Expired,
+        }
+    }
+}
+
+fn ticket_type(ctx: &Context<'_>, id: TicketTypeId) -> ApiResult<TicketTypeObject> {
+    app(ctx).graph.ticket_type(id).map(TicketTypeObject).ok_or_else(|| {
+        tracing::error!(ticket_type = %id, "booking's ticket type is missing");
+        ApiError::Internal
+    })
+}
+
+/// One seat of a confirmed booking.
+pub struct TicketObject {
+    ticket: model::Ticket,
+    ticket_type: TicketTypeId,
+}
+
+#[Object(name = "Ticket")]
+impl TicketObject {
+    async fn id(&self) -> ID {
+        ID(self.ticket.id.to_string())
+    }
+    /// Unguessable; what a QR code at the door carries.
+    async fn code(&self) -> &str {
+        &self.ticket.code
+    }
+    async fn ticket_type(&self, ctx: &Context<'_>) -> ApiResult<TicketTypeObject> {
+        ticket_type(ctx, self.ticket_type)
+    }
+    async fn checked_in_at(&self) -> Option<DateTime> {
+        self.ticket.checked_in_at_ms.map(DateTime)
+    }
+}
+
+/// A booking.
+pub struct BookingObject(pub model::Booking);
+
+#[Object(name = "Booking")]
+impl BookingObject {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    async fn status(&self) -> BookingStatus {
+        self.0.status.into()
+    }
+    async fn event(&self, ctx: &Context<'_>) -> ApiResult<EventObject> {
+        app(ctx).graph.event(self.0.event).map(EventObject).ok_or(ApiError::Internal)
+    }
+    async fn ticket_type(&self, ctx: &Context<'_>) -> ApiResult<TicketTypeObject> {
+        ticket_type(ctx, self.0.ticket_type)
+    }
+    async fn quantity(&self) -> u32 {
+        self.0.quantity
+    }
+    async fn total_cents(&self) -> u64 {
+        u64::from(self.0.quantity) * u64::from(self.0.unit_price_cents)
+    }
+    /// Issued on confirmation, one per seat; [] while HELD.
+    async fn tickets(&self) -> Vec<TicketObject> {
+        let ticket_type = self.0.ticket_type;
+        self.0.tickets.iter().map(|ticket| TicketObject { ticket: ticket.clone(), ticket_type }).collect()
+    }
+    async fn created_at(&self) -> DateTime {
+        DateTime(self.0.created_at_ms)
+    }
+    /// Set while HELD.
+    async fn expires_at(&self) -> Option<DateTime> {
+        self.0.expires_at_ms.map(DateTime)
+    }
+}
+
+/// A request for seats.
+#[derive(InputObject)]
+pub struct BookInput {
+    ticket_type_id: ID,
+    quantity: i32,
+    /// Same user + same key + same input: the same booking back, never a second one.
+    idempotency_key: String,
+    /// true: HELD until expiresAt; false: CONFIRMED at once.
+    #[graphql(default_with = "Some(false)")]
+    hold: Option<bool>,
+}
+
+/// The booking `id`, if the viewer may act on it as `action` allows.
+fn accessible_booking(ctx: &Context<'_>, id: &ID, organizer_may: bool, action: &str) -> ApiResult<model::Booking> {
+    let user = viewer(ctx).require()?;
+    let id: BookingId = parse_id("id", id)?;
+    let booking = app(ctx).ledger.booking(id).ok_or_else(|| ApiError::NotFound("no such booking".into()))?;
+    let organizes = organizer_may && app(ctx).graph.event(booking.event).is_some_and(|e| e.organizer == user.id);
+    if booking.user != user.id && user.role != Role::Admin && !organizes {
+        return Err(ApiError::Forbidden(format!("{action}: not your booking")));
+    }
+    Ok(booking)
+}
+
+#[derive(Default)]
+pub struct BookingsQuery;
+
+#[Object]
+impl BookingsQuery {
+    /// The viewer's bookings, newest first.
+    async fn my_bookings(&self, ctx: &Context<'_>) -> ApiResult<Vec<BookingObject>> {
+        let user = viewer(ctx).require()?;
+        Ok(app(ctx).ledger.bookings_of(user.id).into_iter().map(BookingObject).collect())
+    }
+}
+
+#[derive(Default)]
+pub struct BookingsMutation;
+
+#[Object]
+impl BookingsMutation {
+    /// Books seats of a ticket type of a PUBLISHED event.
+    async fn book_tickets(&self, ctx: &Context<'_>, input: BookInput) -> ApiResult<BookingObject> {
+        let user = viewer(ctx).require()?.id;
+        let ticket_type: TicketTypeId = parse_id("input.ticketTypeId", &input.ticket_type_id)?;
+        let quantity = u32::try_from(input.quantity)
+            .map_err(|_| ApiError::bad_input("quantity", format!("must be between 1 and {}", ledger::QUANTITY_MAX)))?;
+        let request = ledger::BookRequest {
+            user,
+            ticket_type,
+            quantity,
+            idempotency_key: input.idempotency_key,
+            hold: input.hold.unwrap_or(false),
+        };
+        let app = app(ctx).clone();
+        blocking(move || Ok(BookingObject(app.ledger.book(&request, graph::now_ms())?))).await
+    }
+
+    /// Confirms the viewer's HELD booking: tickets are issued.
+    async fn confirm_booking(&self, ctx: &Context<'_>, id: ID) -> ApiResult<BookingObject> {
+        let booking = accessible_booking(ctx, &id, false, "confirmBooking")?;
+        let app = app(ctx).clone();
+        blocking(move || Ok(BookingObject(app.ledger.confirm(booking.id, graph::now_ms())?))).await
+    }
+
+    /// Its owner, the event's organizer, ADMIN; seats return.
+    async fn cancel_booking(&self, ctx: &Context<'_>, id: ID) -> ApiResult<BookingObject> {
+        let booking = accessible_booking(ctx, &id, true, "cancelBooking")?;
+        let app = app(ctx).clone();
+        blocking(move || Ok(BookingObject(app.ledger.cancel(booking.id, graph::now_ms())?))).await
+    }
+
+    /// The event's organizer, ADMIN: admits a CONFIRMED ticket, once.
+    async fn check_in(&self, ctx: &Context<'_>, code: String) -> ApiResult<TicketObject> {
+        let user = viewer(ctx).require_role(&[Role::Organizer, Role::Admin], "checkIn")?;
+        let app = app(ctx).clone();
+        let not_found = || ApiError::NotFound("no ticket with this code".into());
+        if code.len() > 64 {
+            return Err(not_found());
+        }
+        let id = app.graph.booking_id_by_ticket_code(&code)?.ok_or_else(not_found)?;
+        let booking = app.ledger.booking(id).ok_or_else(not_found)?;
+        let organizes = app.graph.event(booking.event).is_some_and(|e| e.organizer == user.id);
+        if !organizes && user.role != Role::Admin {
+            return Err(ApiError::Forbidden("checkIn: only the event's organizer or an admin may check in".into()));
+        }
+        blocking(move || {
+            let (booking, seat) = app.ledger.check_in(&code, graph::now_ms())?;
+            Ok(TicketObject { ticket: booking.tickets[seat].clone(), ticket_type: booking.ticket_type })
+        })
+        .await
+    }
+}
