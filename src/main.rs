@@ -179,34 +179,29 @@ async fn run_server(config: &ServeConfig, graph: Arc<Graph>, ledger: Arc<ledger:
     let settings = api::Settings { token_ttl_ms: millis(config.token_ttl), body_bytes_max: config.body_bytes_max };
     spawn_hold_reaper(ledger.clone());
     let app = Arc::new(api::App::new(graph, ledger, settings));
+    let shutdown = shutdown_signal()?;
     tracing::info!(%address, data_dir = %config.store.data_dir.display(), "marquee serving");
     // Tests and scripts read the bound address (port 0 picks one) from this line.
     println!("marquee listening on http://{address}");
     let _ = std::io::stdout().flush();
-    api::serve(listener, app, shutdown_signal()).await.map_err(|e| Failure::Runtime(format!("server failed: {e}")))
+    api::serve(listener, app, shutdown).await.map_err(|e| Failure::Runtime(format!("server failed: {e}")))
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(error) => {
-                tracing::error!(%error, "cannot watch SIGTERM; only SIGINT stops the server");
-                let _ = interrupt.await;
-                return;
-            }
-        };
+/// A future that completes on SIGINT or SIGTERM. The handlers are installed
+/// here, before the server announces itself, so a signal sent the moment
+/// it is listening still stops it cleanly.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, Failure> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let watch = |kind| signal(kind).map_err(|e| Failure::Runtime(format!("cannot watch signals: {e}")));
+    let mut interrupt = watch(SignalKind::interrupt())?;
+    let mut terminate = watch(SignalKind::terminate())?;
+    Ok(async move {
         tokio::select! {
-            _ = interrupt => {}
+            _ = interrupt.recv() => {}
             _ = terminate.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
-    tracing::info!("shutting down: finishing requests in flight");
+        tracing::info!("shutting down: finishing requests in flight");
+    })
 }
 
 fn init_logging(format: LogFormat) {

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use async_graphql::{BatchRequest, BatchResponse, Response as GqlResponse};
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -40,7 +41,19 @@ async fn ide() -> impl IntoResponse {
     Html(include_str!("ide.html"))
 }
 
-async fn graphql(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn graphql(State(state): State<HttpState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            let message = match rejection.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => {
+                    format!("the request body is larger than {} bytes", state.app.settings.body_bytes_max)
+                }
+                _ => "the request body could not be read".to_string(),
+            };
+            return error_response(rejection.status(), &ApiError::BadUserInput(message));
+        }
+    };
     if !is_json(&headers) {
         return request_error("Content-Type must be application/json");
     }
