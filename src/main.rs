@@ -165,6 +165,8 @@ fn spawn_hold_reaper(ledger: Arc<ledger::Ledger>) {
                 Ok(Ok(0)) => {}
                 Ok(Ok(expired)) => tracing::info!(expired, "expired holds released their seats"),
                 Ok(Err(error)) => tracing::error!(%error, "reaping expired holds failed"),
+                // The runtime is shutting down.
+                Err(error) if error.is_cancelled() => return,
                 Err(error) => tracing::error!(%error, "hold reaper task failed"),
             }
         }

@@ -300,9 +300,12 @@ fn oversized_body_gets_a_graphql_error_with_a_code() {
 
 // ------------------------------------------------------------- restart ----
 
-const EVENT_FIELDS: &str = "id title description startsAt endsAt city tags status
+const EVENT_FIELDS: &str = "id title description startsAt endsAt city tags status attendeeCount
   venue { id name city capacity } organizer { id name role email }
-  ticketTypes { id name priceCents currency capacity perUserLimit }";
+  ticketTypes { id name priceCents currency capacity perUserLimit sold available }";
+
+const BOOKING_FIELDS: &str = "id status quantity totalCents createdAt expiresAt
+  tickets { id code checkedInAt ticketType { id } } ticketType { id sold available } event { id attendeeCount }";
 
 /// Everything the restart test wrote, read back through the API.
 struct World {
@@ -312,6 +315,10 @@ struct World {
     logged_out: String,
     user_ids: Vec<String>,
     event_ids: Vec<String>,
+    /// The attendee's confirmed, checked-in booking: (ticket type, idempotency key, id).
+    confirmed: (String, String, String),
+    /// The attendee's live hold.
+    held: String,
 }
 
 fn create_event(server: &Server, token: &str, input: Value) -> String {
@@ -325,13 +332,22 @@ fn create_event(server: &Server, token: &str, input: Value) -> String {
     event["id"].as_str().unwrap().to_string()
 }
 
-fn add_ticket_type(server: &Server, token: &str, event: &str, input: Value) {
+fn add_ticket_type(server: &Server, token: &str, event: &str, input: Value) -> String {
     let response = server.gql(
         Some(token),
         "mutation($e: ID!, $i: TicketTypeInput!) { addTicketType(eventId: $e, input: $i) { id } }",
         json!({ "e": event, "i": input }),
     );
-    data(response);
+    data(response)["addTicketType"]["id"].as_str().unwrap().to_string()
+}
+
+fn book(server: &Server, token: &str, ticket_type: &str, quantity: i64, key: &str, hold: bool) -> Value {
+    let response = server.gql(
+        Some(token),
+        &format!("mutation($i: BookInput!) {{ bookTickets(input: $i) {{ {BOOKING_FIELDS} }} }}"),
+        json!({ "i": { "ticketTypeId": ticket_type, "quantity": quantity, "idempotencyKey": key, "hold": hold } }),
+    );
+    data(response)["bookTickets"].clone()
 }
 
 fn event_mutation(server: &Server, token: &str, name: &str, event: &str) {
@@ -367,13 +383,13 @@ fn populate(server: &Server) -> World {
         json!({ "title": "Fado night", "description": "Songs", "startsAt": "2030-06-01T20:00:00Z",
                 "endsAt": "2030-06-01T23:00:00Z", "city": "Lisbon", "venueId": venue_id, "tags": ["music", "fado"] }),
     );
-    add_ticket_type(
+    let standing = add_ticket_type(
         server,
         &organizer,
         &published,
         json!({ "name": "Standing", "priceCents": 2500, "currency": "EUR", "capacity": 300 }),
     );
-    add_ticket_type(
+    let vip = add_ticket_type(
         server,
         &organizer,
         &published,
@@ -411,6 +427,22 @@ fn populate(server: &Server) -> World {
     );
     event_mutation(server, &admin, "publishEvent", &second_published);
 
+    let booked = book(server, &attendee, &standing, 2, "standing-1", false);
+    assert_eq!(booked["status"], "CONFIRMED");
+    let code = booked["tickets"][0]["code"].as_str().unwrap();
+    let checked_in = server.gql(
+        Some(&organizer),
+        "mutation($c: String!) { checkIn(code: $c) { checkedInAt } }",
+        json!({ "c": code }),
+    );
+    assert!(data(checked_in)["checkIn"]["checkedInAt"].is_string());
+    let dropped = book(server, &attendee, &standing, 1, "standing-2", false);
+    let cancel = "mutation($id: ID!) { cancelBooking(id: $id) { status } }";
+    let cancelled_booking = server.gql(Some(&attendee), cancel, json!({ "id": dropped["id"] }));
+    assert_eq!(data(cancelled_booking)["cancelBooking"]["status"], "CANCELLED");
+    let held = book(server, &attendee, &vip, 1, "vip-1", true);
+    assert_eq!(held["status"], "HELD");
+
     let logged_out = login(server, "arno@example.com", "password123");
     assert_eq!(data(server.gql(Some(&logged_out), "mutation { logout }", json!({})))["logout"], true);
     World {
@@ -420,6 +452,8 @@ fn populate(server: &Server) -> World {
         logged_out,
         user_ids: vec![admin_id, organizer_id, attendee_id, promoted_id],
         event_ids: vec![published, draft, cancelled, second_published],
+        confirmed: (standing, "standing-1".into(), booked["id"].as_str().unwrap().to_string()),
+        held: held["id"].as_str().unwrap().to_string(),
     }
 }
 
@@ -477,6 +511,10 @@ fn snapshot(server: &Server, world: &World) -> Value {
             json!({}),
         );
     }
+    for (who, token) in [("attendee", &world.attendee), ("organizer", &world.organizer)] {
+        let query = format!("{{ myBookings {{ {BOOKING_FIELDS} }} }}");
+        read(format!("{who} myBookings"), Some(token), query, json!({}));
+    }
     // Cursors handed out before a restart keep working after it.
     let first_page = data(server.gql(None, "{ events(first: 1) { nodes { id } pageInfo { endCursor } } }", json!({})));
     let cursor = first_page["events"]["pageInfo"]["endCursor"].clone();
@@ -503,6 +541,8 @@ fn restart_keeps_data_sessions_and_revocations() {
     assert_eq!(before["anonymous event ".to_string() + &world.event_ids[1]]["event"], Value::Null, "a draft is hidden");
     assert_eq!(before["organizer event ".to_string() + &world.event_ids[1]]["event"]["title"], "Secret gig II");
     assert_eq!(before["admin user ".to_string() + &world.user_ids[3]]["user"]["role"], "PARTNER");
+    let bookings = before["attendee myBookings"]["myBookings"].as_array().map(Vec::len);
+    assert_eq!(bookings, Some(3), "{before:#}");
     assert_eq!(error_code(&server.gql(Some(&world.logged_out), "{ me { id } }", json!({}))), "UNAUTHENTICATED");
     assert_eq!(server.stop(), Some(0), "SIGTERM must stop marquee cleanly");
 
@@ -514,6 +554,17 @@ fn restart_keeps_data_sessions_and_revocations() {
     assert_eq!(before, after);
     let revoked = server.gql(Some(&world.logged_out), "{ me { id } }", json!({}));
     assert_eq!(error_code(&revoked), "UNAUTHENTICATED", "a logged-out token came back: {revoked}");
+
+    // Idempotency keys and holds survive too.
+    let (ticket_type, key, booking) = &world.confirmed;
+    let again = book(&server, &world.attendee, ticket_type, 2, key, false);
+    assert_eq!(&again["id"], booking, "the same key and input must give the same booking back after a restart");
+    assert_eq!(again["ticketType"]["sold"], 2, "a replayed key must not take seats again: {again}");
+    let confirm = "mutation($id: ID!) { confirmBooking(id: $id) { status tickets { code } ticketType { sold } } }";
+    let confirmed = data(server.gql(Some(&world.attendee), confirm, json!({ "id": world.held })));
+    assert_eq!(confirmed["confirmBooking"]["status"], "CONFIRMED", "{confirmed}");
+    assert_eq!(confirmed["confirmBooking"]["tickets"].as_array().map(Vec::len), Some(1), "{confirmed}");
+    assert_eq!(confirmed["confirmBooking"]["ticketType"]["sold"], 1, "{confirmed}");
 
     // The store keeps working, and new ids do not reuse old ones.
     let (_, new_user) = register(&server, "newcomer@example.com", "ATTENDEE");
