@@ -134,7 +134,7 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
     let config = ServeConfig::resolve(args).map_err(Failure::Config)?;
     init_logging(config.log_format);
     let graph = Arc::new(open_graph(&config.store)?);
-    let options = ledger::Options { shards: config.ledger_shards, hold_ttl_ms: millis(config.hold_ttl) };
+    let options = ledger::Options { shards: config.ledger_shards, hold_ttl_ms: millis(config.hold_ttl), durable: true };
     let ledger = ledger::Ledger::open(graph.clone(), options)
         .map_err(|e| Failure::Runtime(format!("cannot recover the ticket ledger: {e}")))?;
     let ledger = Arc::new(ledger);

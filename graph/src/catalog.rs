@@ -90,6 +90,10 @@ impl Catalog {
         self.events.get(&id).map(|listed| listed.event.clone())
     }
 
+    pub(crate) fn event_status(&self, id: EventId) -> Option<crate::model::EventStatus> {
+        self.events.get(&id).map(|listed| listed.event.status)
+    }
+
     pub(crate) fn put_ticket_type(&mut self, ticket_type: TicketType) -> Arc<TicketType> {
         let ticket_type = Arc::new(ticket_type);
         let of_event = self.event_ticket_types.entry(ticket_type.event).or_default();

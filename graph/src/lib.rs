@@ -347,6 +347,11 @@ impl Graph {
         self.catalog().event(id)
     }
 
+    /// An event's status, without copying the event.
+    pub fn event_status(&self, id: EventId) -> Option<model::EventStatus> {
+        self.catalog().event_status(id)
+    }
+
     /// Adds a ticket type to an event that is not cancelled.
     pub fn add_ticket_type(&self, event: EventId, new: NewTicketType) -> Result<Arc<TicketType>, Error> {
         let capacity = rules::within("capacity", new.capacity, 1, rules::TICKET_CAPACITY_MAX.into())?;

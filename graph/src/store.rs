@@ -55,9 +55,11 @@ pub struct Store {
     db: sled::Db,
     tree: sled::Tree,
     materialize: Materialize,
-    /// The next seq to hand out; the lock also orders appends.
-    next_seq: Mutex<u64>,
-    /// Highest seq written (visible to reads).
+    /// Seq assignment and records appended but not yet written to the tree.
+    appender: Mutex<Appender>,
+    /// Held while writing to the tree, so batches land in seq order.
+    apply_lock: Mutex<()>,
+    /// Highest seq written to the tree (visible to reads).
     head_seq: AtomicU64,
     /// Highest seq known flushed to disk.
     durable_seq: AtomicU64,
@@ -85,7 +87,8 @@ impl Store {
             db,
             tree,
             materialize,
-            next_seq: Mutex::new(head + 1),
+            appender: Mutex::new(Appender { next_seq: head + 1, pending: Vec::new() }),
+            apply_lock: Mutex::new(()),
             head_seq: AtomicU64::new(head),
             durable_seq: AtomicU64::new(head),
             flush_lock: Mutex::new(()),
@@ -94,23 +97,61 @@ impl Store {
     }
 
     /// Appends `records` to the log and applies the state they describe, in
-    /// one atomic batch. Returns the seq of the last record. Not yet durable:
-    /// call [`Store::sync`] before acknowledging.
+    /// one atomic batch (together with any records [`Store::append`]ed
+    /// before, so the tree always holds a gap-free prefix of the log).
+    /// Returns the seq of the last record. Not yet durable: call
+    /// [`Store::sync`] before acknowledging.
     pub fn commit(&self, at_ms: i64, records: &[Record]) -> Result<u64, Error> {
         assert!(!records.is_empty(), "a commit carries at least one record");
-        let mut next = self.next_seq.lock().expect("log append lock poisoned");
+        let _applying = self.apply_lock.lock().expect("apply lock poisoned");
+        let mut appender = self.appender.lock().expect("log append lock poisoned");
         let mut batch = sled::Batch::default();
-        let mut seq = *next;
+        let pending = std::mem::take(&mut appender.pending);
+        self.encode(&pending, &mut batch);
+        let mut seq = appender.next_seq;
         for record in records {
             batch.insert(key(table::LOG, &seq.to_be_bytes()), Entry::encode_value(at_ms, record));
             (self.materialize)(record, &mut batch);
             seq += 1;
         }
+        appender.next_seq = seq;
+        drop(appender);
         self.tree.apply_batch(batch).map_err(Error::storage)?;
         let last = seq - 1;
-        *next = seq;
         self.head_seq.store(last, Ordering::Release);
         Ok(last)
+    }
+
+    /// Appends one record to the log without writing it yet: it reaches the
+    /// tree (atomically with its state) at the next [`Store::sync`] or
+    /// [`Store::commit`], so many appends share one write and one flush. The
+    /// caller must not read the record's rows back before syncing. Cheap
+    /// enough to call under a hot lock; the order of appends is the log's.
+    pub fn append(&self, at_ms: i64, record: Record) -> u64 {
+        let mut appender = self.appender.lock().expect("log append lock poisoned");
+        let seq = appender.next_seq;
+        appender.next_seq += 1;
+        appender.pending.push((seq, at_ms, record));
+        seq
+    }
+
+    /// Writes appended records to the tree in one atomic batch.
+    fn apply_pending(&self) -> Result<(), Error> {
+        let _applying = self.apply_lock.lock().expect("apply lock poisoned");
+        let pending = std::mem::take(&mut self.appender.lock().expect("log append lock poisoned").pending);
+        let Some(&(last, _, _)) = pending.last() else { return Ok(()) };
+        let mut batch = sled::Batch::default();
+        self.encode(&pending, &mut batch);
+        self.tree.apply_batch(batch).map_err(Error::storage)?;
+        self.head_seq.store(last, Ordering::Release);
+        Ok(())
+    }
+
+    fn encode(&self, pending: &[(u64, i64, Record)], batch: &mut sled::Batch) {
+        for (seq, at_ms, record) in pending {
+            batch.insert(key(table::LOG, &seq.to_be_bytes()), Entry::encode_value(*at_ms, record));
+            (self.materialize)(record, batch);
+        }
     }
 
     /// Returns once everything up to `seq` is on disk. Concurrent callers
@@ -123,6 +164,7 @@ impl Store {
         if self.durable_seq.load(Ordering::Acquire) >= seq {
             return Ok(());
         }
+        self.apply_pending()?;
         let covered = self.head_seq.load(Ordering::Acquire);
         self.db.flush().map_err(Error::storage)?;
         self.flush_count.fetch_add(1, Ordering::Relaxed);
@@ -145,9 +187,19 @@ impl Store {
         max_u64_key(&self.tree, table)
     }
 
-    /// Highest seq appended so far.
+    /// Highest seq written to the tree so far.
     pub fn head_seq(&self) -> u64 {
         self.head_seq.load(Ordering::Acquire)
+    }
+
+    /// Highest seq handed out, written or still pending.
+    pub fn appended_seq(&self) -> u64 {
+        self.appender.lock().expect("log append lock poisoned").next_seq - 1
+    }
+
+    /// Highest seq known to be on disk.
+    pub fn durable_seq(&self) -> u64 {
+        self.durable_seq.load(Ordering::Acquire)
     }
 
     /// How many flushes have run: with group commit, fewer than commits.
@@ -168,10 +220,16 @@ impl Store {
         Ok(entries)
     }
 
-    /// Flushes everything to disk (used at shutdown).
+    /// Writes and flushes everything appended so far (used at shutdown).
     pub fn flush(&self) -> Result<(), Error> {
-        self.sync(self.head_seq())
+        self.sync(self.appended_seq())
     }
+}
+
+/// Seq assignment plus the appended records waiting for a write.
+struct Appender {
+    next_seq: u64,
+    pending: Vec<(u64, i64, Record)>,
 }
 
 fn last_seq(tree: &sled::Tree) -> Result<u64, Error> {

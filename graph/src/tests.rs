@@ -190,3 +190,30 @@ fn concurrent_writers_share_flushes() {
     assert!(log.windows(2).all(|pair| pair[1].seq == pair[0].seq + 1));
     assert!(graph.store().flush_count() <= 200);
 }
+
+#[test]
+fn appended_records_are_written_in_log_order_by_the_next_sync_or_commit() {
+    let dir = TempDir::new("append");
+    let graph = open(&dir);
+    let store = graph.store();
+    let head = store.head_seq();
+    let revoke = |n: u8| Record::SessionRevoked(SessionRevoked { token_hash: [n; 32] });
+    let first = store.append(1, revoke(1));
+    let second = store.append(2, revoke(2));
+    assert_eq!((first, second), (head + 1, head + 2));
+    assert_eq!(store.head_seq(), head, "appends are not written before a sync");
+    assert_eq!(store.appended_seq(), head + 2);
+    // A direct commit writes the pending appends first, in seq order.
+    let third = store.commit(3, &[revoke(3)]).unwrap();
+    assert_eq!(third, head + 3);
+    let fourth = store.append(4, revoke(4));
+    store.sync(fourth).unwrap();
+    assert!(store.durable_seq() >= fourth);
+    let log = store.read_log(head + 1, 10).unwrap();
+    let at: Vec<i64> = log.iter().map(|entry| entry.at_ms).collect();
+    assert_eq!(at, [1, 2, 3, 4]);
+    assert!(log.windows(2).all(|pair| pair[1].seq == pair[0].seq + 1));
+    drop(graph);
+    let reopened = open(&dir);
+    assert_eq!(reopened.store().head_seq(), fourth, "synced appends survive a reopen");
+}

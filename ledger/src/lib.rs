@@ -29,7 +29,6 @@ mod error;
 mod shard;
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -55,11 +54,15 @@ pub struct Options {
     pub shards: usize,
     /// How long a hold lasts, milliseconds.
     pub hold_ttl_ms: i64,
+    /// Write every change to the log and acknowledge after its flush. Off,
+    /// the ledger only decides in memory and writes nothing: for benchmarks
+    /// and tests of the decisions alone, never for serving.
+    pub durable: bool,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { shards: 16, hold_ttl_ms: 10 * 60 * 1000 }
+        Options { shards: 16, hold_ttl_ms: 10 * 60 * 1000, durable: true }
     }
 }
 
@@ -82,11 +85,15 @@ pub struct BookRequest {
 pub struct Ledger {
     graph: Arc<Graph>,
     shards: Box<[Mutex<Shard>]>,
-    keys: Box<[Mutex<HashMap<(UserId, String), BookingId>>]>,
+    keys: Box<[Mutex<KeyMap>]>,
     mask: u64,
     next_booking: AtomicU64,
     hold_ttl_ms: i64,
+    durable: bool,
 }
+
+/// Booking by user and idempotency key (nested so lookups borrow the key).
+type KeyMap = HashMap<UserId, HashMap<String, BookingId>>;
 
 /// The low byte every booking id of a ticket type carries, so a booking's
 /// shard follows from its id whatever the shard count.
@@ -108,24 +115,38 @@ impl Ledger {
             mask: u64::try_from(options.shards - 1).expect("shard count fits u64"),
             next_booking: AtomicU64::new(1),
             hold_ttl_ms: options.hold_ttl_ms,
+            durable: options.durable,
             graph,
         };
         ledger.recover()?;
         Ok(ledger)
     }
 
+    /// Rebuilds the shards from the stored bookings, then finishes what a
+    /// crash may have interrupted: an event cancelled while its bookings
+    /// were still being cancelled gets the rest of its cascade now.
     fn recover(&self) -> Result<(), Error> {
         let mut counter_max = 0;
+        let mut cancelled_events = HashSet::new();
         for booking in self.graph.bookings() {
             let booking = booking?;
             counter_max = counter_max.max(booking.id.0 >> 8);
-            self.keys_of(booking.user, &booking.idempotency_key)
-                .insert((booking.user, booking.idempotency_key.clone()), booking.id);
+            if booking.takes_seats() && self.graph.event_status(booking.event) == Some(EventStatus::Cancelled) {
+                cancelled_events.insert(booking.event);
+            }
+            self.keys_of(booking.user)
+                .entry(booking.user)
+                .or_default()
+                .insert(booking.idempotency_key.clone(), booking.id);
             let mut shard = self.shard_of(booking.ticket_type);
             self.ensure_stock(&mut shard, booking.ticket_type)?;
             shard.insert(booking);
         }
         self.next_booking.store(counter_max + 1, Ordering::Relaxed);
+        for event in cancelled_events {
+            let cancelled = self.cancel_event(event, graph::now_ms())?;
+            tracing::warn!(event = event.0, cancelled, "finished cancelling the bookings of a cancelled event");
+        }
         Ok(())
     }
 
@@ -141,46 +162,60 @@ impl Ledger {
         self.shards[self.shard_index(id.0 & 0xff)].lock().expect("shard lock poisoned")
     }
 
-    fn keys_of(&self, user: UserId, key: &str) -> MutexGuard<'_, HashMap<(UserId, String), BookingId>> {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        (user, key).hash(&mut hasher);
-        self.keys[self.shard_index(hasher.finish())].lock().expect("key lock poisoned")
+    /// The idempotency keys of a user live in one key shard.
+    fn keys_of(&self, user: UserId) -> MutexGuard<'_, KeyMap> {
+        let hint = user.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56;
+        self.keys[self.shard_index(hint)].lock().expect("key lock poisoned")
     }
 
-    fn ensure_stock(&self, shard: &mut Shard, ticket_type: TicketTypeId) -> Result<(), Error> {
-        if !shard.stock.contains_key(&ticket_type) {
-            let definition = self.graph.ticket_type(ticket_type).ok_or(Error::NotFound("ticket type"))?;
-            let stock =
-                Stock { capacity: definition.capacity, per_user_limit: definition.per_user_limit, ..Stock::default() };
-            shard.stock.insert(ticket_type, stock);
+    /// The stock of a ticket type, created from its definition on first use.
+    fn ensure_stock<'s>(&self, shard: &'s mut Shard, ticket_type: TicketTypeId) -> Result<&'s mut Stock, Error> {
+        match shard.stock.entry(ticket_type) {
+            std::collections::hash_map::Entry::Occupied(entry) => Ok(entry.into_mut()),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                let definition = self.graph.ticket_type(ticket_type).ok_or(Error::NotFound("ticket type"))?;
+                Ok(entry.insert(Stock::new(&definition)))
+            }
+        }
+    }
+
+    /// Appends a booking's new state to the log; it is written with its row
+    /// at the next sync. Called under the booking's shard lock, so a
+    /// booking's records reach the log in the order they happened.
+    fn commit(&self, record: impl FnOnce() -> Record, now_ms: i64) -> u64 {
+        if self.durable {
+            self.graph.store().append(now_ms, record())
+        } else {
+            0
+        }
+    }
+
+    /// Returns once the record at `seq` is on disk (shared flushes).
+    fn sync(&self, seq: u64) -> Result<(), Error> {
+        if self.durable {
+            self.graph.store().sync(seq)?;
         }
         Ok(())
-    }
-
-    /// Commits a booking's new state to the log (atomically with its row).
-    fn commit(&self, record: Record, now_ms: i64) -> Result<u64, Error> {
-        Ok(self.graph.store().commit(now_ms, &[record])?)
     }
 
     /// Books seats: held until the hold expires, or confirmed with tickets.
     pub fn book(&self, request: &BookRequest, now_ms: i64) -> Result<Booking, Error> {
         check_request(request)?;
-        let definition = self.graph.ticket_type(request.ticket_type).ok_or(Error::NotFound("ticket type"))?;
-        let mut keys = self.keys_of(request.user, &request.idempotency_key);
-        if let Some(&existing) = keys.get(&(request.user, request.idempotency_key.clone())) {
+        let mut keys = self.keys_of(request.user);
+        let existing = keys.get(&request.user).and_then(|of_user| of_user.get(request.idempotency_key.as_str()));
+        if let Some(&existing) = existing {
             drop(keys);
             return self.replay(existing, request);
         }
         let mut shard = self.shard_of(request.ticket_type);
-        let event = self.graph.event(definition.event).ok_or(Error::NotFound("event"))?;
-        match event.status {
-            EventStatus::Published => {}
-            EventStatus::Draft => return Err(Error::Conflict("the event is not on sale yet (DRAFT)".into())),
-            EventStatus::Cancelled => return Err(Error::Conflict("the event is cancelled".into())),
+        self.expire_due(&mut shard, now_ms);
+        let stock = self.ensure_stock(&mut shard, request.ticket_type)?;
+        match self.graph.event_status(stock.event) {
+            Some(EventStatus::Published) => {}
+            Some(EventStatus::Draft) => return Err(Error::Conflict("the event is not on sale yet (DRAFT)".into())),
+            Some(EventStatus::Cancelled) => return Err(Error::Conflict("the event is cancelled".into())),
+            None => return Err(Error::NotFound("event")),
         }
-        self.ensure_stock(&mut shard, request.ticket_type)?;
-        self.expire_due(&mut shard, now_ms)?;
-        let stock = &shard.stock[&request.ticket_type];
         if request.quantity > stock.available() {
             return Err(Error::SoldOut { available: stock.available() });
         }
@@ -195,28 +230,27 @@ impl Ledger {
         let mut booking = Booking {
             id,
             user: request.user,
-            event: definition.event,
+            event: stock.event,
             ticket_type: request.ticket_type,
             quantity: request.quantity,
-            unit_price_cents: definition.price_cents,
+            unit_price_cents: stock.price_cents,
             idempotency_key: request.idempotency_key.clone(),
             status: BookingStatus::Held,
             created_at_ms: now_ms,
             expires_at_ms: Some(now_ms.saturating_add(self.hold_ttl_ms)),
             tickets: Vec::new(),
         };
-        let record = if request.hold {
-            Record::BookingHeld(booking.clone())
+        let seq = if request.hold {
+            self.commit(|| Record::BookingHeld(booking.clone()), now_ms)
         } else {
             confirm_in_place(&mut booking);
-            Record::BookingConfirmed(booking.clone())
+            self.commit(|| Record::BookingConfirmed(booking.clone()), now_ms)
         };
-        let seq = self.commit(record, now_ms)?;
         shard.insert(booking.clone());
-        keys.insert((request.user, request.idempotency_key.clone()), id);
         drop(shard);
+        keys.entry(request.user).or_default().insert(request.idempotency_key.clone(), id);
         drop(keys);
-        self.graph.store().sync(seq)?;
+        self.sync(seq)?;
         Ok(booking)
     }
 
@@ -227,7 +261,9 @@ impl Ledger {
             return Err(Error::Conflict("idempotencyKey was already used with a different input".into()));
         }
         // The first request may still be waiting for its flush.
-        self.graph.store().sync(self.graph.store().head_seq())?;
+        if self.durable {
+            self.sync(self.graph.store().appended_seq())?;
+        }
         Ok(booking)
     }
 
@@ -235,7 +271,7 @@ impl Ledger {
     /// booking returns it unchanged.
     pub fn confirm(&self, id: BookingId, now_ms: i64) -> Result<Booking, Error> {
         let mut shard = self.shard_of_booking(id);
-        self.expire_due(&mut shard, now_ms)?;
+        self.expire_due(&mut shard, now_ms);
         let mut booking = shard.bookings.get(&id).cloned().ok_or(Error::NotFound("booking"))?;
         match booking.status {
             BookingStatus::Confirmed => return Ok(booking),
@@ -244,36 +280,36 @@ impl Ledger {
             BookingStatus::Held => {}
         }
         confirm_in_place(&mut booking);
-        let seq = self.commit(Record::BookingConfirmed(booking.clone()), now_ms)?;
+        let seq = self.commit(|| Record::BookingConfirmed(booking.clone()), now_ms);
         shard.replace(booking.clone());
         drop(shard);
-        self.graph.store().sync(seq)?;
+        self.sync(seq)?;
         Ok(booking)
     }
 
     /// Cancels a held or confirmed booking and returns its seats.
     pub fn cancel(&self, id: BookingId, now_ms: i64) -> Result<Booking, Error> {
         let mut shard = self.shard_of_booking(id);
-        self.expire_due(&mut shard, now_ms)?;
+        self.expire_due(&mut shard, now_ms);
         let booking = shard.bookings.get(&id).cloned().ok_or(Error::NotFound("booking"))?;
         match booking.status {
             BookingStatus::Cancelled => return Ok(booking),
             BookingStatus::Expired => return Err(Error::Conflict("the hold already expired".into())),
             BookingStatus::Held | BookingStatus::Confirmed => {}
         }
-        let seq = self.cancel_locked(&mut shard, booking, now_ms)?;
+        let seq = self.cancel_locked(&mut shard, booking, now_ms);
         let booking = shard.bookings[&id].clone();
         drop(shard);
-        self.graph.store().sync(seq)?;
+        self.sync(seq)?;
         Ok(booking)
     }
 
-    fn cancel_locked(&self, shard: &mut Shard, mut booking: Booking, now_ms: i64) -> Result<u64, Error> {
+    fn cancel_locked(&self, shard: &mut Shard, mut booking: Booking, now_ms: i64) -> u64 {
         booking.status = BookingStatus::Cancelled;
         booking.expires_at_ms = None;
-        let seq = self.commit(Record::BookingCancelled(booking.clone()), now_ms)?;
+        let seq = self.commit(|| Record::BookingCancelled(booking.clone()), now_ms);
         shard.replace(booking);
-        Ok(seq)
+        seq
     }
 
     /// Cancels every live booking of the event's ticket types; returns how many.
@@ -286,12 +322,12 @@ impl Ledger {
                 shard.stock.get(&ticket_type.id).map(|s| s.live.iter().copied().collect()).unwrap_or_default();
             for id in live {
                 let booking = shard.bookings[&id].clone();
-                last_seq = self.cancel_locked(&mut shard, booking, now_ms)?;
+                last_seq = self.cancel_locked(&mut shard, booking, now_ms);
                 cancelled += 1;
             }
         }
         if cancelled > 0 {
-            self.graph.store().sync(last_seq)?;
+            self.sync(last_seq)?;
         }
         Ok(cancelled)
     }
@@ -309,35 +345,39 @@ impl Ledger {
             return Err(Error::AlreadyCheckedIn { at_ms: at });
         }
         booking.tickets[seat].checked_in_at_ms = Some(now_ms);
-        let seq = self.commit(Record::TicketCheckedIn(booking.clone()), now_ms)?;
+        let seq = self.commit(|| Record::TicketCheckedIn(booking.clone()), now_ms);
         shard.replace(booking.clone());
         drop(shard);
-        self.graph.store().sync(seq)?;
+        self.sync(seq)?;
         Ok((booking, seat))
     }
 
-    /// Expires every hold due at `now_ms`, in every shard; returns how many.
+    /// Expires every hold due at `now_ms`, in every shard, and writes the
+    /// expiries; returns how many.
     pub fn reap_expired(&self, now_ms: i64) -> Result<usize, Error> {
         let mut expired = 0;
         for shard in self.shards.iter() {
             let mut shard = shard.lock().expect("shard lock poisoned");
-            expired += self.expire_due(&mut shard, now_ms)?;
+            expired += self.expire_due(&mut shard, now_ms);
+        }
+        if expired > 0 && self.durable {
+            self.sync(self.graph.store().appended_seq())?;
         }
         Ok(expired)
     }
 
-    /// Expires a shard's due holds. The records are flushed with the next
-    /// sync; an unflushed expiry lost in a crash is simply redone at start.
-    fn expire_due(&self, shard: &mut Shard, now_ms: i64) -> Result<usize, Error> {
+    /// Expires a shard's due holds. The records are written with the next
+    /// sync; an expiry lost in a crash is simply redone at start.
+    fn expire_due(&self, shard: &mut Shard, now_ms: i64) -> usize {
         let due = shard.expired_holds(now_ms);
         for id in &due {
             let mut booking = shard.bookings[id].clone();
             booking.status = BookingStatus::Expired;
             booking.expires_at_ms = None;
-            self.commit(Record::BookingExpired(booking.clone()), now_ms)?;
+            self.commit(|| Record::BookingExpired(booking.clone()), now_ms);
             shard.replace(booking);
         }
-        Ok(due.len())
+        due.len()
     }
 
     /// A booking by id.
@@ -399,11 +439,13 @@ fn confirm_in_place(booking: &mut Booking) {
         .collect();
 }
 
-/// 128 random bits as 32 hex characters: unguessable and URL-safe.
+/// 128 random bits as 32 hex characters: unguessable and URL-safe. The
+/// thread's generator is a ChaCha CSPRNG seeded (and periodically reseeded)
+/// from the operating system, so no system call per ticket.
 fn ticket_code() -> String {
-    let mut bytes = [0u8; 16];
-    getrandom::getrandom(&mut bytes).expect("the operating system's random source failed");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits: u128 = rand::random();
+    (0..32).rev().map(|nibble| char::from(HEX[((bits >> (nibble * 4)) & 0xf) as usize])).collect()
 }
 
 #[cfg(test)]

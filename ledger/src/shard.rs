@@ -3,12 +3,16 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use graph::ids::{BookingId, TicketTypeId, UserId};
+use graph::ids::{BookingId, EventId, TicketTypeId, UserId};
 use graph::model::Booking;
 
 /// Seats of one ticket type.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Stock {
+    /// The event the ticket type admits to.
+    pub event: EventId,
+    /// Price of one seat, copied into each booking.
+    pub price_cents: u32,
     pub capacity: u32,
     pub per_user_limit: Option<u32>,
     /// Seats in live holds.
@@ -24,6 +28,21 @@ pub(crate) struct Stock {
 }
 
 impl Stock {
+    /// No seats sold yet of `definition`.
+    pub fn new(definition: &graph::model::TicketType) -> Stock {
+        Stock {
+            event: definition.event,
+            price_cents: definition.price_cents,
+            capacity: definition.capacity,
+            per_user_limit: definition.per_user_limit,
+            held: 0,
+            confirmed: 0,
+            seats_by_user: HashMap::new(),
+            confirmed_by_user: HashMap::new(),
+            live: HashSet::new(),
+        }
+    }
+
     /// sold = confirmed + live held seats.
     pub fn sold(&self) -> u32 {
         self.held + self.confirmed
@@ -115,6 +134,9 @@ impl Shard {
 
     /// Ids of holds that expired at `now_ms`.
     pub fn expired_holds(&self, now_ms: i64) -> Vec<BookingId> {
+        if self.holds.first().is_none_or(|(expires, _)| *expires > now_ms) {
+            return Vec::new();
+        }
         self.holds.iter().take_while(|(expires, _)| *expires <= now_ms).map(|(_, id)| *id).collect()
     }
 }

@@ -34,7 +34,7 @@ fn fixture(name: &str, capacity: i64, per_user_limit: Option<i64>) -> Fixture {
         NewTicketType { name: "GA".into(), price_cents: 1000, currency: "EUR".into(), capacity, per_user_limit };
     let ticket_type = graph.add_ticket_type(event.id, new_type).unwrap();
     graph.publish_event(event.id).unwrap();
-    let ledger = Ledger::open(graph.clone(), Options { shards: 4, hold_ttl_ms: 1_000 }).unwrap();
+    let ledger = Ledger::open(graph.clone(), Options { shards: 4, hold_ttl_ms: 1_000, durable: true }).unwrap();
     Fixture { dir, graph, ledger, ticket_type: ticket_type.id, event: event.id }
 }
 
@@ -158,7 +158,7 @@ fn state_is_rebuilt_exactly_after_reopen() {
     let cancelled = f.ledger.book(&request(3, f.ticket_type, 1, "c", false), 0).unwrap();
     f.ledger.cancel(cancelled.id, 1).unwrap();
     f.ledger.check_in(&confirmed.tickets[0].code, 2).unwrap();
-    let reopened = Ledger::open(f.graph.clone(), Options { shards: 8, hold_ttl_ms: 1_000 }).unwrap();
+    let reopened = Ledger::open(f.graph.clone(), Options { shards: 8, hold_ttl_ms: 1_000, durable: true }).unwrap();
     assert_eq!(reopened.sold(f.ticket_type), 5);
     assert_eq!(reopened.booking(held.id).unwrap().status, BookingStatus::Held);
     assert_eq!(reopened.book(&request(1, f.ticket_type, 3, "a", false), 3).unwrap().id, confirmed.id);
@@ -169,6 +169,36 @@ fn state_is_rebuilt_exactly_after_reopen() {
     assert!(matches!(reopened.check_in(&confirmed.tickets[0].code, 4), Err(Error::AlreadyCheckedIn { at_ms: 2 })));
     let fresh = reopened.book(&request(4, f.ticket_type, 1, "d", false), 5).unwrap();
     assert!(fresh.id.0 >> 8 > cancelled.id.0 >> 8, "booking ids are never reused");
+}
+
+#[test]
+fn reopen_finishes_the_cascade_of_an_event_cancelled_before_a_crash() {
+    let f = fixture("cascade", 10, None);
+    let confirmed = f.ledger.book(&request(1, f.ticket_type, 3, "a", false), 0).unwrap();
+    let held = f.ledger.book(&request(2, f.ticket_type, 2, "b", true), 0).unwrap();
+    // The event's cancellation is stored, but the crash came before the
+    // ledger cancelled its bookings.
+    f.graph.cancel_event(f.event).unwrap();
+    let reopened = Ledger::open(f.graph.clone(), Options { shards: 4, hold_ttl_ms: 1_000, durable: true }).unwrap();
+    assert_eq!(reopened.booking(confirmed.id).unwrap().status, BookingStatus::Cancelled);
+    assert_eq!(reopened.booking(held.id).unwrap().status, BookingStatus::Cancelled);
+    assert_eq!(reopened.sold(f.ticket_type), 0);
+    let again = Ledger::open(f.graph.clone(), Options { shards: 4, hold_ttl_ms: 1_000, durable: true }).unwrap();
+    assert_eq!(again.booking(confirmed.id).unwrap().status, BookingStatus::Cancelled, "the cascade was stored");
+}
+
+#[test]
+fn in_memory_ledger_decides_alike_but_writes_nothing() {
+    let f = fixture("memory", 3, None);
+    let memory = Ledger::open(f.graph.clone(), Options { shards: 2, hold_ttl_ms: 1_000, durable: false }).unwrap();
+    let head = f.graph.store().appended_seq();
+    let booking = memory.book(&request(1, f.ticket_type, 2, "a", false), 0).unwrap();
+    assert_eq!(booking.tickets.len(), 2);
+    assert!(matches!(memory.book(&request(2, f.ticket_type, 2, "b", false), 0), Err(Error::SoldOut { available: 1 })));
+    assert_eq!(memory.book(&request(1, f.ticket_type, 2, "a", false), 0).unwrap().id, booking.id);
+    memory.cancel(booking.id, 1).unwrap();
+    assert_eq!(memory.sold(f.ticket_type), 0);
+    assert_eq!(f.graph.store().appended_seq(), head, "nothing reached the log");
 }
 
 #[test]
@@ -312,7 +342,7 @@ proptest! {
                     f.ledger.reap_expired(now).unwrap();
                 }
                 Op::Restart => {
-                    f.ledger = Ledger::open(f.graph.clone(), Options { shards: 2, hold_ttl_ms: 1_000 }).unwrap();
+                    f.ledger = Ledger::open(f.graph.clone(), Options { shards: 2, hold_ttl_ms: 1_000, durable: true }).unwrap();
                 }
                 _ => {}
             }
