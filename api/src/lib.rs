@@ -54,12 +54,34 @@ pub struct App {
     pub ledger: Arc<ledger::Ledger>,
     /// Front-end settings.
     pub settings: Settings,
+    /// The store's durable seq, as flushes announce it.
+    durable: tokio::sync::watch::Receiver<u64>,
 }
 
 impl App {
     /// Wires the app together.
     pub fn new(graph: Arc<Graph>, ledger: Arc<ledger::Ledger>, settings: Settings) -> App {
-        App { graph, ledger, settings }
+        let (announce, durable) = tokio::sync::watch::channel(graph.store().durable_seq());
+        graph.store().watch_durable(Box::new(move |seq| {
+            announce.send_replace(seq);
+        }));
+        App { graph, ledger, settings, durable }
+    }
+
+    /// Waits, without holding a thread, until a logged change is durable,
+    /// then returns it: the acknowledgement point of every ledger write.
+    pub async fn settle<T>(&self, logged: ledger::Logged<T>) -> ApiResult<T> {
+        let store = self.graph.store();
+        if store.durable_seq() < logged.seq {
+            store.request_flush();
+            let mut durable = self.durable.clone();
+            let reached = durable.wait_for(|&seq| seq >= logged.seq || !store.is_healthy()).await;
+            if reached.is_err() || store.durable_seq() < logged.seq {
+                tracing::error!(seq = logged.seq, "a logged change could not be made durable");
+                return Err(ApiError::Internal);
+            }
+        }
+        Ok(logged.value)
     }
 
     /// Opens a session for `user` and returns its new bearer token. Blocking.

@@ -121,7 +121,7 @@ pub struct Graph {
 impl Graph {
     /// Opens the graph in `dir` (created if missing) and loads the catalog.
     pub fn open(dir: &Path, options: Options) -> Result<Graph, Error> {
-        let store = Store::open(dir, options.cache_bytes, materialize)?;
+        let store = Store::open(dir, options.cache_bytes, Box::new(materialize))?;
         let catalog = load_catalog(&store)?;
         Ok(Graph {
             next_user: AtomicU64::new(store.max_id(table::USER)? + 1),
@@ -462,7 +462,7 @@ fn materialize(record: &Record, batch: &mut sled::Batch) {
         | Record::BookingCancelled(booking)
         | Record::BookingExpired(booking)
         | Record::TicketCheckedIn(booking) => {
-            batch.insert(key(table::BOOKING, &booking.id.to_key()), encode(booking));
+            batch.insert(key(table::BOOKING, &booking.id.to_key()), encode(&**booking));
             for ticket in &booking.tickets {
                 batch.insert(key(table::TICKET_CODE, ticket.code.as_bytes()), booking.id.to_key().to_vec());
             }

@@ -5,6 +5,8 @@
 //! Each kind's payload is archived on its own, so new kinds can be added
 //! without changing how older entries decode.
 
+use std::sync::Arc;
+
 use crate::codec::{decode, encode};
 use crate::model::{Booking, Event, Session, TicketType, User, Venue};
 use crate::Error;
@@ -33,15 +35,15 @@ pub enum Record {
     /// A ticket type was added to an event.
     TicketTypeAdded(TicketType),
     /// Seats were held; the record holds the booking.
-    BookingHeld(Booking),
+    BookingHeld(Arc<Booking>),
     /// A booking was confirmed (directly or from a hold), tickets issued.
-    BookingConfirmed(Booking),
+    BookingConfirmed(Arc<Booking>),
     /// A booking was cancelled and its seats returned.
-    BookingCancelled(Booking),
+    BookingCancelled(Arc<Booking>),
     /// A hold ran out and its seats returned.
-    BookingExpired(Booking),
+    BookingExpired(Arc<Booking>),
     /// A ticket of the booking was checked in at the door.
-    TicketCheckedIn(Booking),
+    TicketCheckedIn(Arc<Booking>),
 }
 
 /// Payload of [`Record::UserRegistered`].
@@ -117,7 +119,7 @@ impl Record {
             | Record::BookingConfirmed(p)
             | Record::BookingCancelled(p)
             | Record::BookingExpired(p)
-            | Record::TicketCheckedIn(p) => encode(p),
+            | Record::TicketCheckedIn(p) => encode(&**p),
         }
     }
 
@@ -134,11 +136,11 @@ impl Record {
             8 => Record::EventPublished(decode(bytes, WHAT)?),
             9 => Record::EventCancelled(decode(bytes, WHAT)?),
             10 => Record::TicketTypeAdded(decode(bytes, WHAT)?),
-            11 => Record::BookingHeld(decode(bytes, WHAT)?),
-            12 => Record::BookingConfirmed(decode(bytes, WHAT)?),
-            13 => Record::BookingCancelled(decode(bytes, WHAT)?),
-            14 => Record::BookingExpired(decode(bytes, WHAT)?),
-            15 => Record::TicketCheckedIn(decode(bytes, WHAT)?),
+            11 => Record::BookingHeld(Arc::new(decode(bytes, WHAT)?)),
+            12 => Record::BookingConfirmed(Arc::new(decode(bytes, WHAT)?)),
+            13 => Record::BookingCancelled(Arc::new(decode(bytes, WHAT)?)),
+            14 => Record::BookingExpired(Arc::new(decode(bytes, WHAT)?)),
+            15 => Record::TicketCheckedIn(Arc::new(decode(bytes, WHAT)?)),
             _ => return Err(Error::Corrupt("log record kind")),
         })
     }

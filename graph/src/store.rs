@@ -7,8 +7,8 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use crate::log::{Entry, Record};
 use crate::Error;
@@ -45,13 +45,30 @@ pub(crate) fn key(table: u8, rest: &[u8]) -> Vec<u8> {
     key
 }
 
-/// Turns the state change a record describes into writes on `batch`.
-pub(crate) type Materialize = fn(&Record, &mut sled::Batch);
+/// Turns the state change a record describes into writes on `batch` (and
+/// into the in-memory indexes kept beside the rows). Called once per record,
+/// in log order, while the record's batch is built.
+pub(crate) type Materialize = Box<dyn Fn(&Record, &mut sled::Batch) + Send + Sync>;
+
+/// Called with the new durable seq after every flush, and once more when
+/// the store fails (then [`Store::is_healthy`] is false).
+pub type DurableWatcher = Box<dyn Fn(u64) + Send + Sync>;
 
 /// An open data directory: an exclusive lock, the sled database and the log.
+///
+/// Group commit: records are appended to a pending list (cheap, under the
+/// caller's own locks); a flusher thread writes everything pending to the
+/// tree in one atomic batch and flushes it, then announces the new durable
+/// seq. Callers acknowledge only once the durable seq covers their record,
+/// waiting either blocking ([`Store::sync`]) or through a watcher.
 pub struct Store {
+    shared: Arc<Shared>,
+    flusher: Option<std::thread::JoinHandle<()>>,
     /// Held open for its lock until the store is dropped.
     _lock: File,
+}
+
+struct Shared {
     db: sled::Db,
     tree: sled::Tree,
     materialize: Materialize,
@@ -63,9 +80,25 @@ pub struct Store {
     head_seq: AtomicU64,
     /// Highest seq known flushed to disk.
     durable_seq: AtomicU64,
-    /// Serialises flushes so concurrent committers share one (group commit).
-    flush_lock: Mutex<()>,
+    /// The flusher's to-do state, and the signals around it.
+    flush: Mutex<FlushState>,
+    /// Wakes the flusher: a caller waits for a seq not yet durable.
+    flush_wanted: Condvar,
+    /// Wakes blocking waiters: a flush finished (or the store failed).
+    flushed: Condvar,
     flush_count: AtomicU64,
+    watchers: Mutex<Vec<DurableWatcher>>,
+    /// Set by the first failed write or flush: memory may then be ahead of
+    /// the disk, so every later write is refused until a restart recovers.
+    failed: AtomicBool,
+}
+
+#[derive(Default)]
+struct FlushState {
+    /// Someone waits for a seq above the durable one.
+    wanted: bool,
+    /// The store is closing: flush what is left and stop.
+    stopping: bool,
 }
 
 impl Store {
@@ -82,8 +115,7 @@ impl Store {
             .map_err(Error::storage)?;
         let tree = db.open_tree("marquee").map_err(Error::storage)?;
         let head = last_seq(&tree)?;
-        Ok(Store {
-            _lock: lock,
+        let shared = Arc::new(Shared {
             db,
             tree,
             materialize,
@@ -91,9 +123,21 @@ impl Store {
             apply_lock: Mutex::new(()),
             head_seq: AtomicU64::new(head),
             durable_seq: AtomicU64::new(head),
-            flush_lock: Mutex::new(()),
+            flush: Mutex::new(FlushState::default()),
+            flush_wanted: Condvar::new(),
+            flushed: Condvar::new(),
             flush_count: AtomicU64::new(0),
-        })
+            watchers: Mutex::new(Vec::new()),
+            failed: AtomicBool::new(false),
+        });
+        let flusher = std::thread::Builder::new()
+            .name("marquee-flusher".into())
+            .spawn({
+                let shared = shared.clone();
+                move || shared.run_flusher()
+            })
+            .map_err(|e| Error::io(dir, e))?;
+        Ok(Store { shared, flusher: Some(flusher), _lock: lock })
     }
 
     /// Appends `records` to the log and applies the state they describe, in
@@ -103,36 +147,199 @@ impl Store {
     /// [`Store::sync`] before acknowledging.
     pub fn commit(&self, at_ms: i64, records: &[Record]) -> Result<u64, Error> {
         assert!(!records.is_empty(), "a commit carries at least one record");
-        let _applying = self.apply_lock.lock().expect("apply lock poisoned");
-        let mut appender = self.appender.lock().expect("log append lock poisoned");
+        let shared = &*self.shared;
+        shared.check_healthy()?;
+        let _applying = shared.apply_lock.lock().expect("apply lock poisoned");
+        let mut appender = shared.appender.lock().expect("log append lock poisoned");
         let mut batch = sled::Batch::default();
         let pending = std::mem::take(&mut appender.pending);
-        self.encode(&pending, &mut batch);
+        shared.encode(&pending, &mut batch);
         let mut seq = appender.next_seq;
         for record in records {
             batch.insert(key(table::LOG, &seq.to_be_bytes()), Entry::encode_value(at_ms, record));
-            (self.materialize)(record, &mut batch);
+            (shared.materialize)(record, &mut batch);
             seq += 1;
         }
         appender.next_seq = seq;
         drop(appender);
-        self.tree.apply_batch(batch).map_err(Error::storage)?;
+        shared.tree.apply_batch(batch).map_err(|e| shared.fail(e))?;
         let last = seq - 1;
-        self.head_seq.store(last, Ordering::Release);
+        shared.head_seq.store(last, Ordering::Release);
         Ok(last)
     }
 
-    /// Appends one record to the log without writing it yet: it reaches the
-    /// tree (atomically with its state) at the next [`Store::sync`] or
-    /// [`Store::commit`], so many appends share one write and one flush. The
-    /// caller must not read the record's rows back before syncing. Cheap
-    /// enough to call under a hot lock; the order of appends is the log's.
+    /// Appends one record to the log without writing it yet: the flusher
+    /// writes it to the tree (atomically with its state) and flushes it with
+    /// every other record pending, so many appends share one write and one
+    /// flush. The caller must not read the record's rows back before it is
+    /// durable. Cheap enough to call under a hot lock; the order of appends
+    /// is the log's.
     pub fn append(&self, at_ms: i64, record: Record) -> u64 {
-        let mut appender = self.appender.lock().expect("log append lock poisoned");
+        let mut appender = self.shared.appender.lock().expect("log append lock poisoned");
         let seq = appender.next_seq;
         appender.next_seq += 1;
         appender.pending.push((seq, at_ms, record));
         seq
+    }
+
+    /// Asks the flusher to make everything appended so far durable, without
+    /// waiting; pair it with a [`DurableWatcher`] to wait asynchronously.
+    pub fn request_flush(&self) {
+        self.shared.request_flush();
+    }
+
+    /// Returns once everything up to `seq` is on disk.
+    pub fn sync(&self, seq: u64) -> Result<(), Error> {
+        let shared = &*self.shared;
+        if shared.durable_seq.load(Ordering::Acquire) >= seq {
+            return Ok(());
+        }
+        shared.request_flush();
+        let mut state = shared.flush.lock().expect("flush state lock poisoned");
+        loop {
+            if shared.durable_seq.load(Ordering::Acquire) >= seq {
+                return Ok(());
+            }
+            shared.check_healthy()?;
+            state.wanted = true;
+            shared.flush_wanted.notify_one();
+            state = shared.flushed.wait(state).expect("flush state lock poisoned");
+        }
+    }
+
+    /// Calls `watcher` with the durable seq after every flush.
+    pub fn watch_durable(&self, watcher: DurableWatcher) {
+        watcher(self.durable_seq());
+        self.shared.watchers.lock().expect("watchers lock poisoned").push(watcher);
+    }
+
+    /// Whether every write so far succeeded (readiness).
+    pub fn is_healthy(&self) -> bool {
+        !self.shared.failed.load(Ordering::Acquire)
+    }
+
+    /// Reads one row.
+    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<sled::IVec>, Error> {
+        self.shared.tree.get(key).map_err(Error::storage)
+    }
+
+    /// Iterates over every row of a table, in key order.
+    pub(crate) fn scan(&self, table: u8) -> impl Iterator<Item = Result<(sled::IVec, sled::IVec), Error>> {
+        self.shared.tree.scan_prefix([table]).map(|item| item.map_err(Error::storage))
+    }
+
+    /// The highest id stored in a table keyed by a `u64` id (0 when empty).
+    pub(crate) fn max_id(&self, table: u8) -> Result<u64, Error> {
+        max_u64_key(&self.shared.tree, table)
+    }
+
+    /// Highest seq written to the tree so far.
+    pub fn head_seq(&self) -> u64 {
+        self.shared.head_seq.load(Ordering::Acquire)
+    }
+
+    /// Highest seq handed out, written or still pending.
+    pub fn appended_seq(&self) -> u64 {
+        self.shared.appender.lock().expect("log append lock poisoned").next_seq - 1
+    }
+
+    /// Highest seq known to be on disk.
+    pub fn durable_seq(&self) -> u64 {
+        self.shared.durable_seq.load(Ordering::Acquire)
+    }
+
+    /// How many flushes have run: with group commit, fewer than commits.
+    pub fn flush_count(&self) -> u64 {
+        self.shared.flush_count.load(Ordering::Relaxed)
+    }
+
+    /// Reads log entries with seq >= `from`, at most `max` of them.
+    pub fn read_log(&self, from: u64, max: usize) -> Result<Vec<Entry>, Error> {
+        let start = key(table::LOG, &from.to_be_bytes());
+        let end = key(table::LOG + 1, &[]);
+        let mut entries = Vec::new();
+        for item in self.shared.tree.range(start..end).take(max) {
+            let (key, value) = item.map_err(Error::storage)?;
+            let seq = u64::from_be_bytes(key[1..].try_into().map_err(|_| Error::Corrupt("log key"))?);
+            entries.push(Entry::decode_value(seq, &value)?);
+        }
+        Ok(entries)
+    }
+
+    /// Writes and flushes everything appended so far (used at shutdown).
+    pub fn flush(&self) -> Result<(), Error> {
+        self.sync(self.appended_seq())
+    }
+}
+
+impl Drop for Store {
+    /// Stops the flusher after it has flushed what is pending.
+    fn drop(&mut self) {
+        {
+            let mut state = self.shared.flush.lock().expect("flush state lock poisoned");
+            state.stopping = true;
+            self.shared.flush_wanted.notify_one();
+        }
+        if let Some(flusher) = self.flusher.take() {
+            let _ = flusher.join();
+        }
+    }
+}
+
+impl Shared {
+    fn request_flush(&self) {
+        let mut state = self.flush.lock().expect("flush state lock poisoned");
+        state.wanted = true;
+        self.flush_wanted.notify_one();
+    }
+
+    /// The flusher thread: one group-commit round whenever asked, until the
+    /// store closes. Records appended while a round runs go in the next.
+    fn run_flusher(&self) {
+        loop {
+            let stopping = {
+                let mut state = self.flush.lock().expect("flush state lock poisoned");
+                while !state.wanted && !state.stopping {
+                    state = self.flush_wanted.wait(state).expect("flush state lock poisoned");
+                }
+                state.wanted = false;
+                state.stopping
+            };
+            if self.check_healthy().is_ok() {
+                if let Err(error) = self.write_and_flush() {
+                    tracing::error!(%error, "group commit failed");
+                }
+            }
+            self.announce();
+            if stopping {
+                return;
+            }
+        }
+    }
+
+    /// One round: everything appended goes to the tree, then to disk.
+    fn write_and_flush(&self) -> Result<(), Error> {
+        self.apply_pending()?;
+        let covered = self.head_seq.load(Ordering::Acquire);
+        if self.durable_seq.load(Ordering::Acquire) >= covered {
+            return Ok(());
+        }
+        self.db.flush().map_err(|e| self.fail(e))?;
+        self.flush_count.fetch_add(1, Ordering::Relaxed);
+        self.durable_seq.fetch_max(covered, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Wakes blocking waiters and tells the watchers the durable seq.
+    fn announce(&self) {
+        {
+            let _state = self.flush.lock().expect("flush state lock poisoned");
+            self.flushed.notify_all();
+        }
+        let durable = self.durable_seq.load(Ordering::Acquire);
+        for watcher in self.watchers.lock().expect("watchers lock poisoned").iter() {
+            watcher(durable);
+        }
     }
 
     /// Writes appended records to the tree in one atomic batch.
@@ -142,7 +349,7 @@ impl Store {
         let Some(&(last, _, _)) = pending.last() else { return Ok(()) };
         let mut batch = sled::Batch::default();
         self.encode(&pending, &mut batch);
-        self.tree.apply_batch(batch).map_err(Error::storage)?;
+        self.tree.apply_batch(batch).map_err(|e| self.fail(e))?;
         self.head_seq.store(last, Ordering::Release);
         Ok(())
     }
@@ -154,75 +361,18 @@ impl Store {
         }
     }
 
-    /// Returns once everything up to `seq` is on disk. Concurrent callers
-    /// share flushes: whoever flushes covers every commit made before it.
-    pub fn sync(&self, seq: u64) -> Result<(), Error> {
-        if self.durable_seq.load(Ordering::Acquire) >= seq {
-            return Ok(());
+    /// Records a storage failure: from now on writes are refused.
+    fn fail(&self, error: sled::Error) -> Error {
+        self.failed.store(true, Ordering::Release);
+        tracing::error!(%error, "storage write failed; refusing writes until restart");
+        Error::storage(error)
+    }
+
+    fn check_healthy(&self) -> Result<(), Error> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(Error::Storage("an earlier write failed; restart to recover".into()));
         }
-        let _flushing = self.flush_lock.lock().expect("flush lock poisoned");
-        if self.durable_seq.load(Ordering::Acquire) >= seq {
-            return Ok(());
-        }
-        self.apply_pending()?;
-        let covered = self.head_seq.load(Ordering::Acquire);
-        self.db.flush().map_err(Error::storage)?;
-        self.flush_count.fetch_add(1, Ordering::Relaxed);
-        self.durable_seq.fetch_max(covered, Ordering::AcqRel);
         Ok(())
-    }
-
-    /// Reads one row.
-    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<sled::IVec>, Error> {
-        self.tree.get(key).map_err(Error::storage)
-    }
-
-    /// Iterates over every row of a table, in key order.
-    pub(crate) fn scan(&self, table: u8) -> impl Iterator<Item = Result<(sled::IVec, sled::IVec), Error>> {
-        self.tree.scan_prefix([table]).map(|item| item.map_err(Error::storage))
-    }
-
-    /// The highest id stored in a table keyed by a `u64` id (0 when empty).
-    pub(crate) fn max_id(&self, table: u8) -> Result<u64, Error> {
-        max_u64_key(&self.tree, table)
-    }
-
-    /// Highest seq written to the tree so far.
-    pub fn head_seq(&self) -> u64 {
-        self.head_seq.load(Ordering::Acquire)
-    }
-
-    /// Highest seq handed out, written or still pending.
-    pub fn appended_seq(&self) -> u64 {
-        self.appender.lock().expect("log append lock poisoned").next_seq - 1
-    }
-
-    /// Highest seq known to be on disk.
-    pub fn durable_seq(&self) -> u64 {
-        self.durable_seq.load(Ordering::Acquire)
-    }
-
-    /// How many flushes have run: with group commit, fewer than commits.
-    pub fn flush_count(&self) -> u64 {
-        self.flush_count.load(Ordering::Relaxed)
-    }
-
-    /// Reads log entries with seq >= `from`, at most `max` of them.
-    pub fn read_log(&self, from: u64, max: usize) -> Result<Vec<Entry>, Error> {
-        let start = key(table::LOG, &from.to_be_bytes());
-        let end = key(table::LOG + 1, &[]);
-        let mut entries = Vec::new();
-        for item in self.tree.range(start..end).take(max) {
-            let (key, value) = item.map_err(Error::storage)?;
-            let seq = u64::from_be_bytes(key[1..].try_into().map_err(|_| Error::Corrupt("log key"))?);
-            entries.push(Entry::decode_value(seq, &value)?);
-        }
-        Ok(entries)
-    }
-
-    /// Writes and flushes everything appended so far (used at shutdown).
-    pub fn flush(&self) -> Result<(), Error> {
-        self.sync(self.appended_seq())
     }
 }
 

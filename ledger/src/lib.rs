@@ -28,9 +28,10 @@
 mod error;
 mod shard;
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use graph::ids::{BookingId, EventId, TicketId, TicketTypeId, UserId};
 use graph::log::Record;
@@ -81,6 +82,19 @@ pub struct BookRequest {
     pub hold: bool,
 }
 
+/// The outcome of a change that is decided and appended to the log at `seq`
+/// but not yet known durable: acknowledge it only once the store's durable
+/// seq reaches `seq` ([`graph::Store::sync`], or a durable-seq watcher for
+/// callers that wait asynchronously). The plain methods wait themselves.
+#[derive(Clone, Debug)]
+#[must_use = "a logged change must be waited for before it is acknowledged"]
+pub struct Logged<T> {
+    /// What the change produced.
+    pub value: T,
+    /// The log position that must be durable first (0: nothing to wait for).
+    pub seq: u64,
+}
+
 /// The ticket inventory.
 pub struct Ledger {
     graph: Arc<Graph>,
@@ -111,7 +125,7 @@ impl Ledger {
         );
         let ledger = Ledger {
             shards: (0..options.shards).map(|_| Mutex::new(Shard::default())).collect(),
-            keys: (0..options.shards).map(|_| Mutex::new(HashMap::new())).collect(),
+            keys: (0..options.shards).map(|_| Mutex::new(KeyMap::new())).collect(),
             mask: u64::try_from(options.shards - 1).expect("shard count fits u64"),
             next_booking: AtomicU64::new(1),
             hold_ttl_ms: options.hold_ttl_ms,
@@ -140,7 +154,7 @@ impl Ledger {
                 .insert(booking.idempotency_key.clone(), booking.id);
             let mut shard = self.shard_of(booking.ticket_type);
             self.ensure_stock(&mut shard, booking.ticket_type)?;
-            shard.insert(booking);
+            shard.insert(Arc::new(booking));
         }
         self.next_booking.store(counter_max + 1, Ordering::Relaxed);
         for event in cancelled_events {
@@ -190,16 +204,48 @@ impl Ledger {
         }
     }
 
-    /// Returns once the record at `seq` is on disk (shared flushes).
-    fn sync(&self, seq: u64) -> Result<(), Error> {
+    /// Waits until a logged change is on disk (shared flushes) and returns it.
+    fn settle<T>(&self, logged: Logged<T>) -> Result<T, Error> {
         if self.durable {
-            self.graph.store().sync(seq)?;
+            self.graph.store().sync(logged.seq)?;
         }
-        Ok(())
+        Ok(logged.value)
     }
 
     /// Books seats: held until the hold expires, or confirmed with tickets.
-    pub fn book(&self, request: &BookRequest, now_ms: i64) -> Result<Booking, Error> {
+    /// Returns once the booking is durable.
+    pub fn book(&self, request: &BookRequest, now_ms: i64) -> Result<Arc<Booking>, Error> {
+        let logged = self.book_logged(request, now_ms)?;
+        self.settle(logged)
+    }
+
+    /// Confirms a held booking; returns once durable. See [`Ledger::confirm_logged`].
+    pub fn confirm(&self, id: BookingId, now_ms: i64) -> Result<Arc<Booking>, Error> {
+        let logged = self.confirm_logged(id, now_ms)?;
+        self.settle(logged)
+    }
+
+    /// Cancels a booking; returns once durable. See [`Ledger::cancel_logged`].
+    pub fn cancel(&self, id: BookingId, now_ms: i64) -> Result<Arc<Booking>, Error> {
+        let logged = self.cancel_logged(id, now_ms)?;
+        self.settle(logged)
+    }
+
+    /// Checks a ticket in; returns once durable. See [`Ledger::check_in_logged`].
+    pub fn check_in(&self, code: &str, now_ms: i64) -> Result<(Arc<Booking>, usize), Error> {
+        let logged = self.check_in_logged(code, now_ms)?;
+        self.settle(logged)
+    }
+
+    /// Cancels an event's bookings; returns once durable. See [`Ledger::cancel_event_logged`].
+    pub fn cancel_event(&self, event: EventId, now_ms: i64) -> Result<usize, Error> {
+        let logged = self.cancel_event_logged(event, now_ms)?;
+        self.settle(logged)
+    }
+
+    /// Decides a booking and appends it to the log: held until the hold
+    /// expires, or confirmed with tickets.
+    pub fn book_logged(&self, request: &BookRequest, now_ms: i64) -> Result<Logged<Arc<Booking>>, Error> {
         check_request(request)?;
         let mut keys = self.keys_of(request.user);
         let existing = keys.get(&request.user).and_then(|of_user| of_user.get(request.idempotency_key.as_str()));
@@ -240,103 +286,108 @@ impl Ledger {
             expires_at_ms: Some(now_ms.saturating_add(self.hold_ttl_ms)),
             tickets: Vec::new(),
         };
+        if !request.hold {
+            confirm_in_place(&mut booking);
+        }
+        let booking = Arc::new(booking);
         let seq = if request.hold {
             self.commit(|| Record::BookingHeld(booking.clone()), now_ms)
         } else {
-            confirm_in_place(&mut booking);
             self.commit(|| Record::BookingConfirmed(booking.clone()), now_ms)
         };
         shard.insert(booking.clone());
         drop(shard);
         keys.entry(request.user).or_default().insert(request.idempotency_key.clone(), id);
         drop(keys);
-        self.sync(seq)?;
-        Ok(booking)
+        Ok(Logged { value: booking, seq })
     }
 
     /// The booking an idempotency key already made, if the input matches.
-    fn replay(&self, existing: BookingId, request: &BookRequest) -> Result<Booking, Error> {
+    fn replay(&self, existing: BookingId, request: &BookRequest) -> Result<Logged<Arc<Booking>>, Error> {
         let booking = self.booking(existing).ok_or(Error::NotFound("booking"))?;
         if booking.ticket_type != request.ticket_type || booking.quantity != request.quantity {
             return Err(Error::Conflict("idempotencyKey was already used with a different input".into()));
         }
         // The first request may still be waiting for its flush.
-        if self.durable {
-            self.sync(self.graph.store().appended_seq())?;
-        }
-        Ok(booking)
+        Ok(Logged { value: booking, seq: self.replay_seq() })
     }
 
     /// Confirms a held booking (issuing tickets); confirming a confirmed
     /// booking returns it unchanged.
-    pub fn confirm(&self, id: BookingId, now_ms: i64) -> Result<Booking, Error> {
+    pub fn confirm_logged(&self, id: BookingId, now_ms: i64) -> Result<Logged<Arc<Booking>>, Error> {
         let mut shard = self.shard_of_booking(id);
         self.expire_due(&mut shard, now_ms);
-        let mut booking = shard.bookings.get(&id).cloned().ok_or(Error::NotFound("booking"))?;
-        match booking.status {
-            BookingStatus::Confirmed => return Ok(booking),
+        let current = shard.bookings.get(&id).cloned().ok_or(Error::NotFound("booking"))?;
+        match current.status {
+            BookingStatus::Confirmed => return Ok(Logged { value: current, seq: self.replay_seq() }),
             BookingStatus::Expired => return Err(Error::HoldExpired),
             BookingStatus::Cancelled => return Err(Error::Conflict("the booking is cancelled".into())),
             BookingStatus::Held => {}
         }
+        let mut booking = Booking::clone(&current);
         confirm_in_place(&mut booking);
+        let booking = Arc::new(booking);
         let seq = self.commit(|| Record::BookingConfirmed(booking.clone()), now_ms);
         shard.replace(booking.clone());
-        drop(shard);
-        self.sync(seq)?;
-        Ok(booking)
+        Ok(Logged { value: booking, seq })
+    }
+
+    /// The seq to wait for when answering with state another request may
+    /// still be flushing.
+    fn replay_seq(&self) -> u64 {
+        if self.durable {
+            self.graph.store().appended_seq()
+        } else {
+            0
+        }
     }
 
     /// Cancels a held or confirmed booking and returns its seats.
-    pub fn cancel(&self, id: BookingId, now_ms: i64) -> Result<Booking, Error> {
+    pub fn cancel_logged(&self, id: BookingId, now_ms: i64) -> Result<Logged<Arc<Booking>>, Error> {
         let mut shard = self.shard_of_booking(id);
         self.expire_due(&mut shard, now_ms);
-        let booking = shard.bookings.get(&id).cloned().ok_or(Error::NotFound("booking"))?;
-        match booking.status {
-            BookingStatus::Cancelled => return Ok(booking),
+        let current = shard.bookings.get(&id).cloned().ok_or(Error::NotFound("booking"))?;
+        match current.status {
+            BookingStatus::Cancelled => return Ok(Logged { value: current, seq: self.replay_seq() }),
             BookingStatus::Expired => return Err(Error::Conflict("the hold already expired".into())),
             BookingStatus::Held | BookingStatus::Confirmed => {}
         }
-        let seq = self.cancel_locked(&mut shard, booking, now_ms);
-        let booking = shard.bookings[&id].clone();
-        drop(shard);
-        self.sync(seq)?;
-        Ok(booking)
+        let (booking, seq) = self.cancel_locked(&mut shard, &current, now_ms);
+        Ok(Logged { value: booking, seq })
     }
 
-    fn cancel_locked(&self, shard: &mut Shard, mut booking: Booking, now_ms: i64) -> u64 {
+    fn cancel_locked(&self, shard: &mut Shard, current: &Booking, now_ms: i64) -> (Arc<Booking>, u64) {
+        let mut booking = current.clone();
         booking.status = BookingStatus::Cancelled;
         booking.expires_at_ms = None;
+        let booking = Arc::new(booking);
         let seq = self.commit(|| Record::BookingCancelled(booking.clone()), now_ms);
-        shard.replace(booking);
-        seq
+        shard.replace(booking.clone());
+        (booking, seq)
     }
 
     /// Cancels every live booking of the event's ticket types; returns how many.
-    pub fn cancel_event(&self, event: EventId, now_ms: i64) -> Result<usize, Error> {
+    pub fn cancel_event_logged(&self, event: EventId, now_ms: i64) -> Result<Logged<usize>, Error> {
         let mut cancelled = 0;
-        let mut last_seq = 0;
+        let mut seq = 0;
         for ticket_type in self.graph.ticket_types(event) {
             let mut shard = self.shard_of(ticket_type.id);
             let live: Vec<BookingId> =
                 shard.stock.get(&ticket_type.id).map(|s| s.live.iter().copied().collect()).unwrap_or_default();
             for id in live {
-                let booking = shard.bookings[&id].clone();
-                last_seq = self.cancel_locked(&mut shard, booking, now_ms);
+                let current = shard.bookings[&id].clone();
+                seq = self.cancel_locked(&mut shard, &current, now_ms).1;
                 cancelled += 1;
             }
         }
-        if cancelled > 0 {
-            self.sync(last_seq)?;
-        }
-        Ok(cancelled)
+        Ok(Logged { value: cancelled, seq })
     }
 
     /// Checks in the ticket with `code`, once, for confirmed bookings only.
-    pub fn check_in(&self, code: &str, now_ms: i64) -> Result<(Booking, usize), Error> {
+    pub fn check_in_logged(&self, code: &str, now_ms: i64) -> Result<Logged<(Arc<Booking>, usize)>, Error> {
         let id = self.graph.booking_id_by_ticket_code(code)?.ok_or(Error::NotFound("ticket"))?;
         let mut shard = self.shard_of_booking(id);
-        let mut booking = shard.bookings.get(&id).cloned().ok_or(Error::NotFound("ticket"))?;
+        let mut booking = shard.bookings.get(&id).map(|b| Booking::clone(b)).ok_or(Error::NotFound("ticket"))?;
         let seat = booking.tickets.iter().position(|t| t.code == code).ok_or(Error::NotFound("ticket"))?;
         if booking.status != BookingStatus::Confirmed {
             return Err(Error::Conflict("the ticket's booking is cancelled".into()));
@@ -345,11 +396,10 @@ impl Ledger {
             return Err(Error::AlreadyCheckedIn { at_ms: at });
         }
         booking.tickets[seat].checked_in_at_ms = Some(now_ms);
+        let booking = Arc::new(booking);
         let seq = self.commit(|| Record::TicketCheckedIn(booking.clone()), now_ms);
         shard.replace(booking.clone());
-        drop(shard);
-        self.sync(seq)?;
-        Ok((booking, seat))
+        Ok(Logged { value: (booking, seat), seq })
     }
 
     /// Expires every hold due at `now_ms`, in every shard, and writes the
@@ -361,7 +411,7 @@ impl Ledger {
             expired += self.expire_due(&mut shard, now_ms);
         }
         if expired > 0 && self.durable {
-            self.sync(self.graph.store().appended_seq())?;
+            self.graph.store().sync(self.graph.store().appended_seq())?;
         }
         Ok(expired)
     }
@@ -371,9 +421,10 @@ impl Ledger {
     fn expire_due(&self, shard: &mut Shard, now_ms: i64) -> usize {
         let due = shard.expired_holds(now_ms);
         for id in &due {
-            let mut booking = shard.bookings[id].clone();
+            let mut booking = Booking::clone(&shard.bookings[id]);
             booking.status = BookingStatus::Expired;
             booking.expires_at_ms = None;
+            let booking = Arc::new(booking);
             self.commit(|| Record::BookingExpired(booking.clone()), now_ms);
             shard.replace(booking);
         }
@@ -381,13 +432,13 @@ impl Ledger {
     }
 
     /// A booking by id.
-    pub fn booking(&self, id: BookingId) -> Option<Booking> {
+    pub fn booking(&self, id: BookingId) -> Option<Arc<Booking>> {
         self.shard_of_booking(id).bookings.get(&id).cloned()
     }
 
     /// A user's bookings, newest first.
-    pub fn bookings_of(&self, user: UserId) -> Vec<Booking> {
-        let mut found: Vec<Booking> = Vec::new();
+    pub fn bookings_of(&self, user: UserId) -> Vec<Arc<Booking>> {
+        let mut found: Vec<Arc<Booking>> = Vec::new();
         for shard in self.shards.iter() {
             let shard = shard.lock().expect("shard lock poisoned");
             let ids = shard.by_user.get(&user).map(Vec::as_slice).unwrap_or(&[]);
@@ -445,7 +496,11 @@ fn confirm_in_place(booking: &mut Booking) {
 fn ticket_code() -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bits: u128 = rand::random();
-    (0..32).rev().map(|nibble| char::from(HEX[((bits >> (nibble * 4)) & 0xf) as usize])).collect()
+    let mut code = [0u8; 32];
+    for (nibble, digit) in code.iter_mut().rev().enumerate() {
+        *digit = HEX[((bits >> (nibble * 4)) & 0xf) as usize];
+    }
+    String::from_utf8(code.to_vec()).expect("hex digits are ASCII")
 }
 
 #[cfg(test)]

@@ -1,7 +1,10 @@
 //! One shard: the stock, bookings and holds of the ticket types hashed to it,
 //! behind one lock. Pure in-memory bookkeeping; the ledger persists.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use graph::ids::{BookingId, EventId, TicketTypeId, UserId};
 use graph::model::Booking;
@@ -95,7 +98,7 @@ impl Stock {
 #[derive(Default)]
 pub(crate) struct Shard {
     pub stock: HashMap<TicketTypeId, Stock>,
-    pub bookings: HashMap<BookingId, Booking>,
+    pub bookings: HashMap<BookingId, Arc<Booking>>,
     pub by_user: HashMap<UserId, Vec<BookingId>>,
     /// Live holds by expiry, for the reaper.
     pub holds: BTreeSet<(i64, BookingId)>,
@@ -103,7 +106,7 @@ pub(crate) struct Shard {
 
 impl Shard {
     /// Adds a booking that was never seen before.
-    pub fn insert(&mut self, booking: Booking) {
+    pub fn insert(&mut self, booking: Arc<Booking>) {
         if booking.takes_seats() {
             self.stock.get_mut(&booking.ticket_type).expect("stock exists before bookings").take(&booking);
         }
@@ -115,7 +118,7 @@ impl Shard {
     }
 
     /// Replaces a booking with its next state, moving seats as needed.
-    pub fn replace(&mut self, next: Booking) {
+    pub fn replace(&mut self, next: Arc<Booking>) {
         let previous = self.bookings.insert(next.id, next.clone()).expect("replace an existing booking");
         if let Some(expires) = previous.expires_at_ms {
             self.holds.remove(&(expires, previous.id));

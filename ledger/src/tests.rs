@@ -227,6 +227,24 @@ fn concurrent_buyers_never_oversell() {
     assert_eq!(f.ledger.sold(f.ticket_type), 100);
 }
 
+#[test]
+fn racing_requests_with_one_key_make_one_booking() {
+    let f = Arc::new(fixture("key-race", 100, None));
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let f = f.clone();
+            std::thread::spawn(move || {
+                (0..20)
+                    .map(|_| f.ledger.book(&request(7, f.ticket_type, 2, "same", false), 0).unwrap().id)
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let ids: HashSet<BookingId> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    assert_eq!(ids.len(), 1, "one key, one booking");
+    assert_eq!(f.ledger.sold(f.ticket_type), 2);
+}
+
 /// Operations of the model-based test.
 #[derive(Clone, Debug)]
 enum Op {

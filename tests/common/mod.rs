@@ -132,19 +132,34 @@ impl HttpResponse {
 
 /// One HTTP/1.1 request over a fresh connection.
 pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    try_http(addr, method, path, headers, body).unwrap_or_else(|e| panic!("{method} {path} on {addr} failed: {e}"))
+}
+
+/// Like [`http`], but a connection that fails or breaks is an error, not a
+/// panic (for servers that are killed mid-request).
+pub fn try_http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut request =
         format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
     request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).unwrap();
-    stream.write_all(body).unwrap();
+    stream.write_all(request.as_bytes())?;
+    stream.write_all(body)?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
-    parse_response(&raw)
+    stream.read_to_end(&mut raw)?;
+    if !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed before a response"));
+    }
+    Ok(parse_response(&raw))
 }
 
 fn parse_response(raw: &[u8]) -> HttpResponse {
@@ -178,13 +193,19 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
 
 /// POSTs a GraphQL request and returns the JSON response (any status).
 pub fn gql(addr: &str, token: Option<&str>, query: &str, variables: Value) -> Value {
+    try_gql(addr, token, query, variables).unwrap_or_else(|e| panic!("POST /graphql on {addr} failed: {e}"))
+}
+
+/// Like [`gql`], but a failed or broken connection is an error.
+pub fn try_gql(addr: &str, token: Option<&str>, query: &str, variables: Value) -> std::io::Result<Value> {
     let body = serde_json::to_vec(&json!({ "query": query, "variables": variables })).unwrap();
     let auth = token.map(|t| format!("Bearer {t}"));
     let mut headers = vec![("Content-Type", "application/json")];
     if let Some(auth) = &auth {
         headers.push(("Authorization", auth.as_str()));
     }
-    http(addr, "POST", "/graphql", &headers, &body).json()
+    let response = try_http(addr, "POST", "/graphql", &headers, &body)?;
+    serde_json::from_slice(&response.body).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 /// The `extensions.code` of the first error, or panics showing the response.

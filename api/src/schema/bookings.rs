@@ -64,7 +64,7 @@ impl TicketObject {
 }
 
 /// A booking.
-pub struct BookingObject(pub model::Booking);
+pub struct BookingObject(pub std::sync::Arc<model::Booking>);
 
 #[Object(name = "Booking")]
 impl BookingObject {
@@ -113,7 +113,12 @@ pub struct BookInput {
 }
 
 /// The booking `id`, if the viewer may act on it as `action` allows.
-fn accessible_booking(ctx: &Context<'_>, id: &ID, organizer_may: bool, action: &str) -> ApiResult<model::Booking> {
+fn accessible_booking(
+    ctx: &Context<'_>,
+    id: &ID,
+    organizer_may: bool,
+    action: &str,
+) -> ApiResult<std::sync::Arc<model::Booking>> {
     let user = viewer(ctx).require()?;
     let id: BookingId = parse_id("id", id)?;
     let booking = app(ctx).ledger.booking(id).ok_or_else(|| ApiError::NotFound("no such booking".into()))?;
@@ -154,22 +159,25 @@ impl BookingsMutation {
             idempotency_key: input.idempotency_key,
             hold: input.hold.unwrap_or(false),
         };
-        let app = app(ctx).clone();
-        blocking(move || Ok(BookingObject(app.ledger.book(&request, graph::now_ms())?))).await
+        let app = app(ctx);
+        let logged = app.ledger.book_logged(&request, graph::now_ms())?;
+        Ok(BookingObject(app.settle(logged).await?))
     }
 
     /// Confirms the viewer's HELD booking: tickets are issued.
     async fn confirm_booking(&self, ctx: &Context<'_>, id: ID) -> ApiResult<BookingObject> {
         let booking = accessible_booking(ctx, &id, false, "confirmBooking")?;
-        let app = app(ctx).clone();
-        blocking(move || Ok(BookingObject(app.ledger.confirm(booking.id, graph::now_ms())?))).await
+        let app = app(ctx);
+        let logged = app.ledger.confirm_logged(booking.id, graph::now_ms())?;
+        Ok(BookingObject(app.settle(logged).await?))
     }
 
     /// Its owner, the event's organizer, ADMIN; seats return.
     async fn cancel_booking(&self, ctx: &Context<'_>, id: ID) -> ApiResult<BookingObject> {
         let booking = accessible_booking(ctx, &id, true, "cancelBooking")?;
-        let app = app(ctx).clone();
-        blocking(move || Ok(BookingObject(app.ledger.cancel(booking.id, graph::now_ms())?))).await
+        let app = app(ctx);
+        let logged = app.ledger.cancel_logged(booking.id, graph::now_ms())?;
+        Ok(BookingObject(app.settle(logged).await?))
     }
 
     /// The event's organizer, ADMIN: admits a CONFIRMED ticket, once.
@@ -186,10 +194,12 @@ impl BookingsMutation {
         if !organizes && user.role != Role::Admin {
             return Err(ApiError::Forbidden("checkIn: only the event's organizer or an admin may check in".into()));
         }
-        blocking(move || {
-            let (booking, seat) = app.ledger.check_in(&code, graph::now_ms())?;
-            Ok(TicketObject { ticket: booking.tickets[seat].clone(), ticket_type: booking.ticket_type })
+        let logged = blocking({
+            let app = app.clone();
+            move || Ok(app.ledger.check_in_logged(&code, graph::now_ms())?)
         })
-        .await
+        .await?;
+        let (booking, seat) = app.settle(logged).await?;
+        Ok(TicketObject { ticket: booking.tickets[seat].clone(), ticket_type: booking.ticket_type })
     }
 }

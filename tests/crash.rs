@@ -1,0 +1,227 @@
+//! Crash safety of bookings: the real binary, under concurrent booking and
+//! cancelling load, is killed with SIGKILL at random moments (some of them
+//! during start-up) and restarted on the same data directory. Afterwards
+//! every acknowledged booking is there in the state it was acknowledged in,
+//! sold equals the seats of the live bookings, and replaying an acknowledged
+//! idempotency key returns the same booking.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const ROUNDS: u64 = 12;
+const BUYERS: usize = 6;
+const CAPACITY: i64 = 2_500;
+
+const BOOK: &str =
+    "mutation($input: BookInput!) { bookTickets(input: $input) { id status quantity tickets { code } } }";
+const CANCEL: &str = "mutation($id: ID!) { cancelBooking(id: $id) { id status } }";
+
+/// A small deterministic generator; the seed is printed so a failure can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// What the server acknowledged to a buyer.
+#[derive(Clone, Debug)]
+struct Acked {
+    buyer: usize,
+    key: String,
+    id: String,
+    quantity: i64,
+    cancel: Cancel,
+}
+
+/// Whether the buyer cancelled an acknowledged booking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cancel {
+    /// Never tried: it must be CONFIRMED.
+    No,
+    /// Sent, but the server died before answering: either state is right.
+    Unanswered,
+    /// Acknowledged: it must be CANCELLED.
+    Acknowledged,
+}
+
+struct Shop {
+    buyers: Vec<String>,
+    ticket_type: String,
+    event: String,
+}
+
+fn open_shop(server: &Server) -> Shop {
+    let (org, _) = register(server, "org@example.com", "ORGANIZER");
+    let input = json!({"title": "Crash gig", "startsAt": "2027-06-01T20:00:00Z", "city": "Oslo"});
+    let created = data(server.gql(
+        Some(&org),
+        "mutation($i: CreateEventInput!) { createEvent(input: $i) { id } }",
+        json!({"i": input}),
+    ));
+    let event = created["createEvent"]["id"].as_str().unwrap().to_string();
+    let ticket = json!({"name": "GA", "priceCents": 1000, "currency": "EUR", "capacity": CAPACITY});
+    let added = data(server.gql(
+        Some(&org),
+        "mutation($e: ID!, $t: TicketTypeInput!) { addTicketType(eventId: $e, input: $t) { id } }",
+        json!({"e": event, "t": ticket}),
+    ));
+    data(server.gql(Some(&org), "mutation($id: ID!) { publishEvent(id: $id) { id } }", json!({"id": event})));
+    let buyers = (0..BUYERS).map(|b| register(server, &format!("buyer{b}@example.com"), "ATTENDEE").0).collect();
+    Shop { buyers, ticket_type: added["addTicketType"]["id"].as_str().unwrap().to_string(), event }
+}
+
+/// One buyer's loop: book 1-3 seats with fresh keys, now and then cancel
+/// an acknowledged booking, until the server stops answering.
+fn buyer_loop(addr: String, shop: Arc<Shop>, buyer: usize, round: u64, seed: u64, acked: Arc<Mutex<Vec<Acked>>>) {
+    let mut rng = Rng(seed | 1);
+    let token = shop.buyers[buyer].clone();
+    for i in 0.. {
+        if rng.below(5) == 0 {
+            let candidate =
+                acked.lock().unwrap().iter().rposition(|a| a.buyer == buyer && a.cancel != Cancel::Acknowledged);
+            if let Some(index) = candidate {
+                let id = {
+                    let mut acked = acked.lock().unwrap();
+                    acked[index].cancel = Cancel::Unanswered;
+                    acked[index].id.clone()
+                };
+                let Ok(response) = try_gql(&addr, Some(&token), CANCEL, json!({"id": id})) else { return };
+                assert_eq!(response["data"]["cancelBooking"]["status"], "CANCELLED", "cancel failed: {response}");
+                acked.lock().unwrap()[index].cancel = Cancel::Acknowledged;
+                continue;
+            }
+        }
+        let key = format!("b{buyer}-r{round}-{i}");
+        let quantity = 1 + rng.below(3) as i64;
+        let input = json!({"input": {"ticketTypeId": shop.ticket_type, "quantity": quantity, "idempotencyKey": key}});
+        let Ok(response) = try_gql(&addr, Some(&token), BOOK, input) else { return };
+        if response.get("errors").is_some() {
+            assert_eq!(error_code(&response), "SOLD_OUT", "the only refusal under load is SOLD_OUT: {response}");
+            continue;
+        }
+        let booking = &response["data"]["bookTickets"];
+        assert_eq!(booking["status"], "CONFIRMED");
+        assert_eq!(booking["tickets"].as_array().unwrap().len() as i64, quantity);
+        let id = booking["id"].as_str().unwrap().to_string();
+        acked.lock().unwrap().push(Acked { buyer, key, id, quantity, cancel: Cancel::No });
+    }
+}
+
+/// Starts the binary and kills it a few milliseconds later, before or while
+/// it recovers.
+fn kill_during_start_up(dir: &std::path::Path, rng: &mut Rng) {
+    let mut child = Command::new(binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--cache-mb", "16", "--data-dir"])
+        .arg(dir)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(rng.below(40)));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+fn verify(server: &Server, shop: &Shop, acked: &[Acked]) {
+    let mut stored: HashMap<String, Value> = HashMap::new();
+    for token in &shop.buyers {
+        let mine = data(server.gql(Some(token), "{ myBookings { id status quantity tickets { code } } }", json!({})));
+        for booking in mine["myBookings"].as_array().unwrap() {
+            stored.insert(booking["id"].as_str().unwrap().to_string(), booking.clone());
+        }
+    }
+    for ack in acked {
+        let booking = stored.get(&ack.id).unwrap_or_else(|| panic!("acknowledged booking {ack:?} is lost"));
+        let expected: &[&str] = match ack.cancel {
+            Cancel::No => &["CONFIRMED"],
+            Cancel::Unanswered => &["CONFIRMED", "CANCELLED"],
+            Cancel::Acknowledged => &["CANCELLED"],
+        };
+        assert!(expected.contains(&booking["status"].as_str().unwrap()), "acknowledged {ack:?} came back as {booking}");
+        assert_eq!(booking["quantity"], ack.quantity);
+    }
+    let live_seats: i64 =
+        stored.values().filter(|b| b["status"] == "CONFIRMED").map(|b| b["quantity"].as_i64().unwrap()).sum();
+    let state = data(server.gql(
+        None,
+        "query($id: ID!) { event(id: $id) { ticketTypes { sold available } } }",
+        json!({"id": shop.event}),
+    ));
+    let sold = state["event"]["ticketTypes"][0]["sold"].as_i64().unwrap();
+    assert_eq!(sold, live_seats, "sold equals the seats of the live bookings");
+    assert!(sold <= CAPACITY);
+    assert_eq!(state["event"]["ticketTypes"][0]["available"].as_i64().unwrap(), CAPACITY - sold);
+    let codes: Vec<&str> = stored
+        .values()
+        .flat_map(|b| b["tickets"].as_array().unwrap().iter().map(|t| t["code"].as_str().unwrap()))
+        .collect();
+    assert_eq!(codes.len(), codes.iter().collect::<HashSet<_>>().len(), "no ticket code twice");
+    for ack in acked {
+        let input =
+            json!({"input": {"ticketTypeId": shop.ticket_type, "quantity": ack.quantity, "idempotencyKey": ack.key}});
+        let replay = data(server.gql(Some(&shop.buyers[ack.buyer]), BOOK, input));
+        assert_eq!(replay["bookTickets"]["id"], ack.id.as_str(), "replaying {ack:?} returns the same booking");
+    }
+}
+
+#[test]
+fn acknowledged_bookings_survive_sigkill_under_load() {
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    eprintln!("crash test seed {seed}");
+    let mut rng = Rng(seed | 1);
+    let dir = TempDir::new("crash");
+    let mut server = Server::start(dir.path(), &[]);
+    let shop = Arc::new(open_shop(&server));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    for round in 0..ROUNDS {
+        let stop = Arc::new(AtomicBool::new(false));
+        let buyers: Vec<_> = (0..BUYERS)
+            .map(|buyer| {
+                let (addr, shop, acked, stop) = (server.addr.clone(), shop.clone(), acked.clone(), stop.clone());
+                let seed = rng.below(u64::MAX);
+                std::thread::spawn(move || {
+                    if !stop.load(Ordering::Relaxed) {
+                        buyer_loop(addr, shop, buyer, round, seed, acked);
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(150 + rng.below(400)));
+        server.child.kill().unwrap();
+        server.child.wait().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        for buyer in buyers {
+            buyer.join().expect("a buyer saw something other than success, SOLD_OUT or a dead server");
+        }
+        if round % 3 == 1 {
+            kill_during_start_up(dir.path(), &mut rng);
+        }
+        server = Server::start(dir.path(), &[]);
+    }
+    let acked = acked.lock().unwrap().clone();
+    eprintln!(
+        "{} acknowledged bookings, {} cancelled, over {ROUNDS} kills",
+        acked.len(),
+        acked.iter().filter(|a| a.cancel == Cancel::Acknowledged).count()
+    );
+    assert!(acked.len() >= ROUNDS as usize, "the load made bookings in most rounds");
+    verify(&server, &shop, &acked);
+    // And once more after a clean stop and start.
+    assert_eq!(server.stop(), Some(0));
+    let server = Server::start(dir.path(), &[]);
+    verify(&server, &shop, &acked);
+}
