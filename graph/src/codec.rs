@@ -31,6 +31,25 @@ where
     rkyv::from_bytes::<T, rancor::Error>(&aligned).map_err(|_| Error::Corrupt(what))
 }
 
+/// Packs ascending ids as little-endian u32s: an adjacency list's row.
+pub fn pack_ids(ids: &[u32]) -> Vec<u8> {
+    debug_assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "adjacency lists are strictly ascending");
+    ids.iter().flat_map(|id| id.to_le_bytes()).collect()
+}
+
+/// Unpacks an adjacency row, checking that it is whole and strictly ascending.
+pub fn unpack_ids(bytes: &[u8], what: &'static str) -> Result<Vec<u32>, Error> {
+    if bytes.len() % 4 != 0 {
+        return Err(Error::Corrupt(what));
+    }
+    let ids: Vec<u32> =
+        bytes.chunks_exact(4).map(|chunk| u32::from_le_bytes(chunk.try_into().expect("chunks of 4"))).collect();
+    if !ids.windows(2).all(|pair| pair[0] < pair[1]) {
+        return Err(Error::Corrupt(what));
+    }
+    Ok(ids)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,6 +64,20 @@ mod tests {
             role: Role::Organizer,
             created_at_ms: 1_700_000_000_000,
         }
+    }
+
+    #[test]
+    fn adjacency_rows_round_trip_and_reject_damage() {
+        let packed = pack_ids(&[1, 7, 4_000_000_000]);
+        assert_eq!(unpack_ids(&packed, "list").unwrap(), [1, 7, 4_000_000_000]);
+        assert!(unpack_ids(&packed[..5], "list").is_err(), "a torn row");
+        assert!(unpack_ids(&pack_unchecked(&[7, 1]), "list").is_err(), "out of order");
+        assert!(unpack_ids(&pack_unchecked(&[7, 7]), "list").is_err(), "duplicates");
+        assert_eq!(unpack_ids(&[], "list").unwrap(), Vec::<u32>::new());
+    }
+
+    fn pack_unchecked(ids: &[u32]) -> Vec<u8> {
+        ids.iter().flat_map(|id| id.to_le_bytes()).collect()
     }
 
     #[test]

@@ -25,20 +25,22 @@ pub mod ids;
 pub mod log;
 pub mod model;
 pub mod rules;
+pub mod social;
 mod store;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 pub use catalog::{EventPage, EventQuery};
 pub use error::Error;
-pub use store::Store;
+pub use social::SocialGraph;
+pub use store::{DurableWatcher, Store};
 
 use catalog::Catalog;
 use codec::{decode, encode};
-use ids::{BookingId, EventId, TicketTypeId, UserId, VenueId};
-use log::{Record, SessionOpened, SessionRevoked, UserRegistered};
+use ids::{EventId, TicketTypeId, UserId, VenueId};
+use log::{Follow, Record, SessionOpened, SessionRevoked, UserRegistered};
 use model::{Booking, Event, EventStatus, Role, Session, TicketType, User, Venue};
 use store::{key, table};
 
@@ -116,14 +118,24 @@ pub struct Graph {
     next_event: AtomicU64,
     next_ticket_type: AtomicU64,
     catalog: RwLock<Catalog>,
+    /// FOLLOWS and ATTENDS; the store applies every record to it in log order.
+    social: Arc<RwLock<SocialGraph>>,
 }
 
 impl Graph {
     /// Opens the graph in `dir` (created if missing) and loads the catalog.
     pub fn open(dir: &Path, options: Options) -> Result<Graph, Error> {
-        let store = Store::open(dir, options.cache_bytes, Box::new(materialize))?;
+        let social = Arc::new(RwLock::new(SocialGraph::default()));
+        let index = social.clone();
+        let store = Store::open(
+            dir,
+            options.cache_bytes,
+            Box::new(move |record, payload, batch| materialize(record, payload, batch, &index)),
+        )?;
         let catalog = load_catalog(&store)?;
+        *social.write().expect("social index lock poisoned") = load_social(&store)?;
         Ok(Graph {
+            social,
             next_user: AtomicU64::new(store.max_id(table::USER)? + 1),
             next_venue: AtomicU64::new(store.max_id(table::VENUE)? + 1),
             next_event: AtomicU64::new(store.max_id(table::EVENT)? + 1),
@@ -167,6 +179,9 @@ impl Graph {
             return Err(Error::EmailTaken);
         }
         let id = UserId(self.next_user.fetch_add(1, Ordering::Relaxed));
+        if id.0 > u64::from(u32::MAX) {
+            return Err(Error::Conflict("no more user ids: the graph holds at most 2^32 users".into()));
+        }
         let user = User { id, email, name, role, created_at_ms: now_ms() };
         let seq = self
             .store
@@ -279,6 +294,9 @@ impl Graph {
         }
         let guard = self.writer();
         event.id = EventId(self.next_event.fetch_add(1, Ordering::Relaxed));
+        if event.id.0 > u64::from(u32::MAX) {
+            return Err(Error::Conflict("no more event ids: the graph holds at most 2^32 events".into()));
+        }
         self.save_event(guard, Record::EventCreated, event)
     }
 
@@ -400,15 +418,6 @@ impl Graph {
         self.store.scan(table::BOOKING).map(|row| decode(&row?.1, "booking"))
     }
 
-    /// The booking a ticket code belongs to.
-    pub fn booking_id_by_ticket_code(&self, code: &str) -> Result<Option<BookingId>, Error> {
-        let Some(id) = self.store.get(&key(table::TICKET_CODE, code.as_bytes()))? else {
-            return Ok(None);
-        };
-        let id: [u8; 8] = id.as_ref().try_into().map_err(|_| Error::Corrupt("ticket code index"))?;
-        Ok(Some(BookingId(u64::from_be_bytes(id))))
-    }
-
     /// Published events matching the query, by start time then id.
     pub fn events(&self, query: &EventQuery) -> EventPage {
         self.catalog().published(query)
@@ -418,6 +427,43 @@ impl Graph {
     /// Only the query's `after` and `first` apply.
     pub fn organized_by(&self, organizer: UserId, query: &EventQuery) -> EventPage {
         self.catalog().organized_by(organizer, query)
+    }
+}
+
+impl Graph {
+    /// The social index, for relationship queries. Hold the guard briefly:
+    /// writers (follows, confirmed bookings) wait for it.
+    pub fn social(&self) -> RwLockReadGuard<'_, SocialGraph> {
+        self.social.read().expect("social index lock poisoned")
+    }
+
+    /// `follower` starts following `followee`; following twice changes
+    /// nothing. Returns whether it changed anything.
+    pub fn follow(&self, follower: UserId, followee: UserId) -> Result<bool, Error> {
+        self.change_follow(follower, followee, true)
+    }
+
+    /// `follower` stops following `followee`; unfollowing someone not
+    /// followed changes nothing. Returns whether it changed anything.
+    pub fn unfollow(&self, follower: UserId, followee: UserId) -> Result<bool, Error> {
+        self.change_follow(follower, followee, false)
+    }
+
+    fn change_follow(&self, follower: UserId, followee: UserId, follow: bool) -> Result<bool, Error> {
+        if follower == followee {
+            return Err(Error::invalid("userId", "you cannot follow yourself"));
+        }
+        self.user(followee)?.ok_or(Error::NotFound("user"))?;
+        let guard = self.writer();
+        if self.social().follows(follower, followee) == follow {
+            return Ok(false);
+        }
+        let edge = Follow { follower, followee };
+        let record = if follow { Record::Followed(edge) } else { Record::Unfollowed(edge) };
+        let seq = self.store.commit(now_ms(), &[record])?;
+        drop(guard);
+        self.store.sync(seq)?;
+        Ok(true)
     }
 }
 
@@ -434,9 +480,12 @@ fn check_times(starts_at_ms: i64, ends_at_ms: Option<i64>) -> Result<(), Error> 
     }
 }
 
-/// Turns a record into the row writes it implies. The same function serves
-/// the live write path and any replay of the log, so they cannot disagree.
-fn materialize(record: &Record, batch: &mut sled::Batch) {
+/// Turns a record into the row writes it implies, and applies it to the
+/// social index. The same function serves the live write path and any
+/// replay of the log, so they cannot disagree. The store calls it in log
+/// order, so the index moves through the same states as the log.
+fn materialize(record: &Record, payload: &[u8], batch: &mut sled::Batch, social: &RwLock<SocialGraph>) {
+    let social = || social.write().expect("social index lock poisoned");
     match record {
         Record::UserRegistered(registered) => {
             let user = &registered.user;
@@ -446,28 +495,84 @@ fn materialize(record: &Record, batch: &mut sled::Batch) {
                 batch.insert(key(table::PASSWORD, &user.id.to_key()), hash.as_bytes());
             }
         }
-        Record::RoleSet(user) => batch.insert(key(table::USER, &user.id.to_key()), encode(user)),
+        Record::RoleSet(user) => batch.insert(key(table::USER, &user.id.to_key()), payload),
         Record::SessionOpened(opened) => batch.insert(key(table::SESSION, &opened.token_hash), encode(&opened.session)),
         Record::SessionRevoked(revoked) => batch.remove(key(table::SESSION, &revoked.token_hash)),
-        Record::VenueCreated(venue) => batch.insert(key(table::VENUE, &venue.id.to_key()), encode(venue)),
+        Record::VenueCreated(venue) => batch.insert(key(table::VENUE, &venue.id.to_key()), payload),
         Record::EventCreated(event)
         | Record::EventUpdated(event)
         | Record::EventPublished(event)
-        | Record::EventCancelled(event) => batch.insert(key(table::EVENT, &event.id.to_key()), encode(event)),
+        | Record::EventCancelled(event) => batch.insert(key(table::EVENT, &event.id.to_key()), payload),
         Record::TicketTypeAdded(ticket_type) => {
-            batch.insert(key(table::TICKET_TYPE, &ticket_type.id.to_key()), encode(ticket_type))
+            batch.insert(key(table::TICKET_TYPE, &ticket_type.id.to_key()), payload)
         }
         Record::BookingHeld(booking)
         | Record::BookingConfirmed(booking)
         | Record::BookingCancelled(booking)
         | Record::BookingExpired(booking)
         | Record::TicketCheckedIn(booking) => {
-            batch.insert(key(table::BOOKING, &booking.id.to_key()), encode(&**booking));
-            for ticket in &booking.tickets {
-                batch.insert(key(table::TICKET_CODE, ticket.code.as_bytes()), booking.id.to_key().to_vec());
+            batch.insert(key(table::BOOKING, &booking.id.to_key()), payload);
+            match record {
+                Record::BookingConfirmed(_) => social().add_attendance(booking.user, booking.event),
+                // Tickets are issued at confirmation and never taken back, so
+                // a cancelled booking with tickets was confirmed until now.
+                Record::BookingCancelled(_) if !booking.tickets.is_empty() => {
+                    social().remove_attendance(booking.user, booking.event)
+                }
+                _ => {}
+            }
+        }
+        Record::Followed(edge) | Record::Unfollowed(edge) => {
+            let mut social = social();
+            if matches!(record, Record::Followed(_)) {
+                social.follow(edge.follower, edge.followee);
+            } else {
+                social.unfollow(edge.follower, edge.followee);
+            }
+            let row = key(table::FOLLOWING, &edge.follower.to_key());
+            match social.following(edge.follower) {
+                [] => batch.remove(row),
+                following => batch.insert(row, codec::pack_ids(following)),
             }
         }
     }
+}
+
+/// Rebuilds the social index from the stored rows: follow lists, imported
+/// attendances and confirmed bookings.
+fn load_social(store: &Store) -> Result<SocialGraph, Error> {
+    let mut following = Vec::new();
+    for row in store.scan(table::FOLLOWING) {
+        let (key, value) = row?;
+        put_list(&mut following, &key, codec::unpack_ids(&value, "follow list")?)?;
+    }
+    let mut attending = Vec::new();
+    for row in store.scan(table::IMPORTED_ATTENDANCE) {
+        let (key, value) = row?;
+        put_list(&mut attending, &key, codec::unpack_ids(&value, "imported attendance")?)?;
+    }
+    let mut social = SocialGraph::from_lists(following, attending);
+    for row in store.scan(table::BOOKING) {
+        let booking: Booking = decode(&row?.1, "booking")?;
+        if booking.status == model::BookingStatus::Confirmed {
+            social.add_attendance(booking.user, booking.event);
+        }
+    }
+    Ok(social)
+}
+
+/// Puts one node's list at its slot (the id in the row key).
+fn put_list(lists: &mut Vec<Vec<u32>>, key: &[u8], list: Vec<u32>) -> Result<(), Error> {
+    let id: [u8; 8] = key.get(1..9).and_then(|b| b.try_into().ok()).ok_or(Error::Corrupt("adjacency key"))?;
+    let slot = usize::try_from(u64::from_be_bytes(id)).map_err(|_| Error::Corrupt("adjacency key"))?;
+    if slot > u32::MAX as usize {
+        return Err(Error::Corrupt("adjacency key"));
+    }
+    if lists.len() <= slot {
+        lists.resize_with(slot + 1, Vec::new);
+    }
+    lists[slot] = list;
+    Ok(())
 }
 
 fn load_catalog(store: &Store) -> Result<Catalog, Error> {

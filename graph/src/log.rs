@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use crate::codec::{decode, encode};
+use crate::ids::UserId;
 use crate::model::{Booking, Event, Session, TicketType, User, Venue};
 use crate::Error;
 
@@ -44,6 +45,19 @@ pub enum Record {
     BookingExpired(Arc<Booking>),
     /// A ticket of the booking was checked in at the door.
     TicketCheckedIn(Arc<Booking>),
+    /// A user started following another.
+    Followed(Follow),
+    /// A user stopped following another.
+    Unfollowed(Follow),
+}
+
+/// Payload of [`Record::Followed`] and [`Record::Unfollowed`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Follow {
+    /// Who follows.
+    pub follower: UserId,
+    /// Whom.
+    pub followee: UserId,
 }
 
 /// Payload of [`Record::UserRegistered`].
@@ -83,7 +97,7 @@ pub struct Entry {
 }
 
 impl Record {
-    fn kind(&self) -> u16 {
+    pub(crate) fn kind(&self) -> u16 {
         match self {
             Record::UserRegistered(_) => 1,
             Record::RoleSet(_) => 2,
@@ -100,10 +114,13 @@ impl Record {
             Record::BookingCancelled(_) => 13,
             Record::BookingExpired(_) => 14,
             Record::TicketCheckedIn(_) => 15,
+            Record::Followed(_) => 16,
+            Record::Unfollowed(_) => 17,
         }
     }
 
-    fn encode_payload(&self) -> Vec<u8> {
+    /// The record's archived payload (without the entry header).
+    pub(crate) fn encode_payload(&self) -> Vec<u8> {
         match self {
             Record::UserRegistered(p) => encode(p),
             Record::RoleSet(p) => encode(p),
@@ -120,6 +137,7 @@ impl Record {
             | Record::BookingCancelled(p)
             | Record::BookingExpired(p)
             | Record::TicketCheckedIn(p) => encode(&**p),
+            Record::Followed(p) | Record::Unfollowed(p) => encode(p),
         }
     }
 
@@ -141,6 +159,8 @@ impl Record {
             13 => Record::BookingCancelled(Arc::new(decode(bytes, WHAT)?)),
             14 => Record::BookingExpired(Arc::new(decode(bytes, WHAT)?)),
             15 => Record::TicketCheckedIn(Arc::new(decode(bytes, WHAT)?)),
+            16 => Record::Followed(decode(bytes, WHAT)?),
+            17 => Record::Unfollowed(decode(bytes, WHAT)?),
             _ => return Err(Error::Corrupt("log record kind")),
         })
     }
@@ -163,6 +183,8 @@ impl Record {
             Record::BookingCancelled(_) => "booking.cancelled",
             Record::BookingExpired(_) => "booking.expired",
             Record::TicketCheckedIn(_) => "ticket.checked_in",
+            Record::Followed(_) => "user.followed",
+            Record::Unfollowed(_) => "user.unfollowed",
         }
     }
 }
@@ -170,11 +192,15 @@ impl Record {
 impl Entry {
     /// The stored form of an entry (its seq is the key, not part of the value).
     pub fn encode_value(at_ms: i64, record: &Record) -> Vec<u8> {
-        let payload = record.encode_payload();
+        Entry::value_with_payload(at_ms, record, &record.encode_payload())
+    }
+
+    /// The stored form, from a payload already encoded.
+    pub(crate) fn value_with_payload(at_ms: i64, record: &Record, payload: &[u8]) -> Vec<u8> {
         let mut bytes = Vec::with_capacity(10 + payload.len());
         bytes.extend_from_slice(&at_ms.to_be_bytes());
         bytes.extend_from_slice(&record.kind().to_be_bytes());
-        bytes.extend_from_slice(&payload);
+        bytes.extend_from_slice(payload);
         bytes
     }
 
@@ -195,7 +221,6 @@ impl Entry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::UserId;
     use crate::model::Role;
 
     #[test]
@@ -206,6 +231,8 @@ mod tests {
             Record::UserRegistered(UserRegistered { user: user.clone(), password_hash: Some("$argon2id$x".into()) }),
             Record::RoleSet(User { role: Role::Admin, ..user.clone() }),
             Record::SessionRevoked(SessionRevoked { token_hash: [9; 32] }),
+            Record::Followed(Follow { follower: UserId(1), followee: UserId(2) }),
+            Record::Unfollowed(Follow { follower: UserId(2), followee: UserId(1) }),
         ];
         for record in records {
             let bytes = Entry::encode_value(42, &record);

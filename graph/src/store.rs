@@ -33,8 +33,11 @@ pub(crate) mod table {
     pub const TICKET_TYPE: u8 = b'T';
     /// Bookings by id.
     pub const BOOKING: u8 = b'B';
-    /// Booking id by ticket code.
-    pub const TICKET_CODE: u8 = b'K';
+    /// The users a user follows, by follower id: packed ascending u32 ids.
+    pub const FOLLOWING: u8 = b'F';
+    /// Attendances imported from another system, by user id: packed
+    /// ascending u32 event ids.
+    pub const IMPORTED_ATTENDANCE: u8 = b'I';
 }
 
 /// Builds a key from a table tag and the key's bytes.
@@ -47,8 +50,9 @@ pub(crate) fn key(table: u8, rest: &[u8]) -> Vec<u8> {
 
 /// Turns the state change a record describes into writes on `batch` (and
 /// into the in-memory indexes kept beside the rows). Called once per record,
-/// in log order, while the record's batch is built.
-pub(crate) type Materialize = Box<dyn Fn(&Record, &mut sled::Batch) + Send + Sync>;
+/// in log order, while the record's batch is built, with the record's
+/// encoded payload (rows that hold exactly the payload reuse it).
+pub(crate) type Materialize = Box<dyn Fn(&Record, &[u8], &mut sled::Batch) + Send + Sync>;
 
 /// Called with the new durable seq after every flush, and once more when
 /// the store fails (then [`Store::is_healthy`] is false).
@@ -156,8 +160,7 @@ impl Store {
         shared.encode(&pending, &mut batch);
         let mut seq = appender.next_seq;
         for record in records {
-            batch.insert(key(table::LOG, &seq.to_be_bytes()), Entry::encode_value(at_ms, record));
-            (shared.materialize)(record, &mut batch);
+            shared.encode_one(seq, at_ms, record, &mut batch);
             seq += 1;
         }
         appender.next_seq = seq;
@@ -356,9 +359,15 @@ impl Shared {
 
     fn encode(&self, pending: &[(u64, i64, Record)], batch: &mut sled::Batch) {
         for (seq, at_ms, record) in pending {
-            batch.insert(key(table::LOG, &seq.to_be_bytes()), Entry::encode_value(*at_ms, record));
-            (self.materialize)(record, batch);
+            self.encode_one(*seq, *at_ms, record, batch);
         }
+    }
+
+    /// Adds a record's log entry and the rows it changes to `batch`.
+    fn encode_one(&self, seq: u64, at_ms: i64, record: &Record, batch: &mut sled::Batch) {
+        let payload = record.encode_payload();
+        batch.insert(key(table::LOG, &seq.to_be_bytes()), Entry::value_with_payload(at_ms, record, &payload));
+        (self.materialize)(record, &payload, batch);
     }
 
     /// Records a storage failure: from now on writes are refused.

@@ -385,10 +385,13 @@ impl Ledger {
 
     /// Checks in the ticket with `code`, once, for confirmed bookings only.
     pub fn check_in_logged(&self, code: &str, now_ms: i64) -> Result<Logged<(Arc<Booking>, usize)>, Error> {
-        let id = self.graph.booking_id_by_ticket_code(code)?.ok_or(Error::NotFound("ticket"))?;
+        let (id, seat) = ticket_of_code(code).ok_or(Error::NotFound("ticket"))?;
         let mut shard = self.shard_of_booking(id);
-        let mut booking = shard.bookings.get(&id).map(|b| Booking::clone(b)).ok_or(Error::NotFound("ticket"))?;
-        let seat = booking.tickets.iter().position(|t| t.code == code).ok_or(Error::NotFound("ticket"))?;
+        let current = shard.bookings.get(&id).ok_or(Error::NotFound("ticket"))?;
+        if !current.tickets.get(seat).is_some_and(|ticket| same_code(&ticket.code, code)) {
+            return Err(Error::NotFound("ticket"));
+        }
+        let mut booking = Booking::clone(current);
         if booking.status != BookingStatus::Confirmed {
             return Err(Error::Conflict("the ticket's booking is cancelled".into()));
         }
@@ -431,6 +434,13 @@ impl Ledger {
         due.len()
     }
 
+    /// The booking a ticket code belongs to, and the ticket's seat in it.
+    pub fn booking_of_ticket(&self, code: &str) -> Option<(Arc<Booking>, usize)> {
+        let (id, seat) = ticket_of_code(code)?;
+        let booking = self.booking(id)?;
+        booking.tickets.get(seat).is_some_and(|ticket| same_code(&ticket.code, code)).then_some((booking, seat))
+    }
+
     /// A booking by id.
     pub fn booking(&self, id: BookingId) -> Option<Arc<Booking>> {
         self.shard_of_booking(id).bookings.get(&id).cloned()
@@ -452,17 +462,6 @@ impl Ledger {
     pub fn sold(&self, ticket_type: TicketTypeId) -> u32 {
         self.shard_of(ticket_type).stock.get(&ticket_type).map_or(0, Stock::sold)
     }
-
-    /// Distinct users with a confirmed booking of any of these ticket types.
-    pub fn attendee_count(&self, ticket_types: &[TicketTypeId]) -> usize {
-        let mut users = HashSet::new();
-        for ticket_type in ticket_types {
-            if let Some(stock) = self.shard_of(*ticket_type).stock.get(ticket_type) {
-                users.extend(stock.confirmed_by_user.keys().copied());
-            }
-        }
-        users.len()
-    }
 }
 
 fn check_request(request: &BookRequest) -> Result<(), Error> {
@@ -482,23 +481,49 @@ fn confirm_in_place(booking: &mut Booking) {
     booking.status = BookingStatus::Confirmed;
     booking.expires_at_ms = None;
     booking.tickets = (0..booking.quantity)
-        .map(|seat| Ticket {
-            id: TicketId(booking.id.0 * 64 + u64::from(seat)),
-            code: ticket_code(),
-            checked_in_at_ms: None,
+        .map(|seat| {
+            let id = TicketId(booking.id.0 * TICKETS_PER_BOOKING_SLOTS + u64::from(seat));
+            Ticket { id, code: ticket_code(id), checked_in_at_ms: None }
         })
         .collect();
 }
 
-/// 128 random bits as 32 hex characters: unguessable and URL-safe. The
-/// thread's generator is a ChaCha CSPRNG seeded (and periodically reseeded)
-/// from the operating system, so no system call per ticket.
-fn ticket_code() -> String {
+/// Ticket ids are `booking id * 64 + seat`, so a ticket id names its booking.
+const TICKETS_PER_BOOKING_SLOTS: u64 = 64;
+const _: () = assert!(QUANTITY_MAX as u64 <= TICKETS_PER_BOOKING_SLOTS);
+
+/// The booking id and seat a well-formed ticket code points at (the code
+/// must still be compared with the stored one: its random part is the secret).
+fn ticket_of_code(code: &str) -> Option<(BookingId, usize)> {
+    if code.len() != TICKET_CODE_CHARS || !code.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return None;
+    }
+    let ticket = u64::from_str_radix(&code[..16], 16).ok()?;
+    let seat = usize::try_from(ticket % TICKETS_PER_BOOKING_SLOTS).ok()?;
+    Some((BookingId(ticket / TICKETS_PER_BOOKING_SLOTS), seat))
+}
+
+/// Compares codes in time independent of where they differ.
+fn same_code(stored: &str, given: &str) -> bool {
+    stored.len() == given.len() && stored.bytes().zip(given.bytes()).fold(0u8, |diff, (a, b)| diff | (a ^ b)) == 0
+}
+
+/// Characters of a ticket code.
+pub const TICKET_CODE_CHARS: usize = 48;
+
+/// A ticket's code: its id (16 hex digits, so check-in finds the booking
+/// without an index) then 128 random bits (32 hex digits, the unguessable
+/// part), lower-case hex, URL-safe. The thread's generator is a ChaCha
+/// CSPRNG seeded (and periodically reseeded) from the operating system.
+fn ticket_code(ticket: TicketId) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bits: u128 = rand::random();
-    let mut code = [0u8; 32];
-    for (nibble, digit) in code.iter_mut().rev().enumerate() {
-        *digit = HEX[((bits >> (nibble * 4)) & 0xf) as usize];
+    let secret: u128 = rand::random();
+    let mut code = [0u8; TICKET_CODE_CHARS];
+    for (nibble, digit) in code[..16].iter_mut().rev().enumerate() {
+        *digit = HEX[((ticket.0 >> (nibble * 4)) & 0xf) as usize];
+    }
+    for (nibble, digit) in code[16..].iter_mut().rev().enumerate() {
+        *digit = HEX[((secret >> (nibble * 4)) & 0xf) as usize];
     }
     String::from_utf8(code.to_vec()).expect("hex digits are ASCII")
 }

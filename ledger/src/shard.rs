@@ -24,8 +24,6 @@ pub(crate) struct Stock {
     pub confirmed: u32,
     /// Held plus confirmed seats per user, for the per-user limit.
     pub seats_by_user: HashMap<UserId, u32>,
-    /// Confirmed seats per user, for attendee counts.
-    pub confirmed_by_user: HashMap<UserId, u32>,
     /// Bookings that take seats (held or confirmed).
     pub live: HashSet<BookingId>,
 }
@@ -41,7 +39,6 @@ impl Stock {
             held: 0,
             confirmed: 0,
             seats_by_user: HashMap::new(),
-            confirmed_by_user: HashMap::new(),
             live: HashSet::new(),
         }
     }
@@ -73,13 +70,7 @@ impl Stock {
             |value: &mut u32| *value = u32::try_from(i64::from(*value) + quantity).expect("seat counts stay in range");
         match booking.status {
             graph::model::BookingStatus::Held => bump(&mut self.held),
-            graph::model::BookingStatus::Confirmed => {
-                bump(&mut self.confirmed);
-                bump(self.confirmed_by_user.entry(booking.user).or_default());
-                if self.confirmed_by_user[&booking.user] == 0 {
-                    self.confirmed_by_user.remove(&booking.user);
-                }
-            }
+            graph::model::BookingStatus::Confirmed => bump(&mut self.confirmed),
             _ => unreachable!("only held and confirmed bookings take seats"),
         }
         bump(self.seats_by_user.entry(booking.user).or_default());

