@@ -430,11 +430,11 @@ server_errors=$(sed 's/\x1b\[[0-9;]*m//g' "$tmp/marquee.log" | grep -cE ' ERROR 
 
 echo
 echo "=== Results (${DURATION}s each, $CONNECTIONS connections, load generator and server share $(nproc) cores)"
-row() { printf '%-22s | %-28s | %18s | %9s | %9s\n' "$@"; }
+row() { printf '%-24s | %-28s | %18s | %9s | %9s\n' "$@"; }
 ms() { awk -v v="$1" 'BEGIN { printf "%.2f ms", v }'; }
 per_s() { awk -v v="$1" -v u="$2" 'BEGIN { printf "%.0f %s", v, u }'; }
 row "system" "driver" "bookings(or req)/s" "p50" "p99"
-row "----------------------" "----------------------------" "------------------" "---------" "---------"
+row "------------------------" "----------------------------" "------------------" "---------" "---------"
 row "(a) PostgreSQL 15" "pgbench -c$CONNECTIONS -j$THREADS" "$(per_s "$a_rate" bookings)" "$(ms "$a_p50")" "$(ms "$a_p99")"
 row "(b) marquee bookTickets" "wrk -t$THREADS -c$CONNECTIONS book.lua" "$(per_s "$b_rate" bookings)" "$(ms "$b_p50")" "$(ms "$b_p99")"
 row "(b) marquee bookTickets" "k6 $CONNECTIONS VUs" "$(per_s "$k6_rps" req)" "$(ms "$k6_p50")" "$(ms "$k6_p99")"

@@ -34,6 +34,16 @@ enum Command {
     /// Manage accounts in a data directory while the server is stopped.
     #[command(subcommand)]
     User(UserCommand),
+    /// Import users, events, follows and attendances from CSV files into a
+    /// new data directory (layout: shared/datasets/social/README.md).
+    Import {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Directory holding users.csv, events.csv, tags.csv, follows.csv,
+        /// attends.csv, organizes.csv and event_tags.csv.
+        #[arg(long, value_name = "CSVDIR")]
+        from: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -66,13 +76,21 @@ enum UserCommand {
         #[arg(long, value_enum)]
         role: CliRole,
     },
-    /// Mint a short-lived bearer token for an account (support, load tests).
+    /// Mint short-lived bearer tokens (support, load tests): for one account
+    /// by --email or --id, or for every id listed in --ids-from (printing
+    /// `id token` lines).
     Token {
         #[command(flatten)]
         store: StoreArgs,
         /// Sign-in email of the account.
-        #[arg(long)]
-        email: String,
+        #[arg(long, conflicts_with_all = ["id", "ids_from"], required_unless_present_any = ["id", "ids_from"])]
+        email: Option<String>,
+        /// Id of the account (imported accounts have no usable email).
+        #[arg(long, conflicts_with = "ids_from")]
+        id: Option<u64>,
+        /// File with one account id per line.
+        #[arg(long, value_name = "FILE")]
+        ids_from: Option<std::path::PathBuf>,
         /// How long the token is valid, e.g. 15m, 2h.
         #[arg(long, default_value = "1h", value_parser = config::parse_duration)]
         ttl: Duration,
@@ -111,6 +129,7 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Serve(args) => serve(&args),
         Command::User(command) => user(command),
+        Command::Import { store, from } => import(&store, &from),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -237,13 +256,103 @@ fn user(command: UserCommand) -> Result<(), Failure> {
             println!("user {} <{}> now has role {:?}", user.id, user.email, user.role);
             Ok(())
         }
-        UserCommand::Token { store, email, ttl } => {
+        UserCommand::Token { store, email, id, ids_from, ttl } => {
             let graph = open_graph(&StoreConfig::resolve(&store).map_err(Failure::Config)?)?;
-            let user = find_user(&graph, &email)?;
+            if let Some(path) = ids_from {
+                return mint_tokens(&graph, &path, millis(ttl));
+            }
+            let user = match (email, id) {
+                (Some(email), _) => find_user(&graph, &email)?,
+                (None, Some(id)) => find_user_by_id(&graph, id)?,
+                (None, None) => return Err(Failure::Config("give --email, --id or --ids-from".into())),
+            };
             let token = api::auth::issue_token(&graph, user.id, millis(ttl))
                 .map_err(|e| Failure::Runtime(e.message().to_string()))?;
             println!("{token}");
             Ok(())
+        }
+    }
+}
+
+fn find_user_by_id(graph: &Graph, id: u64) -> Result<graph::model::User, Failure> {
+    match graph.user(graph::ids::UserId(id)) {
+        Ok(Some(user)) => Ok(user),
+        Ok(None) => Err(Failure::Runtime(format!("no account with id {id}"))),
+        Err(e) => Err(Failure::Runtime(e.to_string())),
+    }
+}
+
+/// Mints one token per id in `path`, all opened in one durable write.
+fn mint_tokens(graph: &Graph, path: &std::path::Path, ttl_ms: i64) -> Result<(), Failure> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| Failure::Runtime(format!("cannot read {}: {e}", path.display())))?;
+    let mut users = Vec::new();
+    for (line, id) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let id: u64 = id.trim().parse().map_err(|_| {
+            Failure::Config(format!("{}:{}: {:?} is not an account id", path.display(), line + 1, id.trim()))
+        })?;
+        users.push(find_user_by_id(graph, id)?.id);
+    }
+    let tokens =
+        api::auth::issue_tokens(graph, &users, ttl_ms).map_err(|e| Failure::Runtime(e.message().to_string()))?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for (user, token) in users.iter().zip(tokens) {
+        writeln!(out, "{user} {token}").map_err(|e| Failure::Runtime(e.to_string()))?;
+    }
+    out.flush().map_err(|e| Failure::Runtime(e.to_string()))
+}
+
+/// `marquee import`: CSV files into a new data directory, with a progress bar.
+fn import(store: &StoreArgs, from: &std::path::Path) -> Result<(), Failure> {
+    let config = StoreConfig::resolve(store).map_err(Failure::Config)?;
+    let options = graph::Options { cache_bytes: config.cache_bytes };
+    let started = std::time::Instant::now();
+    let mut bar = ProgressBar::default();
+    let summary = graph::import::import(&config.data_dir, from, options, &mut |p| bar.show(p))
+        .map_err(|e| Failure::Runtime(format!("import failed, nothing was written: {e}")))?;
+    bar.finish();
+    println!(
+        "imported {} users, {} events, {} follows, {} attendances into {} in {:.1} s",
+        summary.users,
+        summary.events,
+        summary.follows,
+        summary.attends,
+        config.data_dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A one-line progress bar on stderr, redrawn at most ten times a second.
+#[derive(Default)]
+struct ProgressBar {
+    phase: &'static str,
+    drawn_at: Option<std::time::Instant>,
+}
+
+impl ProgressBar {
+    fn show(&mut self, progress: graph::import::Progress) {
+        const WIDTH: u64 = 30;
+        let now = std::time::Instant::now();
+        let finished = progress.done >= progress.total;
+        let recent = self.drawn_at.is_some_and(|at| now.duration_since(at).as_millis() < 100);
+        if self.phase == progress.phase && recent && !finished {
+            return;
+        }
+        if self.phase != progress.phase && !self.phase.is_empty() {
+            eprintln!();
+        }
+        self.phase = progress.phase;
+        self.drawn_at = Some(now);
+        let filled = (progress.done * WIDTH).checked_div(progress.total).unwrap_or(WIDTH).min(WIDTH);
+        let percent = (progress.done * 100).checked_div(progress.total).unwrap_or(100);
+        let bar: String = (0..WIDTH).map(|i| if i < filled { '#' } else { '-' }).collect();
+        eprint!("\r[{bar}] {percent:>3}% {} ({}/{})", progress.phase, progress.done, progress.total);
+    }
+
+    fn finish(&self) {
+        if !self.phase.is_empty() {
+            eprintln!();
         }
     }
 }

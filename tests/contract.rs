@@ -23,14 +23,6 @@ use serde_json::{json, Value};
 /// names a whole type (`"Booking"`), a field or enum value (`"Event.attendeeCount"`),
 /// or an argument (`"Query.events(first)"`); it covers everything below it.
 const DEFERRED: &[&str] = &[
-    // The social graph.
-    "User.followerCount",
-    "User.followingCount",
-    "Event.friendsGoing",
-    "Query.recommendedEvents",
-    "Query.socialDistance",
-    "Mutation.follow",
-    "Mutation.unfollow",
     // Notifications.
     "Notification",
     "Query.notifications",

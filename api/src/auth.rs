@@ -120,6 +120,17 @@ pub fn issue_token(graph: &graph::Graph, user: graph::ids::UserId, ttl_ms: i64) 
     Ok(token)
 }
 
+/// Opens one session per user in one durable write and returns their new
+/// bearer tokens, in order (bulk minting for load tests). Blocking.
+pub fn issue_tokens(graph: &graph::Graph, users: &[graph::ids::UserId], ttl_ms: i64) -> Result<Vec<String>, ApiError> {
+    let expires_at_ms = graph::now_ms().saturating_add(ttl_ms);
+    let tokens: Vec<String> = users.iter().map(|_| new_token()).collect();
+    let sessions: Vec<([u8; 32], graph::ids::UserId)> =
+        tokens.iter().zip(users).map(|(token, &user)| (token_hash(token), user)).collect();
+    graph.open_sessions(&sessions, expires_at_ms)?;
+    Ok(tokens)
+}
+
 /// What is stored for a token: its SHA-256.
 pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()

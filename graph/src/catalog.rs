@@ -1,7 +1,13 @@
 //! The in-memory catalog of venues, events and ticket types: loaded from the
 //! store at start-up, updated on every write, and the source of listings.
+//!
+//! Published events are indexed by (start, id) overall, by city, by tag and
+//! by word (title, description, city and tags, split into lower-case
+//! alphanumeric words). A listing walks the smallest index that applies, in
+//! start order, and checks the other filters on each event it meets; a text
+//! word matches every word it is a prefix of ("jaz" finds "jazz").
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -19,7 +25,8 @@ pub struct EventQuery {
     pub from_ms: Option<i64>,
     /// Only events starting before this time (unix ms).
     pub to_ms: Option<i64>,
-    /// Words that must all appear in the title, description, city or tags.
+    /// Words that must each begin a word of the title, description, city or
+    /// tags (case-insensitive).
     pub text: Option<String>,
     /// Continue after this (start, id) position.
     pub after: Option<(i64, EventId)>,
@@ -40,15 +47,21 @@ pub struct EventPage {
 
 struct Listed {
     event: Arc<Event>,
-    /// Lower-case title, description, city and tags, for text search.
-    haystack: String,
+    /// Distinct lower-case words of title, description, city and tags, sorted.
+    words: Vec<String>,
     city_key: String,
 }
+
+/// A published event's place in start order.
+type Position = (i64, EventId);
 
 #[derive(Default)]
 pub(crate) struct Catalog {
     events: HashMap<EventId, Listed>,
-    published: BTreeSet<(i64, EventId)>,
+    published: BTreeSet<Position>,
+    published_by_city: HashMap<String, BTreeSet<Position>>,
+    published_by_tag: HashMap<String, BTreeSet<Position>>,
+    published_by_word: BTreeMap<String, BTreeSet<Position>>,
     by_organizer: HashMap<UserId, BTreeSet<(i64, EventId)>>,
     ticket_types: HashMap<TicketTypeId, Arc<TicketType>>,
     event_ticket_types: HashMap<EventId, Vec<TicketTypeId>>,
@@ -70,20 +83,49 @@ impl Catalog {
     pub(crate) fn put_event(&mut self, event: Event) -> Arc<Event> {
         if let Some(old) = self.events.remove(&event.id) {
             let position = (old.event.starts_at_ms, old.event.id);
-            self.published.remove(&position);
             if let Some(owned) = self.by_organizer.get_mut(&old.event.organizer) {
                 owned.remove(&position);
             }
+            if old.event.status == EventStatus::Published {
+                self.unlist(&old, position);
+            }
         }
         let position = (event.starts_at_ms, event.id);
-        if event.status == EventStatus::Published {
-            self.published.insert(position);
-        }
         self.by_organizer.entry(event.organizer).or_default().insert(position);
         let event = Arc::new(event);
-        let listed = Listed { haystack: haystack(&event), city_key: event.city.to_lowercase(), event: event.clone() };
+        let listed = Listed { words: words_of(&event), city_key: event.city.to_lowercase(), event: event.clone() };
+        if event.status == EventStatus::Published {
+            self.list(&listed, position);
+        }
         self.events.insert(event.id, listed);
         event
+    }
+
+    fn list(&mut self, listed: &Listed, position: Position) {
+        self.published.insert(position);
+        self.published_by_city.entry(listed.city_key.clone()).or_default().insert(position);
+        for tag in &listed.event.tags {
+            self.published_by_tag.entry(tag.clone()).or_default().insert(position);
+        }
+        for word in &listed.words {
+            self.published_by_word.entry(word.clone()).or_default().insert(position);
+        }
+    }
+
+    fn unlist(&mut self, listed: &Listed, position: Position) {
+        self.published.remove(&position);
+        remove_from(&mut self.published_by_city, &listed.city_key, position);
+        for tag in &listed.event.tags {
+            remove_from(&mut self.published_by_tag, tag, position);
+        }
+        for word in &listed.words {
+            if let Some(set) = self.published_by_word.get_mut(word) {
+                set.remove(&position);
+                if set.is_empty() {
+                    self.published_by_word.remove(word);
+                }
+            }
+        }
     }
 
     pub(crate) fn event(&self, id: EventId) -> Option<Arc<Event>> {
@@ -117,8 +159,12 @@ impl Catalog {
         self.event_ticket_types.get(&event).map_or(0, Vec::len)
     }
 
-    /// Published events matching `query`, one page of them.
+    /// Published events matching `query`, one page of them: walks the
+    /// smallest index that applies, within the time window.
     pub(crate) fn published(&self, query: &EventQuery) -> EventPage {
+        if matches!((query.from_ms, query.to_ms), (Some(from), Some(to)) if from >= to) {
+            return EventPage::default();
+        }
         let lower = match query.from_ms {
             Some(from) => Bound::Included((from, EventId(0))),
             None => Bound::Unbounded,
@@ -127,13 +173,53 @@ impl Catalog {
             Some(to) => Bound::Excluded((to, EventId(0))),
             None => Bound::Unbounded,
         };
-        if matches!((query.from_ms, query.to_ms), (Some(from), Some(to)) if from >= to) {
-            return EventPage::default();
-        }
         let filter = Filter::new(query);
-        let matching =
-            self.published.range((lower, upper)).filter(|position| filter.matches(&self.events[&position.1]));
-        self.page(matching, query)
+        let empty = BTreeSet::new();
+        let mut sources: Vec<Source<'_>> = Vec::new();
+        if let Some(city) = &filter.city {
+            sources.push(Source::Set(self.published_by_city.get(city).unwrap_or(&empty)));
+        }
+        if let Some(tag) = &filter.tag {
+            sources.push(Source::Set(self.published_by_tag.get(tag).unwrap_or(&empty)));
+        }
+        if let Some(word) = filter.words.iter().min_by_key(|word| self.word_prefix_len(word)) {
+            sources.push(Source::Words(self.events_with_word_prefix(word)));
+        }
+        let source = sources.into_iter().min_by_key(Source::len).unwrap_or(Source::Set(&self.published));
+        let events = &self.events;
+        match &source {
+            Source::Set(set) => {
+                let matching = set.range((lower, upper)).filter(|position| filter.matches(&events[&position.1]));
+                self.page(matching, query)
+            }
+            Source::Words(positions) => {
+                let in_window = |position: &&Position| std::ops::RangeBounds::contains(&(lower, upper), *position);
+                let matching =
+                    positions.iter().filter(in_window).filter(|position| filter.matches(&events[&position.1]));
+                self.page(matching, query)
+            }
+        }
+    }
+
+    /// Index words starting with `prefix`.
+    fn words_with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a String, &'a BTreeSet<Position>)> {
+        self.published_by_word
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(move |(word, _)| word.starts_with(prefix))
+    }
+
+    /// An upper bound of the events a text word matches.
+    fn word_prefix_len(&self, prefix: &str) -> usize {
+        self.words_with_prefix(prefix).map(|(_, set)| set.len()).sum()
+    }
+
+    /// Published events with a word starting with `prefix`, in start order.
+    fn events_with_word_prefix(&self, prefix: &str) -> Vec<Position> {
+        let mut positions: Vec<Position> =
+            self.words_with_prefix(prefix).flat_map(|(_, set)| set.iter().copied()).collect();
+        positions.sort_unstable();
+        positions.dedup();
+        positions
     }
 
     /// Every event `organizer` owns, in any status, one page of them.
@@ -144,7 +230,7 @@ impl Catalog {
         }
     }
 
-    fn page<'a>(&self, positions: impl Iterator<Item = &'a (i64, EventId)>, query: &EventQuery) -> EventPage {
+    fn page<'a>(&self, positions: impl Iterator<Item = &'a Position>, query: &EventQuery) -> EventPage {
         let mut page = EventPage::default();
         for position in positions {
             page.total += 1;
@@ -161,6 +247,32 @@ impl Catalog {
     }
 }
 
+/// Where a listing's candidates come from.
+enum Source<'a> {
+    /// An index in start order.
+    Set(&'a BTreeSet<Position>),
+    /// Events with a word, gathered and sorted.
+    Words(Vec<Position>),
+}
+
+impl Source<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Source::Set(set) => set.len(),
+            Source::Words(positions) => positions.len(),
+        }
+    }
+}
+
+fn remove_from(index: &mut HashMap<String, BTreeSet<Position>>, key: &str, position: Position) {
+    if let Some(set) = index.get_mut(key) {
+        set.remove(&position);
+        if set.is_empty() {
+            index.remove(key);
+        }
+    }
+}
+
 struct Filter {
     city: Option<String>,
     tag: Option<String>,
@@ -169,11 +281,10 @@ struct Filter {
 
 impl Filter {
     fn new(query: &EventQuery) -> Filter {
-        let words = query.text.as_deref().unwrap_or("").split_whitespace().map(str::to_lowercase).collect();
         Filter {
             city: query.city.as_deref().map(|c| c.trim().to_lowercase()),
             tag: query.tag.as_deref().map(|t| t.trim().to_lowercase()),
-            words,
+            words: words(query.text.as_deref().unwrap_or("")),
         }
     }
 
@@ -184,19 +295,142 @@ impl Filter {
         if self.tag.as_ref().is_some_and(|tag| !listed.event.tags.contains(tag)) {
             return false;
         }
-        self.words.iter().all(|word| listed.haystack.contains(word.as_str()))
+        self.words.iter().all(|word| has_word_with_prefix(&listed.words, word))
     }
 }
 
-fn haystack(event: &Event) -> String {
-    let mut text = event.title.to_lowercase();
+/// Distinct lower-case alphanumeric words of `text`, sorted.
+fn words(text: &str) -> Vec<String> {
+    let mut words: Vec<String> =
+        text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect();
+    words.sort_unstable();
+    words.dedup();
+    words
+}
+
+fn words_of(event: &Event) -> Vec<String> {
+    let mut text = event.title.clone();
     for part in [event.description.as_deref().unwrap_or(""), &event.city] {
         text.push('\n');
-        text.push_str(&part.to_lowercase());
+        text.push_str(part);
     }
     for tag in &event.tags {
         text.push('\n');
         text.push_str(tag);
     }
-    text
+    words(&text)
+}
+
+/// Whether sorted `words` hold a word starting with `prefix`.
+fn has_word_with_prefix(words: &[String], prefix: &str) -> bool {
+    let at = words.partition_point(|word| word.as_str() < prefix);
+    words.get(at).is_some_and(|word| word.starts_with(prefix))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const CITIES: [&str; 3] = ["Oslo", "Berlin", "Rome"];
+    const TAGS: [&str; 4] = ["jazz", "rock", "jazzfunk", "film"];
+    const WORDS: [&str; 5] = ["Late", "Jazz", "brunch", "rock-opera", "Gala"];
+
+    fn event(id: u64, start: i64, city: usize, tags: &[usize], words: &[usize], status: EventStatus) -> Event {
+        Event {
+            id: EventId(id),
+            organizer: UserId(1),
+            title: words.iter().map(|&w| WORDS[w]).collect::<Vec<_>>().join(" "),
+            description: None,
+            starts_at_ms: start,
+            ends_at_ms: None,
+            city: CITIES[city].into(),
+            venue: None,
+            tags: tags.iter().map(|&t| TAGS[t].to_string()).collect(),
+            status,
+            created_at_ms: 0,
+        }
+    }
+
+    /// The reference: filter every published event one by one.
+    fn brute_force(events: &[Event], query: &EventQuery) -> Vec<EventId> {
+        let text = words(query.text.as_deref().unwrap_or(""));
+        let mut matching: Vec<&Event> = events
+            .iter()
+            .filter(|e| e.status == EventStatus::Published)
+            .filter(|e| query.city.as_ref().is_none_or(|c| e.city.to_lowercase() == c.trim().to_lowercase()))
+            .filter(|e| query.tag.as_ref().is_none_or(|t| e.tags.contains(&t.trim().to_lowercase())))
+            .filter(|e| query.from_ms.is_none_or(|from| e.starts_at_ms >= from))
+            .filter(|e| query.to_ms.is_none_or(|to| e.starts_at_ms < to))
+            .filter(|e| text.iter().all(|w| words_of(e).iter().any(|ew| ew.starts_with(w.as_str()))))
+            .collect();
+        matching.sort_by_key(|e| (e.starts_at_ms, e.id));
+        matching.iter().map(|e| e.id).collect()
+    }
+
+    fn all_pages(catalog: &Catalog, query: &EventQuery) -> (Vec<EventId>, usize) {
+        let mut seen = Vec::new();
+        let mut query = EventQuery { first: 2, ..query.clone() };
+        loop {
+            let page = catalog.published(&query);
+            seen.extend(page.events.iter().map(|e| e.id));
+            let Some(last) = page.events.last() else { return (seen, page.total) };
+            if !page.has_next {
+                return (seen, page.total);
+            }
+            query.after = Some((last.starts_at_ms, last.id));
+        }
+    }
+
+    fn status() -> impl Strategy<Value = EventStatus> {
+        prop_oneof![4 => Just(EventStatus::Published), 1 => Just(EventStatus::Draft), 1 => Just(EventStatus::Cancelled)]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+        #[test]
+        fn indexed_listings_equal_a_full_scan(
+            specs in proptest::collection::vec(
+                (0..20i64, 0..3usize, proptest::collection::vec(0..4usize, 0..3), proptest::collection::vec(0..5usize, 1..4), status()),
+                0..30,
+            ),
+            updates in proptest::collection::vec((0..30usize, 0..20i64, status()), 0..10),
+            city in proptest::option::of(0..3usize),
+            tag in proptest::option::of(0..4usize),
+            text in proptest::option::of(prop_oneof![Just("jaz"), Just("ROCK opera"), Just("gala late"), Just("polka"), Just("")]),
+            window in proptest::option::of((0..20i64, 0..20i64)),
+        ) {
+            let mut catalog = Catalog::default();
+            let mut events: Vec<Event> = Vec::new();
+            for (i, (start, city, mut tags, words, status)) in specs.into_iter().enumerate() {
+                tags.sort_unstable();
+                tags.dedup();
+                let e = event(i as u64 + 1, start, city, &tags, &words, status);
+                catalog.put_event(e.clone());
+                events.push(e);
+            }
+            // Changes move events between index entries (start, status).
+            for (nth, start, status) in updates {
+                if let Some(e) = events.get_mut(nth) {
+                    e.starts_at_ms = start;
+                    e.status = status;
+                    catalog.put_event(e.clone());
+                }
+            }
+            let query = EventQuery {
+                city: city.map(|c| CITIES[c].to_uppercase()),
+                tag: tag.map(|t| TAGS[t].to_string()),
+                text: text.map(str::to_string),
+                from_ms: window.map(|w| w.0),
+                to_ms: window.map(|w| w.1),
+                after: None,
+                first: 100,
+            };
+            let expected = brute_force(&events, &query);
+            let (listed, total) = all_pages(&catalog, &query);
+            prop_assert_eq!(&listed, &expected);
+            prop_assert_eq!(total, expected.len());
+        }
+    }
 }

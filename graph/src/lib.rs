@@ -22,6 +22,7 @@ mod catalog;
 mod codec;
 mod error;
 pub mod ids;
+pub mod import;
 pub mod log;
 pub mod model;
 pub mod rules;
@@ -234,6 +235,21 @@ impl Graph {
     pub fn open_session(&self, token_hash: [u8; 32], user: UserId, expires_at_ms: i64) -> Result<(), Error> {
         let session = Session { user, expires_at_ms };
         self.commit_durably(Record::SessionOpened(SessionOpened { token_hash, session }))
+    }
+
+    /// Records many sessions in one durable write (bulk token minting).
+    pub fn open_sessions(&self, sessions: &[([u8; 32], UserId)], expires_at_ms: i64) -> Result<(), Error> {
+        if sessions.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<Record> = sessions
+            .iter()
+            .map(|&(token_hash, user)| {
+                Record::SessionOpened(SessionOpened { token_hash, session: Session { user, expires_at_ms } })
+            })
+            .collect();
+        let seq = self.store.commit(now_ms(), &records)?;
+        self.store.sync(seq)
     }
 
     /// The session of a token hash, if it exists (expired or not).
@@ -535,6 +551,7 @@ fn materialize(record: &Record, payload: &[u8], batch: &mut sled::Batch, social:
                 following => batch.insert(row, codec::pack_ids(following)),
             }
         }
+        Record::Imported(_) => {}
     }
 }
 

@@ -49,6 +49,22 @@ pub enum Record {
     Followed(Follow),
     /// A user stopped following another.
     Unfollowed(Follow),
+    /// A bulk import created the data directory (its rows were written
+    /// directly; readers have nothing to replay).
+    Imported(Imported),
+}
+
+/// Payload of [`Record::Imported`]: what the import brought.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Imported {
+    /// Users.
+    pub users: u64,
+    /// Events.
+    pub events: u64,
+    /// FOLLOWS edges.
+    pub follows: u64,
+    /// ATTENDS edges.
+    pub attends: u64,
 }
 
 /// Payload of [`Record::Followed`] and [`Record::Unfollowed`].
@@ -116,6 +132,7 @@ impl Record {
             Record::TicketCheckedIn(_) => 15,
             Record::Followed(_) => 16,
             Record::Unfollowed(_) => 17,
+            Record::Imported(_) => 18,
         }
     }
 
@@ -138,6 +155,7 @@ impl Record {
             | Record::BookingExpired(p)
             | Record::TicketCheckedIn(p) => encode(&**p),
             Record::Followed(p) | Record::Unfollowed(p) => encode(p),
+            Record::Imported(p) => encode(p),
         }
     }
 
@@ -161,6 +179,7 @@ impl Record {
             15 => Record::TicketCheckedIn(Arc::new(decode(bytes, WHAT)?)),
             16 => Record::Followed(decode(bytes, WHAT)?),
             17 => Record::Unfollowed(decode(bytes, WHAT)?),
+            18 => Record::Imported(decode(bytes, WHAT)?),
             _ => return Err(Error::Corrupt("log record kind")),
         })
     }
@@ -185,6 +204,7 @@ impl Record {
             Record::TicketCheckedIn(_) => "ticket.checked_in",
             Record::Followed(_) => "user.followed",
             Record::Unfollowed(_) => "user.unfollowed",
+            Record::Imported(_) => "data.imported",
         }
     }
 }

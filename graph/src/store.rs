@@ -269,6 +269,17 @@ impl Store {
         Ok(entries)
     }
 
+    /// Writes rows straight to the tree, outside the log (bulk import into
+    /// a new directory that is renamed into place only when complete).
+    pub(crate) fn write_rows(&self, batch: sled::Batch) -> Result<(), Error> {
+        self.shared.tree.apply_batch(batch).map_err(Error::storage)
+    }
+
+    /// Flushes rows written with [`Store::write_rows`].
+    pub(crate) fn flush_rows(&self) -> Result<(), Error> {
+        self.shared.db.flush().map_err(Error::storage).map(|_| ())
+    }
+
     /// Writes and flushes everything appended so far (used at shutdown).
     pub fn flush(&self) -> Result<(), Error> {
         self.sync(self.appended_seq())

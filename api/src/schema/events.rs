@@ -135,6 +135,37 @@ impl EventObject {
     async fn attendee_count(&self, ctx: &Context<'_>) -> usize {
         app(ctx).graph.social().attendees(self.0.id).len()
     }
+
+    /// The viewer's friends (mutual follows) with a CONFIRMED booking,
+    /// smallest ids first; [] when anonymous.
+    async fn friends_going(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 20)] first: Option<i32>,
+    ) -> ApiResult<Vec<UserObject>> {
+        let first = page_size(first, 20)?;
+        let Some(me) = viewer(ctx).user() else {
+            return Ok(Vec::new());
+        };
+        let friends = app(ctx).graph.social().friends_going(me.id, self.0.id, first).first;
+        super::social::users(ctx, friends)
+    }
+
+    /// Who's going: attendees with the most followers first (then smallest
+    /// id). The event's organizer and admins only; attendeeCount is the total.
+    async fn whos_going(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 20)] first: Option<i32>,
+    ) -> ApiResult<Vec<UserObject>> {
+        let first = page_size(first, 20)?;
+        let user = viewer(ctx).require()?;
+        if user.id != self.0.organizer && user.role != Role::Admin {
+            return Err(ApiError::Forbidden("whosGoing: only the event's organizer or an admin".into()));
+        }
+        let going = app(ctx).graph.social().whos_going(self.0.id, first).first;
+        super::social::users(ctx, going.into_iter().map(|(user, _)| user).collect())
+    }
 }
 
 /// Where a page ends.

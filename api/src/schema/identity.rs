@@ -84,6 +84,16 @@ impl UserObject {
         let allowed = self.is_self || viewer.is_admin() || viewer.user().is_some_and(|me| me.id == self.user.id);
         allowed.then_some(self.user.email.as_str())
     }
+
+    /// Users following this one.
+    async fn follower_count(&self, ctx: &Context<'_>) -> usize {
+        app(ctx).graph.social().followers(self.user.id).len()
+    }
+
+    /// Users this one follows.
+    async fn following_count(&self, ctx: &Context<'_>) -> usize {
+        app(ctx).graph.social().following(self.user.id).len()
+    }
 }
 
 /// A token and whose it is.

@@ -5,6 +5,7 @@ mod bookings;
 mod events;
 mod identity;
 mod scalars;
+mod social;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -22,11 +23,16 @@ pub type MarqueeSchema = Schema<Query, Mutation, EmptySubscription>;
 
 /// Every query field, by domain.
 #[derive(MergedObject, Default)]
-pub struct Query(identity::IdentityQuery, events::EventsQuery, bookings::BookingsQuery);
+pub struct Query(identity::IdentityQuery, events::EventsQuery, bookings::BookingsQuery, social::SocialQuery);
 
 /// Every mutation, by domain.
 #[derive(MergedObject, Default)]
-pub struct Mutation(identity::IdentityMutation, events::EventsMutation, bookings::BookingsMutation);
+pub struct Mutation(
+    identity::IdentityMutation,
+    events::EventsMutation,
+    bookings::BookingsMutation,
+    social::SocialMutation,
+);
 
 /// Builds the schema with the app as shared data.
 pub fn build(app: Arc<App>) -> MarqueeSchema {
