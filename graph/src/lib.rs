@@ -29,6 +29,7 @@ pub mod rules;
 pub mod social;
 mod store;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
@@ -119,24 +120,41 @@ pub struct Graph {
     next_event: AtomicU64,
     next_ticket_type: AtomicU64,
     catalog: RwLock<Catalog>,
-    /// FOLLOWS and ATTENDS; the store applies every record to it in log order.
-    social: Arc<RwLock<SocialGraph>>,
+    /// In-memory state beside the rows; the store applies every record to
+    /// it in log order.
+    memory: Arc<Memory>,
+}
+
+/// Most users kept in the read cache; beyond it, reads go to the store.
+const CACHED_USERS_MAX: usize = 1 << 20;
+
+/// What the graph keeps in memory beside the stored rows, kept current by
+/// [`materialize`] as each record is written.
+#[derive(Default)]
+struct Memory {
+    /// FOLLOWS and ATTENDS.
+    social: RwLock<SocialGraph>,
+    /// Every unexpired session, by token hash (every request looks one up).
+    sessions: RwLock<HashMap<[u8; 32], Session>>,
+    /// Users read before, by id, up to [`CACHED_USERS_MAX`].
+    users: RwLock<HashMap<UserId, User>>,
 }
 
 impl Graph {
     /// Opens the graph in `dir` (created if missing) and loads the catalog.
     pub fn open(dir: &Path, options: Options) -> Result<Graph, Error> {
-        let social = Arc::new(RwLock::new(SocialGraph::default()));
-        let index = social.clone();
+        let memory = Arc::new(Memory::default());
+        let kept = memory.clone();
         let store = Store::open(
             dir,
             options.cache_bytes,
-            Box::new(move |record, payload, batch| materialize(record, payload, batch, &index)),
+            Box::new(move |record, payload, batch| materialize(record, payload, batch, &kept)),
         )?;
         let catalog = load_catalog(&store)?;
-        *social.write().expect("social index lock poisoned") = load_social(&store)?;
+        *memory.social.write().expect("social index lock poisoned") = load_social(&store)?;
+        *memory.sessions.write().expect("session table lock poisoned") = load_sessions(&store)?;
         Ok(Graph {
-            social,
+            memory,
             next_user: AtomicU64::new(store.max_id(table::USER)? + 1),
             next_venue: AtomicU64::new(store.max_id(table::VENUE)? + 1),
             next_event: AtomicU64::new(store.max_id(table::EVENT)? + 1),
@@ -194,6 +212,24 @@ impl Graph {
 
     /// A user by id.
     pub fn user(&self, id: UserId) -> Result<Option<User>, Error> {
+        if let Some(user) = self.memory.users.read().expect("user cache lock poisoned").get(&id) {
+            return Ok(Some(user.clone()));
+        }
+        // Read and cache under the writer lock, so a role change cannot land
+        // between the read and the insert and leave a stale copy behind.
+        let _guard = self.writer();
+        let Some(user) = self.stored_user(id)? else {
+            return Ok(None);
+        };
+        let mut users = self.memory.users.write().expect("user cache lock poisoned");
+        if users.len() < CACHED_USERS_MAX {
+            users.insert(id, user.clone());
+        }
+        Ok(Some(user))
+    }
+
+    /// A user as stored, bypassing the cache.
+    fn stored_user(&self, id: UserId) -> Result<Option<User>, Error> {
         match self.store.get(&key(table::USER, &id.to_key()))? {
             Some(bytes) => decode(&bytes, "user").map(Some),
             None => Ok(None),
@@ -220,7 +256,7 @@ impl Graph {
     /// Changes a user's role.
     pub fn set_role(&self, id: UserId, role: Role) -> Result<User, Error> {
         let guard = self.writer();
-        let mut user = self.user(id)?.ok_or(Error::NotFound("user"))?;
+        let mut user = self.stored_user(id)?.ok_or(Error::NotFound("user"))?;
         if user.role == role {
             return Ok(user);
         }
@@ -252,12 +288,10 @@ impl Graph {
         self.store.sync(seq)
     }
 
-    /// The session of a token hash, if it exists (expired or not).
+    /// The session of a token hash, if it exists; sessions that had expired
+    /// before the last start are forgotten, later ones are returned expired.
     pub fn session(&self, token_hash: &[u8; 32]) -> Result<Option<Session>, Error> {
-        match self.store.get(&key(table::SESSION, token_hash))? {
-            Some(bytes) => decode(&bytes, "session").map(Some),
-            None => Ok(None),
-        }
+        Ok(self.memory.sessions.read().expect("session table lock poisoned").get(token_hash).cloned())
     }
 
     /// Revokes a session; revoking an unknown one is a no-op.
@@ -450,7 +484,7 @@ impl Graph {
     /// The social index, for relationship queries. Hold the guard briefly:
     /// writers (follows, confirmed bookings) wait for it.
     pub fn social(&self) -> RwLockReadGuard<'_, SocialGraph> {
-        self.social.read().expect("social index lock poisoned")
+        self.memory.social.read().expect("social index lock poisoned")
     }
 
     /// `follower` starts following `followee`; following twice changes
@@ -500,8 +534,9 @@ fn check_times(starts_at_ms: i64, ends_at_ms: Option<i64>) -> Result<(), Error> 
 /// social index. The same function serves the live write path and any
 /// replay of the log, so they cannot disagree. The store calls it in log
 /// order, so the index moves through the same states as the log.
-fn materialize(record: &Record, payload: &[u8], batch: &mut sled::Batch, social: &RwLock<SocialGraph>) {
-    let social = || social.write().expect("social index lock poisoned");
+fn materialize(record: &Record, payload: &[u8], batch: &mut sled::Batch, memory: &Memory) {
+    let social = || memory.social.write().expect("social index lock poisoned");
+    let sessions = || memory.sessions.write().expect("session table lock poisoned");
     match record {
         Record::UserRegistered(registered) => {
             let user = &registered.user;
@@ -511,9 +546,20 @@ fn materialize(record: &Record, payload: &[u8], batch: &mut sled::Batch, social:
                 batch.insert(key(table::PASSWORD, &user.id.to_key()), hash.as_bytes());
             }
         }
-        Record::RoleSet(user) => batch.insert(key(table::USER, &user.id.to_key()), payload),
-        Record::SessionOpened(opened) => batch.insert(key(table::SESSION, &opened.token_hash), encode(&opened.session)),
-        Record::SessionRevoked(revoked) => batch.remove(key(table::SESSION, &revoked.token_hash)),
+        Record::RoleSet(user) => {
+            batch.insert(key(table::USER, &user.id.to_key()), payload);
+            if let Some(cached) = memory.users.write().expect("user cache lock poisoned").get_mut(&user.id) {
+                *cached = user.clone();
+            }
+        }
+        Record::SessionOpened(opened) => {
+            batch.insert(key(table::SESSION, &opened.token_hash), encode(&opened.session));
+            sessions().insert(opened.token_hash, opened.session.clone());
+        }
+        Record::SessionRevoked(revoked) => {
+            batch.remove(key(table::SESSION, &revoked.token_hash));
+            sessions().remove(&revoked.token_hash);
+        }
         Record::VenueCreated(venue) => batch.insert(key(table::VENUE, &venue.id.to_key()), payload),
         Record::EventCreated(event)
         | Record::EventUpdated(event)
@@ -576,6 +622,22 @@ fn load_social(store: &Store) -> Result<SocialGraph, Error> {
         }
     }
     Ok(social)
+}
+
+/// Every session not yet expired. Expired ones stay on disk until a
+/// revocation removes them; they are simply not loaded.
+fn load_sessions(store: &Store) -> Result<HashMap<[u8; 32], Session>, Error> {
+    let now = now_ms();
+    let mut sessions = HashMap::new();
+    for row in store.scan(table::SESSION) {
+        let (key, value) = row?;
+        let hash: [u8; 32] = key.get(1..).and_then(|k| k.try_into().ok()).ok_or(Error::Corrupt("session key"))?;
+        let session: Session = decode(&value, "session")?;
+        if session.expires_at_ms > now {
+            sessions.insert(hash, session);
+        }
+    }
+    Ok(sessions)
 }
 
 /// Puts one node's list at its slot (the id in the row key).

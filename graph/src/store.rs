@@ -84,7 +84,10 @@ struct Shared {
     head_seq: AtomicU64,
     /// Highest seq known flushed to disk.
     durable_seq: AtomicU64,
-    /// The flusher's to-do state, and the signals around it.
+    /// Set by whoever needs a flush, cleared by the flusher as a round
+    /// starts: only the first request after a round pays for a wake-up.
+    flush_requested: AtomicBool,
+    /// The flusher's sleep and stop state, and the signals around it.
     flush: Mutex<FlushState>,
     /// Wakes the flusher: a caller waits for a seq not yet durable.
     flush_wanted: Condvar,
@@ -99,8 +102,6 @@ struct Shared {
 
 #[derive(Default)]
 struct FlushState {
-    /// Someone waits for a seq above the durable one.
-    wanted: bool,
     /// The store is closing: flush what is left and stop.
     stopping: bool,
 }
@@ -127,6 +128,7 @@ impl Store {
             apply_lock: Mutex::new(()),
             head_seq: AtomicU64::new(head),
             durable_seq: AtomicU64::new(head),
+            flush_requested: AtomicBool::new(false),
             flush: Mutex::new(FlushState::default()),
             flush_wanted: Condvar::new(),
             flushed: Condvar::new(),
@@ -197,15 +199,15 @@ impl Store {
         if shared.durable_seq.load(Ordering::Acquire) >= seq {
             return Ok(());
         }
-        shared.request_flush();
         let mut state = shared.flush.lock().expect("flush state lock poisoned");
         loop {
             if shared.durable_seq.load(Ordering::Acquire) >= seq {
                 return Ok(());
             }
             shared.check_healthy()?;
-            state.wanted = true;
-            shared.flush_wanted.notify_one();
+            if !shared.flush_requested.swap(true, Ordering::AcqRel) {
+                shared.flush_wanted.notify_one();
+            }
             state = shared.flushed.wait(state).expect("flush state lock poisoned");
         }
     }
@@ -302,9 +304,11 @@ impl Drop for Store {
 
 impl Shared {
     fn request_flush(&self) {
-        let mut state = self.flush.lock().expect("flush state lock poisoned");
-        state.wanted = true;
-        self.flush_wanted.notify_one();
+        if !self.flush_requested.swap(true, Ordering::AcqRel) {
+            // Under the lock, so a flusher about to sleep cannot miss it.
+            let _state = self.flush.lock().expect("flush state lock poisoned");
+            self.flush_wanted.notify_one();
+        }
     }
 
     /// The flusher thread: one group-commit round whenever asked, until the
@@ -313,12 +317,12 @@ impl Shared {
         loop {
             let stopping = {
                 let mut state = self.flush.lock().expect("flush state lock poisoned");
-                while !state.wanted && !state.stopping {
+                while !self.flush_requested.load(Ordering::Acquire) && !state.stopping {
                     state = self.flush_wanted.wait(state).expect("flush state lock poisoned");
                 }
-                state.wanted = false;
                 state.stopping
             };
+            self.flush_requested.store(false, Ordering::Release);
             if self.check_healthy().is_ok() {
                 if let Err(error) = self.write_and_flush() {
                     tracing::error!(%error, "group commit failed");

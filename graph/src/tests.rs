@@ -60,9 +60,10 @@ fn everything_written_is_there_after_reopen() {
         let graph = open(&dir);
         user = graph.register("org@example.com", "Org", Role::Organizer, Some("$argon2id$h".into())).unwrap();
         graph.set_role(user.id, Role::Admin).unwrap();
-        graph.open_session([7; 32], user.id, 99).unwrap();
-        graph.open_session([8; 32], user.id, 99).unwrap();
+        graph.open_session([7; 32], user.id, i64::MAX).unwrap();
+        graph.open_session([8; 32], user.id, i64::MAX).unwrap();
         graph.revoke_session([8; 32]).unwrap();
+        graph.open_session([9; 32], user.id, 99).unwrap();
         venue = graph.create_venue(user.id, "Hall", "Berlin", Some(500)).unwrap();
         let draft = graph
             .create_event(user.id, NewEvent { venue: Some(venue.id), ..event_at(1_000, "Berlin", &["Jazz"]) })
@@ -86,6 +87,7 @@ fn everything_written_is_there_after_reopen() {
     assert_eq!(graph.user_by_email("org@example.com").unwrap().unwrap().1.as_deref(), Some("$argon2id$h"));
     assert_eq!(graph.session(&[7; 32]).unwrap().unwrap().user, user.id);
     assert_eq!(graph.session(&[8; 32]).unwrap(), None);
+    assert_eq!(graph.session(&[9; 32]).unwrap(), None, "expired sessions are not loaded");
     assert_eq!(*graph.venue(venue.id).unwrap(), *venue);
     assert_eq!(*graph.event(event.id).unwrap(), *event);
     assert_eq!(
@@ -96,7 +98,7 @@ fn everything_written_is_there_after_reopen() {
     // Ids keep counting after a restart instead of reusing old ones.
     let next = graph.register("second@example.com", "Second", Role::Attendee, None).unwrap();
     assert!(next.id > user.id);
-    assert!(graph.store().head_seq() >= 9);
+    assert!(graph.store().head_seq() >= 10);
 }
 
 #[test]
