@@ -13,13 +13,18 @@
 //! current by the store, which applies every log record to it in log order
 //! as the record is written.
 
+use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 
 use crate::ids::{EventId, UserId};
 
 /// Most follow hops [`SocialGraph::distance`] looks through.
 pub const DISTANCE_HOPS_MAX: u32 = 4;
+
+/// Events with more attendees than this answer who's going by walking the
+/// global follower ranking instead of scoring every attendee.
+const WHOS_GOING_SCAN_MAX: usize = 2_048;
 
 /// Users, events and the FOLLOWS and ATTENDS edges between them.
 #[derive(Debug, Default)]
@@ -35,6 +40,9 @@ pub struct SocialGraph {
     /// ATTENDS edges with more than one source (several confirmed bookings,
     /// or an imported attendance plus bookings): the sources beyond the first.
     extra_sources: HashMap<(u32, u32), u32>,
+    /// Users with at least one follower, most followed first (then smallest
+    /// id): who's going for big events reads it from the top.
+    ranking: BTreeSet<(Reverse<u32>, u32)>,
     follow_count: u64,
     attend_count: u64,
 }
@@ -106,14 +114,33 @@ impl SocialGraph {
         let attendees = reverse(&attending);
         let follow_count = following.iter().map(|l| l.len() as u64).sum();
         let attend_count = attending.iter().map(|l| l.len() as u64).sum();
+        let mut ranked: Vec<(Reverse<u32>, u32)> = followers
+            .iter()
+            .enumerate()
+            .filter(|(_, list)| !list.is_empty())
+            .map(|(user, list)| (Reverse(list.len() as u32), slot(user as u64)))
+            .collect();
+        ranked.sort_unstable();
         SocialGraph {
             following,
             followers,
             attending,
             attendees,
             extra_sources: HashMap::new(),
+            ranking: ranked.into_iter().collect(),
             follow_count,
             attend_count,
+        }
+    }
+
+    /// Moves `user` in the follower ranking after their count went from
+    /// `before` to `after`.
+    fn rerank(&mut self, user: u32, before: usize, after: usize) {
+        if before > 0 {
+            self.ranking.remove(&(Reverse(before as u32), user));
+        }
+        if after > 0 {
+            self.ranking.insert((Reverse(after as u32), user));
         }
     }
 
@@ -123,8 +150,11 @@ impl SocialGraph {
         if !insert_sorted(list_mut(&mut self.following, src), dst) {
             return false;
         }
-        let added = insert_sorted(list_mut(&mut self.followers, dst), src);
+        let followers = list_mut(&mut self.followers, dst);
+        let added = insert_sorted(followers, src);
         debug_assert!(added, "FOLLOWS directions agree");
+        let after = followers.len();
+        self.rerank(dst, after - 1, after);
         self.follow_count += 1;
         true
     }
@@ -135,8 +165,11 @@ impl SocialGraph {
         if !remove_sorted(list_mut(&mut self.following, src), dst) {
             return false;
         }
-        let removed = remove_sorted(list_mut(&mut self.followers, dst), src);
+        let followers = list_mut(&mut self.followers, dst);
+        let removed = remove_sorted(followers, src);
         debug_assert!(removed, "FOLLOWS directions agree");
+        let after = followers.len();
+        self.rerank(dst, after + 1, after);
         self.follow_count -= 1;
         true
     }
@@ -212,13 +245,15 @@ impl SocialGraph {
         self.attend_count
     }
 
-    /// Bytes the adjacency holds (capacity of every list plus list headers):
-    /// what the index costs in memory, for `bytes per edge` figures.
+    /// Bytes the index holds (capacity of every list plus list headers, and
+    /// an estimate for the hash map and the ranking tree): what it costs in
+    /// memory, for `bytes per edge` figures.
     pub fn adjacency_bytes(&self) -> u64 {
         let lists = [&self.following, &self.followers, &self.attending, &self.attendees];
         let header = std::mem::size_of::<Vec<u32>>() as u64;
         lists.iter().flat_map(|l| l.iter()).map(|l| header + 4 * l.capacity() as u64).sum::<u64>()
             + self.extra_sources.capacity() as u64 * 12
+            + self.ranking.len() as u64 * 16
     }
 
     /// Q1, friends going: the users who follow `user` back and attend `event`.
@@ -304,14 +339,24 @@ impl SocialGraph {
     /// with the most followers (ties: smaller id first).
     pub fn whos_going(&self, event: EventId, first: usize) -> WhosGoing {
         let attendees = self.attendees(event);
+        let first = if attendees.len() > WHOS_GOING_SCAN_MAX {
+            self.most_followed_attending(slot(event.0), attendees, first, attendees.len())
+                .unwrap_or_else(|| self.score_attendees(attendees, first))
+        } else {
+            self.score_attendees(attendees, first)
+        };
+        WhosGoing { count: attendees.len(), first }
+    }
+
+    /// Who's going by scoring every attendee, keeping the best `first`.
+    fn score_attendees(&self, attendees: &[u32], first: usize) -> Vec<(UserId, u32)> {
         // A max-heap on (fewer followers, larger id): its top is the worst kept.
-        let mut best: BinaryHeap<(std::cmp::Reverse<u32>, u32)> = BinaryHeap::with_capacity(first + 1);
+        let mut best: BinaryHeap<(Reverse<u32>, u32)> = BinaryHeap::with_capacity(first + 1);
         for &user in attendees {
             if first == 0 {
                 break;
             }
-            let followers = neighbours(&self.followers, user).len() as u32;
-            let candidate = (std::cmp::Reverse(followers), user);
+            let candidate = (Reverse(neighbours(&self.followers, user).len() as u32), user);
             if best.len() < first {
                 best.push(candidate);
             } else if best.peek().is_some_and(|worst| candidate < *worst) {
@@ -321,9 +366,35 @@ impl SocialGraph {
         }
         let mut ranked = best.into_vec();
         ranked.sort_unstable();
-        let first =
-            ranked.into_iter().map(|(std::cmp::Reverse(followers), user)| (UserId(user.into()), followers)).collect();
-        WhosGoing { count: attendees.len(), first }
+        ranked.into_iter().map(|(Reverse(followers), user)| (UserId(user.into()), followers)).collect()
+    }
+
+    /// Who's going for a big event: the follower ranking read from the top,
+    /// keeping attendees, then (if fewer than `first` have followers) the
+    /// attendees without followers in id order. `None` when the walk passes
+    /// `walk_max` users (scoring every attendee is cheaper then).
+    fn most_followed_attending(
+        &self,
+        event: u32,
+        attendees: &[u32],
+        first: usize,
+        walk_max: usize,
+    ) -> Option<Vec<(UserId, u32)>> {
+        let mut found = Vec::with_capacity(first);
+        for (walked, &(Reverse(followers), user)) in self.ranking.iter().enumerate() {
+            if found.len() == first {
+                return Some(found);
+            }
+            if walked > walk_max {
+                return None;
+            }
+            if neighbours(&self.attending, user).binary_search(&event).is_ok() {
+                found.push((UserId(user.into()), followers));
+            }
+        }
+        let unfollowed = attendees.iter().filter(|&&user| neighbours(&self.followers, user).is_empty());
+        found.extend(unfollowed.take(first - found.len()).map(|&user| (UserId(user.into()), 0)));
+        Some(found)
     }
 }
 

@@ -140,6 +140,14 @@ fn assert_agrees(index: &SocialGraph, reference: &Reference) {
         let answer = index.whos_going(EventId(event), 20);
         assert_eq!(answer.count, count, "Q4 count ({event})");
         assert_eq!(answer.first.iter().map(|&(u, f)| (u.0, f)).collect::<Vec<_>>(), first, "Q4 ({event})");
+        // The path big events take (the follower ranking) agrees too.
+        for limit in [0, 1, 3, 20] {
+            let attendees = index.attendees(EventId(event));
+            let walked = index.most_followed_attending(event as u32, attendees, limit, usize::MAX);
+            let expected: Vec<(u64, u32)> = first.iter().take(limit).copied().collect();
+            let walked: Vec<(u64, u32)> = walked.unwrap().iter().map(|&(u, f)| (u.0, f)).collect();
+            assert_eq!(walked, expected, "Q4 by ranking ({event}, first {limit})");
+        }
     }
     assert_eq!(index.follow_count(), reference.follows.len() as u64);
     assert_eq!(index.attend_count(), reference.attends.values().filter(|&&n| n > 0).count() as u64);
