@@ -46,6 +46,21 @@ pub struct ServeArgs {
     /// Log format: text or json [default: text]
     #[arg(long, env = "MARQUEE_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// First webhook retry delay; doubles per attempt, e.g. 5s [default: 5s]
+    #[arg(long, env = "MARQUEE_WEBHOOK_RETRY_BASE", value_name = "DURATION", value_parser = parse_duration)]
+    pub webhook_retry_base: Option<Duration>,
+    /// How long one webhook delivery attempt may take [default: 10s]
+    #[arg(long, env = "MARQUEE_WEBHOOK_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub webhook_timeout: Option<Duration>,
+    /// Allow webhooks to loopback and private addresses (off: refused, against SSRF)
+    #[arg(long, env = "MARQUEE_ALLOW_PRIVATE_WEBHOOKS")]
+    pub allow_private_webhooks: bool,
+    /// Most WebSocket connections open at once [default: 10000]
+    #[arg(long, env = "MARQUEE_WS_CONNECTIONS_MAX", value_name = "N")]
+    pub ws_connections_max: Option<usize>,
+    /// Most subscriptions one WebSocket connection may run [default: 32]
+    #[arg(long, env = "MARQUEE_SUBSCRIPTIONS_PER_CONNECTION_MAX", value_name = "N")]
+    pub subscriptions_per_connection_max: Option<usize>,
 }
 
 /// How log lines are written.
@@ -70,6 +85,11 @@ struct FileSettings {
     ledger_shards: Option<usize>,
     body_bytes_max: Option<usize>,
     log_format: Option<LogFormat>,
+    webhook_retry_base: Option<String>,
+    webhook_timeout: Option<String>,
+    allow_private_webhooks: Option<bool>,
+    ws_connections_max: Option<usize>,
+    subscriptions_per_connection_max: Option<usize>,
 }
 
 /// Where the store is and how big its cache is.
@@ -89,6 +109,11 @@ pub struct ServeConfig {
     pub ledger_shards: usize,
     pub body_bytes_max: usize,
     pub log_format: LogFormat,
+    pub webhook_retry_base: Duration,
+    pub webhook_timeout: Duration,
+    pub allow_private_webhooks: bool,
+    pub ws_connections_max: usize,
+    pub subscriptions_per_connection_max: usize,
 }
 
 /// Bounds checked at start-up.
@@ -129,21 +154,43 @@ impl ServeConfig {
         let listen = listen_text
             .parse()
             .map_err(|_| format!("listen: {listen_text:?} is not an address like 127.0.0.1:8080"))?;
-        let token_ttl = match (args.token_ttl, &file.token_ttl) {
-            (Some(ttl), _) => ttl,
-            (None, Some(text)) => parse_duration(text).map_err(|e| format!("token_ttl: {e}"))?,
-            (None, None) => Duration::from_secs(30 * 24 * 3600),
-        };
-        if token_ttl < Duration::from_secs(60) || token_ttl > Duration::from_secs(366 * 24 * 3600) {
-            return Err("token_ttl must be between 1m and 366d".into());
+        let secs = Duration::from_secs;
+        let millis = Duration::from_millis;
+        let token_ttl = duration(
+            "token_ttl",
+            args.token_ttl,
+            &file.token_ttl,
+            secs(30 * 24 * 3600),
+            (secs(60), secs(366 * 24 * 3600)),
+            "1m and 366d",
+        )?;
+        let hold_ttl =
+            duration("hold_ttl", args.hold_ttl, &file.hold_ttl, secs(600), (secs(1), secs(24 * 3600)), "1s and 24h")?;
+        let webhook_retry_base = duration(
+            "webhook_retry_base",
+            args.webhook_retry_base,
+            &file.webhook_retry_base,
+            secs(5),
+            (millis(100), secs(3600)),
+            "100ms and 1h",
+        )?;
+        let webhook_timeout = duration(
+            "webhook_timeout",
+            args.webhook_timeout,
+            &file.webhook_timeout,
+            secs(10),
+            (millis(100), secs(60)),
+            "100ms and 60s",
+        )?;
+        let allow_private_webhooks = args.allow_private_webhooks || file.allow_private_webhooks.unwrap_or(false);
+        let ws_connections_max = args.ws_connections_max.or(file.ws_connections_max).unwrap_or(10_000);
+        if !(1..=1_000_000).contains(&ws_connections_max) {
+            return Err("ws_connections_max must be between 1 and 1000000".into());
         }
-        let hold_ttl = match (args.hold_ttl, &file.hold_ttl) {
-            (Some(ttl), _) => ttl,
-            (None, Some(text)) => parse_duration(text).map_err(|e| format!("hold_ttl: {e}"))?,
-            (None, None) => Duration::from_secs(600),
-        };
-        if hold_ttl < Duration::from_secs(1) || hold_ttl > Duration::from_secs(24 * 3600) {
-            return Err("hold_ttl must be between 1s and 24h".into());
+        let subscriptions_per_connection_max =
+            args.subscriptions_per_connection_max.or(file.subscriptions_per_connection_max).unwrap_or(32);
+        if !(1..=1_000).contains(&subscriptions_per_connection_max) {
+            return Err("subscriptions_per_connection_max must be between 1 and 1000".into());
         }
         let ledger_shards = args.ledger_shards.or(file.ledger_shards).unwrap_or(16);
         if !ledger_shards.is_power_of_two() || ledger_shards > ledger::SHARDS_MAX {
@@ -154,8 +201,41 @@ impl ServeConfig {
             return Err(format!("body_bytes_max must be between {BODY_BYTES_MIN} and {BODY_BYTES_MAX}"));
         }
         let log_format = args.log_format.or(file.log_format).unwrap_or(LogFormat::Text);
-        Ok(ServeConfig { store, listen, token_ttl, hold_ttl, ledger_shards, body_bytes_max, log_format })
+        Ok(ServeConfig {
+            store,
+            listen,
+            token_ttl,
+            hold_ttl,
+            ledger_shards,
+            body_bytes_max,
+            log_format,
+            webhook_retry_base,
+            webhook_timeout,
+            allow_private_webhooks,
+            ws_connections_max,
+            subscriptions_per_connection_max,
+        })
     }
+}
+
+/// A duration setting: flag, else file, else default; checked against `bounds`.
+fn duration(
+    name: &str,
+    flag: Option<Duration>,
+    file: &Option<String>,
+    default: Duration,
+    bounds: (Duration, Duration),
+    bounds_text: &str,
+) -> Result<Duration, String> {
+    let value = match (flag, file) {
+        (Some(value), _) => value,
+        (None, Some(text)) => parse_duration(text).map_err(|e| format!("{name}: {e}"))?,
+        (None, None) => default,
+    };
+    if value < bounds.0 || value > bounds.1 {
+        return Err(format!("{name} must be between {bounds_text}"));
+    }
+    Ok(value)
 }
 
 /// Parses durations like `500ms`, `90s`, `10m`, `12h`, `30d`.

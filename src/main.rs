@@ -197,9 +197,19 @@ async fn run_server(config: &ServeConfig, graph: Arc<Graph>, ledger: Arc<ledger:
         .await
         .map_err(|e| Failure::Runtime(format!("cannot listen on {}: {e}", config.listen)))?;
     let address = listener.local_addr().map_err(|e| Failure::Runtime(e.to_string()))?;
-    let settings = api::Settings { token_ttl_ms: millis(config.token_ttl), body_bytes_max: config.body_bytes_max };
+    let settings = api::Settings {
+        token_ttl_ms: millis(config.token_ttl),
+        body_bytes_max: config.body_bytes_max,
+        webhooks: api::readers::webhooks::DeliverySettings {
+            retry_base_ms: millis(config.webhook_retry_base),
+            timeout_ms: u64::try_from(config.webhook_timeout.as_millis()).unwrap_or(u64::MAX),
+            allow_private: config.allow_private_webhooks,
+        },
+        ws_connections_max: config.ws_connections_max,
+        subscriptions_per_connection_max: config.subscriptions_per_connection_max,
+    };
     spawn_hold_reaper(ledger.clone());
-    let app = Arc::new(api::App::new(graph, ledger, settings));
+    let app = Arc::new(api::App::new(graph, ledger, settings).map_err(Failure::Runtime)?);
     let shutdown = shutdown_signal()?;
     tracing::info!(%address, data_dir = %config.store.data_dir.display(), "marquee serving");
     // Tests and scripts read the bound address (port 0 picks one) from this line.

@@ -22,6 +22,8 @@ pub enum ApiError {
     LimitExceeded(String),
     /// Confirming a hold whose time ran out.
     HoldExpired(String),
+    /// The server cannot take more of this now (a resource limit).
+    Unavailable(String),
     /// The server failed; details went to the log, not to the client.
     Internal,
 }
@@ -38,6 +40,7 @@ impl ApiError {
             ApiError::SoldOut(_) => "SOLD_OUT",
             ApiError::LimitExceeded(_) => "LIMIT_EXCEEDED",
             ApiError::HoldExpired(_) => "HOLD_EXPIRED",
+            ApiError::Unavailable(_) => "UNAVAILABLE",
             ApiError::Internal => "INTERNAL",
         }
     }
@@ -52,7 +55,8 @@ impl ApiError {
             | ApiError::Conflict(m)
             | ApiError::SoldOut(m)
             | ApiError::LimitExceeded(m)
-            | ApiError::HoldExpired(m) => m,
+            | ApiError::HoldExpired(m)
+            | ApiError::Unavailable(m) => m,
             ApiError::Internal => "internal error",
         }
     }

@@ -1,11 +1,15 @@
 //! HTTP: routes, the GraphQL endpoint, health checks and the bundled IDE.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use async_graphql::{BatchRequest, BatchResponse, Response as GqlResponse};
+use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
+use async_graphql::{BatchRequest, BatchResponse, Data, Response as GqlResponse};
+use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -16,19 +20,24 @@ use crate::error::ApiError;
 use crate::schema::{self, MarqueeSchema};
 use crate::App;
 
+/// Largest WebSocket message a client may send.
+const WS_MESSAGE_BYTES_MAX: usize = 64 * 1024;
+
 #[derive(Clone)]
 struct HttpState {
     app: Arc<App>,
     schema: MarqueeSchema,
+    /// WebSocket connections open now.
+    ws_open: Arc<AtomicUsize>,
 }
 
-/// Builds the router: `/graphql` (POST to execute, GET for the IDE),
-/// `/healthz` and `/readyz`.
+/// Builds the router: `/graphql` (POST to execute; GET opens the IDE, or a
+/// WebSocket for subscriptions), `/healthz` and `/readyz`.
 pub fn router(app: Arc<App>) -> Router {
     let body_bytes_max = app.settings.body_bytes_max;
-    let state = HttpState { schema: schema::build(app.clone()), app };
+    let state = HttpState { schema: schema::build(app.clone()), app, ws_open: Arc::new(AtomicUsize::new(0)) };
     Router::new()
-        .route("/graphql", get(ide).post(graphql))
+        .route("/graphql", get(graphql_get).post(graphql))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ready\n" }))
         .layer(DefaultBodyLimit::max(body_bytes_max))
@@ -39,6 +48,82 @@ pub fn router(app: Arc<App>) -> Router {
 /// it works with no internet access.
 async fn ide() -> impl IntoResponse {
     Html(include_str!("ide.html"))
+}
+
+/// GET /graphql: a WebSocket upgrade for subscriptions, else the IDE.
+async fn graphql_get(State(state): State<HttpState>, request: Request) -> Response {
+    let (mut parts, _) = request.into_parts();
+    let upgrading = parts
+        .headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if !upgrading {
+        return ide().await.into_response();
+    }
+    let Ok(protocol) = GraphQLProtocol::from_request_parts(&mut parts, &state).await else {
+        let message = "Sec-WebSocket-Protocol must be graphql-transport-ws (or the legacy graphql-ws)";
+        return error_response(StatusCode::BAD_REQUEST, &ApiError::BadUserInput(message.into()));
+    };
+    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let Some(slot) = ConnectionSlot::take(&state.ws_open, state.app.settings.ws_connections_max) else {
+        let message = "too many WebSocket connections; retry later";
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, &ApiError::Unavailable(message.into()));
+    };
+    let budget = schema::SubscriptionBudget::new(state.app.settings.subscriptions_per_connection_max);
+    upgrade.protocols(ALL_WEBSOCKET_PROTOCOLS).max_message_size(WS_MESSAGE_BYTES_MAX).on_upgrade(
+        move |socket| async move {
+            let _slot = slot;
+            let app = state.app.clone();
+            let mut data = Data::default();
+            data.insert(budget);
+            GraphQLWebSocket::new(socket, state.schema.clone(), protocol)
+                .with_data(data)
+                .on_connection_init(move |payload| async move {
+                    let mut data = Data::default();
+                    data.insert(viewer_from_init(&app, &payload)?);
+                    Ok(data)
+                })
+                .serve()
+                .await
+        },
+    )
+}
+
+/// The viewer of a WebSocket connection, from its connection_init payload
+/// (`{"authorization": "Bearer <token>"}`; no payload: anonymous).
+fn viewer_from_init(app: &App, payload: &serde_json::Value) -> async_graphql::Result<Viewer> {
+    let header = ["authorization", "Authorization"].iter().find_map(|name| payload.get(*name)).and_then(|v| v.as_str());
+    let Some(header) = header else {
+        return Ok(Viewer::Anonymous);
+    };
+    match auth::bearer(header).map(|token| viewer_of_token(app, token)) {
+        Some(Ok(viewer @ Viewer::User { .. })) => Ok(viewer),
+        Some(Err(error)) => Err(error.into()),
+        _ => Err(auth::bad_token().into()),
+    }
+}
+
+/// Counts one open WebSocket connection; released when dropped.
+struct ConnectionSlot(Arc<AtomicUsize>);
+
+impl ConnectionSlot {
+    fn take(open: &Arc<AtomicUsize>, max: usize) -> Option<ConnectionSlot> {
+        if open.fetch_add(1, Ordering::AcqRel) >= max {
+            open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(ConnectionSlot(open.clone()))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 async fn graphql(State(state): State<HttpState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
@@ -98,6 +183,11 @@ fn resolve_viewer(app: &App, headers: &HeaderMap) -> Result<Viewer, ApiError> {
     let Some(token) = value.to_str().ok().and_then(auth::bearer) else {
         return Ok(Viewer::BadToken);
     };
+    viewer_of_token(app, token)
+}
+
+/// Who a bearer token acts as.
+fn viewer_of_token(app: &App, token: &str) -> Result<Viewer, ApiError> {
     let token_hash = auth::token_hash(token);
     let Some(session) = app.graph.session(&token_hash)? else {
         return Ok(Viewer::BadToken);

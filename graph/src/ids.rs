@@ -66,6 +66,10 @@ typed_id!(
     /// A ticket: one seat of a confirmed booking.
     TicketId
 );
+typed_id!(
+    /// A partner's or organizer's webhook subscription.
+    WebhookId
+);
 
 /// The text was not an id: ids are positive decimal integers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

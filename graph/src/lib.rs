@@ -25,6 +25,7 @@ pub mod ids;
 pub mod import;
 pub mod log;
 pub mod model;
+pub mod readers;
 pub mod rules;
 pub mod social;
 mod store;
@@ -41,9 +42,9 @@ pub use store::{DurableWatcher, Store};
 
 use catalog::Catalog;
 use codec::{decode, encode};
-use ids::{EventId, TicketTypeId, UserId, VenueId};
+use ids::{EventId, TicketTypeId, UserId, VenueId, WebhookId};
 use log::{Follow, Record, SessionOpened, SessionRevoked, UserRegistered};
-use model::{Booking, Event, EventStatus, Role, Session, TicketType, User, Venue};
+use model::{Booking, Event, EventStatus, Role, Session, TicketType, User, Venue, Webhook};
 use store::{key, table};
 
 /// Settings for opening a graph.
@@ -119,6 +120,7 @@ pub struct Graph {
     next_venue: AtomicU64,
     next_event: AtomicU64,
     next_ticket_type: AtomicU64,
+    next_webhook: AtomicU64,
     catalog: RwLock<Catalog>,
     /// In-memory state beside the rows; the store applies every record to
     /// it in log order.
@@ -138,6 +140,8 @@ struct Memory {
     sessions: RwLock<HashMap<[u8; 32], Session>>,
     /// Users read before, by id, up to [`CACHED_USERS_MAX`].
     users: RwLock<HashMap<UserId, User>>,
+    /// Every webhook, by id (few; the outbox consults them per record).
+    webhooks: RwLock<HashMap<WebhookId, Webhook>>,
 }
 
 impl Graph {
@@ -153,7 +157,10 @@ impl Graph {
         let catalog = load_catalog(&store)?;
         *memory.social.write().expect("social index lock poisoned") = load_social(&store)?;
         *memory.sessions.write().expect("session table lock poisoned") = load_sessions(&store)?;
+        *memory.webhooks.write().expect("webhook table lock poisoned") = load_webhooks(&store)?;
+        let next_webhook = AtomicU64::new(store.max_id(table::WEBHOOK)? + 1);
         Ok(Graph {
+            next_webhook,
             memory,
             next_user: AtomicU64::new(store.max_id(table::USER)? + 1),
             next_venue: AtomicU64::new(store.max_id(table::VENUE)? + 1),
@@ -517,6 +524,76 @@ impl Graph {
     }
 }
 
+/// Most webhooks one account may have.
+pub const WEBHOOKS_PER_OWNER_MAX: usize = 20;
+
+impl Graph {
+    /// Creates a webhook; `url`, `events` and `secret` are checked by the caller.
+    pub fn create_webhook(
+        &self,
+        owner: UserId,
+        url: String,
+        events: Vec<String>,
+        secret: String,
+    ) -> Result<Webhook, Error> {
+        let guard = self.writer();
+        if self.webhooks_of(owner).len() >= WEBHOOKS_PER_OWNER_MAX {
+            return Err(Error::Conflict(format!("an account has at most {WEBHOOKS_PER_OWNER_MAX} webhooks")));
+        }
+        let id = WebhookId(self.next_webhook.fetch_add(1, Ordering::Relaxed));
+        let webhook = Webhook { id, owner, url, events, secret, active: true, created_at_ms: now_ms() };
+        let seq = self.store.commit(now_ms(), &[Record::WebhookCreated(webhook.clone())])?;
+        drop(guard);
+        self.store.sync(seq)?;
+        Ok(webhook)
+    }
+
+    /// Deletes a webhook; false when there was none.
+    pub fn delete_webhook(&self, id: WebhookId) -> Result<bool, Error> {
+        let guard = self.writer();
+        let Some(webhook) = self.webhook(id) else { return Ok(false) };
+        let seq = self.store.commit(now_ms(), &[Record::WebhookDeleted(webhook)])?;
+        drop(guard);
+        self.store.sync(seq)?;
+        Ok(true)
+    }
+
+    /// Marks a webhook inactive after its deliveries ran out of retries.
+    pub fn set_webhook_failing(&self, id: WebhookId) -> Result<(), Error> {
+        let guard = self.writer();
+        let Some(mut webhook) = self.webhook(id) else { return Ok(()) };
+        if !webhook.active {
+            return Ok(());
+        }
+        webhook.active = false;
+        let seq = self.store.commit(now_ms(), &[Record::WebhookFailing(webhook)])?;
+        drop(guard);
+        self.store.sync(seq)
+    }
+
+    /// A webhook by id.
+    pub fn webhook(&self, id: WebhookId) -> Option<Webhook> {
+        self.memory.webhooks.read().expect("webhook table lock poisoned").get(&id).cloned()
+    }
+
+    /// An account's webhooks, by id.
+    pub fn webhooks_of(&self, owner: UserId) -> Vec<Webhook> {
+        let webhooks = self.memory.webhooks.read().expect("webhook table lock poisoned");
+        let mut owned: Vec<Webhook> = webhooks.values().filter(|w| w.owner == owner).cloned().collect();
+        owned.sort_by_key(|w| w.id);
+        owned
+    }
+
+    /// Every active webhook subscribed to `event_name`, by id.
+    pub fn webhooks_for(&self, event_name: &str) -> Vec<Webhook> {
+        let webhooks = self.memory.webhooks.read().expect("webhook table lock poisoned");
+        let mut found: Vec<Webhook> =
+            webhooks.values().filter(|w| w.active && w.events.iter().any(|e| e == event_name)).cloned().collect();
+        found.sort_by_key(|w| w.id);
+        found
+    }
+}
+
 fn checked_description(description: Option<String>) -> Result<Option<String>, Error> {
     let text =
         description.map(|d| rules::optional_text("description", &d, rules::DESCRIPTION_CHARS_MAX)).transpose()?;
@@ -598,7 +675,24 @@ fn materialize(record: &Record, payload: &[u8], batch: &mut sled::Batch, memory:
             }
         }
         Record::Imported(_) => {}
+        Record::WebhookCreated(webhook) | Record::WebhookFailing(webhook) => {
+            batch.insert(key(table::WEBHOOK, &webhook.id.to_key()), payload);
+            memory.webhooks.write().expect("webhook table lock poisoned").insert(webhook.id, webhook.clone());
+        }
+        Record::WebhookDeleted(webhook) => {
+            batch.remove(key(table::WEBHOOK, &webhook.id.to_key()));
+            memory.webhooks.write().expect("webhook table lock poisoned").remove(&webhook.id);
+        }
     }
+}
+
+fn load_webhooks(store: &Store) -> Result<HashMap<WebhookId, Webhook>, Error> {
+    let mut webhooks = HashMap::new();
+    for row in store.scan(table::WEBHOOK) {
+        let webhook: Webhook = decode(&row?.1, "webhook")?;
+        webhooks.insert(webhook.id, webhook);
+    }
+    Ok(webhooks)
 }
 
 /// Rebuilds the social index from the stored rows: follow lists, imported

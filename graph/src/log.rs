@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::codec::{decode, encode};
 use crate::ids::UserId;
-use crate::model::{Booking, Event, Session, TicketType, User, Venue};
+use crate::model::{Booking, Event, Session, TicketType, User, Venue, Webhook};
 use crate::Error;
 
 /// A state change, as appended to the log.
@@ -52,6 +52,13 @@ pub enum Record {
     /// A bulk import created the data directory (its rows were written
     /// directly; readers have nothing to replay).
     Imported(Imported),
+    /// A webhook was created; the record holds it.
+    WebhookCreated(Webhook),
+    /// A webhook was deleted; the record holds it as it was.
+    WebhookDeleted(Webhook),
+    /// A webhook's deliveries kept failing until retries ran out: it is
+    /// inactive now; the record holds the new row.
+    WebhookFailing(Webhook),
 }
 
 /// Payload of [`Record::Imported`]: what the import brought.
@@ -133,6 +140,9 @@ impl Record {
             Record::Followed(_) => 16,
             Record::Unfollowed(_) => 17,
             Record::Imported(_) => 18,
+            Record::WebhookCreated(_) => 19,
+            Record::WebhookDeleted(_) => 20,
+            Record::WebhookFailing(_) => 21,
         }
     }
 
@@ -156,6 +166,7 @@ impl Record {
             | Record::TicketCheckedIn(p) => encode(&**p),
             Record::Followed(p) | Record::Unfollowed(p) => encode(p),
             Record::Imported(p) => encode(p),
+            Record::WebhookCreated(p) | Record::WebhookDeleted(p) | Record::WebhookFailing(p) => encode(p),
         }
     }
 
@@ -180,6 +191,9 @@ impl Record {
             16 => Record::Followed(decode(bytes, WHAT)?),
             17 => Record::Unfollowed(decode(bytes, WHAT)?),
             18 => Record::Imported(decode(bytes, WHAT)?),
+            19 => Record::WebhookCreated(decode(bytes, WHAT)?),
+            20 => Record::WebhookDeleted(decode(bytes, WHAT)?),
+            21 => Record::WebhookFailing(decode(bytes, WHAT)?),
             _ => return Err(Error::Corrupt("log record kind")),
         })
     }
@@ -205,6 +219,9 @@ impl Record {
             Record::Followed(_) => "user.followed",
             Record::Unfollowed(_) => "user.unfollowed",
             Record::Imported(_) => "data.imported",
+            Record::WebhookCreated(_) => "webhook.created",
+            Record::WebhookDeleted(_) => "webhook.deleted",
+            Record::WebhookFailing(_) => "webhook.failing",
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The entities the graph owns, exactly as they are stored (rkyv) and returned.
 
-use crate::ids::{EventId, TicketTypeId, UserId, VenueId};
+use crate::ids::{EventId, TicketTypeId, UserId, VenueId, WebhookId};
 
 /// What a user may do. Self-service registration gives `Attendee` or `Organizer`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -168,6 +168,8 @@ pub struct Booking {
     pub created_at_ms: i64,
     /// When a hold runs out, unix ms; `None` once not held.
     pub expires_at_ms: Option<i64>,
+    /// When it was confirmed (tickets issued), unix ms.
+    pub confirmed_at_ms: Option<i64>,
     /// Issued on confirmation, one per seat.
     pub tickets: Vec<Ticket>,
 }
@@ -177,4 +179,23 @@ impl Booking {
     pub fn takes_seats(&self) -> bool {
         matches!(self.status, BookingStatus::Held | BookingStatus::Confirmed)
     }
+}
+
+/// Where signed event notifications are POSTed for a partner or organizer.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Webhook {
+    /// Its id.
+    pub id: WebhookId,
+    /// Who created it; organizers receive their own events' changes only.
+    pub owner: UserId,
+    /// An http(s) URL.
+    pub url: String,
+    /// Event names it receives, e.g. `booking.confirmed`.
+    pub events: Vec<String>,
+    /// The HMAC-SHA256 signing secret (shown to its owner once).
+    pub secret: String,
+    /// False once deliveries kept failing until retries ran out.
+    pub active: bool,
+    /// When it was created, unix ms.
+    pub created_at_ms: i64,
 }

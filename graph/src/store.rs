@@ -38,6 +38,12 @@ pub(crate) mod table {
     /// Attendances imported from another system, by user id: packed
     /// ascending u32 event ids.
     pub const IMPORTED_ATTENDANCE: u8 = b'I';
+    /// Webhooks by id.
+    pub const WEBHOOK: u8 = b'H';
+    /// Log readers' checkpoints, by reader id.
+    pub const READER_CHECKPOINT: u8 = b'C';
+    /// Log readers' own rows, by reader id and the reader's key.
+    pub const READER_ROW: u8 = b'R';
 }
 
 /// Builds a key from a table tag and the key's bytes.
@@ -230,7 +236,30 @@ impl Store {
 
     /// Iterates over every row of a table, in key order.
     pub(crate) fn scan(&self, table: u8) -> impl Iterator<Item = Result<(sled::IVec, sled::IVec), Error>> {
-        self.shared.tree.scan_prefix([table]).map(|item| item.map_err(Error::storage))
+        self.scan_prefix(&[table])
+    }
+
+    /// Iterates over the rows whose key starts with `prefix`, in key order.
+    pub(crate) fn scan_prefix(
+        &self,
+        prefix: &[u8],
+    ) -> impl DoubleEndedIterator<Item = Result<(sled::IVec, sled::IVec), Error>> {
+        self.shared.tree.scan_prefix(prefix).map(|item| item.map_err(Error::storage))
+    }
+
+    /// Waits until the durable seq passes `seq` or `timeout` runs out.
+    pub(crate) fn wait_durable(&self, seq: u64, timeout: std::time::Duration) -> u64 {
+        let shared = &*self.shared;
+        let deadline = std::time::Instant::now() + timeout;
+        let mut state = shared.flush.lock().expect("flush state lock poisoned");
+        loop {
+            let durable = shared.durable_seq.load(Ordering::Acquire);
+            let now = std::time::Instant::now();
+            if durable > seq || now >= deadline || state.stopping {
+                return durable;
+            }
+            state = shared.flushed.wait_timeout(state, deadline - now).expect("flush state lock poisoned").0;
+        }
     }
 
     /// The highest id stored in a table keyed by a `u64` id (0 when empty).
@@ -272,9 +301,11 @@ impl Store {
     }
 
     /// Writes rows straight to the tree, outside the log (bulk import into
-    /// a new directory that is renamed into place only when complete).
+    /// a new directory, log readers' own state). Becomes durable with the
+    /// next flush.
     pub(crate) fn write_rows(&self, batch: sled::Batch) -> Result<(), Error> {
-        self.shared.tree.apply_batch(batch).map_err(Error::storage)
+        self.shared.check_healthy()?;
+        self.shared.tree.apply_batch(batch).map_err(|e| self.shared.fail(e))
     }
 
     /// Flushes rows written with [`Store::write_rows`].

@@ -284,10 +284,11 @@ impl Ledger {
             status: BookingStatus::Held,
             created_at_ms: now_ms,
             expires_at_ms: Some(now_ms.saturating_add(self.hold_ttl_ms)),
+            confirmed_at_ms: None,
             tickets: Vec::new(),
         };
         if !request.hold {
-            confirm_in_place(&mut booking);
+            confirm_in_place(&mut booking, now_ms);
         }
         let booking = Arc::new(booking);
         let seq = if request.hold {
@@ -325,7 +326,7 @@ impl Ledger {
             BookingStatus::Held => {}
         }
         let mut booking = Booking::clone(&current);
-        confirm_in_place(&mut booking);
+        confirm_in_place(&mut booking, now_ms);
         let booking = Arc::new(booking);
         let seq = self.commit(|| Record::BookingConfirmed(booking.clone()), now_ms);
         shard.replace(booking.clone());
@@ -477,9 +478,10 @@ fn check_request(request: &BookRequest) -> Result<(), Error> {
 }
 
 /// Marks a booking confirmed and issues one ticket per seat.
-fn confirm_in_place(booking: &mut Booking) {
+fn confirm_in_place(booking: &mut Booking, now_ms: i64) {
     booking.status = BookingStatus::Confirmed;
     booking.expires_at_ms = None;
+    booking.confirmed_at_ms = Some(now_ms);
     booking.tickets = (0..booking.quantity)
         .map(|seat| {
             let id = TicketId(booking.id.0 * TICKETS_PER_BOOKING_SLOTS + u64::from(seat));

@@ -1,29 +1,42 @@
 //! The GraphQL schema: a root per domain, merged; resolvers stay thin and
 //! call `graph` (and later `ledger`) through [`crate::App`].
 
+mod analytics;
 mod bookings;
 mod events;
 mod identity;
+mod notifications;
 mod scalars;
 mod social;
+mod subscriptions;
+mod webhooks;
 
 use std::str::FromStr;
 use std::sync::Arc;
 
-use async_graphql::{Context, EmptySubscription, MergedObject, Schema, ID};
+use async_graphql::{Context, MergedObject, Schema, ID};
 
 use crate::auth::Viewer;
 use crate::error::{ApiError, ApiResult};
 use crate::App;
 
 pub use scalars::DateTime;
+pub use subscriptions::{SubscriptionBudget, SubscriptionRoot};
 
 /// The served schema type.
-pub type MarqueeSchema = Schema<Query, Mutation, EmptySubscription>;
+pub type MarqueeSchema = Schema<Query, Mutation, SubscriptionRoot>;
 
 /// Every query field, by domain.
 #[derive(MergedObject, Default)]
-pub struct Query(identity::IdentityQuery, events::EventsQuery, bookings::BookingsQuery, social::SocialQuery);
+pub struct Query(
+    identity::IdentityQuery,
+    events::EventsQuery,
+    bookings::BookingsQuery,
+    social::SocialQuery,
+    notifications::NotificationsQuery,
+    webhooks::WebhooksQuery,
+    analytics::AnalyticsQuery,
+);
 
 /// Every mutation, by domain.
 #[derive(MergedObject, Default)]
@@ -32,11 +45,13 @@ pub struct Mutation(
     events::EventsMutation,
     bookings::BookingsMutation,
     social::SocialMutation,
+    notifications::NotificationsMutation,
+    webhooks::WebhooksMutation,
 );
 
 /// Builds the schema with the app as shared data.
 pub fn build(app: Arc<App>) -> MarqueeSchema {
-    Schema::build(Query::default(), Mutation::default(), EmptySubscription).data(app).finish()
+    Schema::build(Query::default(), Mutation::default(), SubscriptionRoot).data(app).finish()
 }
 
 /// The app, from the schema's data.

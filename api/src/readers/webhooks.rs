@@ -1,0 +1,544 @@
+//! Webhooks: a durable outbox filled from the log, and a delivery worker.
+//!
+//! For each log record named booking.confirmed, booking.cancelled,
+//! event.published, event.updated or event.cancelled, every active webhook
+//! subscribed to it and allowed to see it (admins' and partners' webhooks
+//! see every event, organizers' only events they organize) gets a delivery
+//! row. The worker POSTs the JSON body `{"id","event","createdAt","data"}`
+//! with `X-Marquee-Event`, `X-Marquee-Delivery` (the same on every attempt)
+//! and `X-Marquee-Signature: sha256=<hex HMAC-SHA256 of the body>`. Anything
+//! but a 2xx within the timeout is retried after `base * 2^(attempt-1)`
+//! (capped at [`RETRY_DELAY_MAX_MS`], +-20% jitter), up to
+//! [`ATTEMPTS_MAX`] attempts (about a day at the default 5 s base); then the
+//! webhook is marked failing (inactive). Pending deliveries are rows, so a
+//! restart resumes them. Deliveries to loopback, private, link-local and
+//! similar addresses are refused unless the operator allows them, both for
+//! IP literals and for every address a host name resolves to; redirects are
+//! never followed.
+//!
+//! Rows (reader 3): `d|webhook|seq` a delivery; `q|due ms|webhook|seq` the
+//! due queue of pending deliveries.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use graph::ids::{UserId, WebhookId};
+use graph::log::{Entry, Record};
+use graph::model::{Role, Webhook};
+use graph::readers::{ReaderBatch, ReaderRows};
+use graph::Graph;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{key, Reader};
+use crate::schema::DateTime;
+
+/// Event names a webhook can subscribe to.
+pub const EVENT_NAMES: [&str; 5] =
+    ["booking.confirmed", "booking.cancelled", "event.published", "event.updated", "event.cancelled"];
+/// Attempts before a delivery is given up and its webhook marked failing.
+pub const ATTEMPTS_MAX: u32 = 20;
+/// The longest wait between two attempts.
+pub const RETRY_DELAY_MAX_MS: i64 = 2 * 3600 * 1000;
+/// Deliveries in flight at once.
+pub const CONCURRENT_DELIVERIES_MAX: usize = 16;
+/// Longest URL accepted.
+pub const URL_CHARS_MAX: usize = 2048;
+/// Deliveries the worker picks up per scan of the due queue.
+const DUE_SCAN_MAX: usize = 256;
+
+const DELIVERY: u8 = b'd';
+const DUE: u8 = b'q';
+
+/// Delivery settings.
+#[derive(Clone, Debug)]
+pub struct DeliverySettings {
+    /// First retry delay; doubles with every attempt.
+    pub retry_base_ms: i64,
+    /// How long one attempt may take.
+    pub timeout_ms: u64,
+    /// Deliver to loopback and private addresses (tests, private networks).
+    pub allow_private: bool,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> DeliverySettings {
+        DeliverySettings { retry_base_ms: 5_000, timeout_ms: 10_000, allow_private: false }
+    }
+}
+
+/// Where one delivery stands.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Delivery {
+    /// `seq-webhook`: stable across retries.
+    pub id: String,
+    /// The webhook it goes to.
+    pub webhook: u64,
+    /// The event name.
+    pub event: String,
+    /// The exact body sent (and signed).
+    pub body: String,
+    /// Attempts made so far.
+    pub attempt: u32,
+    /// HTTP status of the last attempt, if it got one.
+    pub status_code: Option<u16>,
+    /// When it was delivered (a 2xx came back), unix ms.
+    pub delivered_at_ms: Option<i64>,
+    /// When the next attempt is due, while pending, unix ms.
+    pub next_attempt_at_ms: Option<i64>,
+}
+
+fn delivery_key(webhook: WebhookId, seq: u64) -> Vec<u8> {
+    key(&[&[DELIVERY], &webhook.to_key(), &seq.to_be_bytes()])
+}
+
+fn due_key(due_ms: i64, webhook: WebhookId, seq: u64) -> Vec<u8> {
+    key(&[&[DUE], &due_ms.max(0).to_be_bytes(), &webhook.to_key(), &seq.to_be_bytes()])
+}
+
+/// The outbox reader.
+pub struct Outbox {
+    graph: Arc<Graph>,
+    /// Woken when new deliveries are committed.
+    wake: Arc<tokio::sync::Notify>,
+    created: bool,
+}
+
+impl Outbox {
+    /// The reader; `wake` is notified when deliveries were added.
+    pub fn new(graph: Arc<Graph>, wake: Arc<tokio::sync::Notify>) -> Outbox {
+        Outbox { graph, wake, created: false }
+    }
+
+    /// Whether `webhook`'s owner may see changes of `organizer`'s event.
+    fn may_see(&self, webhook: &Webhook, organizer: UserId) -> bool {
+        match self.graph.user(webhook.owner) {
+            Ok(Some(owner)) => matches!(owner.role, Role::Admin | Role::Partner) || owner.id == organizer,
+            _ => false,
+        }
+    }
+}
+
+/// The `data` of a record's delivery, and the organizer of its event.
+fn payload(graph: &Graph, record: &Record) -> Option<(serde_json::Value, UserId)> {
+    match record {
+        Record::BookingConfirmed(b) | Record::BookingCancelled(b) => {
+            let event = graph.event(b.event)?;
+            let data = serde_json::json!({
+                "id": b.id.to_string(),
+                "status": if matches!(record, Record::BookingConfirmed(_)) { "CONFIRMED" } else { "CANCELLED" },
+                "eventId": b.event.to_string(),
+                "ticketTypeId": b.ticket_type.to_string(),
+                "userId": b.user.to_string(),
+                "quantity": b.quantity,
+                "totalCents": u64::from(b.quantity) * u64::from(b.unit_price_cents),
+            });
+            Some((data, event.organizer))
+        }
+        Record::EventPublished(e) | Record::EventUpdated(e) | Record::EventCancelled(e) => {
+            let status = match e.status {
+                graph::model::EventStatus::Draft => "DRAFT",
+                graph::model::EventStatus::Published => "PUBLISHED",
+                graph::model::EventStatus::Cancelled => "CANCELLED",
+            };
+            let data = serde_json::json!({
+                "id": e.id.to_string(),
+                "title": e.title,
+                "status": status,
+                "city": e.city,
+                "startsAt": DateTime(e.starts_at_ms).to_rfc3339(),
+                "endsAt": e.ends_at_ms.map(|at| DateTime(at).to_rfc3339()),
+                "tags": e.tags,
+            });
+            Some((data, e.organizer))
+        }
+        _ => None,
+    }
+}
+
+impl Reader for Outbox {
+    const ID: u8 = 3;
+    const NAME: &'static str = "webhooks";
+
+    fn apply(&mut self, rows: &ReaderRows<'_>, entry: &Entry, batch: &mut ReaderBatch) -> Result<(), graph::Error> {
+        let name = entry.record.name();
+        if !EVENT_NAMES.contains(&name) {
+            return Ok(());
+        }
+        let Some((data, organizer)) = payload(&self.graph, &entry.record) else { return Ok(()) };
+        for webhook in self.graph.webhooks_for(name) {
+            let row = delivery_key(webhook.id, entry.seq);
+            if !self.may_see(&webhook, organizer) || rows.get(&row)?.is_some() {
+                continue;
+            }
+            let id = format!("{}-{}", entry.seq, webhook.id);
+            let body = serde_json::json!({
+                "id": id,
+                "event": name,
+                "createdAt": DateTime(entry.at_ms).to_rfc3339(),
+                "data": data,
+            });
+            let delivery = Delivery {
+                id,
+                webhook: webhook.id.0,
+                event: name.to_string(),
+                body: body.to_string(),
+                attempt: 0,
+                status_code: None,
+                delivered_at_ms: None,
+                next_attempt_at_ms: Some(entry.at_ms),
+            };
+            batch.put(rows, &row, &serde_json::to_vec(&delivery).expect("deliveries serialise"));
+            batch.put(rows, &due_key(entry.at_ms, webhook.id, entry.seq), &[]);
+            self.created = true;
+        }
+        Ok(())
+    }
+
+    fn committed(&mut self, _checkpoint: u64) {
+        if std::mem::take(&mut self.created) {
+            self.wake.notify_one();
+        }
+    }
+
+    fn reload(&mut self, _rows: &ReaderRows<'_>) -> Result<(), graph::Error> {
+        self.created = false;
+        Ok(())
+    }
+}
+
+/// A webhook's deliveries, newest first.
+pub fn deliveries(graph: &Graph, webhook: WebhookId, first: usize) -> Result<Vec<Delivery>, graph::Error> {
+    let rows = graph.store().reader(Outbox::ID);
+    let prefix = key(&[&[DELIVERY], &webhook.to_key()]);
+    rows.scan(&prefix, true, first)?
+        .into_iter()
+        .map(|(_, value)| serde_json::from_slice(&value).map_err(|_| graph::Error::Corrupt("webhook delivery")))
+        .collect()
+}
+
+/// HMAC-SHA256 (RFC 2104) of `message` under `key`, as lower-case hex.
+pub fn sign(key: &[u8], message: &[u8]) -> String {
+    const BLOCK: usize = 64;
+    let mut block = [0u8; BLOCK];
+    if key.len() > BLOCK {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| block.map(|b| b ^ byte);
+    let inner = Sha256::new().chain_update(pad(0x36)).chain_update(message).finalize();
+    let outer = Sha256::new().chain_update(pad(0x5c)).chain_update(inner).finalize();
+    outer.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether deliveries to `ip` are refused unless private ones are allowed:
+/// loopback, private, link-local, shared (CGNAT), unspecified, broadcast,
+/// multicast, documentation and unique-local addresses.
+pub fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || (a == 100 && (64..128).contains(&b))
+                || a == 0
+                || a >= 240
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_private(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || first == 0x2001 && v6.segments()[1] == 0x0db8
+        }
+    }
+}
+
+/// Checks a webhook URL: http(s), a host, no credentials, bounded; an IP
+/// literal must be public unless private ones are allowed. Returns the URL
+/// normalised, or why not.
+pub fn check_url(text: &str, allow_private: bool) -> Result<String, String> {
+    if text.chars().count() > URL_CHARS_MAX {
+        return Err(format!("must be at most {URL_CHARS_MAX} characters"));
+    }
+    let url = reqwest::Url::parse(text.trim()).map_err(|e| format!("is not a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("must be an http or https URL".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry credentials".into());
+    }
+    let host = url.host_str().filter(|h| !h.is_empty()).ok_or("must name a host")?;
+    let literal = host.trim_matches(['[', ']']).parse::<IpAddr>().ok();
+    let local_name = host.eq_ignore_ascii_case("localhost") || host.to_ascii_lowercase().ends_with(".localhost");
+    if (literal.is_some_and(is_private) || local_name) && !allow_private {
+        return Err("must not point at a loopback, private or link-local address".into());
+    }
+    Ok(url.to_string())
+}
+
+/// Resolves host names for deliveries, dropping refused addresses.
+struct PublicResolver {
+    allow_private: bool,
+}
+
+impl reqwest::dns::Resolve for PublicResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow_private = self.allow_private;
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<SocketAddr> =
+                found.into_iter().filter(|addr| allow_private || !is_private(addr.ip())).collect();
+            if allowed.is_empty() {
+                let refused: Box<dyn std::error::Error + Send + Sync> =
+                    format!("{host} resolves only to refused (loopback/private) addresses").into();
+                return Err(refused);
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// The delivery worker: sends due deliveries with bounded concurrency.
+pub struct Deliverer {
+    graph: Arc<Graph>,
+    client: reqwest::Client,
+    settings: DeliverySettings,
+    in_flight: Mutex<HashSet<(u64, u64)>>,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl Deliverer {
+    /// A worker with its HTTP client.
+    pub fn new(graph: Arc<Graph>, settings: DeliverySettings) -> Result<Arc<Deliverer>, String> {
+        // rustls needs a process-wide crypto provider; a second install is a no-op.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_millis(settings.timeout_ms))
+            .connect_timeout(Duration::from_millis(settings.timeout_ms))
+            .user_agent(concat!("marquee-webhooks/", env!("CARGO_PKG_VERSION")))
+            .dns_resolver(Arc::new(PublicResolver { allow_private: settings.allow_private }))
+            .build()
+            .map_err(|e| format!("cannot build the webhook HTTP client: {e}"))?;
+        Ok(Arc::new(Deliverer {
+            graph,
+            client,
+            settings,
+            in_flight: Mutex::new(HashSet::new()),
+            permits: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_DELIVERIES_MAX)),
+        }))
+    }
+
+    /// Runs until `stop` resolves: every wake-up or second, sends what is due.
+    pub async fn run(self: Arc<Self>, wake: Arc<tokio::sync::Notify>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            if let Err(error) = self.clone().dispatch_due() {
+                tracing::error!(%error, "webhook outbox scan failed");
+            }
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = stop.wait_for(|&stop| stop) => return,
+            }
+        }
+    }
+
+    /// Starts a task for each due delivery not already in flight.
+    fn dispatch_due(self: Arc<Self>) -> Result<(), graph::Error> {
+        let rows = self.graph.store().reader(Outbox::ID);
+        let now = graph::now_ms();
+        for (due, _) in rows.scan(&[DUE], false, DUE_SCAN_MAX)? {
+            let field = |at: usize| due.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+            let (Some(due_ms), Some(webhook), Some(seq)) = (field(1), field(9), field(17)) else {
+                return Err(graph::Error::Corrupt("webhook due key"));
+            };
+            if due_ms as i64 > now {
+                break;
+            }
+            if !self.in_flight.lock().expect("in-flight lock poisoned").insert((webhook, seq)) {
+                continue;
+            }
+            let deliverer = self.clone();
+            tokio::spawn(async move {
+                let permit = deliverer.permits.clone().acquire_owned().await;
+                if let Err(error) = deliverer.attempt(WebhookId(webhook), seq, due).await {
+                    tracing::error!(%error, webhook, seq, "webhook delivery bookkeeping failed");
+                }
+                drop(permit);
+                deliverer.in_flight.lock().expect("in-flight lock poisoned").remove(&(webhook, seq));
+            });
+        }
+        Ok(())
+    }
+
+    /// One attempt of one delivery, and its bookkeeping.
+    async fn attempt(&self, webhook_id: WebhookId, seq: u64, due: Vec<u8>) -> Result<(), graph::Error> {
+        let rows = self.graph.store().reader(Outbox::ID);
+        let row = delivery_key(webhook_id, seq);
+        let mut batch = ReaderBatch::default();
+        batch.remove(&rows, &due);
+        let (Some(webhook), Some(bytes)) = (self.graph.webhook(webhook_id), rows.get(&row)?) else {
+            // The webhook was deleted: its pending deliveries go with it.
+            return rows.commit(batch, None);
+        };
+        let mut delivery: Delivery =
+            serde_json::from_slice(&bytes).map_err(|_| graph::Error::Corrupt("webhook delivery"))?;
+        if !webhook.active || delivery.delivered_at_ms.is_some() {
+            delivery.next_attempt_at_ms = None;
+            batch.put(&rows, &row, &serde_json::to_vec(&delivery).expect("deliveries serialise"));
+            return rows.commit(batch, None);
+        }
+        let status = self.send(&webhook, &delivery).await;
+        delivery.attempt += 1;
+        delivery.status_code = status;
+        let now = graph::now_ms();
+        let mut give_up = false;
+        if status.is_some_and(|s| (200..300).contains(&s)) {
+            delivery.delivered_at_ms = Some(now);
+            delivery.next_attempt_at_ms = None;
+        } else if delivery.attempt >= ATTEMPTS_MAX {
+            delivery.next_attempt_at_ms = None;
+            give_up = true;
+        } else {
+            let next = now + retry_delay_ms(self.settings.retry_base_ms, delivery.attempt);
+            delivery.next_attempt_at_ms = Some(next);
+            batch.put(&rows, &due_key(next, webhook_id, seq), &[]);
+        }
+        batch.put(&rows, &row, &serde_json::to_vec(&delivery).expect("deliveries serialise"));
+        rows.commit(batch, None)?;
+        self.graph.store().request_flush();
+        if give_up {
+            tracing::warn!(webhook = webhook_id.0, "webhook deliveries ran out of retries; marking it failing");
+            let graph = self.graph.clone();
+            tokio::task::spawn_blocking(move || graph.set_webhook_failing(webhook_id))
+                .await
+                .map_err(|e| graph::Error::Storage(e.to_string()))??;
+        }
+        Ok(())
+    }
+
+    /// POSTs the delivery; the status, or `None` when no answer came.
+    async fn send(&self, webhook: &Webhook, delivery: &Delivery) -> Option<u16> {
+        if let Ok(url) = reqwest::Url::parse(&webhook.url) {
+            let literal = url.host_str().and_then(|h| h.trim_matches(['[', ']']).parse::<IpAddr>().ok());
+            if literal.is_some_and(is_private) && !self.settings.allow_private {
+                tracing::warn!(webhook = webhook.id.0, "refusing a delivery to a private address");
+                return None;
+            }
+        }
+        let signature = format!("sha256={}", sign(webhook.secret.as_bytes(), delivery.body.as_bytes()));
+        let sent = self
+            .client
+            .post(&webhook.url)
+            .header("Content-Type", "application/json")
+            .header("X-Marquee-Event", &delivery.event)
+            .header("X-Marquee-Delivery", &delivery.id)
+            .header("X-Marquee-Signature", signature)
+            .body(delivery.body.clone())
+            .send()
+            .await;
+        match sent {
+            Ok(response) => Some(response.status().as_u16()),
+            Err(error) => {
+                tracing::info!(webhook = webhook.id.0, %error, "webhook delivery got no answer");
+                None
+            }
+        }
+    }
+}
+
+/// `base * 2^(attempt-1)`, capped, with +-20% jitter.
+pub fn retry_delay_ms(base_ms: i64, attempt: u32) -> i64 {
+    let exponent = attempt.saturating_sub(1).min(30);
+    let delay = base_ms.saturating_mul(1 << exponent).min(RETRY_DELAY_MAX_MS);
+    let jitter = rand_fraction() * 0.4 - 0.2;
+    ((delay as f64) * (1.0 + jitter)) as i64
+}
+
+/// A uniform number in [0, 1) from the OS's random source.
+fn rand_fraction() -> f64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::getrandom(&mut bytes).is_err() {
+        return 0.5;
+    }
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmac_matches_rfc_4231() {
+        // RFC 4231, test case 2.
+        assert_eq!(
+            sign(b"Jefe", b"what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        // Test case 6: a key longer than the block.
+        assert_eq!(
+            sign(&[0xaa; 131], b"Test Using Larger Than Block-Size Key - Hash Key First"),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+    }
+
+    #[test]
+    fn private_addresses_are_recognised() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(is_private(private.parse().unwrap()), "{private}");
+        }
+        for public in ["93.184.216.34", "8.8.8.8", "2606:4700:4700::1111"] {
+            assert!(!is_private(public.parse().unwrap()), "{public}");
+        }
+    }
+
+    #[test]
+    fn urls_are_checked() {
+        assert!(check_url("https://hooks.example.com/marquee", false).is_ok());
+        assert!(check_url("ftp://example.com", false).is_err());
+        assert!(check_url("https://user:pw@example.com", false).is_err());
+        assert!(check_url("http://127.0.0.1:9000/", false).is_err());
+        assert!(check_url("http://[::1]/", false).is_err());
+        assert!(check_url("http://localhost/", false).is_err());
+        assert!(check_url("http://127.0.0.1:9000/", true).is_ok());
+        assert!(check_url("not a url", true).is_err());
+    }
+
+    #[test]
+    fn retries_back_off_exponentially_with_jitter_and_a_cap() {
+        for attempt in 1..=ATTEMPTS_MAX {
+            let nominal = (5_000i64 << (attempt - 1).min(30)).min(RETRY_DELAY_MAX_MS) as f64;
+            let delay = retry_delay_ms(5_000, attempt) as f64;
+            assert!(delay >= nominal * 0.8 - 1.0 && delay <= nominal * 1.2 + 1.0, "attempt {attempt}: {delay}");
+        }
+        let total: i64 = (1..ATTEMPTS_MAX).map(|a| (5_000i64 << (a - 1).min(30)).min(RETRY_DELAY_MAX_MS)).sum();
+        assert!((18 * 3600 * 1000..30 * 3600 * 1000).contains(&total), "retries span about a day: {total} ms");
+    }
+}

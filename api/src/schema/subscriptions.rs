@@ -1,0 +1,174 @@
+//! Subscriptions over WebSocket: availability, event changes and the
+//! viewer's notifications. Each stream holds a slot of its connection's
+//! subscription budget until it ends.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use async_graphql::futures_util::stream::{self, Stream};
+use async_graphql::{Context, SimpleObject, Subscription, ID};
+use graph::ids::{EventId, TicketTypeId};
+use graph::model::{EventStatus, Role};
+
+use super::events::EventObject;
+use super::notifications::NotificationObject;
+use super::{app, parse_id, viewer};
+use crate::error::{ApiError, ApiResult};
+use crate::readers::live::{Availability, Snapshot};
+
+/// A connection's subscription budget, in its connection data.
+#[derive(Clone)]
+pub struct SubscriptionBudget {
+    running: Arc<AtomicUsize>,
+    max: usize,
+}
+
+impl SubscriptionBudget {
+    /// A budget of `max` subscriptions at once.
+    pub fn new(max: usize) -> SubscriptionBudget {
+        SubscriptionBudget { running: Arc::new(AtomicUsize::new(0)), max }
+    }
+}
+
+/// One subscription's slot; released when its stream is dropped.
+struct Slot(Option<SubscriptionBudget>);
+
+impl Slot {
+    fn take(ctx: &Context<'_>) -> ApiResult<Slot> {
+        let Some(budget) = ctx.data_opt::<SubscriptionBudget>() else {
+            return Ok(Slot(None));
+        };
+        let running = budget.running.fetch_add(1, Ordering::AcqRel) + 1;
+        if running > budget.max {
+            budget.running.fetch_sub(1, Ordering::AcqRel);
+            return Err(ApiError::LimitExceeded(format!(
+                "a connection runs at most {} subscriptions at once",
+                budget.max
+            )));
+        }
+        Ok(Slot(Some(budget.clone())))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(budget) = &self.0 {
+            budget.running.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// A change of a ticket type's seats.
+#[derive(SimpleObject, Clone)]
+pub struct AvailabilityUpdate {
+    event_id: ID,
+    ticket_type_id: ID,
+    sold: u32,
+    available: u32,
+}
+
+/// The event, if the viewer may see it (DRAFT: organizer and admins).
+fn visible_event(ctx: &Context<'_>, id: &ID) -> ApiResult<Arc<graph::model::Event>> {
+    let id: EventId = parse_id("eventId", id)?;
+    let event = app(ctx).graph.event(id).ok_or_else(|| ApiError::NotFound("no such event".into()))?;
+    let viewer = viewer(ctx);
+    let may_see = event.status != EventStatus::Draft
+        || viewer.user().is_some_and(|user| user.id == event.organizer || user.role == Role::Admin);
+    if !may_see {
+        return Err(ApiError::NotFound("no such event".into()));
+    }
+    Ok(event)
+}
+
+/// Every subscription.
+#[derive(Default)]
+pub struct SubscriptionRoot;
+
+#[Subscription(name = "Subscription")]
+impl SubscriptionRoot {
+    /// Every change of sold/available of the event's ticket types. A slow
+    /// subscriber gets the latest figures, not every step in between.
+    async fn availability(
+        &self,
+        ctx: &Context<'_>,
+        event_id: ID,
+    ) -> async_graphql::Result<impl Stream<Item = AvailabilityUpdate>> {
+        let event = visible_event(ctx, &event_id)?;
+        let slot = Slot::take(ctx)?;
+        let app = app(ctx).clone();
+        let receiver = app.readers.hub.watch_availability(event.id, || {
+            let current = app.graph.ticket_types(event.id).into_iter().map(|t| {
+                let sold = app.ledger.sold(t.id);
+                (t.id, Availability { sold, available: t.capacity.saturating_sub(sold), version: 0 })
+            });
+            Arc::new(current.collect())
+        });
+        let seen: HashMap<TicketTypeId, u64> = receiver.borrow().iter().map(|(id, a)| (*id, a.version)).collect();
+        let state = (receiver, seen, VecDeque::<AvailabilityUpdate>::new(), slot);
+        Ok(stream::unfold(state, move |(mut receiver, mut seen, mut pending, slot)| {
+            let event_id = event.id;
+            async move {
+                loop {
+                    if let Some(update) = pending.pop_front() {
+                        return Some((update, (receiver, seen, pending, slot)));
+                    }
+                    receiver.changed().await.ok()?;
+                    let snapshot: Snapshot = receiver.borrow_and_update().clone();
+                    for (ticket_type, figures) in snapshot.iter() {
+                        if seen.insert(*ticket_type, figures.version) != Some(figures.version) {
+                            pending.push_back(AvailabilityUpdate {
+                                event_id: ID(event_id.to_string()),
+                                ticket_type_id: ID(ticket_type.to_string()),
+                                sold: figures.sold,
+                                available: figures.available,
+                            });
+                        }
+                    }
+                }
+            }
+        }))
+    }
+
+    /// The event, each time it changes (details, publication, cancellation,
+    /// a new ticket type).
+    async fn event_updated(
+        &self,
+        ctx: &Context<'_>,
+        event_id: ID,
+    ) -> async_graphql::Result<impl Stream<Item = EventObject>> {
+        let event = visible_event(ctx, &event_id)?;
+        let slot = Slot::take(ctx)?;
+        let app = app(ctx).clone();
+        let receiver = app.readers.hub.watch_event(event.id);
+        Ok(stream::unfold((receiver, slot), move |(mut receiver, slot)| {
+            let app = app.clone();
+            let id = event.id;
+            async move {
+                receiver.changed().await.ok()?;
+                receiver.borrow_and_update();
+                let event = app.graph.event(id)?;
+                Some((EventObject(event), (receiver, slot)))
+            }
+        }))
+    }
+
+    /// The viewer's notifications, as they are created. A subscriber too
+    /// slow for the live buffer skips ahead (the inbox keeps them all).
+    async fn notifications(&self, ctx: &Context<'_>) -> async_graphql::Result<impl Stream<Item = NotificationObject>> {
+        let user = viewer(ctx).require()?.id;
+        let slot = Slot::take(ctx)?;
+        let receiver = app(ctx).readers.live_notifications.subscribe();
+        Ok(stream::unfold((receiver, slot), move |(mut receiver, slot)| async move {
+            loop {
+                match receiver.recv().await {
+                    Ok(notification) if notification.user == user.0 => {
+                        return Some((NotificationObject((*notification).clone()), (receiver, slot)));
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        }))
+    }
+}

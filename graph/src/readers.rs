@@ -1,0 +1,124 @@
+//! Storage for the log's readers (analytics, notifications, webhook
+//! outbox, ...): each reader follows the log from a durable checkpoint of
+//! its own and keeps rows of its own, and writes both in one atomic batch,
+//! so after a crash it resumes exactly where its state says it is. Readers
+//! see only durable entries, so nothing they derive or send can outrun
+//! what was acknowledged. Keys and values are the reader's own bytes.
+
+use std::time::Duration;
+
+use crate::log::Entry;
+use crate::store::{key, table};
+use crate::{Error, Store};
+
+/// One reader's rows and checkpoint.
+pub struct ReaderRows<'a> {
+    store: &'a Store,
+    reader: u8,
+}
+
+/// Writes a reader makes together with its checkpoint.
+#[derive(Default)]
+pub struct ReaderBatch {
+    batch: sled::Batch,
+    len: usize,
+}
+
+impl ReaderBatch {
+    /// Sets a row.
+    pub fn put(&mut self, rows: &ReaderRows<'_>, key: &[u8], value: &[u8]) {
+        self.batch.insert(rows.key(key), value);
+        self.len += 1;
+    }
+
+    /// Removes a row.
+    pub fn remove(&mut self, rows: &ReaderRows<'_>, key: &[u8]) {
+        self.batch.remove(rows.key(key));
+        self.len += 1;
+    }
+
+    /// Writes in the batch.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it writes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Store {
+    /// The rows of reader `reader` (a small number each reader owns).
+    pub fn reader(&self, reader: u8) -> ReaderRows<'_> {
+        ReaderRows { store: self, reader }
+    }
+
+    /// Log entries after `after`, up to the durable seq, at most `max`.
+    pub fn read_durable_log(&self, after: u64, max: usize) -> Result<Vec<Entry>, Error> {
+        let durable = self.durable_seq();
+        if durable <= after {
+            return Ok(Vec::new());
+        }
+        let count = usize::try_from(durable - after).unwrap_or(usize::MAX).min(max);
+        self.read_log(after + 1, count)
+    }
+
+    /// Waits until the durable seq passes `seq` or `timeout` runs out;
+    /// returns the durable seq.
+    pub fn wait_durable_above(&self, seq: u64, timeout: Duration) -> u64 {
+        self.wait_durable(seq, timeout)
+    }
+}
+
+impl ReaderRows<'_> {
+    fn key(&self, rest: &[u8]) -> Vec<u8> {
+        let mut key = Vec::with_capacity(2 + rest.len());
+        key.push(table::READER_ROW);
+        key.push(self.reader);
+        key.extend_from_slice(rest);
+        key
+    }
+
+    fn checkpoint_key(&self) -> Vec<u8> {
+        key(table::READER_CHECKPOINT, &[self.reader])
+    }
+
+    /// The last seq this reader processed (0: none).
+    pub fn checkpoint(&self) -> Result<u64, Error> {
+        match self.store.get(&self.checkpoint_key())? {
+            None => Ok(0),
+            Some(bytes) => {
+                let bytes: [u8; 8] = bytes.as_ref().try_into().map_err(|_| Error::Corrupt("reader checkpoint"))?;
+                Ok(u64::from_be_bytes(bytes))
+            }
+        }
+    }
+
+    /// One row.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.store.get(&self.key(key))?.map(|v| v.to_vec()))
+    }
+
+    /// Rows whose key starts with `prefix`, in key order (or reverse), at
+    /// most `max`, as (key without the prefix's reader tag, value).
+    pub fn scan(&self, prefix: &[u8], reverse: bool, max: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+        let rows = self.store.scan_prefix(&self.key(prefix));
+        let strip = |(key, value): (sled::IVec, sled::IVec)| (key[2..].to_vec(), value.to_vec());
+        if reverse {
+            rows.rev().take(max).map(|row| row.map(strip)).collect()
+        } else {
+            rows.take(max).map(|row| row.map(strip)).collect()
+        }
+    }
+
+    /// Writes `batch` and, when given, the new checkpoint, atomically. Not
+    /// flushed: it becomes durable with the next group commit.
+    pub fn commit(&self, batch: ReaderBatch, checkpoint: Option<u64>) -> Result<(), Error> {
+        let mut batch = batch.batch;
+        if let Some(seq) = checkpoint {
+            batch.insert(self.checkpoint_key(), &seq.to_be_bytes());
+        }
+        self.store.write_rows(batch)
+    }
+}
