@@ -114,6 +114,18 @@ pg_started=false
 pg_data=$tmp/pg/data
 run_pg=()
 
+# run CMD...: runs a long step as a background child and waits for it, so that
+# INT/TERM reach the trap at once (bash defers traps while a foreground child runs).
+child=""
+run() {
+  local rc=0
+  "$@" &
+  child=$!
+  wait "$child" || rc=$?
+  child=""
+  return "$rc"
+}
+
 stop_pid() { # stop_pid PID: TERM, wait up to 15 s, then KILL
   local pid=$1
   [[ -n $pid ]] || return 0
@@ -144,6 +156,10 @@ stop_postgres() {
   fi
 }
 cleanup() {
+  if [[ -n $child ]]; then
+    kill -TERM "$child" 2>/dev/null || true
+    wait "$child" 2>/dev/null || true
+  fi
   stop_marquee
   stop_falkor
   stop_postgres
@@ -178,8 +194,15 @@ info() { echo "$*" >>"$tmp/setup.txt"; }
 # ------------------------------------------------------------ binaries (snapshots)
 
 mkdir -p "$tmp/bin"
-wait_for_file "$MARQUEE_BIN" || die "no executable at $MARQUEE_BIN (build the release binary)"
-cp "$MARQUEE_BIN" "$tmp/bin/marquee"
+# snapshot SRC DST: copy a binary that a rebuild may replace or remove briefly.
+snapshot() {
+  for _ in $(seq 60); do
+    wait_for_file "$1" && cp "$1" "$2" 2>/dev/null && return 0
+    sleep 1
+  done
+  return 1
+}
+snapshot "$MARQUEE_BIN" "$tmp/bin/marquee" || die "no executable at $MARQUEE_BIN (build the release binary)"
 MQ=$tmp/bin/marquee
 "$MQ" --version >/dev/null || die "$MARQUEE_BIN does not run"
 
@@ -191,8 +214,7 @@ else
     | jq -r 'select(.reason == "compiler-artifact" and .target.name == "graph" and .target.kind == ["bench"]) | .executable // empty' \
     | tail -n1) || { tail -n 20 "$tmp/cargo.log" >&2; die "cargo bench --no-run failed"; }
 fi
-wait_for_file "$bench_src" || die "no graph bench binary at '$bench_src' (set MARQUEE_GRAPH_BENCH)"
-cp "$bench_src" "$tmp/bin/graph-bench"
+snapshot "$bench_src" "$tmp/bin/graph-bench" || die "no graph bench binary at '$bench_src' (set MARQUEE_GRAPH_BENCH)"
 
 # ------------------------------------------------------------ header
 
@@ -212,7 +234,7 @@ echo
 
 step "Marquee engine answers: graph bench binary (imports $DATASET into a scratch dir)"
 started=$(now)
-TMPDIR=$tmp MARQUEE_DATASET=$DATASET MARQUEE_DRAWS_JSON=$tmp/marquee.jsonl \
+run env TMPDIR="$tmp" MARQUEE_DATASET="$DATASET" MARQUEE_DRAWS_JSON="$tmp/marquee.jsonl" \
   timeout --kill-after=10 "$SETUP_TIMEOUT" "$tmp/bin/graph-bench" >"$tmp/bench.log" 2>&1 \
   || { tail -n 20 "$tmp/bench.log" >&2; die "graph bench failed"; }
 [[ $(wc -l <"$tmp/marquee.jsonl") -eq $DRAWS ]] || die "graph bench wrote $(wc -l <"$tmp/marquee.jsonl") of $DRAWS draws"
@@ -220,7 +242,7 @@ info "Marquee     bench binary (scratch import + open + 2000 draws x 4 queries):
 
 step "Marquee server: import, admin, tokens"
 started=$(now)
-timeout --kill-after=10 "$SETUP_TIMEOUT" "$MQ" import --data-dir "$tmp/marquee" --from "$DATASET" \
+run timeout --kill-after=10 "$SETUP_TIMEOUT" "$MQ" import --data-dir "$tmp/marquee" --from "$DATASET" \
   >"$tmp/import.out" 2>"$tmp/import.log" || { tail -n 5 "$tmp/import.log" >&2; die "marquee import failed"; }
 import_s=$(since "$started")
 admin_line=$(echo 'admin-password' | timeout 120 "$MQ" user create --data-dir "$tmp/marquee" --email admin@example.com \
@@ -256,7 +278,7 @@ info "Marquee     import $import_s s; tokens for $(wc -l <"$tmp/token_ids.txt") 
 
 step "Marquee GraphQL answers (Q1 first 20, Q3, Q4) against the engine's, $DRAWS draws"
 gql_rc=0
-timeout "$SETUP_TIMEOUT" "${PY[@]}" graphql-check --url "$url" --tokens "$tmp/tokens.txt" --admin "$admin_token" \
+run timeout "$SETUP_TIMEOUT" "${PY[@]}" graphql-check --url "$url" --tokens "$tmp/tokens.txt" --admin "$admin_token" \
   --dataset "$DATASET" --marquee "$tmp/marquee.jsonl" >"$tmp/graphql.out" || gql_rc=$?
 grep -v '^{' "$tmp/graphql.out" >&2 || true
 gql_json=$(grep '^{' "$tmp/graphql.out" | tail -n1)
@@ -267,7 +289,7 @@ echo "{\"graphql\": \"Marquee GraphQL vs engine (Q1 first 20, Q3, Q4): $((DRAWS 
 : >"$tmp/tput.tsv"
 for q in q1 q2 q3 q4; do
   step "Marquee $q: wrk -t$THREADS -c$CLIENTS -d${DURATION}s graph.lua"
-  GRAPH_QUERY=$q GRAPH_DRAWS=$tmp/wrk_draws.txt GRAPH_ADMIN_TOKEN=$admin_token \
+  run env GRAPH_QUERY="$q" GRAPH_DRAWS="$tmp/wrk_draws.txt" GRAPH_ADMIN_TOKEN="$admin_token" \
     timeout --kill-after=10 "$BOUND" wrk -t"$THREADS" -c"$CLIENTS" -d"${DURATION}s" --latency \
     -s "$here/graph.lua" "$url/graphql" >"$tmp/wrk_$q.out" 2>&1 || { cat "$tmp/wrk_$q.out" >&2; die "wrk $q failed"; }
   rps=$(awk '/^Requests\/sec:/ { print $2 }' "$tmp/wrk_$q.out")
@@ -278,6 +300,7 @@ for q in q1 q2 q3 q4; do
   echo "  $rps req/s, p50 $(awk '$1 == "50%" { print $2 }' "$tmp/wrk_$q.out"), p99 $(awk '$1 == "99%" { print $2 }' "$tmp/wrk_$q.out")" >&2
   echo "marquee $q $rps" >>"$tmp/tput.tsv"
 done
+info "load average right after the Marquee throughput runs: $(cut -d' ' -f1-3 /proc/loadavg)"
 stop_marquee
 rm -rf "$tmp/marquee"
 
@@ -285,7 +308,7 @@ rm -rf "$tmp/marquee"
 
 step "FalkorDB: CSVs for falkordb-bulk-insert, start redis-server + module, bulk load"
 started=$(now)
-"${PY[@]}" falkor-csv --dataset "$DATASET" --out "$tmp/falkor_csv" >/dev/null
+run timeout "$SETUP_TIMEOUT" "${PY[@]}" falkor-csv --dataset "$DATASET" --out "$tmp/falkor_csv" >/dev/null
 csv_s=$(since "$started")
 mkdir -p "$tmp/falkor"
 falkor_port=$(free_port) || die "no free port for FalkorDB"
@@ -304,7 +327,7 @@ falkor_start_s=$(since "$started")
 falkor_ver=$(redis-cli -h 127.0.0.1 -p "$falkor_port" MODULE LIST | tr -d '\r' \
   | awk '/^graph$/ { g = 1 } g && /^ver$/ { getline v; print "FalkorDB " int(v / 10000) "." int(v / 100) % 100 "." v % 100; exit }')
 started=$(now)
-timeout --kill-after=10 "$SETUP_TIMEOUT" falkordb-bulk-insert -u "redis://127.0.0.1:$falkor_port" -d -j INTEGER \
+run timeout --kill-after=10 "$SETUP_TIMEOUT" falkordb-bulk-insert -u "redis://127.0.0.1:$falkor_port" -d -j INTEGER \
   -N User "$tmp/falkor_csv/User.csv" -N Event "$tmp/falkor_csv/Event.csv" -N Draw "$tmp/falkor_csv/Draw.csv" \
   -R FOLLOWS "$tmp/falkor_csv/FOLLOWS.csv" -R ATTENDS "$tmp/falkor_csv/ATTENDS.csv" social \
   >"$tmp/falkor_load.log" 2>&1 || { tail -n 20 "$tmp/falkor_load.log" >&2; die "falkordb-bulk-insert failed"; }
@@ -313,8 +336,9 @@ rm -rf "$tmp/falkor_csv"
 
 step "FalkorDB: indexes, then $DRAWS draws x 4 queries, sequential"
 started=$(now)
-falkor_json=$(timeout --kill-after=10 "$SETUP_TIMEOUT" "${PY[@]}" falkor-run --port "$falkor_port" --dataset "$DATASET" \
-  --out "$tmp/falkor.jsonl") || die "falkor-run failed"
+run timeout --kill-after=10 "$SETUP_TIMEOUT" "${PY[@]}" falkor-run --port "$falkor_port" --dataset "$DATASET" \
+  --out "$tmp/falkor.jsonl" >"$tmp/falkor_run.json" || die "falkor-run failed"
+falkor_json=$(cat "$tmp/falkor_run.json")
 falkor_mem=$(redis-cli -h 127.0.0.1 -p "$falkor_port" INFO memory | awk -F: '/^used_memory_human/ { gsub("\r", ""); print $2 }')
 info "FalkorDB    $falkor_ver: CSV prep $csv_s s; server start $falkor_start_s s; bulk load $bulk_s s; index build $(jq -r .index_s <<<"$falkor_json") s; used memory $falkor_mem; answers+timing pass $(since "$started") s"
 
@@ -322,28 +346,31 @@ failed_calls() {
   redis-cli -h 127.0.0.1 -p "$falkor_port" INFO commandstats | tr -d '\r' \
     | sed -n 's/^cmdstat_graph\.QUERY:.*failed_calls=\([0-9]*\).*/\1/p'
 }
-# bench_rb N QUERY: redis-benchmark, 16 clients, N requests; prints rps.
+# bench_rb N QUERY: redis-benchmark, 16 clients, N requests; sets rb_rps.
 bench_rb() {
-  timeout --kill-after=10 "$BOUND" redis-benchmark -h 127.0.0.1 -p "$falkor_port" -c "$CLIENTS" -n "$1" -r "$DRAWS" \
-    --csv GRAPH.QUERY social "$2" >"$tmp/rb.out" 2>&1 || { cat "$tmp/rb.out" >&2; return 1; }
-  awk -F'","' '/^"GRAPH/ { print $2 + 0 }' "$tmp/rb.out"
+  run timeout --kill-after=10 "$BOUND" redis-benchmark -h 127.0.0.1 -p "$falkor_port" -c "$CLIENTS" -n "$1" -r "$DRAWS" \
+    --csv GRAPH.QUERY social "$2" >"$tmp/rb.out" 2>&1 || { cat "$tmp/rb.out" >&2; die "redis-benchmark failed"; }
+  rb_rps=$(awk -F'","' '/^"GRAPH/ { print $2 + 0 }' "$tmp/rb.out")
+  [[ -n $rb_rps ]] || { cat "$tmp/rb.out" >&2; die "no rps from redis-benchmark"; }
 }
 for q in q1 q2 q3 q4; do
   cypher=$("${PY[@]}" falkor-bench "$q")
   step "FalkorDB $q: redis-benchmark -c$CLIENTS -r$DRAWS, about ${DURATION}s (request count from two pilots)"
   before=$(failed_calls)
-  pilot=$(bench_rb $((CLIENTS * 10)) "$cypher") || die "redis-benchmark $q failed"
-  n=$(awk -v r="$pilot" -v c="$CLIENTS" 'BEGIN { n = int(r); if (n < c) n = c; print n }')
-  pilot=$(bench_rb "$n" "$cypher") || die "redis-benchmark $q failed"
-  n=$(awk -v r="$pilot" -v d="$DURATION" -v c="$CLIENTS" 'BEGIN { n = int(r * d); if (n < c) n = c; print n }')
+  bench_rb $((CLIENTS * 10)) "$cypher" # pilot 1: about the rate
+  n=$(awk -v r="$rb_rps" -v c="$CLIENTS" 'BEGIN { n = int(r); if (n < c) n = c; print n }')
+  bench_rb "$n" "$cypher" # pilot 2: about 1 s
+  n=$(awk -v r="$rb_rps" -v d="$DURATION" -v c="$CLIENTS" 'BEGIN { n = int(r * d); if (n < c) n = c; print n }')
   started=$(now)
-  rps=$(bench_rb "$n" "$cypher") || die "redis-benchmark $q failed"
+  bench_rb "$n" "$cypher"
   took=$(since "$started")
+  rps=$rb_rps
   after=$(failed_calls)
   [[ ${before:-0} -eq ${after:-0} ]] || die "FalkorDB $q: $((after - before)) GRAPH.QUERY calls failed under redis-benchmark"
   echo "  $rps req/s ($n requests in $took s; p50 $(awk -F'","' '/^"GRAPH/ { print $5 }' "$tmp/rb.out") ms, p99 $(awk -F'","' '/^"GRAPH/ { print $7 }' "$tmp/rb.out") ms)" >&2
   echo "falkordb $q $rps" >>"$tmp/tput.tsv"
 done
+info "load average right after the FalkorDB throughput runs: $(cut -d' ' -f1-3 /proc/loadavg)"
 stop_falkor
 rm -rf "$tmp/falkor"
 
@@ -381,17 +408,19 @@ pg_started=true
 pg_start_s=$(since "$started")
 
 step "PostgreSQL: COPY, primary keys + reverse indexes, VACUUM ANALYZE, pg_prewarm"
-pg_json=$(timeout --kill-after=10 "$SETUP_TIMEOUT" "${PY[@]}" pg-load --dataset "$DATASET" --port "$pg_port") || die "pg-load failed"
+run timeout --kill-after=10 "$SETUP_TIMEOUT" "${PY[@]}" pg-load --dataset "$DATASET" --port "$pg_port" >"$tmp/pg_load.json" \
+  || die "pg-load failed"
+pg_json=$(cat "$tmp/pg_load.json")
 step "PostgreSQL: $DRAWS draws x 4 queries: answers (pg_stat_statements), then EXPLAIN ANALYZE timing"
 started=$(now)
-timeout --kill-after=10 "$SETUP_TIMEOUT" "${PY[@]}" pg-run --port "$pg_port" --dataset "$DATASET" \
+run timeout --kill-after=10 "$SETUP_TIMEOUT" "${PY[@]}" pg-run --port "$pg_port" --dataset "$DATASET" \
   --out "$tmp/pg.jsonl" --pgss "$tmp/pgss.json" || die "pg-run failed"
 info "PostgreSQL  initdb+start $pg_start_s s; COPY $(jq -r .copy_s <<<"$pg_json") s; keys+indexes $(jq -r .index_s <<<"$pg_json") s; VACUUM ANALYZE $(jq -r .analyze_s <<<"$pg_json") s; prewarm $(jq -r .prewarm_s <<<"$pg_json") s; database $(($(jq -r .db_bytes <<<"$pg_json") >> 20)) MiB; answers+timing passes $(since "$started") s"
 
 "${PY[@]}" pg-scripts --out "$tmp/pgbench" --draws "$DRAWS"
 for q in q1 q2 q3 q4; do
   step "PostgreSQL $q: pgbench -M prepared -c$CLIENTS -j$THREADS -T$DURATION"
-  timeout --kill-after=10 "$BOUND" pgbench -h 127.0.0.1 -p "$pg_port" -U bench -n -M prepared \
+  run timeout --kill-after=10 "$BOUND" pgbench -h 127.0.0.1 -p "$pg_port" -U bench -n -M prepared \
     -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -f "$tmp/pgbench/$q.sql" postgres >"$tmp/pgbench_$q.out" 2>&1 \
     || { cat "$tmp/pgbench_$q.out" >&2; die "pgbench $q failed"; }
   tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p' "$tmp/pgbench_$q.out")
@@ -401,6 +430,7 @@ for q in q1 q2 q3 q4; do
   echo "  $tps tps, $(grep '^latency average' "$tmp/pgbench_$q.out")" >&2
   echo "postgres $q $tps" >>"$tmp/tput.tsv"
 done
+info "load average right after the PostgreSQL throughput runs: $(cut -d' ' -f1-3 /proc/loadavg)"
 stop_postgres
 
 # ============================================================ report

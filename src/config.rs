@@ -52,6 +52,9 @@ pub struct ServeArgs {
     /// How long one webhook delivery attempt may take [default: 10s]
     #[arg(long, env = "MARQUEE_WEBHOOK_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     pub webhook_timeout: Option<Duration>,
+    /// Webhook delivery attempts before giving up and marking the webhook failing [default: 20]
+    #[arg(long, env = "MARQUEE_WEBHOOK_ATTEMPTS_MAX", value_name = "N")]
+    pub webhook_attempts_max: Option<u32>,
     /// Allow webhooks to loopback and private addresses (off: refused, against SSRF)
     #[arg(long, env = "MARQUEE_ALLOW_PRIVATE_WEBHOOKS")]
     pub allow_private_webhooks: bool,
@@ -87,6 +90,7 @@ struct FileSettings {
     log_format: Option<LogFormat>,
     webhook_retry_base: Option<String>,
     webhook_timeout: Option<String>,
+    webhook_attempts_max: Option<u32>,
     allow_private_webhooks: Option<bool>,
     ws_connections_max: Option<usize>,
     subscriptions_per_connection_max: Option<usize>,
@@ -111,6 +115,7 @@ pub struct ServeConfig {
     pub log_format: LogFormat,
     pub webhook_retry_base: Duration,
     pub webhook_timeout: Duration,
+    pub webhook_attempts_max: u32,
     pub allow_private_webhooks: bool,
     pub ws_connections_max: usize,
     pub subscriptions_per_connection_max: usize,
@@ -182,6 +187,10 @@ impl ServeConfig {
             (millis(100), secs(60)),
             "100ms and 60s",
         )?;
+        let webhook_attempts_max = args.webhook_attempts_max.or(file.webhook_attempts_max).unwrap_or(20);
+        if !(1..=100).contains(&webhook_attempts_max) {
+            return Err("webhook_attempts_max must be between 1 and 100".into());
+        }
         let allow_private_webhooks = args.allow_private_webhooks || file.allow_private_webhooks.unwrap_or(false);
         let ws_connections_max = args.ws_connections_max.or(file.ws_connections_max).unwrap_or(10_000);
         if !(1..=1_000_000).contains(&ws_connections_max) {
@@ -211,6 +220,7 @@ impl ServeConfig {
             log_format,
             webhook_retry_base,
             webhook_timeout,
+            webhook_attempts_max,
             allow_private_webhooks,
             ws_connections_max,
             subscriptions_per_connection_max,

@@ -204,6 +204,7 @@ async fn run_server(config: &ServeConfig, graph: Arc<Graph>, ledger: Arc<ledger:
             retry_base_ms: millis(config.webhook_retry_base),
             timeout_ms: u64::try_from(config.webhook_timeout.as_millis()).unwrap_or(u64::MAX),
             allow_private: config.allow_private_webhooks,
+            attempts_max: config.webhook_attempts_max,
         },
         ws_connections_max: config.ws_connections_max,
         subscriptions_per_connection_max: config.subscriptions_per_connection_max,

@@ -18,14 +18,14 @@ use axum::Router;
 use crate::auth::{self, Viewer};
 use crate::error::ApiError;
 use crate::schema::{self, MarqueeSchema};
-use crate::App;
+use crate::{export, App};
 
 /// Largest WebSocket message a client may send.
 const WS_MESSAGE_BYTES_MAX: usize = 64 * 1024;
 
 #[derive(Clone)]
-struct HttpState {
-    app: Arc<App>,
+pub(crate) struct HttpState {
+    pub(crate) app: Arc<App>,
     schema: MarqueeSchema,
     /// WebSocket connections open now.
     ws_open: Arc<AtomicUsize>,
@@ -38,6 +38,7 @@ pub fn router(app: Arc<App>) -> Router {
     let state = HttpState { schema: schema::build(app.clone()), app, ws_open: Arc::new(AtomicUsize::new(0)) };
     Router::new()
         .route("/graphql", get(graphql_get).post(graphql))
+        .route("/events/{id}/bookings.csv", get(export::bookings_csv))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ready\n" }))
         .layer(DefaultBodyLimit::max(body_bytes_max))
@@ -176,7 +177,7 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 /// Who the request acts as, from its Authorization header.
-fn resolve_viewer(app: &App, headers: &HeaderMap) -> Result<Viewer, ApiError> {
+pub(crate) fn resolve_viewer(app: &App, headers: &HeaderMap) -> Result<Viewer, ApiError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(Viewer::Anonymous);
     };
@@ -221,7 +222,7 @@ fn request_error(message: &str) -> Response {
     error_response(StatusCode::BAD_REQUEST, &ApiError::BadUserInput(message.to_string()))
 }
 
-fn error_response(status: StatusCode, error: &ApiError) -> Response {
+pub(crate) fn error_response(status: StatusCode, error: &ApiError) -> Response {
     let body = serde_json::json!({
         "errors": [{ "message": error.message(), "extensions": { "code": error.code() } }]
     });

@@ -19,6 +19,7 @@
 
 pub mod auth;
 pub mod error;
+mod export;
 mod http;
 pub mod readers;
 pub mod schema;

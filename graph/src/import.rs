@@ -33,6 +33,9 @@ use crate::{rules, Error, Graph, Options};
 
 /// Rows written per storage batch.
 const BATCH_ROWS_MAX: usize = 50_000;
+/// Rows written between flushes: the store holds unflushed writes in
+/// memory, so a bulk write flushes as it goes to stay small.
+const FLUSH_ROWS_EVERY: usize = 500_000;
 
 /// Where an import is, for a progress display.
 #[derive(Clone, Copy, Debug)]
@@ -339,6 +342,7 @@ struct Writer<'a> {
     graph: &'a Graph,
     batch: sled::Batch,
     rows: usize,
+    unflushed: usize,
 }
 
 impl Writer<'_> {
@@ -353,7 +357,12 @@ impl Writer<'_> {
 
     fn finish_batch(&mut self) -> Result<(), Error> {
         self.graph.store.write_rows(std::mem::take(&mut self.batch))?;
+        self.unflushed += self.rows;
         self.rows = 0;
+        if self.unflushed >= FLUSH_ROWS_EVERY {
+            self.graph.store.flush_rows()?;
+            self.unflushed = 0;
+        }
         Ok(())
     }
 }
@@ -366,7 +375,7 @@ fn write(
 ) -> Result<Summary, ImportError> {
     let graph = Graph::open(dir, options)?;
     let now_ms = crate::now_ms();
-    let mut writer = Writer { graph: &graph, batch: sled::Batch::default(), rows: 0 };
+    let mut writer = Writer { graph: &graph, batch: sled::Batch::default(), rows: 0, unflushed: 0 };
     let organizers: std::collections::HashSet<u32> = input.organizer.values().copied().collect();
     let total = input.users.len() as u64;
     for (done, (&id, name)) in input.users.iter().enumerate() {

@@ -459,6 +459,18 @@ impl Ledger {
         found
     }
 
+    /// Every booking of an event (any status), by id.
+    pub fn bookings_of_event(&self, event: EventId) -> Vec<Arc<Booking>> {
+        let mut found: Vec<Arc<Booking>> = Vec::new();
+        for ticket_type in self.graph.ticket_types(event) {
+            let shard = self.shard_of(ticket_type.id);
+            let ids = shard.by_ticket_type.get(&ticket_type.id).map(Vec::as_slice).unwrap_or(&[]);
+            found.extend(ids.iter().map(|id| shard.bookings[id].clone()));
+        }
+        found.sort_by_key(|b| b.id);
+        found
+    }
+
     /// Seats sold (confirmed + live held) of a ticket type.
     pub fn sold(&self, ticket_type: TicketTypeId) -> u32 {
         self.shard_of(ticket_type).stock.get(&ticket_type).map_or(0, Stock::sold)

@@ -91,6 +91,8 @@ pub(crate) struct Shard {
     pub stock: HashMap<TicketTypeId, Stock>,
     pub bookings: HashMap<BookingId, Arc<Booking>>,
     pub by_user: HashMap<UserId, Vec<BookingId>>,
+    /// Every booking of each ticket type, in the order made (exports).
+    pub by_ticket_type: HashMap<TicketTypeId, Vec<BookingId>>,
     /// Live holds by expiry, for the reaper.
     pub holds: BTreeSet<(i64, BookingId)>,
 }
@@ -105,6 +107,7 @@ impl Shard {
             self.holds.insert((expires, booking.id));
         }
         self.by_user.entry(booking.user).or_default().push(booking.id);
+        self.by_ticket_type.entry(booking.ticket_type).or_default().push(booking.id);
         self.bookings.insert(booking.id, booking);
     }
 

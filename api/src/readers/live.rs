@@ -164,3 +164,35 @@ fn publish(graph: &Graph, ledger: &ledger::Ledger, hub: &LiveHub, record: &Recor
         _ => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subscriber_that_does_not_look_sees_only_the_latest_figures() {
+        let hub = LiveHub::default();
+        let event = EventId(1);
+        let ticket_type = TicketTypeId(7);
+        let mut receiver = hub.watch_availability(event, || Arc::new(BTreeMap::new()));
+        for sold in 1..=1_000 {
+            hub.publish_availability(event, ticket_type, sold, 2_000);
+        }
+        assert!(receiver.has_changed().unwrap());
+        let latest = receiver.borrow_and_update().clone();
+        assert_eq!(latest[&ticket_type], Availability { sold: 1_000, available: 1_000, version: 1_000 });
+        assert!(!receiver.has_changed().unwrap(), "a thousand changes, one snapshot to read");
+        hub.publish_availability(event, ticket_type, 1_000, 2_000);
+        assert!(!receiver.has_changed().unwrap(), "an unchanged figure is not news");
+    }
+
+    #[test]
+    fn channels_nobody_watches_are_dropped() {
+        let hub = LiveHub::default();
+        let receiver = hub.watch_availability(EventId(1), || Arc::new(BTreeMap::new()));
+        assert_eq!(hub.watched_events(), 1);
+        drop(receiver);
+        hub.publish_availability(EventId(1), TicketTypeId(1), 1, 10);
+        assert_eq!(hub.watched_events(), 0);
+    }
+}

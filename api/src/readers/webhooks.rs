@@ -9,7 +9,8 @@
 //! and `X-Marquee-Signature: sha256=<hex HMAC-SHA256 of the body>`. Anything
 //! but a 2xx within the timeout is retried after `base * 2^(attempt-1)`
 //! (capped at [`RETRY_DELAY_MAX_MS`], +-20% jitter), up to
-//! [`ATTEMPTS_MAX`] attempts (about a day at the default 5 s base); then the
+//! [`ATTEMPTS_MAX`] attempts by default (about a day at the default 5 s
+//! base); then the
 //! webhook is marked failing (inactive). Pending deliveries are rows, so a
 //! restart resumes them. Deliveries to loopback, private, link-local and
 //! similar addresses are refused unless the operator allows them, both for
@@ -38,7 +39,8 @@ use crate::schema::DateTime;
 /// Event names a webhook can subscribe to.
 pub const EVENT_NAMES: [&str; 5] =
     ["booking.confirmed", "booking.cancelled", "event.published", "event.updated", "event.cancelled"];
-/// Attempts before a delivery is given up and its webhook marked failing.
+/// Attempts before a delivery is given up and its webhook marked failing
+/// (the default; with the default 5 s base they span about a day).
 pub const ATTEMPTS_MAX: u32 = 20;
 /// The longest wait between two attempts.
 pub const RETRY_DELAY_MAX_MS: i64 = 2 * 3600 * 1000;
@@ -61,11 +63,13 @@ pub struct DeliverySettings {
     pub timeout_ms: u64,
     /// Deliver to loopback and private addresses (tests, private networks).
     pub allow_private: bool,
+    /// Attempts before giving up and marking the webhook failing.
+    pub attempts_max: u32,
 }
 
 impl Default for DeliverySettings {
     fn default() -> DeliverySettings {
-        DeliverySettings { retry_base_ms: 5_000, timeout_ms: 10_000, allow_private: false }
+        DeliverySettings { retry_base_ms: 5_000, timeout_ms: 10_000, allow_private: false, attempts_max: ATTEMPTS_MAX }
     }
 }
 
@@ -411,7 +415,7 @@ impl Deliverer {
         if status.is_some_and(|s| (200..300).contains(&s)) {
             delivery.delivered_at_ms = Some(now);
             delivery.next_attempt_at_ms = None;
-        } else if delivery.attempt >= ATTEMPTS_MAX {
+        } else if delivery.attempt >= self.settings.attempts_max {
             delivery.next_attempt_at_ms = None;
             give_up = true;
         } else {

@@ -98,6 +98,10 @@ impl BookingObject {
     async fn expires_at(&self) -> Option<DateTime> {
         self.0.expires_at_ms.map(DateTime)
     }
+    /// When it was confirmed (tickets issued); null until then.
+    async fn confirmed_at(&self) -> Option<DateTime> {
+        self.0.confirmed_at_ms.map(DateTime)
+    }
 }
 
 /// A request for seats.

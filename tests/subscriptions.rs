@@ -1,0 +1,302 @@
+//! End-to-end subscriptions over a real WebSocket, speaking the standard
+//! graphql-transport-ws protocol (and the legacy graphql-ws): availability,
+//! event changes and notifications arrive after the mutations that cause
+//! them; auth and limits hold; a subscriber that stops reading does not
+//! hold bookings up.
+
+mod common;
+
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::{Message, WebSocket};
+
+/// A GraphQL WebSocket client.
+struct Ws {
+    socket: WebSocket<TcpStream>,
+    legacy: bool,
+}
+
+/// Opens a WebSocket to /graphql with `protocol`; returns the handshake error
+/// status instead when the server refuses the upgrade.
+fn open(addr: &str, protocol: &str) -> Result<WebSocket<TcpStream>, u16> {
+    let mut request = format!("ws://{addr}/graphql").into_client_request().unwrap();
+    request.headers_mut().insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    match tungstenite::client(request, stream) {
+        Ok((socket, _)) => Ok(socket),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => Err(response.status().as_u16()),
+        Err(other) => panic!("WebSocket handshake failed: {other}"),
+    }
+}
+
+impl Ws {
+    /// Connects and initialises; `token` goes in the connection_init payload.
+    fn connect(addr: &str, token: Option<&str>) -> Ws {
+        Ws::connect_with(addr, "graphql-transport-ws", token)
+    }
+
+    fn connect_with(addr: &str, protocol: &str, token: Option<&str>) -> Ws {
+        let socket = open(addr, protocol).expect("the upgrade is accepted");
+        let mut ws = Ws { socket, legacy: protocol == "graphql-ws" };
+        let payload = token.map_or(json!({}), |t| json!({"authorization": format!("Bearer {t}")}));
+        ws.send(json!({"type": "connection_init", "payload": payload}));
+        ws
+    }
+
+    fn acknowledged(mut self) -> Ws {
+        assert_eq!(self.next()["type"], "connection_ack");
+        self
+    }
+
+    fn send(&mut self, message: Value) {
+        self.socket.send(Message::text(message.to_string())).unwrap();
+    }
+
+    fn subscribe(&mut self, id: &str, query: &str, variables: Value) {
+        let kind = if self.legacy { "start" } else { "subscribe" };
+        self.send(json!({"id": id, "type": kind, "payload": {"query": query, "variables": variables}}));
+    }
+
+    /// The next protocol message (keep-alives answered and skipped); Null
+    /// when the server closed the connection.
+    fn next(&mut self) -> Value {
+        loop {
+            match self.socket.read() {
+                Ok(Message::Text(text)) => {
+                    let message: Value = serde_json::from_str(&text).unwrap();
+                    match message["type"].as_str() {
+                        Some("ping") => self.send(json!({"type": "pong"})),
+                        Some("ka") => {}
+                        _ => return message,
+                    }
+                }
+                Ok(Message::Close(frame)) => return json!({"type": "closed", "code": frame.map(|f| u16::from(f.code))}),
+                Ok(_) => {}
+                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                    return json!({"type": "closed"})
+                }
+                Err(error) => panic!("WebSocket read failed: {error}"),
+            }
+        }
+    }
+
+    /// The error code of the next message, a refusal of subscription `id`:
+    /// an `error` message, or a result carrying errors (both are allowed
+    /// by graphql-transport-ws for errors raised while starting).
+    fn next_error_code(&mut self, id: &str) -> String {
+        let mut message = self.next();
+        while message["type"] == "complete" && message["id"] != id {
+            message = self.next();
+        }
+        assert_eq!(message["id"], id, "{message}");
+        let errors = match message["type"].as_str() {
+            Some("error") => message["payload"].clone(),
+            Some("next") => message["payload"]["errors"].clone(),
+            _ => panic!("expected a refusal, got {message}"),
+        };
+        errors[0]["extensions"]["code"].as_str().unwrap_or_else(|| panic!("no code in {message}")).to_string()
+    }
+
+    /// The data of the next result for subscription `id`.
+    fn next_data(&mut self, id: &str) -> Value {
+        let message = self.next();
+        let kind = if self.legacy { "data" } else { "next" };
+        assert_eq!(message["type"], kind, "expected a result, got {message}");
+        assert_eq!(message["id"], id);
+        assert!(message["payload"].get("errors").is_none(), "errors: {message}");
+        message["payload"]["data"].clone()
+    }
+}
+
+struct Stage {
+    org: String,
+    event: String,
+    ticket_type: String,
+}
+
+fn stage(server: &Server) -> Stage {
+    let (org, _) = register(server, "org@example.com", "ORGANIZER");
+    let input = json!({"title": "Live gig", "startsAt": "2027-06-01T20:00:00Z", "city": "Oslo"});
+    let created = data(server.gql(Some(&org), "mutation($i: CreateEventInput!) { createEvent(input: $i) { id } }", json!({"i": input})));
+    let event = created["createEvent"]["id"].as_str().unwrap().to_string();
+    let ticket = json!({"name": "GA", "priceCents": 1000, "currency": "EUR", "capacity": 1000});
+    let added = data(server.gql(
+        Some(&org),
+        "mutation($e: ID!, $t: TicketTypeInput!) { addTicketType(eventId: $e, input: $t) { id } }",
+        json!({"e": event, "t": ticket}),
+    ));
+    data(server.gql(Some(&org), "mutation($id: ID!) { publishEvent(id: $id) { id } }", json!({"id": event})));
+    Stage { org, event, ticket_type: added["addTicketType"]["id"].as_str().unwrap().to_string() }
+}
+
+fn book(server: &Server, token: &str, ticket_type: &str, quantity: i64, key: &str, hold: bool) -> Value {
+    let query = "mutation($input: BookInput!) { bookTickets(input: $input) { id status } }";
+    let input = json!({"input": {"ticketTypeId": ticket_type, "quantity": quantity, "idempotencyKey": key, "hold": hold}});
+    data(server.gql(Some(token), query, input))["bookTickets"].clone()
+}
+
+const AVAILABILITY: &str = "subscription($e: ID!) { availability(eventId: $e) { eventId ticketTypeId sold available } }";
+
+#[test]
+fn availability_follows_bookings_holds_expiries_and_cancellations() {
+    let dir = TempDir::new("ws-availability");
+    let server = Server::start(dir.path(), &["--hold-ttl", "1s"]);
+    let stage = stage(&server);
+    let (fan, _) = register(&server, "fan@example.com", "ATTENDEE");
+    let mut ws = Ws::connect(&server.addr, None).acknowledged();
+    ws.subscribe("1", AVAILABILITY, json!({"e": stage.event}));
+    // The subscription is live once the server has processed the subscribe
+    // message; a round trip on another subscription makes sure of that.
+    std::thread::sleep(Duration::from_millis(300));
+    let update = |sold: i64| json!({"availability": {"eventId": stage.event, "ticketTypeId": stage.ticket_type, "sold": sold, "available": 1000 - sold}});
+
+    book(&server, &fan, &stage.ticket_type, 2, "a", false);
+    assert_eq!(ws.next_data("1"), update(2));
+    let held = book(&server, &fan, &stage.ticket_type, 3, "b", true);
+    assert_eq!(held["status"], "HELD");
+    assert_eq!(ws.next_data("1"), update(5));
+    // The hold runs out on its own; its seats come back.
+    assert_eq!(ws.next_data("1"), update(2));
+    let confirmed = book(&server, &fan, &stage.ticket_type, 1, "c", false);
+    assert_eq!(ws.next_data("1"), update(3));
+    data(server.gql(Some(&fan), "mutation($id: ID!) { cancelBooking(id: $id) { id } }", json!({"id": confirmed["id"]})));
+    assert_eq!(ws.next_data("1"), update(2));
+
+    ws.send(json!({"id": "1", "type": "complete"}));
+    ws.subscribe("9", AVAILABILITY, json!({"e": "424242"}));
+    assert_eq!(ws.next_error_code("9"), "NOT_FOUND");
+}
+
+#[test]
+fn event_changes_and_notifications_reach_their_subscribers() {
+    let dir = TempDir::new("ws-events");
+    let server = Server::start(dir.path(), &[]);
+    let stage = stage(&server);
+    let (fan, fan_id) = register(&server, "fan@example.com", "ATTENDEE");
+    let (friend, friend_id) = register(&server, "friend@example.com", "ATTENDEE");
+    for (who, whom) in [(&fan, &friend_id), (&friend, &fan_id)] {
+        data(server.gql(Some(who), "mutation($id: ID!) { follow(userId: $id) { id } }", json!({"id": whom})));
+    }
+    let mut fan_ws = Ws::connect(&server.addr, Some(&fan)).acknowledged();
+    fan_ws.subscribe("n", "subscription { notifications { kind message eventId read } }", json!({}));
+    fan_ws.subscribe("e", "subscription($e: ID!) { eventUpdated(eventId: $e) { id title status } }", json!({"e": stage.event}));
+    let mut friend_ws = Ws::connect(&server.addr, Some(&friend)).acknowledged();
+    friend_ws.subscribe("n", "subscription { notifications { kind message } }", json!({}));
+    std::thread::sleep(Duration::from_millis(300));
+
+    book(&server, &fan, &stage.ticket_type, 2, "a", false);
+    let mine = fan_ws.next_data("n")["notifications"].clone();
+    assert_eq!(mine["kind"], "booking.confirmed");
+    assert_eq!(mine["eventId"], stage.event.as_str());
+    assert_eq!(mine["read"], false);
+    assert!(mine["message"].as_str().unwrap().contains("Live gig"), "{mine}");
+    let told = friend_ws.next_data("n")["notifications"].clone();
+    assert_eq!(told["kind"], "friend.going", "the fan's friend hears about it");
+
+    let update = json!({"id": stage.event, "input": {"title": "Live gig (moved)"}});
+    data(server.gql(Some(&stage.org), "mutation($id: ID!, $input: UpdateEventInput!) { updateEvent(id: $id, input: $input) { id } }", update));
+    // The change and the notification about it come from different readers,
+    // in either order.
+    let mut results = std::collections::HashMap::new();
+    for _ in 0..2 {
+        let message = fan_ws.next();
+        assert_eq!(message["type"], "next", "{message}");
+        results.insert(message["id"].as_str().unwrap().to_string(), message["payload"]["data"].clone());
+    }
+    assert_eq!(results["e"]["eventUpdated"], json!({"id": stage.event, "title": "Live gig (moved)", "status": "PUBLISHED"}));
+    assert_eq!(results["n"]["notifications"]["kind"], "event.updated", "ticket holders hear of changes");
+
+    // The inbox has them too, newest first, and they can be marked read.
+    let inbox = data(server.gql(Some(&fan), "{ notifications { id kind read } }", json!({})))["notifications"].clone();
+    let kinds: Vec<&str> = inbox.as_array().unwrap().iter().map(|n| n["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["event.updated", "booking.confirmed"]);
+    let first = inbox[1]["id"].clone();
+    let marked = data(server.gql(Some(&fan), "mutation($ids: [ID!]) { markNotificationsRead(ids: $ids) }", json!({"ids": [first]})));
+    assert_eq!(marked["markNotificationsRead"], 1);
+    let unread = data(server.gql(Some(&fan), "{ notifications(unreadOnly: true) { kind } }", json!({})));
+    assert_eq!(unread["notifications"], json!([{"kind": "event.updated"}]));
+    let all = data(server.gql(Some(&fan), "mutation { markNotificationsRead }", json!({})));
+    assert_eq!(all["markNotificationsRead"], 1);
+}
+
+#[test]
+fn subscriptions_enforce_auth_and_limits() {
+    let dir = TempDir::new("ws-limits");
+    let server = Server::start(dir.path(), &["--subscriptions-per-connection-max", "2", "--ws-connections-max", "3"]);
+    let stage = stage(&server);
+    let mut anonymous = Ws::connect(&server.addr, None).acknowledged();
+    anonymous.subscribe("1", "subscription { notifications { kind } }", json!({}));
+    assert_eq!(anonymous.next_error_code("1"), "UNAUTHENTICATED");
+
+    let mut forged = Ws::connect(&server.addr, Some("mq_not-a-real-token"));
+    let answer = forged.next();
+    assert_ne!(answer["type"], "connection_ack", "a bad token is not acknowledged: {answer}");
+
+    let mut busy = Ws::connect(&server.addr, None).acknowledged();
+    busy.subscribe("1", AVAILABILITY, json!({"e": stage.event}));
+    busy.subscribe("2", AVAILABILITY, json!({"e": stage.event}));
+    busy.subscribe("3", AVAILABILITY, json!({"e": stage.event}));
+    // The three start concurrently; whichever comes third is refused.
+    let refused = busy.next();
+    let code = match refused["type"].as_str() {
+        Some("error") => refused["payload"][0]["extensions"]["code"].clone(),
+        _ => refused["payload"]["errors"][0]["extensions"]["code"].clone(),
+    };
+    assert_eq!(code, "LIMIT_EXCEEDED", "{refused}");
+
+    // Three connections are open (anonymous, forged may have closed, busy):
+    // open until refused, which must happen by the fourth.
+    let mut extra = Vec::new();
+    let refused_status = loop {
+        match open(&server.addr, "graphql-transport-ws") {
+            Ok(socket) => extra.push(socket),
+            Err(status) => break status,
+        }
+        assert!(extra.len() <= 3, "the connection limit was not enforced");
+    };
+    assert_eq!(refused_status, 503);
+    let wrong = open(&server.addr, "chat");
+    assert_eq!(wrong.err(), Some(400), "an unknown subprotocol is refused");
+}
+
+#[test]
+fn the_legacy_graphql_ws_protocol_works_too() {
+    let dir = TempDir::new("ws-legacy");
+    let server = Server::start(dir.path(), &[]);
+    let stage = stage(&server);
+    let (fan, _) = register(&server, "fan@example.com", "ATTENDEE");
+    let mut ws = Ws::connect_with(&server.addr, "graphql-ws", Some(&fan)).acknowledged();
+    ws.subscribe("1", AVAILABILITY, json!({"e": stage.event}));
+    std::thread::sleep(Duration::from_millis(300));
+    book(&server, &fan, &stage.ticket_type, 4, "a", false);
+    assert_eq!(ws.next_data("1")["availability"]["sold"], 4);
+}
+
+#[test]
+fn a_subscriber_that_stops_reading_does_not_hold_bookings_up() {
+    let dir = TempDir::new("ws-slow");
+    let server = Server::start(dir.path(), &[]);
+    let stage = stage(&server);
+    let (fan, _) = register(&server, "fan@example.com", "ATTENDEE");
+    let mut slow = Ws::connect(&server.addr, None).acknowledged();
+    slow.subscribe("1", AVAILABILITY, json!({"e": stage.event}));
+    std::thread::sleep(Duration::from_millis(300));
+    // The subscriber reads nothing while 300 bookings go through.
+    let started = Instant::now();
+    for i in 0..300 {
+        book(&server, &fan, &stage.ticket_type, 1, &format!("k{i}"), false);
+    }
+    let booking_time = started.elapsed();
+    assert!(booking_time < Duration::from_secs(60), "bookings were held up: {booking_time:?}");
+    // When it reads again it catches up to the latest figures.
+    let mut last = 0;
+    while last < 300 {
+        last = slow.next_data("1")["availability"]["sold"].as_i64().unwrap();
+    }
+    assert_eq!(last, 300);
+}

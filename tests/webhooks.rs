@@ -1,0 +1,293 @@
+//! End-to-end webhooks against a local receiver: signed bodies, a delivery
+//! id stable across retries, retries after 500s and timeouts, nothing lost
+//! across a SIGKILL of marquee in the middle of retrying, a webhook marked
+//! failing once its retries run out, organizers' scope, and private
+//! addresses refused unless the operator allows them.
+
+mod common;
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+/// How the receiver answers one request.
+#[derive(Clone, Copy, Debug)]
+enum Reply {
+    Status(u16),
+    /// Read the request, then say nothing for this long.
+    Hang(Duration),
+}
+
+/// One request the receiver got.
+#[derive(Clone, Debug)]
+struct Received {
+    headers: HashMap<String, String>,
+    body: String,
+}
+
+/// A tiny HTTP server on loopback that records requests and answers from a
+/// script (200 once the script is used up).
+#[derive(Clone)]
+struct Receiver {
+    url: String,
+    got: Arc<Mutex<Vec<Received>>>,
+    script: Arc<Mutex<VecDeque<Reply>>>,
+}
+
+impl Receiver {
+    fn start(script: &[Reply]) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let receiver = Receiver {
+            url: format!("http://{}/hooks/marquee", listener.local_addr().unwrap()),
+            got: Arc::default(),
+            script: Arc::new(Mutex::new(script.iter().copied().collect())),
+        };
+        let serving = receiver.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let serving = serving.clone();
+                std::thread::spawn(move || serving.answer(stream));
+            }
+        });
+        receiver
+    }
+
+    fn answer(&self, mut stream: TcpStream) {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut headers = HashMap::new();
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).unwrap() == 0 || line.trim().is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_string());
+            }
+        }
+        let length: usize = headers.get("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        self.got.lock().unwrap().push(Received { headers, body: String::from_utf8(body).unwrap() });
+        let reply = self.script.lock().unwrap().pop_front().unwrap_or(Reply::Status(200));
+        match reply {
+            Reply::Status(status) => {
+                let _ = write!(stream, "HTTP/1.1 {status} Scripted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            }
+            Reply::Hang(time) => std::thread::sleep(time),
+        }
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) until `count` requests arrived.
+    fn wait_for(&self, count: usize, within: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + within;
+        loop {
+            let got = self.received();
+            if got.len() >= count {
+                return got;
+            }
+            assert!(Instant::now() < deadline, "only {} of {count} deliveries arrived: {got:?}", got.len());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+struct Shop {
+    org: String,
+    ticket_type: String,
+    event: String,
+}
+
+fn open_shop(server: &Server, email: &str) -> Shop {
+    let (org, _) = register(server, email, "ORGANIZER");
+    let input = json!({"title": "Hooked gig", "startsAt": "2027-06-01T20:00:00Z", "city": "Oslo"});
+    let created = data(server.gql(Some(&org), "mutation($i: CreateEventInput!) { createEvent(input: $i) { id } }", json!({"i": input})));
+    let event = created["createEvent"]["id"].as_str().unwrap().to_string();
+    let ticket = json!({"name": "GA", "priceCents": 1500, "currency": "EUR", "capacity": 100});
+    let added = data(server.gql(
+        Some(&org),
+        "mutation($e: ID!, $t: TicketTypeInput!) { addTicketType(eventId: $e, input: $t) { id } }",
+        json!({"e": event, "t": ticket}),
+    ));
+    data(server.gql(Some(&org), "mutation($id: ID!) { publishEvent(id: $id) { id } }", json!({"id": event})));
+    Shop { org, ticket_type: added["addTicketType"]["id"].as_str().unwrap().to_string(), event }
+}
+
+const CREATE: &str = "mutation($url: String!, $events: [String!]!) { createWebhook(url: $url, events: $events) { secret webhook { id url events active } } }";
+const DELIVERIES: &str = "query($id: ID!) { webhookDeliveries(webhookId: $id) { id event attempt statusCode deliveredAt nextAttemptAt } }";
+
+fn create_webhook(server: &Server, token: &str, url: &str, events: &[&str]) -> (String, String) {
+    let created = data(server.gql(Some(token), CREATE, json!({"url": url, "events": events})))["createWebhook"].clone();
+    (created["webhook"]["id"].as_str().unwrap().to_string(), created["secret"].as_str().unwrap().to_string())
+}
+
+fn book(server: &Server, token: &str, ticket_type: &str, key: &str) -> String {
+    let query = "mutation($input: BookInput!) { bookTickets(input: $input) { id } }";
+    let input = json!({"input": {"ticketTypeId": ticket_type, "quantity": 2, "idempotencyKey": key}});
+    data(server.gql(Some(token), query, input))["bookTickets"]["id"].as_str().unwrap().to_string()
+}
+
+fn assert_signed(received: &Received, secret: &str) {
+    let expected = format!("sha256={}", api::readers::webhooks::sign(secret.as_bytes(), received.body.as_bytes()));
+    assert_eq!(received.headers.get("x-marquee-signature"), Some(&expected), "the signature verifies");
+}
+
+fn fast_retries() -> Vec<&'static str> {
+    vec!["--allow-private-webhooks", "--webhook-retry-base", "200ms", "--webhook-timeout", "1s"]
+}
+
+#[test]
+fn deliveries_are_signed_stable_and_retried_after_errors_and_timeouts() {
+    let dir = TempDir::new("webhooks");
+    let server = Server::start(dir.path(), &fast_retries());
+    let shop = open_shop(&server, "org@example.com");
+    let other = open_shop(&server, "rival@example.com");
+    let receiver = Receiver::start(&[Reply::Status(500), Reply::Hang(Duration::from_secs(3)), Reply::Status(204)]);
+    let (hook, secret) = create_webhook(&server, &shop.org, &receiver.url, &["booking.confirmed", "event.updated"]);
+    let (fan, fan_id) = register(&server, "fan@example.com", "ATTENDEE");
+    // A rival organizer's event is none of this webhook's business.
+    book(&server, &fan, &other.ticket_type, "elsewhere");
+    let booking = book(&server, &fan, &shop.ticket_type, "mine");
+
+    let got = receiver.wait_for(3, Duration::from_secs(30));
+    let ids: Vec<&String> = got.iter().map(|r| &r.headers["x-marquee-delivery"]).collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "one delivery id across retries: {ids:?}");
+    for received in &got {
+        assert_eq!(received.headers["x-marquee-event"], "booking.confirmed");
+        assert_eq!(received.headers["content-type"], "application/json");
+        assert_signed(received, &secret);
+    }
+    let body: Value = serde_json::from_str(&got[2].body).unwrap();
+    assert_eq!(body["id"], ids[0].as_str());
+    assert_eq!(body["event"], "booking.confirmed");
+    assert!(body["createdAt"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(
+        body["data"],
+        json!({"id": booking, "status": "CONFIRMED", "eventId": shop.event, "ticketTypeId": shop.ticket_type, "userId": fan_id, "quantity": 2, "totalCents": 3000})
+    );
+    // The delivery's record shows three attempts ending in a 2xx.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let delivery = loop {
+        let listed = data(server.gql(Some(&shop.org), DELIVERIES, json!({"id": hook})))["webhookDeliveries"].clone();
+        if listed[0]["deliveredAt"].is_string() || Instant::now() > deadline {
+            break listed[0].clone();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(delivery["id"], ids[0].as_str());
+    assert_eq!((delivery["attempt"].clone(), delivery["statusCode"].clone()), (json!(3), json!(204)));
+    assert_eq!(delivery["nextAttemptAt"], Value::Null);
+
+    // Other event names follow the subscription list.
+    let update = json!({"id": shop.event, "input": {"title": "Hooked gig, moved"}});
+    data(server.gql(Some(&shop.org), "mutation($id: ID!, $input: UpdateEventInput!) { updateEvent(id: $id, input: $input) { id } }", update));
+    let got = receiver.wait_for(4, Duration::from_secs(10));
+    assert_eq!(got[3].headers["x-marquee-event"], "event.updated");
+    assert_signed(&got[3], &secret);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(receiver.received().len(), 4, "nothing for the rival's booking, nothing twice");
+}
+
+#[test]
+fn a_restart_in_the_middle_of_retrying_loses_no_delivery() {
+    let dir = TempDir::new("webhooks-restart");
+    let args = ["--allow-private-webhooks", "--webhook-retry-base", "1s", "--webhook-timeout", "1s"];
+    let mut server = Server::start(dir.path(), &args);
+    let shop = open_shop(&server, "org@example.com");
+    let receiver = Receiver::start(&[Reply::Status(500), Reply::Status(503)]);
+    let (hook, secret) = create_webhook(&server, &shop.org, &receiver.url, &["booking.confirmed"]);
+    let (fan, _) = register(&server, "fan@example.com", "ATTENDEE");
+    book(&server, &fan, &shop.ticket_type, "k");
+    let first = receiver.wait_for(1, Duration::from_secs(10));
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let server = Server::start(dir.path(), &args);
+    let got = receiver.wait_for(3, Duration::from_secs(30));
+    assert!(got.iter().all(|r| r.headers["x-marquee-delivery"] == first[0].headers["x-marquee-delivery"]));
+    assert_signed(&got[2], &secret);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = data(server.gql(Some(&shop.org), DELIVERIES, json!({"id": hook})))["webhookDeliveries"].clone();
+        assert_eq!(listed.as_array().unwrap().len(), 1, "one delivery, not a second one after the restart");
+        if listed[0]["statusCode"] == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the delivery never completed: {listed}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_webhook_whose_retries_run_out_is_marked_failing() {
+    let dir = TempDir::new("webhooks-failing");
+    let mut args = fast_retries();
+    args.extend(["--webhook-attempts-max", "2"]);
+    let server = Server::start(dir.path(), &args);
+    let shop = open_shop(&server, "org@example.com");
+    let receiver = Receiver::start(&[Reply::Status(500); 5]);
+    let (hook, _) = create_webhook(&server, &shop.org, &receiver.url, &["booking.confirmed"]);
+    let (fan, _) = register(&server, "fan@example.com", "ATTENDEE");
+    book(&server, &fan, &shop.ticket_type, "k");
+    receiver.wait_for(2, Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let hooks = data(server.gql(Some(&shop.org), "{ webhooks { id active } }", json!({})));
+        if hooks["webhooks"] == json!([{"id": hook, "active": false}]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the webhook was not marked failing: {hooks}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let delivery = data(server.gql(Some(&shop.org), DELIVERIES, json!({"id": hook})))["webhookDeliveries"][0].clone();
+    assert_eq!((delivery["attempt"].clone(), delivery["statusCode"].clone()), (json!(2), json!(500)));
+    assert_eq!(delivery["nextAttemptAt"], Value::Null, "given up");
+    book(&server, &fan, &shop.ticket_type, "k2");
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(receiver.received().len(), 2, "an inactive webhook gets nothing new");
+}
+
+#[test]
+fn webhook_input_and_access_rules() {
+    let dir = TempDir::new("webhooks-rules");
+    let server = Server::start(dir.path(), &[]);
+    let (org, _) = register(&server, "org@example.com", "ORGANIZER");
+    let (fan, _) = register(&server, "fan@example.com", "ATTENDEE");
+    let refused = |token: &str, url: &str, events: Value| {
+        let response = server.gql(Some(token), CREATE, json!({"url": url, "events": events}));
+        (error_code(&response), error_message(&response))
+    };
+    for url in ["http://127.0.0.1:9000/hook", "http://localhost/hook", "http://[::1]/hook", "http://10.0.0.5/", "http://169.254.169.254/latest"] {
+        let (code, message) = refused(&org, url, json!(["booking.confirmed"]));
+        assert_eq!(code, "BAD_USER_INPUT", "{url}");
+        assert!(message.starts_with("url"), "{url}: {message}");
+    }
+    assert_eq!(refused(&org, "ftp://example.com/", json!(["booking.confirmed"])).0, "BAD_USER_INPUT");
+    assert_eq!(refused(&org, "https://user:pw@example.com/", json!(["booking.confirmed"])).0, "BAD_USER_INPUT");
+    let (code, message) = refused(&org, "https://example.com/", json!(["booking.teleported"]));
+    assert_eq!(code, "BAD_USER_INPUT");
+    assert!(message.starts_with("events"), "{message}");
+    assert_eq!(refused(&org, "https://example.com/", json!([])).0, "BAD_USER_INPUT");
+    assert_eq!(refused(&fan, "https://example.com/", json!(["booking.confirmed"])).0, "FORBIDDEN");
+
+    let (hook, secret) = create_webhook(&server, &org, "https://hooks.example.com/marquee", &["event.published", "event.published"]);
+    assert!(secret.starts_with("whsec_") && secret.len() >= 40);
+    let listed = data(server.gql(Some(&org), "{ webhooks { id url events active } }", json!({})));
+    assert_eq!(listed["webhooks"], json!([{"id": hook, "url": "https://hooks.example.com/marquee", "events": ["event.published"], "active": true}]));
+    let (rival, _) = register(&server, "rival@example.com", "ORGANIZER");
+    assert_eq!(data(server.gql(Some(&rival), "{ webhooks { id } }", json!({})))["webhooks"], json!([]));
+    let delete = "mutation($id: ID!) { deleteWebhook(id: $id) }";
+    assert_eq!(error_code(&server.gql(Some(&rival), delete, json!({"id": hook}))), "NOT_FOUND");
+    assert_eq!(error_code(&server.gql(Some(&rival), DELIVERIES, json!({"id": hook}))), "NOT_FOUND");
+    assert_eq!(data(server.gql(Some(&org), delete, json!({"id": hook})))["deleteWebhook"], true);
+    assert_eq!(data(server.gql(Some(&org), "{ webhooks { id } }", json!({})))["webhooks"], json!([]));
+}
