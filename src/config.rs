@@ -64,6 +64,45 @@ pub struct ServeArgs {
     /// Most subscriptions one WebSocket connection may run [default: 32]
     #[arg(long, env = "MARQUEE_SUBSCRIPTIONS_PER_CONNECTION_MAX", value_name = "N")]
     pub subscriptions_per_connection_max: Option<usize>,
+    /// Requests per second per signed-in token, bursts of twice that; 0: off [default: 100]
+    #[arg(long, env = "MARQUEE_RATE_LIMIT_TOKEN", value_name = "RPS")]
+    pub rate_limit_token: Option<u32>,
+    /// Requests per second per client address without a token; 0: off [default: 50]
+    #[arg(long, env = "MARQUEE_RATE_LIMIT_IP", value_name = "RPS")]
+    pub rate_limit_ip: Option<u32>,
+    /// Sign-ins and registrations per minute per client address; 0: off [default: 10]
+    #[arg(long, env = "MARQUEE_RATE_LIMIT_CREDENTIALS", value_name = "PER_MINUTE")]
+    pub rate_limit_credentials: Option<u32>,
+    /// Failed sign-ins per email per 15 minutes before it must wait; 0: off [default: 5]
+    #[arg(long, env = "MARQUEE_LOGIN_FAILURES_MAX", value_name = "N")]
+    pub login_failures_max: Option<u32>,
+    /// Take the client address from X-Forwarded-For (only behind a trusted proxy)
+    #[arg(long, env = "MARQUEE_TRUST_PROXY_HEADERS")]
+    pub trust_proxy_headers: bool,
+    /// Serve GraphQL introspection: true or false [default: true]
+    #[arg(long, env = "MARQUEE_INTROSPECTION", value_name = "BOOL")]
+    pub introspection: Option<bool>,
+    /// Longest a GraphQL request may run [default: 30s]
+    #[arg(long, env = "MARQUEE_REQUEST_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub request_timeout: Option<Duration>,
+    /// Most HTTP connections open at once [default: 20000]
+    #[arg(long, env = "MARQUEE_CONNECTIONS_MAX", value_name = "N")]
+    pub connections_max: Option<usize>,
+    /// How long shutdown waits for requests in flight [default: 30s]
+    #[arg(long, env = "MARQUEE_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = parse_duration)]
+    pub shutdown_grace: Option<Duration>,
+    /// Deepest query nesting [default: 12]
+    #[arg(long, env = "MARQUEE_QUERY_DEPTH_MAX", value_name = "N")]
+    pub query_depth_max: Option<usize>,
+    /// Most weighted fields in a query (lists count by page size) [default: 100000]
+    #[arg(long, env = "MARQUEE_QUERY_COMPLEXITY_MAX", value_name = "N")]
+    pub query_complexity_max: Option<u64>,
+    /// Most aliases in a query [default: 30]
+    #[arg(long, env = "MARQUEE_QUERY_ALIASES_MAX", value_name = "N")]
+    pub query_aliases_max: Option<usize>,
+    /// Most operations in a batch [default: 10]
+    #[arg(long, env = "MARQUEE_QUERY_BATCH_MAX", value_name = "N")]
+    pub query_batch_max: Option<usize>,
 }
 
 /// How log lines are written.
@@ -94,6 +133,19 @@ struct FileSettings {
     allow_private_webhooks: Option<bool>,
     ws_connections_max: Option<usize>,
     subscriptions_per_connection_max: Option<usize>,
+    rate_limit_token: Option<u32>,
+    rate_limit_ip: Option<u32>,
+    rate_limit_credentials: Option<u32>,
+    login_failures_max: Option<u32>,
+    trust_proxy_headers: Option<bool>,
+    introspection: Option<bool>,
+    request_timeout: Option<String>,
+    connections_max: Option<usize>,
+    shutdown_grace: Option<String>,
+    query_depth_max: Option<usize>,
+    query_complexity_max: Option<u64>,
+    query_aliases_max: Option<usize>,
+    query_batch_max: Option<usize>,
 }
 
 /// Where the store is and how big its cache is.
@@ -119,6 +171,118 @@ pub struct ServeConfig {
     pub allow_private_webhooks: bool,
     pub ws_connections_max: usize,
     pub subscriptions_per_connection_max: usize,
+    pub protections: Protections,
+}
+
+/// Rate limits, query limits and connection handling.
+#[derive(Debug, Clone)]
+pub struct Protections {
+    pub rate_limit_token: u32,
+    pub rate_limit_ip: u32,
+    pub rate_limit_credentials: u32,
+    pub login_failures_max: u32,
+    pub trust_proxy_headers: bool,
+    pub introspection: bool,
+    pub request_timeout: Duration,
+    pub connections_max: usize,
+    pub shutdown_grace: Duration,
+    pub query_depth_max: usize,
+    pub query_complexity_max: u64,
+    pub query_aliases_max: usize,
+    pub query_batch_max: usize,
+}
+
+/// A number setting: flag, else file, else default; within `min..=max`.
+fn bounded<T: PartialOrd + Copy + std::fmt::Display>(
+    name: &str,
+    flag: Option<T>,
+    file: Option<T>,
+    default: T,
+    min: T,
+    max: T,
+) -> Result<T, String> {
+    let value = flag.or(file).unwrap_or(default);
+    if value < min || value > max {
+        return Err(format!("{name} must be between {min} and {max}"));
+    }
+    Ok(value)
+}
+
+impl Protections {
+    fn resolve(args: &ServeArgs, file: &FileSettings) -> Result<Protections, String> {
+        let secs = Duration::from_secs;
+        Ok(Protections {
+            rate_limit_token: bounded(
+                "rate_limit_token",
+                args.rate_limit_token,
+                file.rate_limit_token,
+                100,
+                0,
+                1_000_000,
+            )?,
+            rate_limit_ip: bounded("rate_limit_ip", args.rate_limit_ip, file.rate_limit_ip, 50, 0, 1_000_000)?,
+            rate_limit_credentials: bounded(
+                "rate_limit_credentials",
+                args.rate_limit_credentials,
+                file.rate_limit_credentials,
+                10,
+                0,
+                1_000_000,
+            )?,
+            login_failures_max: bounded(
+                "login_failures_max",
+                args.login_failures_max,
+                file.login_failures_max,
+                5,
+                0,
+                1_000,
+            )?,
+            trust_proxy_headers: args.trust_proxy_headers || file.trust_proxy_headers.unwrap_or(false),
+            introspection: args.introspection.or(file.introspection).unwrap_or(true),
+            request_timeout: duration(
+                "request_timeout",
+                args.request_timeout,
+                &file.request_timeout,
+                secs(30),
+                (Duration::from_millis(100), secs(600)),
+                "100ms and 10m",
+            )?,
+            connections_max: bounded(
+                "connections_max",
+                args.connections_max,
+                file.connections_max,
+                20_000,
+                1,
+                1_000_000,
+            )?,
+            shutdown_grace: duration(
+                "shutdown_grace",
+                args.shutdown_grace,
+                &file.shutdown_grace,
+                secs(30),
+                (Duration::ZERO, secs(3600)),
+                "0s and 1h",
+            )?,
+            query_depth_max: bounded("query_depth_max", args.query_depth_max, file.query_depth_max, 12, 2, 100)?,
+            query_complexity_max: bounded(
+                "query_complexity_max",
+                args.query_complexity_max,
+                file.query_complexity_max,
+                100_000,
+                10,
+                10_000_000,
+            )?,
+            query_aliases_max: bounded(
+                "query_aliases_max",
+                args.query_aliases_max,
+                file.query_aliases_max,
+                30,
+                0,
+                10_000,
+            )?,
+            query_batch_max: bounded("query_batch_max", args.query_batch_max, file.query_batch_max, 10, 1, 1_000)?,
+        })
+    }
 }
 
 /// Bounds checked at start-up.
@@ -210,7 +374,9 @@ impl ServeConfig {
             return Err(format!("body_bytes_max must be between {BODY_BYTES_MIN} and {BODY_BYTES_MAX}"));
         }
         let log_format = args.log_format.or(file.log_format).unwrap_or(LogFormat::Text);
+        let protections = Protections::resolve(args, &file)?;
         Ok(ServeConfig {
+            protections,
             store,
             listen,
             token_ttl,

@@ -167,6 +167,42 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The api's protection settings from the resolved configuration.
+fn protections(p: &config::Protections) -> api::Settings {
+    let rate = |per_second: u32| {
+        if per_second == 0 {
+            api::limits::Rate::unlimited()
+        } else {
+            api::limits::Rate { per_second: f64::from(per_second), burst: 2.0 * f64::from(per_second) }
+        }
+    };
+    let credentials = if p.rate_limit_credentials == 0 {
+        api::limits::Rate::unlimited()
+    } else {
+        api::limits::Rate::per(p.rate_limit_credentials, Duration::from_secs(60))
+    };
+    let defaults = api::Settings::default();
+    api::Settings {
+        rate_per_token: rate(p.rate_limit_token),
+        rate_per_ip: rate(p.rate_limit_ip),
+        rate_credentials_per_ip: credentials,
+        login_failures_max: p.login_failures_max,
+        trust_proxy_headers: p.trust_proxy_headers,
+        introspection: p.introspection,
+        request_timeout_ms: u64::try_from(p.request_timeout.as_millis()).unwrap_or(u64::MAX),
+        connections_max: p.connections_max,
+        shutdown_grace_ms: u64::try_from(p.shutdown_grace.as_millis()).unwrap_or(u64::MAX),
+        query_limits: api::limits::QueryLimits {
+            depth_max: p.query_depth_max,
+            complexity_max: p.query_complexity_max,
+            aliases_max: p.query_aliases_max,
+            batch_max: p.query_batch_max,
+            ..defaults.query_limits.clone()
+        },
+        ..defaults
+    }
+}
+
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
@@ -208,6 +244,7 @@ async fn run_server(config: &ServeConfig, graph: Arc<Graph>, ledger: Arc<ledger:
         },
         ws_connections_max: config.ws_connections_max,
         subscriptions_per_connection_max: config.subscriptions_per_connection_max,
+        ..protections(&config.protections)
     };
     spawn_hold_reaper(ledger.clone());
     let app = Arc::new(api::App::new(graph, ledger, settings).map_err(Failure::Runtime)?);

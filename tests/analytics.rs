@@ -38,7 +38,8 @@ fn recompute(server: &Server, buyers: &[String], event: &str, ticket_types: &[St
                 continue;
             }
             let (seats, cents) = (booking["quantity"].as_i64().unwrap(), booking["totalCents"].as_i64().unwrap());
-            let checked_in = booking["tickets"].as_array().unwrap().iter().filter(|t| t["checkedInAt"].is_string()).count() as i64;
+            let checked_in =
+                booking["tickets"].as_array().unwrap().iter().filter(|t| t["checkedInAt"].is_string()).count() as i64;
             let entry = by_type.get_mut(booking["ticketType"]["id"].as_str().unwrap()).unwrap();
             *entry = (entry.0 + seats, entry.1 + cents, entry.2 + checked_in);
             let confirmed = chrono_ms(booking["confirmedAt"].as_str().unwrap());
@@ -107,11 +108,22 @@ fn analytics_equal_a_recomputation_from_the_bookings_across_a_restart() {
     let server = Server::start(dir.path(), &[]);
     let (org, _) = register(&server, "org@example.com", "ORGANIZER");
     let input = json!({"title": "Counted gig", "startsAt": "2027-06-01T20:00:00Z", "city": "Oslo"});
-    let event = data(server.gql(Some(&org), "mutation($i: CreateEventInput!) { createEvent(input: $i) { id } }", json!({"i": input})))["createEvent"]["id"].as_str().unwrap().to_string();
+    let event = data(server.gql(
+        Some(&org),
+        "mutation($i: CreateEventInput!) { createEvent(input: $i) { id } }",
+        json!({"i": input}),
+    ))["createEvent"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let mut ticket_types = Vec::new();
     for (name, price) in [("GA", 2500), ("VIP", 9900)] {
         let ticket = json!({"name": name, "priceCents": price, "currency": "EUR", "capacity": 200});
-        let added = data(server.gql(Some(&org), "mutation($e: ID!, $t: TicketTypeInput!) { addTicketType(eventId: $e, input: $t) { id } }", json!({"e": event, "t": ticket})));
+        let added = data(server.gql(
+            Some(&org),
+            "mutation($e: ID!, $t: TicketTypeInput!) { addTicketType(eventId: $e, input: $t) { id } }",
+            json!({"e": event, "t": ticket}),
+        ));
         ticket_types.push(added["addTicketType"]["id"].as_str().unwrap().to_string());
     }
     data(server.gql(Some(&org), "mutation($id: ID!) { publishEvent(id: $id) { id } }", json!({"id": event})));
@@ -124,37 +136,64 @@ fn analytics_equal_a_recomputation_from_the_bookings_across_a_restart() {
             0..=2 => {
                 let hold = rng.below(3) == 0;
                 let input = json!({"input": {"ticketTypeId": ticket_types[rng.below(2) as usize], "quantity": 1 + rng.below(4), "idempotencyKey": format!("s{step}"), "hold": hold}});
-                let booking = data(server.gql(Some(&buyers[buyer]), "mutation($input: BookInput!) { bookTickets(input: $input) { id } }", input));
+                let booking = data(server.gql(
+                    Some(&buyers[buyer]),
+                    "mutation($input: BookInput!) { bookTickets(input: $input) { id } }",
+                    input,
+                ));
                 made.push((buyer, booking["bookTickets"]["id"].as_str().unwrap().to_string(), hold));
             }
             3 if !made.is_empty() => {
                 let (owner, id, _) = made[rng.below(made.len() as u64) as usize].clone();
-                server.gql(Some(&buyers[owner]), "mutation($id: ID!) { confirmBooking(id: $id) { id } }", json!({"id": id}));
+                server.gql(
+                    Some(&buyers[owner]),
+                    "mutation($id: ID!) { confirmBooking(id: $id) { id } }",
+                    json!({"id": id}),
+                );
             }
             4 if !made.is_empty() => {
                 let (owner, id, _) = made[rng.below(made.len() as u64) as usize].clone();
-                server.gql(Some(&buyers[owner]), "mutation($id: ID!) { cancelBooking(id: $id) { id } }", json!({"id": id}));
+                server.gql(
+                    Some(&buyers[owner]),
+                    "mutation($id: ID!) { cancelBooking(id: $id) { id } }",
+                    json!({"id": id}),
+                );
             }
             _ => {
                 let mine = data(server.gql(Some(&buyers[buyer]), MINE, json!({})));
                 let confirmed = mine["myBookings"].as_array().unwrap().iter().filter(|b| b["status"] == "CONFIRMED");
-                let code = confirmed.flat_map(|b| b["tickets"].as_array().unwrap().clone()).find(|t| t["checkedInAt"].is_null());
+                let code = confirmed
+                    .flat_map(|b| b["tickets"].as_array().unwrap().clone())
+                    .find(|t| t["checkedInAt"].is_null());
                 if let Some(ticket) = code {
-                    data(server.gql(Some(&org), "mutation($c: String!) { checkIn(code: $c) { id } }", json!({"c": ticket["code"]})));
+                    data(server.gql(
+                        Some(&org),
+                        "mutation($c: String!) { checkIn(code: $c) { id } }",
+                        json!({"c": ticket["code"]}),
+                    ));
                 }
             }
         }
     }
     for bucket in [1, 60] {
-        let served = data(server.gql(Some(&org), ANALYTICS, json!({"e": event, "b": bucket})))["eventAnalytics"].clone();
+        let served =
+            data(server.gql(Some(&org), ANALYTICS, json!({"e": event, "b": bucket})))["eventAnalytics"].clone();
         assert_eq!(served, recompute(&server, &buyers, &event, &ticket_types, bucket), "bucketMinutes {bucket}");
     }
     let before = data(server.gql(Some(&org), ANALYTICS, json!({"e": event, "b": 1})));
     assert_eq!(server.stop(), Some(0));
     let server = Server::start(dir.path(), &[]);
-    assert_eq!(data(server.gql(Some(&org), ANALYTICS, json!({"e": event, "b": 1}))), before, "the same after a restart");
+    assert_eq!(
+        data(server.gql(Some(&org), ANALYTICS, json!({"e": event, "b": 1}))),
+        before,
+        "the same after a restart"
+    );
     // New activity after the restart is counted on top, exactly once.
-    data(server.gql(Some(&buyers[0]), "mutation($input: BookInput!) { bookTickets(input: $input) { id } }", json!({"input": {"ticketTypeId": ticket_types[0], "quantity": 3, "idempotencyKey": "after"}})));
+    data(server.gql(
+        Some(&buyers[0]),
+        "mutation($input: BookInput!) { bookTickets(input: $input) { id } }",
+        json!({"input": {"ticketTypeId": ticket_types[0], "quantity": 3, "idempotencyKey": "after"}}),
+    ));
     let served = data(server.gql(Some(&org), ANALYTICS, json!({"e": event, "b": 1})))["eventAnalytics"].clone();
     assert_eq!(served, recompute(&server, &buyers, &event, &ticket_types, 1));
 
@@ -187,5 +226,8 @@ fn analytics_equal_a_recomputation_from_the_bookings_across_a_restart() {
     assert_eq!(exported, booked);
     assert_eq!(http(&server.addr, "GET", &path, &[("Authorization", &bearer(&buyers[0]))], b"").status, 403);
     assert_eq!(http(&server.addr, "GET", &path, &[], b"").status, 401);
-    assert_eq!(http(&server.addr, "GET", "/events/999/bookings.csv", &[("Authorization", &bearer(&org))], b"").status, 404);
+    assert_eq!(
+        http(&server.addr, "GET", "/events/999/bookings.csv", &[("Authorization", &bearer(&org))], b"").status,
+        404
+    );
 }

@@ -25,11 +25,7 @@ use serde_json::{json, Value};
 const DEFERRED: &[&str] = &[];
 
 /// Contract error codes nothing in the api can produce yet.
-const DEFERRED_ERROR_CODES: &[&str] = &[
-    // Request limits.
-    "RATE_LIMITED",
-    "QUERY_TOO_COMPLEX",
-];
+const DEFERRED_ERROR_CODES: &[&str] = &[];
 
 const TYPE_REF: &str = "kind name ofType { kind name ofType { kind name ofType { kind name ofType { kind name ofType { kind name ofType { kind name } } } } } }";
 

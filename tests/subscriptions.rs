@@ -29,7 +29,9 @@ fn open(addr: &str, protocol: &str) -> Result<WebSocket<TcpStream>, u16> {
     stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     match tungstenite::client(request, stream) {
         Ok((socket, _)) => Ok(socket),
-        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => Err(response.status().as_u16()),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+            Err(response.status().as_u16())
+        }
         Err(other) => panic!("WebSocket handshake failed: {other}"),
     }
 }
@@ -122,7 +124,11 @@ struct Stage {
 fn stage(server: &Server) -> Stage {
     let (org, _) = register(server, "org@example.com", "ORGANIZER");
     let input = json!({"title": "Live gig", "startsAt": "2027-06-01T20:00:00Z", "city": "Oslo"});
-    let created = data(server.gql(Some(&org), "mutation($i: CreateEventInput!) { createEvent(input: $i) { id } }", json!({"i": input})));
+    let created = data(server.gql(
+        Some(&org),
+        "mutation($i: CreateEventInput!) { createEvent(input: $i) { id } }",
+        json!({"i": input}),
+    ));
     let event = created["createEvent"]["id"].as_str().unwrap().to_string();
     let ticket = json!({"name": "GA", "priceCents": 1000, "currency": "EUR", "capacity": 1000});
     let added = data(server.gql(
@@ -136,11 +142,13 @@ fn stage(server: &Server) -> Stage {
 
 fn book(server: &Server, token: &str, ticket_type: &str, quantity: i64, key: &str, hold: bool) -> Value {
     let query = "mutation($input: BookInput!) { bookTickets(input: $input) { id status } }";
-    let input = json!({"input": {"ticketTypeId": ticket_type, "quantity": quantity, "idempotencyKey": key, "hold": hold}});
+    let input =
+        json!({"input": {"ticketTypeId": ticket_type, "quantity": quantity, "idempotencyKey": key, "hold": hold}});
     data(server.gql(Some(token), query, input))["bookTickets"].clone()
 }
 
-const AVAILABILITY: &str = "subscription($e: ID!) { availability(eventId: $e) { eventId ticketTypeId sold available } }";
+const AVAILABILITY: &str =
+    "subscription($e: ID!) { availability(eventId: $e) { eventId ticketTypeId sold available } }";
 
 #[test]
 fn availability_follows_bookings_holds_expiries_and_cancellations() {
@@ -164,7 +172,11 @@ fn availability_follows_bookings_holds_expiries_and_cancellations() {
     assert_eq!(ws.next_data("1"), update(2));
     let confirmed = book(&server, &fan, &stage.ticket_type, 1, "c", false);
     assert_eq!(ws.next_data("1"), update(3));
-    data(server.gql(Some(&fan), "mutation($id: ID!) { cancelBooking(id: $id) { id } }", json!({"id": confirmed["id"]})));
+    data(server.gql(
+        Some(&fan),
+        "mutation($id: ID!) { cancelBooking(id: $id) { id } }",
+        json!({"id": confirmed["id"]}),
+    ));
     assert_eq!(ws.next_data("1"), update(2));
 
     ws.send(json!({"id": "1", "type": "complete"}));
@@ -184,7 +196,11 @@ fn event_changes_and_notifications_reach_their_subscribers() {
     }
     let mut fan_ws = Ws::connect(&server.addr, Some(&fan)).acknowledged();
     fan_ws.subscribe("n", "subscription { notifications { kind message eventId read } }", json!({}));
-    fan_ws.subscribe("e", "subscription($e: ID!) { eventUpdated(eventId: $e) { id title status } }", json!({"e": stage.event}));
+    fan_ws.subscribe(
+        "e",
+        "subscription($e: ID!) { eventUpdated(eventId: $e) { id title status } }",
+        json!({"e": stage.event}),
+    );
     let mut friend_ws = Ws::connect(&server.addr, Some(&friend)).acknowledged();
     friend_ws.subscribe("n", "subscription { notifications { kind message } }", json!({}));
     std::thread::sleep(Duration::from_millis(300));
@@ -199,7 +215,11 @@ fn event_changes_and_notifications_reach_their_subscribers() {
     assert_eq!(told["kind"], "friend.going", "the fan's friend hears about it");
 
     let update = json!({"id": stage.event, "input": {"title": "Live gig (moved)"}});
-    data(server.gql(Some(&stage.org), "mutation($id: ID!, $input: UpdateEventInput!) { updateEvent(id: $id, input: $input) { id } }", update));
+    data(server.gql(
+        Some(&stage.org),
+        "mutation($id: ID!, $input: UpdateEventInput!) { updateEvent(id: $id, input: $input) { id } }",
+        update,
+    ));
     // The change and the notification about it come from different readers,
     // in either order.
     let mut results = std::collections::HashMap::new();
@@ -208,7 +228,10 @@ fn event_changes_and_notifications_reach_their_subscribers() {
         assert_eq!(message["type"], "next", "{message}");
         results.insert(message["id"].as_str().unwrap().to_string(), message["payload"]["data"].clone());
     }
-    assert_eq!(results["e"]["eventUpdated"], json!({"id": stage.event, "title": "Live gig (moved)", "status": "PUBLISHED"}));
+    assert_eq!(
+        results["e"]["eventUpdated"],
+        json!({"id": stage.event, "title": "Live gig (moved)", "status": "PUBLISHED"})
+    );
     assert_eq!(results["n"]["notifications"]["kind"], "event.updated", "ticket holders hear of changes");
 
     // The inbox has them too, newest first, and they can be marked read.
@@ -216,7 +239,11 @@ fn event_changes_and_notifications_reach_their_subscribers() {
     let kinds: Vec<&str> = inbox.as_array().unwrap().iter().map(|n| n["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["event.updated", "booking.confirmed"]);
     let first = inbox[1]["id"].clone();
-    let marked = data(server.gql(Some(&fan), "mutation($ids: [ID!]) { markNotificationsRead(ids: $ids) }", json!({"ids": [first]})));
+    let marked = data(server.gql(
+        Some(&fan),
+        "mutation($ids: [ID!]) { markNotificationsRead(ids: $ids) }",
+        json!({"ids": [first]}),
+    ));
     assert_eq!(marked["markNotificationsRead"], 1);
     let unread = data(server.gql(Some(&fan), "{ notifications(unreadOnly: true) { kind } }", json!({})));
     assert_eq!(unread["notifications"], json!([{"kind": "event.updated"}]));

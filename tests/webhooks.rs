@@ -111,7 +111,11 @@ struct Shop {
 fn open_shop(server: &Server, email: &str) -> Shop {
     let (org, _) = register(server, email, "ORGANIZER");
     let input = json!({"title": "Hooked gig", "startsAt": "2027-06-01T20:00:00Z", "city": "Oslo"});
-    let created = data(server.gql(Some(&org), "mutation($i: CreateEventInput!) { createEvent(input: $i) { id } }", json!({"i": input})));
+    let created = data(server.gql(
+        Some(&org),
+        "mutation($i: CreateEventInput!) { createEvent(input: $i) { id } }",
+        json!({"i": input}),
+    ));
     let event = created["createEvent"]["id"].as_str().unwrap().to_string();
     let ticket = json!({"name": "GA", "priceCents": 1500, "currency": "EUR", "capacity": 100});
     let added = data(server.gql(
@@ -124,7 +128,8 @@ fn open_shop(server: &Server, email: &str) -> Shop {
 }
 
 const CREATE: &str = "mutation($url: String!, $events: [String!]!) { createWebhook(url: $url, events: $events) { secret webhook { id url events active } } }";
-const DELIVERIES: &str = "query($id: ID!) { webhookDeliveries(webhookId: $id) { id event attempt statusCode deliveredAt nextAttemptAt } }";
+const DELIVERIES: &str =
+    "query($id: ID!) { webhookDeliveries(webhookId: $id) { id event attempt statusCode deliveredAt nextAttemptAt } }";
 
 fn create_webhook(server: &Server, token: &str, url: &str, events: &[&str]) -> (String, String) {
     let created = data(server.gql(Some(token), CREATE, json!({"url": url, "events": events})))["createWebhook"].clone();
@@ -190,7 +195,11 @@ fn deliveries_are_signed_stable_and_retried_after_errors_and_timeouts() {
 
     // Other event names follow the subscription list.
     let update = json!({"id": shop.event, "input": {"title": "Hooked gig, moved"}});
-    data(server.gql(Some(&shop.org), "mutation($id: ID!, $input: UpdateEventInput!) { updateEvent(id: $id, input: $input) { id } }", update));
+    data(server.gql(
+        Some(&shop.org),
+        "mutation($id: ID!, $input: UpdateEventInput!) { updateEvent(id: $id, input: $input) { id } }",
+        update,
+    ));
     let got = receiver.wait_for(4, Duration::from_secs(10));
     assert_eq!(got[3].headers["x-marquee-event"], "event.updated");
     assert_signed(&got[3], &secret);
@@ -266,7 +275,13 @@ fn webhook_input_and_access_rules() {
         let response = server.gql(Some(token), CREATE, json!({"url": url, "events": events}));
         (error_code(&response), error_message(&response))
     };
-    for url in ["http://127.0.0.1:9000/hook", "http://localhost/hook", "http://[::1]/hook", "http://10.0.0.5/", "http://169.254.169.254/latest"] {
+    for url in [
+        "http://127.0.0.1:9000/hook",
+        "http://localhost/hook",
+        "http://[::1]/hook",
+        "http://10.0.0.5/",
+        "http://169.254.169.254/latest",
+    ] {
         let (code, message) = refused(&org, url, json!(["booking.confirmed"]));
         assert_eq!(code, "BAD_USER_INPUT", "{url}");
         assert!(message.starts_with("url"), "{url}: {message}");
@@ -279,10 +294,14 @@ fn webhook_input_and_access_rules() {
     assert_eq!(refused(&org, "https://example.com/", json!([])).0, "BAD_USER_INPUT");
     assert_eq!(refused(&fan, "https://example.com/", json!(["booking.confirmed"])).0, "FORBIDDEN");
 
-    let (hook, secret) = create_webhook(&server, &org, "https://hooks.example.com/marquee", &["event.published", "event.published"]);
+    let (hook, secret) =
+        create_webhook(&server, &org, "https://hooks.example.com/marquee", &["event.published", "event.published"]);
     assert!(secret.starts_with("whsec_") && secret.len() >= 40);
     let listed = data(server.gql(Some(&org), "{ webhooks { id url events active } }", json!({})));
-    assert_eq!(listed["webhooks"], json!([{"id": hook, "url": "https://hooks.example.com/marquee", "events": ["event.published"], "active": true}]));
+    assert_eq!(
+        listed["webhooks"],
+        json!([{"id": hook, "url": "https://hooks.example.com/marquee", "events": ["event.published"], "active": true}])
+    );
     let (rival, _) = register(&server, "rival@example.com", "ORGANIZER");
     assert_eq!(data(server.gql(Some(&rival), "{ webhooks { id } }", json!({})))["webhooks"], json!([]));
     let delete = "mutation($id: ID!) { deleteWebhook(id: $id) }";

@@ -24,6 +24,10 @@ pub enum ApiError {
     HoldExpired(String),
     /// The server cannot take more of this now (a resource limit).
     Unavailable(String),
+    /// Over the caller's rate.
+    RateLimited(String),
+    /// Over the query limits; nothing ran.
+    TooComplex(String),
     /// The server failed; details went to the log, not to the client.
     Internal,
 }
@@ -41,6 +45,8 @@ impl ApiError {
             ApiError::LimitExceeded(_) => "LIMIT_EXCEEDED",
             ApiError::HoldExpired(_) => "HOLD_EXPIRED",
             ApiError::Unavailable(_) => "UNAVAILABLE",
+            ApiError::RateLimited(_) => "RATE_LIMITED",
+            ApiError::TooComplex(_) => "QUERY_TOO_COMPLEX",
             ApiError::Internal => "INTERNAL",
         }
     }
@@ -56,7 +62,9 @@ impl ApiError {
             | ApiError::SoldOut(m)
             | ApiError::LimitExceeded(m)
             | ApiError::HoldExpired(m)
-            | ApiError::Unavailable(m) => m,
+            | ApiError::Unavailable(m)
+            | ApiError::RateLimited(m)
+            | ApiError::TooComplex(m) => m,
             ApiError::Internal => "internal error",
         }
     }

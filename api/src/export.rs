@@ -39,7 +39,11 @@ fn status(status: BookingStatus) -> &'static str {
 }
 
 /// GET /events/{id}/bookings.csv
-pub(crate) async fn bookings_csv(State(state): State<HttpState>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+pub(crate) async fn bookings_csv(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     let app = state.app.clone();
     let viewer = match resolve_viewer(&app, &headers) {
         Ok(viewer) => viewer,
@@ -62,7 +66,13 @@ pub(crate) async fn bookings_csv(State(state): State<HttpState>, Path(id): Path<
     match written {
         Ok(Ok(csv)) => {
             let disposition = format!("attachment; filename=\"event-{}-bookings.csv\"", event.id);
-            ([(header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()), (header::CONTENT_DISPOSITION, disposition)], csv)
+            (
+                [
+                    (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+                    (header::CONTENT_DISPOSITION, disposition),
+                ],
+                csv,
+            )
                 .into_response()
         }
         Ok(Err(error)) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &error),
@@ -76,7 +86,8 @@ fn render(app: &Arc<crate::App>, event: EventId) -> Result<String, ApiError> {
         let buyer = app.graph.user(booking.user)?;
         let (name, email) = buyer.map_or((String::new(), String::new()), |u| (u.name, u.email));
         let ticket_type = app.graph.ticket_type(booking.ticket_type);
-        let (type_name, currency) = ticket_type.map_or((String::new(), String::new()), |t| (t.name.clone(), t.currency.clone()));
+        let (type_name, currency) =
+            ticket_type.map_or((String::new(), String::new()), |t| (t.name.clone(), t.currency.clone()));
         let checked_in = booking.tickets.iter().filter(|t| t.checked_in_at_ms.is_some()).count();
         let row = [
             booking.id.to_string(),

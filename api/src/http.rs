@@ -1,27 +1,38 @@
-//! HTTP: routes, the GraphQL endpoint, health checks and the bundled IDE.
+//! HTTP: the server loop (connection and header limits, graceful
+//! shutdown), routes, the GraphQL endpoint with its protections, WebSocket
+//! subscriptions, health, readiness, metrics and the bundled IDE.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use async_graphql::futures_util::{SinkExt, StreamExt};
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
-use async_graphql::{BatchRequest, BatchResponse, Data, Response as GqlResponse};
+use async_graphql::{BatchRequest, BatchResponse, Data, Request as GqlRequest, Response as GqlResponse};
 use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade};
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use axum::{Extension, Router};
 
 use crate::auth::{self, Viewer};
 use crate::error::ApiError;
+use crate::limits::{self, TooComplex};
 use crate::schema::{self, MarqueeSchema};
 use crate::{export, App};
 
 /// Largest WebSocket message a client may send.
 const WS_MESSAGE_BYTES_MAX: usize = 64 * 1024;
+
+/// The address a connection came from (set by the server loop).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Peer(pub SocketAddr);
 
 #[derive(Clone)]
 pub(crate) struct HttpState {
@@ -32,23 +43,96 @@ pub(crate) struct HttpState {
 }
 
 /// Builds the router: `/graphql` (POST to execute; GET opens the IDE, or a
-/// WebSocket for subscriptions), `/healthz` and `/readyz`.
+/// WebSocket for subscriptions), `/events/{id}/bookings.csv`, `/metrics`,
+/// `/healthz` and `/readyz`.
 pub fn router(app: Arc<App>) -> Router {
     let body_bytes_max = app.settings.body_bytes_max;
     let state = HttpState { schema: schema::build(app.clone()), app, ws_open: Arc::new(AtomicUsize::new(0)) };
     Router::new()
         .route("/graphql", get(graphql_get).post(graphql))
         .route("/events/{id}/bookings.csv", get(export::bookings_csv))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|| async { "ready\n" }))
+        .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::max(body_bytes_max))
         .with_state(state)
+}
+
+/// Serves HTTP on `listener` until `shutdown` completes: then it stops
+/// accepting, marks itself unready, closes WebSockets with 1001 (going
+/// away), and lets requests in flight finish for up to the grace period.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Arc<App>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = router(app.clone());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .http1()
+        .max_buf_size(app.settings.header_bytes_max)
+        .max_headers(100)
+        .header_read_timeout(Duration::from_secs(10))
+        .timer(hyper_util::rt::TokioTimer::new());
+    let builder = Arc::new(builder);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let connections = Arc::new(tokio::sync::Semaphore::new(app.settings.connections_max));
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: wait, do not spin.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection limit reached; closing a new connection");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(router.clone().layer(Extension(Peer(peer))));
+        let builder = builder.clone();
+        let connection =
+            builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service).into_owned();
+        let watched = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = watched.await;
+            drop(permit);
+        });
+    }
+    app.begin_shutdown();
+    tracing::info!(connections = graceful.count(), "stopped accepting; finishing requests in flight");
+    let grace = Duration::from_millis(app.settings.shutdown_grace_ms);
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(?grace, "requests still in flight when the grace period ran out");
+    }
+    Ok(())
 }
 
 /// The interactive GraphQL IDE; its script and styles are in the page, so
 /// it works with no internet access.
 async fn ide() -> impl IntoResponse {
     Html(include_str!("ide.html"))
+}
+
+async fn readyz(State(state): State<HttpState>) -> Response {
+    if state.app.is_ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+async fn metrics(State(state): State<HttpState>) -> Response {
+    let text = state.app.metrics.render(&state.app);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
 /// GET /graphql: a WebSocket upgrade for subscriptions, else the IDE.
@@ -70,28 +154,52 @@ async fn graphql_get(State(state): State<HttpState>, request: Request) -> Respon
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
+    if state.app.is_shutting_down() {
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, &ApiError::Unavailable("shutting down".into()));
+    }
     let Some(slot) = ConnectionSlot::take(&state.ws_open, state.app.settings.ws_connections_max) else {
         let message = "too many WebSocket connections; retry later";
         return error_response(StatusCode::SERVICE_UNAVAILABLE, &ApiError::Unavailable(message.into()));
     };
-    let budget = schema::SubscriptionBudget::new(state.app.settings.subscriptions_per_connection_max);
-    upgrade.protocols(ALL_WEBSOCKET_PROTOCOLS).max_message_size(WS_MESSAGE_BYTES_MAX).on_upgrade(
-        move |socket| async move {
-            let _slot = slot;
-            let app = state.app.clone();
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .max_message_size(WS_MESSAGE_BYTES_MAX)
+        .on_upgrade(move |socket| serve_websocket(state, socket, protocol, slot))
+}
+
+/// Runs one subscription connection until the client leaves or the server
+/// shuts down (then it says goodbye with close code 1001).
+async fn serve_websocket(
+    state: HttpState,
+    socket: axum::extract::ws::WebSocket,
+    protocol: GraphQLProtocol,
+    slot: ConnectionSlot,
+) {
+    let _slot = slot;
+    let app = state.app.clone();
+    app.metrics.ws_connections.fetch_add(1, Ordering::Relaxed);
+    let mut data = Data::default();
+    data.insert(schema::SubscriptionBudget::new(app.settings.subscriptions_per_connection_max, app.metrics.clone()));
+    let (mut sink, stream) = socket.split();
+    let mut shutdown = app.shutdown_signal();
+    let input = stream.take_until(async move {
+        let _ = shutdown.wait_for(|&stopping| stopping).await;
+    });
+    let init_app = app.clone();
+    GraphQLWebSocket::new_with_pair(&mut sink, input, state.schema.clone(), protocol)
+        .with_data(data)
+        .on_connection_init(move |payload| async move {
             let mut data = Data::default();
-            data.insert(budget);
-            GraphQLWebSocket::new(socket, state.schema.clone(), protocol)
-                .with_data(data)
-                .on_connection_init(move |payload| async move {
-                    let mut data = Data::default();
-                    data.insert(viewer_from_init(&app, &payload)?);
-                    Ok(data)
-                })
-                .serve()
-                .await
-        },
-    )
+            data.insert(viewer_from_init(&init_app, &payload)?);
+            Ok(data)
+        })
+        .serve()
+        .await;
+    if app.is_shutting_down() {
+        let goodbye = CloseFrame { code: 1001, reason: "server shutting down".into() };
+        let _ = sink.send(Message::Close(Some(goodbye))).await;
+    }
+    app.metrics.ws_connections.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// The viewer of a WebSocket connection, from its connection_init payload
@@ -127,44 +235,320 @@ impl Drop for ConnectionSlot {
     }
 }
 
-async fn graphql(State(state): State<HttpState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+/// A request id: the client's X-Request-Id when sane, else a new one.
+fn request_id(headers: &HeaderMap) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let given = headers.get("x-request-id").and_then(|v| v.to_str().ok());
+    match given {
+        Some(id)
+            if !id.is_empty()
+                && id.len() <= 64
+                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) =>
+        {
+            id.to_string()
+        }
+        _ => format!("{:x}-{:x}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)),
+    }
+}
+
+/// The client's address: the connection's, or with trusted proxy headers
+/// the last address in X-Forwarded-For (the one the proxy added).
+fn client_ip(app: &App, peer: Option<Peer>, headers: &HeaderMap) -> IpAddr {
+    let direct = peer.map_or(IpAddr::from([0, 0, 0, 0]), |p| p.0.ip());
+    if !app.settings.trust_proxy_headers {
+        return direct;
+    }
+    let forwarded =
+        headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(",");
+    forwarded.rsplit(',').map(str::trim).find_map(|a| a.parse().ok()).unwrap_or(direct)
+}
+
+/// What one request came to, for the log line and metrics.
+struct Outcome {
+    status: StatusCode,
+    operation: Option<String>,
+    label: &'static str,
+}
+
+async fn graphql(
+    State(state): State<HttpState>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let id = request_id(&headers);
+    let ip = client_ip(&state.app, peer.map(|p| p.0), &headers);
+    let (mut response, outcome) = handle_graphql(&state, ip, &headers, body).await;
+    let elapsed = started.elapsed();
+    state.app.metrics.request(outcome.operation.as_deref(), outcome.label, elapsed.as_secs_f64());
+    tracing::info!(
+        request_id = %id,
+        client = %ip,
+        operation = outcome.operation.as_deref().unwrap_or("-"),
+        status = outcome.status.as_u16(),
+        outcome = outcome.label,
+        micros = elapsed.as_micros() as u64,
+        "graphql"
+    );
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+async fn handle_graphql(
+    state: &HttpState,
+    ip: IpAddr,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> (Response, Outcome) {
+    let refused = |status: StatusCode, error: ApiError, label: &'static str| {
+        (error_response(status, &error), Outcome { status, operation: None, label })
+    };
+    let app = &state.app;
     let body = match body {
         Ok(body) => body,
         Err(rejection) => {
             let message = match rejection.status() {
                 StatusCode::PAYLOAD_TOO_LARGE => {
-                    format!("the request body is larger than {} bytes", state.app.settings.body_bytes_max)
+                    format!("the request body is larger than {} bytes", app.settings.body_bytes_max)
                 }
                 _ => "the request body could not be read".to_string(),
             };
-            return error_response(rejection.status(), &ApiError::BadUserInput(message));
+            return refused(rejection.status(), ApiError::BadUserInput(message), "rejected");
         }
     };
-    if !is_json(&headers) {
-        return request_error("Content-Type must be application/json");
+    if !is_json(headers) {
+        return refused(
+            StatusCode::BAD_REQUEST,
+            ApiError::BadUserInput("Content-Type must be application/json".into()),
+            "rejected",
+        );
     }
     let batch: BatchRequest = match serde_json::from_slice(&body) {
         Ok(batch) => batch,
-        Err(error) => return request_error(&format!("the body is not a GraphQL request: {error}")),
+        Err(error) => {
+            let message = format!("the body is not a GraphQL request: {error}");
+            return refused(StatusCode::BAD_REQUEST, ApiError::BadUserInput(message), "rejected");
+        }
     };
-    let viewer = match resolve_viewer(&state.app, &headers) {
+    let viewer = match resolve_viewer(app, headers) {
         Ok(viewer) => viewer,
-        Err(error) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, &error),
+        Err(error) => return refused(StatusCode::INTERNAL_SERVER_ERROR, error, "internal"),
     };
+    if let Err(wait) = check_request_rate(app, &viewer, ip) {
+        return (
+            rate_limited_response(wait),
+            Outcome { status: StatusCode::TOO_MANY_REQUESTS, operation: None, label: "rate_limited" },
+        );
+    }
+    let (batch, operation) = match prepare(app, batch, ip) {
+        Ok(prepared) => prepared,
+        Err(Refusal::TooComplex(TooComplex(why))) => {
+            app.metrics.error("QUERY_TOO_COMPLEX");
+            return refused(StatusCode::BAD_REQUEST, ApiError::TooComplex(why), "rejected");
+        }
+        Err(Refusal::NotPersisted) => {
+            let response = GqlResponse::from_errors(vec![persisted_query_not_found()]);
+            let outcome = Outcome { status: StatusCode::OK, operation: None, label: "rejected" };
+            return (json_response(StatusCode::OK, &response), outcome);
+        }
+        Err(Refusal::RateLimited(wait)) => {
+            return (
+                rate_limited_response(wait),
+                Outcome { status: StatusCode::TOO_MANY_REQUESTS, operation: None, label: "rate_limited" },
+            );
+        }
+    };
+    let (response, label) = execute(state, batch, viewer).await;
+    (response, Outcome { status: StatusCode::OK, operation, label })
+}
+
+/// Runs a checked batch; its response and outcome label.
+async fn execute(state: &HttpState, batch: BatchRequest, viewer: Viewer) -> (Response, &'static str) {
+    let app = &state.app;
     let schema = state.schema.clone();
     // A task of its own, so a panic in a resolver becomes a bland 500
     // instead of a dropped connection or a leaked message.
-    let executed = tokio::spawn(async move { schema.execute_batch(batch.data(viewer)).await }).await;
-    match executed {
-        Ok(mut response) => {
+    let task = tokio::spawn(async move { schema.execute_batch(batch.data(viewer)).await });
+    let timeout = Duration::from_millis(app.settings.request_timeout_ms);
+    match tokio::time::timeout(timeout, task).await {
+        Ok(Ok(mut response)) => {
             add_missing_codes(&mut response);
-            json_response(StatusCode::OK, &response)
+            let codes = error_codes(&response);
+            for code in &codes {
+                app.metrics.error(code);
+            }
+            if codes.iter().any(|code| code == "RATE_LIMITED") {
+                let wait = Duration::from_secs(app.settings.login_failures_window_s);
+                let mut response = json_response(StatusCode::TOO_MANY_REQUESTS, &response);
+                set_retry_after(&mut response, wait);
+                return (response, "rate_limited");
+            }
+            let label = if codes.iter().any(|c| c == "INTERNAL") {
+                "internal"
+            } else if codes.is_empty() {
+                "ok"
+            } else {
+                "error"
+            };
+            (json_response(StatusCode::OK, &response), label)
         }
-        Err(join) => {
+        Ok(Err(join)) => {
             tracing::error!(error = %join, "GraphQL execution panicked");
-            error_response(StatusCode::INTERNAL_SERVER_ERROR, &ApiError::Internal)
+            (error_response(StatusCode::INTERNAL_SERVER_ERROR, &ApiError::Internal), "internal")
+        }
+        Err(_) => {
+            let message = format!(
+                "the request took longer than {} ms; it may still complete (retry with the same idempotencyKey)",
+                timeout.as_millis()
+            );
+            (error_response(StatusCode::SERVICE_UNAVAILABLE, &ApiError::Unavailable(message)), "timeout")
         }
     }
+}
+
+/// Why a request was refused before it ran.
+enum Refusal {
+    TooComplex(TooComplex),
+    NotPersisted,
+    RateLimited(Duration),
+}
+
+/// Per-caller budget: the token's for a signed-in viewer, the address's
+/// for anyone else.
+fn check_request_rate(app: &App, viewer: &Viewer, ip: IpAddr) -> Result<(), Duration> {
+    let limited = match viewer {
+        Viewer::User { token_hash, .. } => app.limits.per_token.check(token_hash).map_err(|w| (w, "token")),
+        _ => app.limits.per_ip.check(ip).map_err(|w| (w, "ip")),
+    };
+    limited.map_err(|(wait, scope)| {
+        app.metrics.rate_limited(scope);
+        wait
+    })
+}
+
+/// Applies persisted queries and the query limits to every operation of
+/// the batch; returns it ready to run, with the first operation's name.
+fn prepare(app: &App, batch: BatchRequest, ip: IpAddr) -> Result<(BatchRequest, Option<String>), Refusal> {
+    let limits = &app.settings.query_limits;
+    let mut requests = match batch {
+        BatchRequest::Single(request) => vec![request],
+        BatchRequest::Batch(requests) => {
+            if requests.len() > limits.batch_max {
+                let why =
+                    format!("a batch holds {} operations, more than the {} allowed", requests.len(), limits.batch_max);
+                return Err(Refusal::TooComplex(TooComplex(why)));
+            }
+            requests
+        }
+    };
+    let single = requests.len() == 1;
+    let mut first_name = None;
+    for request in &mut requests {
+        apply_persisted_query(app, request)?;
+        check_sizes(request, limits).map_err(Refusal::TooComplex)?;
+        if !app.settings.introspection {
+            *request = std::mem::replace(request, GqlRequest::new("")).disable_introspection();
+        }
+        let operation_name = request.operation_name.clone();
+        let variables = request.variables.clone();
+        let Ok(document) = request.parsed_query() else { continue };
+        let cost = limits::analyze(document, operation_name.as_deref(), &variables).map_err(Refusal::TooComplex)?;
+        limits::check(&cost, limits).map_err(Refusal::TooComplex)?;
+        if cost.mutation && cost.root_names.iter().any(|n| n == "login" || n == "register") {
+            app.limits.credentials_per_ip.check(ip).map_err(|wait| {
+                app.metrics.rate_limited("credentials");
+                Refusal::RateLimited(wait)
+            })?;
+        }
+        first_name = first_name.or(operation_name.or_else(|| cost.root_names.first().cloned()));
+    }
+    let batch =
+        if single { BatchRequest::Single(requests.pop().expect("one request")) } else { BatchRequest::Batch(requests) };
+    Ok((batch, first_name))
+}
+
+/// Query text and variables within their bounds.
+fn check_sizes(request: &GqlRequest, limits: &limits::QueryLimits) -> Result<(), TooComplex> {
+    if request.query.len() > limits.query_bytes_max {
+        return Err(TooComplex(format!(
+            "the query is {} bytes, more than the {} allowed",
+            request.query.len(),
+            limits.query_bytes_max
+        )));
+    }
+    let variables = serde_json::to_vec(&request.variables).map(|v| v.len()).unwrap_or(usize::MAX);
+    if variables > limits.variables_bytes_max {
+        return Err(TooComplex(format!(
+            "the variables are {variables} bytes, more than the {} allowed",
+            limits.variables_bytes_max
+        )));
+    }
+    Ok(())
+}
+
+/// Automatic persisted queries (the Apollo protocol): a request may carry
+/// `extensions.persistedQuery.sha256Hash` instead of (or with) its text.
+fn apply_persisted_query(app: &App, request: &mut GqlRequest) -> Result<(), Refusal> {
+    let Some(persisted) = request.extensions.get("persistedQuery") else { return Ok(()) };
+    let hash = match persisted.clone().into_json() {
+        Ok(serde_json::Value::Object(fields)) => {
+            fields.get("sha256Hash").and_then(|h| h.as_str()).map(str::to_ascii_lowercase)
+        }
+        _ => None,
+    };
+    let Some(hash) = hash.filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())) else {
+        let why = "extensions.persistedQuery.sha256Hash must be 64 hex digits".to_string();
+        return Err(Refusal::TooComplex(TooComplex(why)));
+    };
+    if request.query.is_empty() {
+        let query = app.persisted.get(&hash).ok_or(Refusal::NotPersisted)?;
+        request.query = query.to_string();
+        return Ok(());
+    }
+    if request.query.len() <= app.settings.query_limits.query_bytes_max && limits::query_hash(&request.query) == hash {
+        app.persisted.put(hash, &request.query);
+    }
+    Ok(())
+}
+
+fn persisted_query_not_found() -> async_graphql::ServerError {
+    let mut error = async_graphql::ServerError::new("PersistedQueryNotFound", None);
+    let mut extensions = async_graphql::ErrorExtensionValues::default();
+    extensions.set("code", "PERSISTED_QUERY_NOT_FOUND");
+    error.extensions = Some(extensions);
+    error
+}
+
+fn rate_limited_response(wait: Duration) -> Response {
+    let message = format!("too many requests; retry in {} s", wait.as_secs().max(1));
+    let mut response = error_response(StatusCode::TOO_MANY_REQUESTS, &ApiError::RateLimited(message));
+    set_retry_after(&mut response, wait);
+    response
+}
+
+fn set_retry_after(response: &mut Response, wait: Duration) {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+}
+
+fn error_codes(response: &BatchResponse) -> Vec<String> {
+    let responses: &[GqlResponse] = match response {
+        BatchResponse::Single(single) => std::slice::from_ref(single),
+        BatchResponse::Batch(many) => many,
+    };
+    responses
+        .iter()
+        .flat_map(|r| r.errors.iter())
+        .filter_map(|e| {
+            e.extensions.as_ref()?.get("code").and_then(|c| match c {
+                async_graphql::Value::String(code) => Some(code.clone()),
+                _ => None,
+            })
+        })
+        .collect()
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
@@ -217,11 +601,6 @@ fn add_missing_codes(response: &mut BatchResponse) {
     }
 }
 
-/// A request that could not be executed at all: 400 with a GraphQL-shaped body.
-fn request_error(message: &str) -> Response {
-    error_response(StatusCode::BAD_REQUEST, &ApiError::BadUserInput(message.to_string()))
-}
-
 pub(crate) fn error_response(status: StatusCode, error: &ApiError) -> Response {
     let body = serde_json::json!({
         "errors": [{ "message": error.message(), "extensions": { "code": error.code() } }]
@@ -236,5 +615,27 @@ fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
             tracing::error!(%error, "response did not serialise");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
+    }
+}
+
+/// Readiness and shutdown state.
+#[derive(Default)]
+pub struct Lifecycle {
+    shutting_down: AtomicBool,
+    signal: std::sync::OnceLock<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Lifecycle {
+    pub(crate) fn signal(&self) -> &tokio::sync::watch::Sender<bool> {
+        self.signal.get_or_init(|| tokio::sync::watch::channel(false).0)
+    }
+
+    pub(crate) fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        self.signal().send_replace(true);
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
     }
 }

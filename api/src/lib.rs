@@ -21,17 +21,18 @@ pub mod auth;
 pub mod error;
 mod export;
 mod http;
+pub mod limits;
+pub mod metrics;
 pub mod readers;
 pub mod schema;
 
-use std::future::Future;
 use std::sync::Arc;
 
 use graph::ids::UserId;
 use graph::Graph;
 
 pub use error::{ApiError, ApiResult};
-pub use http::router;
+pub use http::{router, serve};
 
 /// Settings of the front end.
 #[derive(Clone, Debug)]
@@ -46,6 +47,32 @@ pub struct Settings {
     pub ws_connections_max: usize,
     /// Most subscriptions one WebSocket connection may run at once.
     pub subscriptions_per_connection_max: usize,
+    /// Requests per signed-in token.
+    pub rate_per_token: limits::Rate,
+    /// Requests per client address, for callers without a token.
+    pub rate_per_ip: limits::Rate,
+    /// Sign-in and registration requests per client address.
+    pub rate_credentials_per_ip: limits::Rate,
+    /// Failed sign-ins allowed per email in [`Settings::login_failures_window_s`].
+    pub login_failures_max: u32,
+    /// The window failed sign-ins are counted in, seconds.
+    pub login_failures_window_s: u64,
+    /// Take the client address from X-Forwarded-For (behind a trusted proxy only).
+    pub trust_proxy_headers: bool,
+    /// Depth, complexity, alias, root-field, batch and size limits.
+    pub query_limits: limits::QueryLimits,
+    /// Serve introspection (turn off in production if clients do not need it).
+    pub introspection: bool,
+    /// Longest a GraphQL request may run, milliseconds.
+    pub request_timeout_ms: u64,
+    /// Most HTTP connections open at once.
+    pub connections_max: usize,
+    /// Largest request head (request line and headers), bytes.
+    pub header_bytes_max: usize,
+    /// How long shutdown waits for requests in flight, milliseconds.
+    pub shutdown_grace_ms: u64,
+    /// Automatic persisted queries kept.
+    pub persisted_queries_max: usize,
 }
 
 impl Default for Settings {
@@ -56,6 +83,48 @@ impl Default for Settings {
             webhooks: readers::webhooks::DeliverySettings::default(),
             ws_connections_max: 10_000,
             subscriptions_per_connection_max: 32,
+            rate_per_token: limits::Rate { per_second: 100.0, burst: 200.0 },
+            rate_per_ip: limits::Rate { per_second: 50.0, burst: 100.0 },
+            rate_credentials_per_ip: limits::Rate::per(10, std::time::Duration::from_secs(60)),
+            login_failures_max: 5,
+            login_failures_window_s: 900,
+            trust_proxy_headers: false,
+            query_limits: limits::QueryLimits::default(),
+            introspection: true,
+            request_timeout_ms: 30_000,
+            connections_max: 20_000,
+            header_bytes_max: 64 * 1024,
+            shutdown_grace_ms: 30_000,
+            persisted_queries_max: 10_000,
+        }
+    }
+}
+
+/// The rate limiters, built from the settings.
+pub struct RateLimits {
+    /// Per signed-in token.
+    pub per_token: limits::RateLimiter,
+    /// Per client address, for anonymous callers.
+    pub per_ip: limits::RateLimiter,
+    /// Sign-in and registration per client address.
+    pub credentials_per_ip: limits::RateLimiter,
+    /// Failed sign-ins per email.
+    pub login_failures: limits::RateLimiter,
+}
+
+impl RateLimits {
+    fn new(settings: &Settings) -> RateLimits {
+        let window = std::time::Duration::from_secs(settings.login_failures_window_s.max(1));
+        let failures = if settings.login_failures_max == 0 {
+            limits::Rate::unlimited()
+        } else {
+            limits::Rate::per(settings.login_failures_max, window)
+        };
+        RateLimits {
+            per_token: limits::RateLimiter::new(settings.rate_per_token),
+            per_ip: limits::RateLimiter::new(settings.rate_per_ip),
+            credentials_per_ip: limits::RateLimiter::new(settings.rate_credentials_per_ip),
+            login_failures: limits::RateLimiter::new(failures),
         }
     }
 }
@@ -81,7 +150,12 @@ pub struct Readers {
 impl Readers {
     /// Starts every reader (and the webhook delivery worker on the current
     /// tokio runtime).
-    fn start(graph: &Arc<Graph>, ledger: &Arc<ledger::Ledger>, settings: &Settings) -> Result<Readers, String> {
+    fn start(
+        graph: &Arc<Graph>,
+        ledger: &Arc<ledger::Ledger>,
+        settings: &Settings,
+        metrics: &Arc<metrics::Metrics>,
+    ) -> Result<Readers, String> {
         let failed = |what: &'static str| move |e: graph::Error| format!("cannot start the {what} reader: {e}");
         let store = graph.store();
         let sales = readers::analytics::SalesBook::default();
@@ -100,7 +174,7 @@ impl Readers {
         let wake = Arc::new(tokio::sync::Notify::new());
         let outbox = readers::spawn(graph.clone(), readers::webhooks::Outbox::new(graph.clone(), wake.clone()))
             .map_err(failed("webhook outbox"))?;
-        let deliverer = readers::webhooks::Deliverer::new(graph.clone(), settings.webhooks.clone())?;
+        let deliverer = readers::webhooks::Deliverer::new(graph.clone(), settings.webhooks.clone(), metrics.clone())?;
         let (stop_deliveries, stopped) = tokio::sync::watch::channel(false);
         tokio::spawn(deliverer.run(wake, stopped));
         let hub = Arc::new(readers::live::LiveHub::default());
@@ -128,6 +202,13 @@ pub struct App {
     pub settings: Settings,
     /// The log's readers.
     pub readers: Readers,
+    /// Metrics for /metrics.
+    pub metrics: Arc<metrics::Metrics>,
+    /// Rate limiters.
+    pub limits: RateLimits,
+    /// Automatic persisted queries.
+    pub persisted: limits::PersistedQueries,
+    lifecycle: http::Lifecycle,
     /// The store's durable seq, as flushes announce it.
     durable: tokio::sync::watch::Receiver<u64>,
 }
@@ -140,8 +221,42 @@ impl App {
         graph.store().watch_durable(Box::new(move |seq| {
             announce.send_replace(seq);
         }));
-        let readers = Readers::start(&graph, &ledger, &settings)?;
-        Ok(App { graph, ledger, settings, readers, durable })
+        let metrics = Arc::new(metrics::Metrics::default());
+        let readers = Readers::start(&graph, &ledger, &settings, &metrics)?;
+        let limits = RateLimits::new(&settings);
+        let persisted = limits::PersistedQueries::new(settings.persisted_queries_max);
+        Ok(App {
+            graph,
+            ledger,
+            settings,
+            readers,
+            metrics,
+            limits,
+            persisted,
+            lifecycle: http::Lifecycle::default(),
+            durable,
+        })
+    }
+
+    /// Ready to serve: storage healthy and not shutting down (recovery is
+    /// done before the app exists).
+    pub fn is_ready(&self) -> bool {
+        self.graph.store().is_healthy() && !self.lifecycle.is_shutting_down()
+    }
+
+    /// Starts shutting down: unready, WebSockets told to close.
+    pub fn begin_shutdown(&self) {
+        self.lifecycle.begin_shutdown();
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.lifecycle.is_shutting_down()
+    }
+
+    /// Becomes true when shutdown begins.
+    pub fn shutdown_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.lifecycle.signal().subscribe()
     }
 
     /// Waits, without holding a thread, until a logged change is durable,
@@ -164,14 +279,4 @@ impl App {
     pub fn issue_token(&self, user: UserId) -> ApiResult<String> {
         auth::issue_token(&self.graph, user, self.settings.token_ttl_ms)
     }
-}
-
-/// Serves HTTP on `listener` until `shutdown` completes, then finishes the
-/// requests in flight.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Arc<App>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(app)).with_graceful_shutdown(shutdown).await
 }

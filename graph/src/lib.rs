@@ -28,6 +28,7 @@ pub mod model;
 pub mod readers;
 pub mod rules;
 pub mod social;
+pub mod stats;
 mod store;
 
 use std::collections::HashMap;

@@ -100,6 +100,10 @@ struct Shared {
     /// Wakes blocking waiters: a flush finished (or the store failed).
     flushed: Condvar,
     flush_count: AtomicU64,
+    /// Seconds each group-commit round took (write + flush).
+    flush_seconds: crate::stats::Histogram,
+    /// Records each group-commit round made durable.
+    flush_records: crate::stats::Histogram,
     watchers: Mutex<Vec<DurableWatcher>>,
     /// Set by the first failed write or flush: memory may then be ahead of
     /// the disk, so every later write is refused until a restart recovers.
@@ -139,6 +143,8 @@ impl Store {
             flush_wanted: Condvar::new(),
             flushed: Condvar::new(),
             flush_count: AtomicU64::new(0),
+            flush_seconds: crate::stats::Histogram::new(crate::stats::SECONDS_BUCKETS),
+            flush_records: crate::stats::Histogram::new(crate::stats::COUNT_BUCKETS),
             watchers: Mutex::new(Vec::new()),
             failed: AtomicBool::new(false),
         });
@@ -287,6 +293,11 @@ impl Store {
         self.shared.flush_count.load(Ordering::Relaxed)
     }
 
+    /// Seconds per group-commit round, and records per round.
+    pub fn flush_stats(&self) -> (crate::stats::HistogramSnapshot, crate::stats::HistogramSnapshot) {
+        (self.shared.flush_seconds.snapshot(), self.shared.flush_records.snapshot())
+    }
+
     /// Reads log entries with seq >= `from`, at most `max` of them.
     pub fn read_log(&self, from: u64, max: usize) -> Result<Vec<Entry>, Error> {
         let start = key(table::LOG, &from.to_be_bytes());
@@ -368,14 +379,18 @@ impl Shared {
 
     /// One round: everything appended goes to the tree, then to disk.
     fn write_and_flush(&self) -> Result<(), Error> {
+        let started = std::time::Instant::now();
         self.apply_pending()?;
         let covered = self.head_seq.load(Ordering::Acquire);
-        if self.durable_seq.load(Ordering::Acquire) >= covered {
+        let durable = self.durable_seq.load(Ordering::Acquire);
+        if durable >= covered {
             return Ok(());
         }
         self.db.flush().map_err(|e| self.fail(e))?;
         self.flush_count.fetch_add(1, Ordering::Relaxed);
         self.durable_seq.fetch_max(covered, Ordering::AcqRel);
+        self.flush_records.observe((covered - durable) as f64);
+        self.flush_seconds.observe(started.elapsed().as_secs_f64());
         Ok(())
     }
 

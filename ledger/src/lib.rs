@@ -104,6 +104,25 @@ pub struct Ledger {
     next_booking: AtomicU64,
     hold_ttl_ms: i64,
     durable: bool,
+    /// Seconds spent waiting for a busy shard lock.
+    lock_wait: graph::stats::Histogram,
+    /// Booking attempts by outcome.
+    outcomes: Outcomes,
+}
+
+/// Booking attempts by outcome, for metrics.
+#[derive(Default)]
+pub struct Outcomes {
+    /// Booked (held or confirmed).
+    pub booked: AtomicU64,
+    /// Answered from an earlier request with the same key.
+    pub replayed: AtomicU64,
+    /// Refused: fewer seats left than asked for.
+    pub sold_out: AtomicU64,
+    /// Refused: the per-user limit.
+    pub limit_exceeded: AtomicU64,
+    /// Refused for another reason (input, state, missing).
+    pub refused: AtomicU64,
 }
 
 /// Booking by user and idempotency key (nested so lookups borrow the key).
@@ -130,6 +149,8 @@ impl Ledger {
             next_booking: AtomicU64::new(1),
             hold_ttl_ms: options.hold_ttl_ms,
             durable: options.durable,
+            lock_wait: graph::stats::Histogram::new(graph::stats::SECONDS_BUCKETS),
+            outcomes: Outcomes::default(),
             graph,
         };
         ledger.recover()?;
@@ -169,11 +190,36 @@ impl Ledger {
     }
 
     fn shard_of(&self, ticket_type: TicketTypeId) -> MutexGuard<'_, Shard> {
-        self.shards[self.shard_index(shard_hint(ticket_type))].lock().expect("shard lock poisoned")
+        self.lock_shard(self.shard_index(shard_hint(ticket_type)))
     }
 
     fn shard_of_booking(&self, id: BookingId) -> MutexGuard<'_, Shard> {
-        self.shards[self.shard_index(id.0 & 0xff)].lock().expect("shard lock poisoned")
+        self.lock_shard(self.shard_index(id.0 & 0xff))
+    }
+
+    /// Locks a shard, timing the wait when it is busy.
+    fn lock_shard(&self, index: usize) -> MutexGuard<'_, Shard> {
+        let shard = &self.shards[index];
+        match shard.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::WouldBlock) => {
+                let started = std::time::Instant::now();
+                let guard = shard.lock().expect("shard lock poisoned");
+                self.lock_wait.observe(started.elapsed().as_secs_f64());
+                guard
+            }
+            Err(std::sync::TryLockError::Poisoned(_)) => panic!("shard lock poisoned"),
+        }
+    }
+
+    /// Seconds waited for busy shard locks.
+    pub fn lock_wait_stats(&self) -> graph::stats::HistogramSnapshot {
+        self.lock_wait.snapshot()
+    }
+
+    /// Booking attempts by outcome so far.
+    pub fn outcomes(&self) -> &Outcomes {
+        &self.outcomes
     }
 
     /// The idempotency keys of a user live in one key shard.
@@ -246,11 +292,25 @@ impl Ledger {
     /// Decides a booking and appends it to the log: held until the hold
     /// expires, or confirmed with tickets.
     pub fn book_logged(&self, request: &BookRequest, now_ms: i64) -> Result<Logged<Arc<Booking>>, Error> {
+        let outcome = self.decide_booking(request, now_ms);
+        if let Err(error) = &outcome {
+            let counter = match error {
+                Error::SoldOut { .. } => &self.outcomes.sold_out,
+                Error::LimitExceeded { .. } => &self.outcomes.limit_exceeded,
+                _ => &self.outcomes.refused,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        outcome
+    }
+
+    fn decide_booking(&self, request: &BookRequest, now_ms: i64) -> Result<Logged<Arc<Booking>>, Error> {
         check_request(request)?;
         let mut keys = self.keys_of(request.user);
         let existing = keys.get(&request.user).and_then(|of_user| of_user.get(request.idempotency_key.as_str()));
         if let Some(&existing) = existing {
             drop(keys);
+            self.outcomes.replayed.fetch_add(1, Ordering::Relaxed);
             return self.replay(existing, request);
         }
         let mut shard = self.shard_of(request.ticket_type);
@@ -300,6 +360,7 @@ impl Ledger {
         drop(shard);
         keys.entry(request.user).or_default().insert(request.idempotency_key.clone(), id);
         drop(keys);
+        self.outcomes.booked.fetch_add(1, Ordering::Relaxed);
         Ok(Logged { value: booking, seq })
     }
 

@@ -320,6 +320,7 @@ impl reqwest::dns::Resolve for PublicResolver {
 /// The delivery worker: sends due deliveries with bounded concurrency.
 pub struct Deliverer {
     graph: Arc<Graph>,
+    metrics: Arc<crate::metrics::Metrics>,
     client: reqwest::Client,
     settings: DeliverySettings,
     in_flight: Mutex<HashSet<(u64, u64)>>,
@@ -328,7 +329,11 @@ pub struct Deliverer {
 
 impl Deliverer {
     /// A worker with its HTTP client.
-    pub fn new(graph: Arc<Graph>, settings: DeliverySettings) -> Result<Arc<Deliverer>, String> {
+    pub fn new(
+        graph: Arc<Graph>,
+        settings: DeliverySettings,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<Arc<Deliverer>, String> {
         // rustls needs a process-wide crypto provider; a second install is a no-op.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
@@ -341,6 +346,7 @@ impl Deliverer {
             .map_err(|e| format!("cannot build the webhook HTTP client: {e}"))?;
         Ok(Arc::new(Deliverer {
             graph,
+            metrics,
             client,
             settings,
             in_flight: Mutex::new(HashSet::new()),
@@ -415,10 +421,13 @@ impl Deliverer {
         if status.is_some_and(|s| (200..300).contains(&s)) {
             delivery.delivered_at_ms = Some(now);
             delivery.next_attempt_at_ms = None;
+            self.metrics.webhooks_delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         } else if delivery.attempt >= self.settings.attempts_max {
             delivery.next_attempt_at_ms = None;
             give_up = true;
+            self.metrics.webhooks_given_up.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         } else {
+            self.metrics.webhooks_retried.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let next = now + retry_delay_ms(self.settings.retry_base_ms, delivery.attempt);
             delivery.next_attempt_at_ms = Some(next);
             batch.put(&rows, &due_key(next, webhook_id, seq), &[]);

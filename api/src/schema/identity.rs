@@ -157,8 +157,15 @@ impl IdentityMutation {
     }
 
     /// Signs in. Unknown email and wrong password get the same answer.
+    /// After too many failures for one email, further tries wait.
     async fn login(&self, ctx: &Context<'_>, email: String, password: String) -> ApiResult<AuthPayload> {
         let app = app(ctx).clone();
+        let email_key = graph::rules::email_key(&email);
+        if let Some(wait) = app.limits.login_failures.blocked(&email_key) {
+            app.metrics.rate_limited("login_failures");
+            let message = format!("too many failed sign-ins for this email; retry in {} s", wait.as_secs().max(1));
+            return Err(ApiError::RateLimited(message));
+        }
         blocking(move || {
             let found = app.graph.user_by_email(&email)?;
             let stored = found.as_ref().and_then(|(_, hash)| hash.as_deref());
@@ -169,7 +176,10 @@ impl IdentityMutation {
                     let token = app.issue_token(user.id)?;
                     Ok(AuthPayload { token, user: UserObject::own(user) })
                 }
-                _ => Err(ApiError::Unauthenticated("email or password is incorrect".into())),
+                _ => {
+                    let _ = app.limits.login_failures.check(&email_key);
+                    Err(ApiError::Unauthenticated("email or password is incorrect".into()))
+                }
             }
         })
         .await

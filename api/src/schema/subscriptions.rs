@@ -22,12 +22,13 @@ use crate::readers::live::{Availability, Snapshot};
 pub struct SubscriptionBudget {
     running: Arc<AtomicUsize>,
     max: usize,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl SubscriptionBudget {
     /// A budget of `max` subscriptions at once.
-    pub fn new(max: usize) -> SubscriptionBudget {
-        SubscriptionBudget { running: Arc::new(AtomicUsize::new(0)), max }
+    pub fn new(max: usize, metrics: Arc<crate::metrics::Metrics>) -> SubscriptionBudget {
+        SubscriptionBudget { running: Arc::new(AtomicUsize::new(0)), max, metrics }
     }
 }
 
@@ -47,6 +48,7 @@ impl Slot {
                 budget.max
             )));
         }
+        budget.metrics.subscriptions.fetch_add(1, Ordering::Relaxed);
         Ok(Slot(Some(budget.clone())))
     }
 }
@@ -55,6 +57,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         if let Some(budget) = &self.0 {
             budget.running.fetch_sub(1, Ordering::AcqRel);
+            budget.metrics.subscriptions.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }

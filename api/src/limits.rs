@@ -1,0 +1,416 @@
+//! Protections that run before anything executes: rate limits (per token,
+//! per client address for anonymous callers, a stricter budget for sign-in
+//! and registration, and failed sign-ins per email), and query limits
+//! (depth, complexity weighted by page sizes, aliases, root fields, batch
+//! size, query and variables size), plus automatic persisted queries.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasher, Hash};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_graphql::parser::types::{ExecutableDocument, Field, OperationType, Selection, SelectionSet};
+use async_graphql::{Positioned, Value, Variables};
+
+/// A rate: `per_second` sustained, bursts up to `burst`. Zero: unlimited.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rate {
+    /// Requests per second, sustained.
+    pub per_second: f64,
+    /// Requests allowed at once after a quiet spell.
+    pub burst: f64,
+}
+
+impl Rate {
+    /// `count` requests per `period`, all of them allowed at once.
+    pub fn per(count: u32, period: Duration) -> Rate {
+        Rate { per_second: f64::from(count) / period.as_secs_f64(), burst: f64::from(count) }
+    }
+
+    /// No limit.
+    pub fn unlimited() -> Rate {
+        Rate { per_second: 0.0, burst: 0.0 }
+    }
+
+    fn is_unlimited(&self) -> bool {
+        self.per_second <= 0.0
+    }
+}
+
+/// Most keys one limiter tracks; beyond, keys no longer limited are dropped.
+const TRACKED_KEYS_MAX: usize = 100_000;
+const SHARDS: usize = 16;
+
+/// A GCRA (generic cell rate) limiter over many keys: each key has a
+/// theoretical arrival time; a request is allowed while that time is at most
+/// `burst` intervals ahead of now.
+pub struct RateLimiter {
+    rate: Rate,
+    started: Instant,
+    hasher: foldhash::quality::RandomState,
+    shards: Vec<Mutex<HashMap<u64, f64>>>,
+}
+
+impl RateLimiter {
+    /// A limiter allowing `rate` per key.
+    pub fn new(rate: Rate) -> RateLimiter {
+        RateLimiter {
+            rate,
+            started: Instant::now(),
+            hasher: foldhash::quality::RandomState::default(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    /// Takes one request of `key`'s budget, or says how long to wait.
+    pub fn check(&self, key: impl Hash) -> Result<(), Duration> {
+        self.take(key, true)
+    }
+
+    /// How long `key` must wait before its next request would be allowed,
+    /// without taking anything (for budgets spent only on failures).
+    pub fn blocked(&self, key: impl Hash) -> Option<Duration> {
+        self.take(key, false).err()
+    }
+
+    fn take(&self, key: impl Hash, consume: bool) -> Result<(), Duration> {
+        if self.rate.is_unlimited() {
+            return Ok(());
+        }
+        let hash = self.hasher.hash_one(key);
+        let now = self.started.elapsed().as_secs_f64();
+        let interval = 1.0 / self.rate.per_second;
+        let tolerance = interval * (self.rate.burst - 1.0).max(0.0);
+        let mut shard = self.shards[(hash as usize) % SHARDS].lock().expect("rate limiter lock poisoned");
+        if shard.len() >= TRACKED_KEYS_MAX / SHARDS {
+            shard.retain(|_, arrival| *arrival > now);
+        }
+        let arrival = shard.get(&hash).copied().unwrap_or(now).max(now);
+        if arrival - now > tolerance {
+            return Err(Duration::from_secs_f64(arrival - now - tolerance));
+        }
+        if consume {
+            shard.insert(hash, arrival + interval);
+        }
+        Ok(())
+    }
+}
+
+/// Query limits, checked before execution.
+#[derive(Clone, Debug)]
+pub struct QueryLimits {
+    /// Deepest field nesting (introspection fields are not counted).
+    pub depth_max: usize,
+    /// Most fields, list fields weighted by their page size.
+    pub complexity_max: u64,
+    /// Most aliased fields in one operation.
+    pub aliases_max: usize,
+    /// Most root fields in one operation.
+    pub root_fields_max: usize,
+    /// Most operations in one batch (a JSON array).
+    pub batch_max: usize,
+    /// Longest query text, bytes.
+    pub query_bytes_max: usize,
+    /// Largest variables object, bytes of JSON.
+    pub variables_bytes_max: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> QueryLimits {
+        QueryLimits {
+            depth_max: 12,
+            complexity_max: 100_000,
+            aliases_max: 30,
+            root_fields_max: 20,
+            batch_max: 10,
+            query_bytes_max: 16 * 1024,
+            variables_bytes_max: 64 * 1024,
+        }
+    }
+}
+
+/// What the analysis of an operation found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cost {
+    /// Deepest nesting.
+    pub depth: usize,
+    /// Weighted field count.
+    pub complexity: u64,
+    /// Aliased fields.
+    pub aliases: usize,
+    /// Root fields.
+    pub root_fields: usize,
+    /// The operation's type.
+    pub mutation: bool,
+    /// Root fields by name (to find sign-in and registration).
+    pub root_names: Vec<String>,
+    /// The operation's name, when it has one.
+    pub operation_name: Option<String>,
+}
+
+/// Page sizes of list fields: (field, argument holding the page size,
+/// its default or the list's most entries).
+const LIST_WEIGHTS: &[(&str, Option<&str>, u64)] = &[
+    ("events", Some("first"), 20),
+    ("myEvents", Some("first"), 20),
+    ("friendsGoing", Some("first"), 20),
+    ("whosGoing", Some("first"), 20),
+    ("recommendedEvents", Some("first"), 10),
+    ("notifications", Some("first"), 20),
+    ("webhookDeliveries", Some("first"), 20),
+    ("myBookings", None, 100),
+    ("ticketTypes", None, 50),
+    ("byTicketType", None, 50),
+    ("tickets", None, 50),
+    ("salesOverTime", None, 100),
+    ("webhooks", None, 20),
+];
+
+/// Why a request was refused before execution.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TooComplex(pub String);
+
+/// Measures the operation a request would run.
+pub fn analyze(
+    document: &ExecutableDocument,
+    operation_name: Option<&str>,
+    variables: &Variables,
+) -> Result<Cost, TooComplex> {
+    let operation = match operation_name {
+        Some(name) => document.operations.iter().find(|(n, _)| n.is_some_and(|n| n.as_str() == name)).map(|(_, op)| op),
+        None => document.operations.iter().next().map(|(_, op)| op),
+    };
+    // An unknown or missing operation is for validation to report.
+    let Some(operation) = operation else { return Ok(Cost::default()) };
+    let mut walker = Walker { document, variables, aliases: 0, visiting: HashSet::new() };
+    let root = walker.fields(&operation.node.selection_set)?;
+    let mut cost = Cost {
+        mutation: operation.node.ty == OperationType::Mutation,
+        root_fields: root.len(),
+        root_names: root.iter().map(|f| f.node.name.node.to_string()).collect(),
+        operation_name: operation_name.map(str::to_string),
+        ..Cost::default()
+    };
+    for field in &root {
+        let (depth, complexity) = walker.measure(field, 1)?;
+        cost.depth = cost.depth.max(depth);
+        cost.complexity = cost.complexity.saturating_add(complexity);
+    }
+    cost.aliases = walker.aliases;
+    Ok(cost)
+}
+
+/// Checks a measured operation against the limits.
+pub fn check(cost: &Cost, limits: &QueryLimits) -> Result<(), TooComplex> {
+    let over = |what: &str, value: u64, max: u64| TooComplex(format!("{what} is {value}, more than the {max} allowed"));
+    if cost.depth > limits.depth_max {
+        return Err(over("query depth", cost.depth as u64, limits.depth_max as u64));
+    }
+    if cost.complexity > limits.complexity_max {
+        return Err(over("query complexity", cost.complexity, limits.complexity_max));
+    }
+    if cost.aliases > limits.aliases_max {
+        return Err(over("the number of aliases", cost.aliases as u64, limits.aliases_max as u64));
+    }
+    if cost.root_fields > limits.root_fields_max {
+        return Err(over("the number of root fields", cost.root_fields as u64, limits.root_fields_max as u64));
+    }
+    Ok(())
+}
+
+/// Most fields one selection may expand to (fragments included), so that
+/// even measuring a hostile query stays cheap.
+const EXPANDED_FIELDS_MAX: usize = 10_000;
+
+struct Walker<'a> {
+    document: &'a ExecutableDocument,
+    variables: &'a Variables,
+    aliases: usize,
+    /// Fragments being expanded (a cycle is refused, not followed).
+    visiting: HashSet<&'a str>,
+}
+
+impl<'a> Walker<'a> {
+    /// The fields of a selection set with fragments expanded.
+    fn fields(&mut self, set: &'a Positioned<SelectionSet>) -> Result<Vec<&'a Positioned<Field>>, TooComplex> {
+        let mut fields = Vec::new();
+        self.collect(set, &mut fields)?;
+        Ok(fields)
+    }
+
+    fn collect(
+        &mut self,
+        set: &'a Positioned<SelectionSet>,
+        out: &mut Vec<&'a Positioned<Field>>,
+    ) -> Result<(), TooComplex> {
+        for selection in &set.node.items {
+            if out.len() > EXPANDED_FIELDS_MAX {
+                return Err(TooComplex(format!("the query expands to more than {EXPANDED_FIELDS_MAX} fields")));
+            }
+            match &selection.node {
+                Selection::Field(field) => {
+                    if field.node.alias.is_some() {
+                        self.aliases += 1;
+                    }
+                    out.push(field);
+                }
+                Selection::InlineFragment(fragment) => self.collect(&fragment.node.selection_set, out)?,
+                Selection::FragmentSpread(spread) => {
+                    let name = spread.node.fragment_name.node.as_str();
+                    let Some(fragment) = self.document.fragments.get(&spread.node.fragment_name.node) else { continue };
+                    if !self.visiting.insert(name) {
+                        return Err(TooComplex(format!("fragment {name} spreads itself")));
+                    }
+                    self.collect(&fragment.node.selection_set, out)?;
+                    self.visiting.remove(name);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// (depth, complexity) of a field and everything below it.
+    fn measure(&mut self, field: &'a Positioned<Field>, depth: usize) -> Result<(usize, u64), TooComplex> {
+        if field.node.name.node.starts_with("__") {
+            return Ok((0, 1));
+        }
+        let mut deepest = depth;
+        let mut below: u64 = 0;
+        for child in self.fields(&field.node.selection_set)? {
+            let (child_depth, child_cost) = self.measure(child, depth + 1)?;
+            deepest = deepest.max(child_depth);
+            below = below.saturating_add(child_cost);
+        }
+        let weight = self.weight(&field.node);
+        Ok((deepest, 1u64.saturating_add(below.saturating_mul(weight))))
+    }
+
+    /// How many times a field's selection may repeat.
+    fn weight(&self, field: &Field) -> u64 {
+        let name = field.name.node.as_str();
+        let Some(&(_, argument, default)) = LIST_WEIGHTS.iter().find(|(n, _, _)| *n == name) else { return 1 };
+        let Some(argument) = argument else { return default };
+        let given = field.arguments.iter().find(|(n, _)| n.node.as_str() == argument).map(|(_, v)| &v.node);
+        let value =
+            given.and_then(|v| v.clone().into_const_with(|name| self.variables.get(&name).cloned().ok_or(())).ok());
+        match value {
+            Some(Value::Number(n)) => n.as_u64().unwrap_or(default).max(1),
+            _ => default,
+        }
+    }
+}
+
+/// Automatic persisted queries: a client sends a query's SHA-256 instead of
+/// its text once the server has seen the text. Bounded; the oldest go first.
+pub struct PersistedQueries {
+    entries_max: usize,
+    inner: Mutex<(HashMap<String, std::sync::Arc<str>>, VecDeque<String>)>,
+}
+
+impl PersistedQueries {
+    /// A cache of up to `entries_max` queries.
+    pub fn new(entries_max: usize) -> PersistedQueries {
+        PersistedQueries { entries_max, inner: Mutex::new((HashMap::new(), VecDeque::new())) }
+    }
+
+    /// The query stored under `hash`.
+    pub fn get(&self, hash: &str) -> Option<std::sync::Arc<str>> {
+        self.inner.lock().expect("persisted queries lock poisoned").0.get(hash).cloned()
+    }
+
+    /// Stores `query` under its hash.
+    pub fn put(&self, hash: String, query: &str) {
+        let mut inner = self.inner.lock().expect("persisted queries lock poisoned");
+        if inner.0.contains_key(&hash) {
+            return;
+        }
+        if inner.0.len() >= self.entries_max {
+            if let Some(oldest) = inner.1.pop_front() {
+                inner.0.remove(&oldest);
+            }
+        }
+        inner.0.insert(hash.clone(), query.into());
+        inner.1.push_back(hash);
+    }
+}
+
+/// Lower-case hex SHA-256 of a query text.
+pub fn query_hash(query: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(query.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cost(query: &str, variables: serde_json::Value) -> Result<Cost, TooComplex> {
+        let document = async_graphql::parser::parse_query(query).unwrap();
+        analyze(&document, None, &Variables::from_json(variables))
+    }
+
+    #[test]
+    fn depth_aliases_and_root_fields_are_counted() {
+        let found =
+            cost("{ a: me { id } b: me { id } events { nodes { organizer { name } } } }", serde_json::json!({}))
+                .unwrap();
+        assert_eq!(found.aliases, 2);
+        assert_eq!(found.root_fields, 3);
+        assert_eq!(found.depth, 4);
+        assert!(!found.mutation);
+    }
+
+    #[test]
+    fn page_sizes_weigh_on_complexity() {
+        let small = cost("{ events(first: 1) { nodes { id } } }", serde_json::json!({})).unwrap();
+        let large =
+            cost("query($n: Int) { events(first: $n) { nodes { id } } }", serde_json::json!({"n": 100})).unwrap();
+        assert_eq!(small.complexity, 1 + 1 + 1);
+        assert_eq!(large.complexity, 1 + 100 * 2);
+    }
+
+    #[test]
+    fn fragments_are_expanded_and_cycles_refused() {
+        let spread = cost("{ ...F } fragment F on Query { a: me { id } b: me { id } }", serde_json::json!({})).unwrap();
+        assert_eq!((spread.root_fields, spread.aliases), (2, 2));
+        let cyclic = cost("{ ...A } fragment A on Query { ...B } fragment B on Query { ...A }", serde_json::json!({}));
+        assert!(cyclic.is_err());
+    }
+
+    #[test]
+    fn introspection_is_not_counted_against_depth() {
+        let query = "{ __schema { types { fields { type { ofType { ofType { ofType { ofType { ofType { ofType { name } } } } } } } } } } }";
+        let found = cost(query, serde_json::json!({})).unwrap();
+        assert!(check(&found, &QueryLimits::default()).is_ok());
+    }
+
+    #[test]
+    fn limiter_allows_a_burst_then_refuses_until_time_passes() {
+        let limiter = RateLimiter::new(Rate { per_second: 10.0, burst: 3.0 });
+        for _ in 0..3 {
+            assert!(limiter.check("a").is_ok());
+        }
+        let wait = limiter.check("a").unwrap_err();
+        assert!(wait <= Duration::from_millis(100), "{wait:?}");
+        assert!(limiter.check("b").is_ok(), "keys are separate");
+        std::thread::sleep(wait + Duration::from_millis(5));
+        assert!(limiter.check("a").is_ok());
+        assert!(RateLimiter::new(Rate::unlimited()).check("a").is_ok());
+        let failures = RateLimiter::new(Rate::per(2, Duration::from_secs(60)));
+        assert_eq!(failures.blocked("x"), None, "looking takes nothing");
+        assert_eq!(failures.blocked("x"), None);
+        failures.check("x").unwrap();
+        failures.check("x").unwrap();
+        assert!(failures.blocked("x").is_some());
+    }
+
+    #[test]
+    fn persisted_queries_are_bounded() {
+        let cache = PersistedQueries::new(2);
+        for query in ["{ a }", "{ b }", "{ c }"] {
+            cache.put(query_hash(query), query);
+        }
+        assert!(cache.get(&query_hash("{ a }")).is_none(), "the oldest went first");
+        assert_eq!(cache.get(&query_hash("{ c }")).as_deref(), Some("{ c }"));
+    }
+}
