@@ -19,7 +19,8 @@
 #       HTTP with wrk + loadtest/graph.lua, FalkorDB with redis-benchmark (C,
 #       RESP), PostgreSQL with pgbench -M prepared. Targets: Marquee / better
 #       peer >= 3x on Q1 and Q2, >= 20x on Q3 and Q4.
-#   plus machine info, date, dataset size and each engine's load/setup times.
+#   plus machine info, date, dataset size, each engine's load/setup times, and
+#   the CPU that other processes on the machine used during each measurement.
 #
 # Usage: loadtest/compare-graph.sh [--dataset DIR]
 #   DIR defaults to target/datasets/social-100k (generated with gen.py when
@@ -110,6 +111,7 @@ tmp=$(mktemp -d -t marquee-compare-graph.XXXXXX)
 chmod 755 "$tmp" # the postgres user must reach its data dir inside
 server_pid=""
 falkor_pid=""
+monitor_pid=""
 pg_started=false
 pg_data=$tmp/pg/data
 run_pg=()
@@ -163,6 +165,7 @@ cleanup() {
   stop_marquee
   stop_falkor
   stop_postgres
+  stop_pid "$monitor_pid"
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -190,6 +193,12 @@ wait_for_file() {
 }
 
 info() { echo "$*" >>"$tmp/setup.txt"; }
+
+# window KEY START: records that measurement KEY ran from START until now, so the
+# report can show the CPU other processes used meanwhile (see cpu-monitor).
+window() { echo "$1 $2 $(now)" >>"$tmp/windows.txt"; }
+"${PY[@]}" cpu-monitor --root $$ --tmp "$tmp" --out "$tmp/cpu.txt" --pg-user "${PG_USER:-postgres}" &
+monitor_pid=$!
 
 # ------------------------------------------------------------ binaries (snapshots)
 
@@ -234,11 +243,13 @@ echo
 
 step "Marquee engine answers: graph bench binary (imports $DATASET into a scratch dir)"
 started=$(now)
+engine_started=$started
 run env TMPDIR="$tmp" MARQUEE_DATASET="$DATASET" MARQUEE_DRAWS_JSON="$tmp/marquee.jsonl" \
   timeout --kill-after=10 "$SETUP_TIMEOUT" "$tmp/bin/graph-bench" >"$tmp/bench.log" 2>&1 \
   || { tail -n 20 "$tmp/bench.log" >&2; die "graph bench failed"; }
+window marquee-engine "$engine_started"
 [[ $(wc -l <"$tmp/marquee.jsonl") -eq $DRAWS ]] || die "graph bench wrote $(wc -l <"$tmp/marquee.jsonl") of $DRAWS draws"
-info "Marquee     bench binary (scratch import + open + 2000 draws x 4 queries): $(since "$started") s"
+info "Marquee     bench binary (scratch import + open + $DRAWS draws x 4 queries): $(since "$started") s"
 
 step "Marquee server: import, admin, tokens"
 started=$(now)
@@ -289,9 +300,11 @@ echo "{\"graphql\": \"Marquee GraphQL vs engine (Q1 first 20, Q3, Q4): $((DRAWS 
 : >"$tmp/tput.tsv"
 for q in q1 q2 q3 q4; do
   step "Marquee $q: wrk -t$THREADS -c$CLIENTS -d${DURATION}s graph.lua"
+  started=$(now)
   run env GRAPH_QUERY="$q" GRAPH_DRAWS="$tmp/wrk_draws.txt" GRAPH_ADMIN_TOKEN="$admin_token" \
     timeout --kill-after=10 "$BOUND" wrk -t"$THREADS" -c"$CLIENTS" -d"${DURATION}s" --latency \
     -s "$here/graph.lua" "$url/graphql" >"$tmp/wrk_$q.out" 2>&1 || { cat "$tmp/wrk_$q.out" >&2; die "wrk $q failed"; }
+  window "marquee-$q" "$started"
   rps=$(awk '/^Requests\/sec:/ { print $2 }' "$tmp/wrk_$q.out")
   bad=$(sed -n 's/^graph.lua: requests=[0-9]* bad=\([0-9]*\)/\1/p' "$tmp/wrk_$q.out")
   [[ -n $rps && -n $bad ]] || { cat "$tmp/wrk_$q.out" >&2; die "no result from wrk $q"; }
@@ -300,7 +313,6 @@ for q in q1 q2 q3 q4; do
   echo "  $rps req/s, p50 $(awk '$1 == "50%" { print $2 }' "$tmp/wrk_$q.out"), p99 $(awk '$1 == "99%" { print $2 }' "$tmp/wrk_$q.out")" >&2
   echo "marquee $q $rps" >>"$tmp/tput.tsv"
 done
-info "load average right after the Marquee throughput runs: $(cut -d' ' -f1-3 /proc/loadavg)"
 stop_marquee
 rm -rf "$tmp/marquee"
 
@@ -338,6 +350,7 @@ step "FalkorDB: indexes, then $DRAWS draws x 4 queries, sequential"
 started=$(now)
 run timeout --kill-after=10 "$SETUP_TIMEOUT" "${PY[@]}" falkor-run --port "$falkor_port" --dataset "$DATASET" \
   --out "$tmp/falkor.jsonl" >"$tmp/falkor_run.json" || die "falkor-run failed"
+window falkordb-engine "$started"
 falkor_json=$(cat "$tmp/falkor_run.json")
 falkor_mem=$(redis-cli -h 127.0.0.1 -p "$falkor_port" INFO memory | awk -F: '/^used_memory_human/ { gsub("\r", ""); print $2 }')
 info "FalkorDB    $falkor_ver: CSV prep $csv_s s; server start $falkor_start_s s; bulk load $bulk_s s; index build $(jq -r .index_s <<<"$falkor_json") s; used memory $falkor_mem; answers+timing pass $(since "$started") s"
@@ -363,6 +376,7 @@ for q in q1 q2 q3 q4; do
   n=$(awk -v r="$rb_rps" -v d="$DURATION" -v c="$CLIENTS" 'BEGIN { n = int(r * d); if (n < c) n = c; print n }')
   started=$(now)
   bench_rb "$n" "$cypher"
+  window "falkordb-$q" "$started"
   took=$(since "$started")
   rps=$rb_rps
   after=$(failed_calls)
@@ -370,7 +384,6 @@ for q in q1 q2 q3 q4; do
   echo "  $rps req/s ($n requests in $took s; p50 $(awk -F'","' '/^"GRAPH/ { print $5 }' "$tmp/rb.out") ms, p99 $(awk -F'","' '/^"GRAPH/ { print $7 }' "$tmp/rb.out") ms)" >&2
   echo "falkordb $q $rps" >>"$tmp/tput.tsv"
 done
-info "load average right after the FalkorDB throughput runs: $(cut -d' ' -f1-3 /proc/loadavg)"
 stop_falkor
 rm -rf "$tmp/falkor"
 
@@ -415,14 +428,17 @@ step "PostgreSQL: $DRAWS draws x 4 queries: answers (pg_stat_statements), then E
 started=$(now)
 run timeout --kill-after=10 "$SETUP_TIMEOUT" "${PY[@]}" pg-run --port "$pg_port" --dataset "$DATASET" \
   --out "$tmp/pg.jsonl" --pgss "$tmp/pgss.json" || die "pg-run failed"
+window postgres-engine "$started"
 info "PostgreSQL  initdb+start $pg_start_s s; COPY $(jq -r .copy_s <<<"$pg_json") s; keys+indexes $(jq -r .index_s <<<"$pg_json") s; VACUUM ANALYZE $(jq -r .analyze_s <<<"$pg_json") s; prewarm $(jq -r .prewarm_s <<<"$pg_json") s; database $(($(jq -r .db_bytes <<<"$pg_json") >> 20)) MiB; answers+timing passes $(since "$started") s"
 
 "${PY[@]}" pg-scripts --out "$tmp/pgbench" --draws "$DRAWS"
 for q in q1 q2 q3 q4; do
   step "PostgreSQL $q: pgbench -M prepared -c$CLIENTS -j$THREADS -T$DURATION"
+  started=$(now)
   run timeout --kill-after=10 "$BOUND" pgbench -h 127.0.0.1 -p "$pg_port" -U bench -n -M prepared \
     -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -f "$tmp/pgbench/$q.sql" postgres >"$tmp/pgbench_$q.out" 2>&1 \
     || { cat "$tmp/pgbench_$q.out" >&2; die "pgbench $q failed"; }
+  window "postgres-$q" "$started"
   tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p' "$tmp/pgbench_$q.out")
   failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$tmp/pgbench_$q.out")
   [[ -n $tps ]] || { cat "$tmp/pgbench_$q.out" >&2; die "no tps from pgbench $q"; }
@@ -430,7 +446,6 @@ for q in q1 q2 q3 q4; do
   echo "  $tps tps, $(grep '^latency average' "$tmp/pgbench_$q.out")" >&2
   echo "postgres $q $tps" >>"$tmp/tput.tsv"
 done
-info "load average right after the PostgreSQL throughput runs: $(cut -d' ' -f1-3 /proc/loadavg)"
 stop_postgres
 
 # ============================================================ report
@@ -438,6 +453,7 @@ stop_postgres
 report_rc=0
 "${PY[@]}" report --dataset "$DATASET" --marquee "$tmp/marquee.jsonl" --falkor "$tmp/falkor.jsonl" --pg "$tmp/pg.jsonl" \
   --pgss "$tmp/pgss.json" --tput "$tmp/tput.tsv" --info "$tmp/info.json" --duration "$DURATION" --clients "$CLIENTS" \
+  --cpu "$tmp/cpu.txt" --windows "$tmp/windows.txt" \
   || report_rc=$?
 echo
 echo "=== Setup and load times"

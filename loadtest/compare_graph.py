@@ -19,6 +19,8 @@ Subcommands (each run by compare-graph.sh; none starts or stops a server):
                 every draw with EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON)
   pg-scripts    write the pgbench scripts (draw picked with \\set random)
   graphql-check Marquee over GraphQL must give the engine's answers (Q1, Q3, Q4)
+  cpu-monitor   sample the CPU used by processes that are not this comparison's
+                (another build on the machine), so the report can show it
   report        compare all answers draw by draw and print the tables
 """
 import argparse
@@ -399,6 +401,84 @@ def cmd_graphql_check(a):
     sys.exit(1 if mismatches else 0)
 
 
+# ---------------------------------------------------------------- CPU used by others
+
+def cmd_cpu_monitor(a):
+    """Every --interval s, appends "unix_time cores" to --out: the CPU (in cores)
+    that processes outside this comparison used since the previous sample. Ours:
+    descendants of --root, the postgres OS user's processes, anything whose command
+    line names --tmp. Stops when --root exits (or after --max seconds)."""
+    import pwd
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        pg_uid = pwd.getpwnam(a.pg_user).pw_uid
+    except KeyError:
+        pg_uid = -1
+
+    def snapshot():
+        procs = {}
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    stat = f.read()
+                fields = stat[stat.rindex(")") + 2:].split()
+                uid = os.stat(f"/proc/{name}").st_uid
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    cmd = f.read()
+            except (OSError, ValueError):
+                continue
+            # fields[0] is field 3 (state): ppid = 4, utime = 14, stime = 15, starttime = 22
+            procs[int(name)] = (int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[19]), uid, cmd)
+        return procs
+
+    def ours(pid, procs):
+        seen = 0
+        p = pid
+        while p in procs and seen < 64:
+            if p == a.root:
+                return True
+            p = procs[p][0]
+            seen += 1
+        _, _, _, uid, cmd = procs[pid]
+        return uid == pg_uid or a.tmp.encode() in cmd
+
+    boot_ticks_prev = None
+    prev = snapshot()
+    t_prev = time.time()
+    with open("/proc/uptime") as f:
+        boot_ticks_prev = float(f.read().split()[0]) * tick
+    started = t_prev
+    with open(a.out, "a") as out:
+        while time.time() - started < a.max:
+            time.sleep(a.interval)
+            if not os.path.exists(f"/proc/{a.root}"):
+                break
+            cur = snapshot()
+            t_now = time.time()
+            used = 0
+            for pid, (ppid, cpu, start, uid, cmd) in cur.items():
+                if ours(pid, cur):
+                    continue
+                old = prev.get(pid)
+                if old is not None and old[2] == start:
+                    used += cpu - old[1]
+                elif start >= boot_ticks_prev:  # born since the previous sample
+                    used += cpu
+            out.write(f"{t_now:.2f} {used / tick / (t_now - t_prev):.2f}\n")
+            out.flush()
+            prev, t_prev = cur, t_now
+            with open("/proc/uptime") as f:
+                boot_ticks_prev = float(f.read().split()[0]) * tick
+
+
+def foreign_cores(samples, t0, t1):
+    """Mean CPU (cores) used by other processes between t0 and t1."""
+    vals = [c for t, c in samples if t0 < t <= t1 + 0.6]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
 # ---------------------------------------------------------------- report
 
 def load_jsonl(path):
@@ -420,6 +500,23 @@ def cmd_report(a):
     if marquee is None or len(marquee) != len(draws):
         die("no complete Marquee engine answers")
     info = json.load(open(a.info)) if a.info and os.path.exists(a.info) else {}
+    samples = []
+    if a.cpu and os.path.exists(a.cpu):
+        for line in open(a.cpu):
+            parts = line.split()
+            if len(parts) == 2:
+                samples.append((float(parts[0]), float(parts[1])))
+    windows = {}
+    if a.windows and os.path.exists(a.windows):
+        for line in open(a.windows):
+            parts = line.split()
+            if len(parts) == 3:
+                windows[parts[0]] = (float(parts[1]), float(parts[2]))
+
+    def other_cpu(key):
+        if key not in windows or not samples:
+            return "?"
+        return f"{foreign_cores(samples, *windows[key]):.2f}"
     pgss = json.load(open(a.pgss)) if a.pgss and os.path.exists(a.pgss) else {}
 
     # ---- agreement, draw by draw
@@ -472,6 +569,10 @@ def cmd_report(a):
         engine_ok &= met
         print(f"{TITLES[q]:<20} | {fmt_ms(m50):>11} {fmt_ms(m99):>10} | {cells[0][0]:>12} {cells[0][1]:>10} | "
               f"{cells[1][0]:>12} {cells[1][1]:>10} | {ratio:>7.1f}x | >= 20x {'met' if met else 'NOT met'}")
+    if windows:
+        print(f"    CPU used by other processes on the machine meanwhile (cores of {os.cpu_count()}): "
+              f"Marquee {other_cpu('marquee-engine')}, FalkorDB {other_cpu('falkordb-engine')}, "
+              f"PostgreSQL {other_cpu('postgres-engine')}")
     if pgss and t_p:
         print("    cross-check, PostgreSQL mean per query: pg_stat_statements mean_exec_time (plain queries) vs mean EXPLAIN time")
         for q in QUERIES:
@@ -504,6 +605,11 @@ def cmd_report(a):
             target = 3 if q in ("q1", "q2") else 20
             print(f"{TITLES[q]:<20} | {m:>10.0f} | {f:>10.0f} | {p:>10.0f} | {ratio:>7.1f}x | >= {target}x "
                   f"{'met' if ratio >= target else 'NOT met'}")
+        if windows:
+            print(f"    CPU used by other processes during each run (cores of {os.cpu_count()}; Marquee / FalkorDB / PostgreSQL):")
+            print("      " + "; ".join(
+                f"{q.upper()} {other_cpu('marquee-' + q)} / {other_cpu('falkordb-' + q)} / {other_cpu('postgres-' + q)}"
+                for q in QUERIES))
 
     # ---- answers
     print()
@@ -542,15 +648,22 @@ def main():
     s = sub.add_parser("report")
     for opt in ("--dataset", "--marquee"):
         s.add_argument(opt, required=True)
-    for opt in ("--falkor", "--pg", "--pgss", "--tput", "--info"):
+    for opt in ("--falkor", "--pg", "--pgss", "--tput", "--info", "--cpu", "--windows"):
         s.add_argument(opt)
     s.add_argument("--duration", default="10")
     s.add_argument("--clients", default="16")
+    s = sub.add_parser("cpu-monitor")
+    s.add_argument("--root", type=int, required=True)
+    s.add_argument("--tmp", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--pg-user", default="postgres")
+    s.add_argument("--interval", type=float, default=0.5)
+    s.add_argument("--max", type=float, default=6 * 3600)
     a = ap.parse_args()
     {
         "falkor-csv": cmd_falkor_csv, "falkor-run": cmd_falkor_run, "falkor-bench": cmd_falkor_bench,
         "pg-load": cmd_pg_load, "pg-run": cmd_pg_run, "pg-scripts": cmd_pg_scripts,
-        "graphql-check": cmd_graphql_check, "report": cmd_report,
+        "graphql-check": cmd_graphql_check, "report": cmd_report, "cpu-monitor": cmd_cpu_monitor,
     }[a.cmd](a)
 
 

@@ -27,6 +27,9 @@ use crate::limits::{self, TooComplex};
 use crate::schema::{self, MarqueeSchema};
 use crate::{export, App};
 
+/// The least time the listener stays open after shutdown begins.
+const DRAIN_MIN: Duration = Duration::from_millis(500);
+
 /// Largest WebSocket message a client may send.
 const WS_MESSAGE_BYTES_MAX: usize = 64 * 1024;
 
@@ -74,45 +77,89 @@ pub async fn serve(
         .max_headers(100)
         .header_read_timeout(Duration::from_secs(10))
         .timer(hyper_util::rt::TokioTimer::new());
-    let builder = Arc::new(builder);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let connections = Arc::new(tokio::sync::Semaphore::new(app.settings.connections_max));
+    // Connections accepted while shutting down: told 503, then closed.
+    let late = std::sync::Mutex::new(tokio::task::JoinSet::new());
+    let serve_one = |stream: tokio::net::TcpStream,
+                     peer: SocketAddr,
+                     graceful: Option<&hyper_util::server::graceful::GracefulShutdown>| {
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection limit reached; closing a new connection");
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(router.clone().layer(Extension(Peer(peer))));
+        let connection =
+            builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service).into_owned();
+        match graceful {
+            Some(graceful) => {
+                let watched = graceful.watch(connection);
+                tokio::spawn(async move {
+                    let _ = watched.await;
+                    drop(permit);
+                });
+            }
+            None => {
+                late.lock().expect("late connections lock poisoned").spawn(async move {
+                    let _ = connection.await;
+                    drop(permit);
+                });
+            }
+        }
+    };
     tokio::pin!(shutdown);
     loop {
-        let (stream, peer) = tokio::select! {
+        tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
+                Ok((stream, peer)) => serve_one(stream, peer, Some(&graceful)),
                 Err(error) => {
                     // Out of file descriptors and the like: wait, do not spin.
                     tracing::warn!(%error, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
                 }
             },
             () = &mut shutdown => break,
-        };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "connection limit reached; closing a new connection");
-            drop(stream);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(router.clone().layer(Extension(Peer(peer))));
-        let builder = builder.clone();
-        let connection =
-            builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service).into_owned();
-        let watched = graceful.watch(connection);
-        tokio::spawn(async move {
-            let _ = watched.await;
-            drop(permit);
-        });
+        }
     }
+    // From here requests are answered 503 (Connection: close) and /readyz
+    // says not ready, while the requests in flight finish. The listener
+    // stays open meanwhile, at least DRAIN_MIN, so clients and load
+    // balancers learn to go elsewhere from an answer instead of a reset.
     app.begin_shutdown();
-    tracing::info!(connections = graceful.count(), "stopped accepting; finishing requests in flight");
+    tracing::info!(connections = graceful.count(), "shutting down: finishing requests in flight");
     let grace = Duration::from_millis(app.settings.shutdown_grace_ms);
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!(?grace, "requests still in flight when the grace period ran out");
+    let deadline = tokio::time::sleep(grace);
+    let drained = tokio::time::sleep(DRAIN_MIN.min(grace));
+    tokio::pin!(deadline, drained);
+    // First the drain: connections accepted a moment ago get to read their
+    // requests before anything is closed as idle.
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => if let Ok((stream, peer)) = accepted {
+                serve_one(stream, peer, None);
+            },
+            () = &mut drained => break,
+        }
     }
+    // Then close idle connections and wait for the requests in flight.
+    let finished = graceful.shutdown();
+    tokio::pin!(finished);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => if let Ok((stream, peer)) = accepted {
+                serve_one(stream, peer, None);
+            },
+            () = &mut finished => break,
+            () = &mut deadline => {
+                tracing::warn!(?grace, "requests still in flight when the grace period ran out");
+                break;
+            }
+        }
+    }
+    drop(listener);
+    let mut late = late.into_inner().expect("late connections lock poisoned");
+    let _ = tokio::time::timeout_at(deadline.deadline(), async { while late.join_next().await.is_some() {} }).await;
     Ok(())
 }
 
@@ -307,6 +354,18 @@ async fn handle_graphql(
         (error_response(status, &error), Outcome { status, operation: None, label })
     };
     let app = &state.app;
+    if app.is_shutting_down() {
+        let mut response = error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &ApiError::Unavailable("the server is shutting down; retry shortly".into()),
+        );
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        set_retry_after(&mut response, Duration::from_secs(1));
+        return (
+            response,
+            Outcome { status: StatusCode::SERVICE_UNAVAILABLE, operation: None, label: "shutting_down" },
+        );
+    }
     let body = match body {
         Ok(body) => body,
         Err(rejection) => {
@@ -463,7 +522,7 @@ fn prepare(app: &App, batch: BatchRequest, ip: IpAddr) -> Result<(BatchRequest, 
                 Refusal::RateLimited(wait)
             })?;
         }
-        first_name = first_name.or(operation_name.or_else(|| cost.root_names.first().cloned()));
+        first_name = first_name.or(cost.operation_name.clone().or_else(|| cost.root_names.first().cloned()));
     }
     let batch =
         if single { BatchRequest::Single(requests.pop().expect("one request")) } else { BatchRequest::Batch(requests) };

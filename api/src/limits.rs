@@ -166,6 +166,9 @@ const LIST_WEIGHTS: &[(&str, Option<&str>, u64)] = &[
     ("webhooks", None, 20),
 ];
 
+/// The largest page size any field accepts.
+const PAGE_SIZE_MAX: u64 = 100;
+
 /// Why a request was refused before execution.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TooComplex(pub String);
@@ -177,18 +180,20 @@ pub fn analyze(
     variables: &Variables,
 ) -> Result<Cost, TooComplex> {
     let operation = match operation_name {
-        Some(name) => document.operations.iter().find(|(n, _)| n.is_some_and(|n| n.as_str() == name)).map(|(_, op)| op),
-        None => document.operations.iter().next().map(|(_, op)| op),
+        Some(name) => {
+            document.operations.iter().find(|(n, _)| n.is_some_and(|n| n.as_str() == name)).map(|(n, op)| (n, op))
+        }
+        None => document.operations.iter().next(),
     };
     // An unknown or missing operation is for validation to report.
-    let Some(operation) = operation else { return Ok(Cost::default()) };
+    let Some((name, operation)) = operation else { return Ok(Cost::default()) };
     let mut walker = Walker { document, variables, aliases: 0, visiting: HashSet::new() };
     let root = walker.fields(&operation.node.selection_set)?;
     let mut cost = Cost {
         mutation: operation.node.ty == OperationType::Mutation,
         root_fields: root.len(),
         root_names: root.iter().map(|f| f.node.name.node.to_string()).collect(),
-        operation_name: operation_name.map(str::to_string),
+        operation_name: name.map(|n| n.to_string()),
         ..Cost::default()
     };
     for field in &root {
@@ -293,8 +298,10 @@ impl<'a> Walker<'a> {
         let given = field.arguments.iter().find(|(n, _)| n.node.as_str() == argument).map(|(_, v)| &v.node);
         let value =
             given.and_then(|v| v.clone().into_const_with(|name| self.variables.get(&name).cloned().ok_or(())).ok());
+        // A page size beyond the API's maximum is refused by the field
+        // itself with a clearer message; here it weighs as the maximum.
         match value {
-            Some(Value::Number(n)) => n.as_u64().unwrap_or(default).max(1),
+            Some(Value::Number(n)) => n.as_u64().unwrap_or(default).clamp(1, PAGE_SIZE_MAX),
             _ => default,
         }
     }

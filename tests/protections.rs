@@ -1,0 +1,363 @@
+//! The gateway's protections over real HTTP: hostile input gets its clear
+//! error while honest requests keep being served with memory bounded; rate
+//! limits answer 429 with Retry-After and RATE_LIMITED, recover, and keep
+//! one noisy client from blocking another; credential stuffing is refused
+//! early; /metrics parses and moves with traffic; SIGTERM under booking
+//! load answers every accepted request and loses no acknowledged booking.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+fn post(server: &Server, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
+    let mut all = vec![("Content-Type", "application/json")];
+    all.extend_from_slice(headers);
+    http(&server.addr, "POST", "/graphql", &all, body)
+}
+
+fn post_json(server: &Server, body: Value) -> HttpResponse {
+    post(server, &[], body.to_string().as_bytes())
+}
+
+fn code_of(response: &HttpResponse) -> String {
+    let body = response.json();
+    let first = match &body {
+        Value::Array(many) => many[0].clone(),
+        single => single.clone(),
+    };
+    error_code(&first)
+}
+
+fn resident_bytes(server: &Server) -> f64 {
+    let text = http(&server.addr, "GET", "/metrics", &[], b"").text();
+    let line = text.lines().find(|l| l.starts_with("process_resident_memory_bytes ")).expect("an RSS gauge");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Asserts the server still answers an honest request.
+fn assert_serving(server: &Server) {
+    let response = post_json(server, json!({"query": "{ events(first: 1) { totalCount } }"}));
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert!(response.json()["data"]["events"]["totalCount"].is_number());
+}
+
+#[test]
+fn hostile_input_gets_clear_errors_and_honest_requests_keep_working() {
+    let dir = TempDir::new("hostile");
+    let server = Server::start(dir.path(), &["--rate-limit-ip", "0"]);
+    let before = resident_bytes(&server);
+    let depth_bomb = format!("{{ {}id{} }}", "me { ".repeat(40), " }".repeat(40));
+    let aliases: String = (0..2_000).map(|i| format!("a{i}: __typename ")).collect();
+    let wide = format!("{{ {aliases} }}");
+    let roots: String = (0..25).map(|i| format!("r{i}: me {{ id }} ")).collect();
+    let people = "id name role followerCount followingCount email";
+    let nested_lists = format!("{{ myBookings {{ event {{ friendsGoing(first: 100) {{ {people} }} whosGoing(first: 100) {{ {people} }} }} }} }}");
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("depth bomb", json!({"query": depth_bomb}).to_string().into_bytes(), 400, "QUERY_TOO_COMPLEX"),
+        ("thousands of aliases", json!({"query": wide}).to_string().into_bytes(), 400, "QUERY_TOO_COMPLEX"),
+        (
+            "too many root fields",
+            json!({"query": format!("{{ {roots} }}")}).to_string().into_bytes(),
+            400,
+            "QUERY_TOO_COMPLEX",
+        ),
+        ("nested page sizes", json!({"query": nested_lists}).to_string().into_bytes(), 400, "QUERY_TOO_COMPLEX"),
+        (
+            "a huge batch",
+            Value::Array(vec![json!({"query": "{ __typename }"}); 500]).to_string().into_bytes(),
+            400,
+            "QUERY_TOO_COMPLEX",
+        ),
+        (
+            "a huge query text",
+            json!({"query": format!("{{ __typename }} #{}", "x".repeat(40_000))}).to_string().into_bytes(),
+            400,
+            "QUERY_TOO_COMPLEX",
+        ),
+        (
+            "huge variables",
+            json!({"query": "{ __typename }", "variables": {"pad": "x".repeat(200_000)}}).to_string().into_bytes(),
+            400,
+            "QUERY_TOO_COMPLEX",
+        ),
+        ("an oversized body", vec![b' '; 2 << 20], 413, "BAD_USER_INPUT"),
+        ("invalid UTF-8", b"{\"query\": \"{ \xff\xfe }\"}".to_vec(), 400, "BAD_USER_INPUT"),
+        ("malformed JSON", b"{\"query\": ".to_vec(), 400, "BAD_USER_INPUT"),
+        ("a JSON number", b"42".to_vec(), 400, "BAD_USER_INPUT"),
+        (
+            "a fragment cycle",
+            json!({"query": "{ ...A } fragment A on Query { ...B } fragment B on Query { ...A }"})
+                .to_string()
+                .into_bytes(),
+            400,
+            "QUERY_TOO_COMPLEX",
+        ),
+        (
+            "an absurd first",
+            json!({"query": "{ events(first: 1000000000) { totalCount } }"}).to_string().into_bytes(),
+            200,
+            "BAD_USER_INPUT",
+        ),
+        (
+            "a negative first",
+            json!({"query": "{ recommendedEvents(first: -5) { id } }"}).to_string().into_bytes(),
+            200,
+            "BAD_USER_INPUT",
+        ),
+        (
+            "an unknown operation",
+            json!({"query": "query A { __typename }", "operationName": "B"}).to_string().into_bytes(),
+            200,
+            "BAD_USER_INPUT",
+        ),
+        ("an unknown field", json!({"query": "{ doesNotExist }"}).to_string().into_bytes(), 200, "BAD_USER_INPUT"),
+        ("a syntax error", json!({"query": "{ events( }"}).to_string().into_bytes(), 200, "BAD_USER_INPUT"),
+        (
+            "a bad persisted query hash",
+            json!({"query": "{ __typename }", "extensions": {"persistedQuery": {"version": 1, "sha256Hash": "zz"}}})
+                .to_string()
+                .into_bytes(),
+            400,
+            "QUERY_TOO_COMPLEX",
+        ),
+    ];
+    for _round in 0..3 {
+        for (name, body, status, code) in &cases {
+            let response = post(&server, &[], body);
+            assert_eq!(response.status, *status, "{name}: {}", response.text());
+            assert_eq!(code_of(&response), *code, "{name}");
+            assert_serving(&server);
+        }
+    }
+    let wrong_type =
+        http(&server.addr, "POST", "/graphql", &[("Content-Type", "text/plain")], b"{\"query\":\"{ __typename }\"}");
+    assert_eq!((wrong_type.status, code_of(&wrong_type)), (400, "BAD_USER_INPUT".into()));
+    let after = resident_bytes(&server);
+    assert!(after < before + 256.0 * 1024.0 * 1024.0, "memory grew from {before} to {after} bytes");
+}
+
+#[test]
+fn persisted_queries_run_by_hash() {
+    let dir = TempDir::new("apq");
+    let server = Server::start(dir.path(), &[]);
+    let query = "{ events(first: 3) { totalCount } }";
+    let hash = api::limits::query_hash(query);
+    let persisted = json!({"persistedQuery": {"version": 1, "sha256Hash": hash}});
+    let unknown = post_json(&server, json!({"extensions": persisted}));
+    assert_eq!(unknown.status, 200);
+    assert_eq!(unknown.json()["errors"][0]["message"], "PersistedQueryNotFound");
+    assert_eq!(code_of(&unknown), "PERSISTED_QUERY_NOT_FOUND");
+    let stored = post_json(&server, json!({"query": query, "extensions": persisted}));
+    assert_eq!(stored.json()["data"]["events"]["totalCount"], 0);
+    let by_hash = post_json(&server, json!({"extensions": persisted}));
+    assert_eq!(by_hash.json()["data"]["events"]["totalCount"], 0, "{}", by_hash.text());
+}
+
+#[test]
+fn rate_limits_answer_429_recover_and_isolate_clients() {
+    let dir = TempDir::new("rate");
+    let server = Server::start(dir.path(), &["--rate-limit-token", "5", "--rate-limit-ip", "5"]);
+    let (noisy, _) = register(&server, "noisy@example.com", "ATTENDEE");
+    let (quiet, _) = register(&server, "quiet@example.com", "ATTENDEE");
+    let body = json!({"query": "{ me { id } }"}).to_string();
+    let as_user = |token: &str| post(&server, &[("Authorization", &format!("Bearer {token}"))], body.as_bytes());
+    let mut limited = None;
+    for _ in 0..40 {
+        let response = as_user(&noisy);
+        if response.status == 429 {
+            limited = Some(response);
+            break;
+        }
+    }
+    let limited = limited.expect("a burst past the budget is refused");
+    assert_eq!(code_of(&limited), "RATE_LIMITED");
+    let retry_after: u64 = limited.header("retry-after").expect("Retry-After").parse().unwrap();
+    assert!((1..=5).contains(&retry_after), "Retry-After {retry_after}");
+    assert_eq!(as_user(&quiet).status, 200, "one noisy client does not block another");
+    std::thread::sleep(Duration::from_secs(retry_after));
+    assert_eq!(as_user(&noisy).status, 200, "the budget comes back");
+}
+
+#[test]
+fn credential_stuffing_is_refused_long_before_the_sixtieth_try() {
+    let dir = TempDir::new("stuffing");
+    let server = Server::start(dir.path(), &["--trust-proxy-headers"]);
+    let (_, _) = register(&server, "victim@example.com", "ATTENDEE");
+    let login =
+        json!({"query": "mutation { login(email: \"victim@example.com\", password: \"wrong-guess\") { token } }"})
+            .to_string();
+    // From one address: the per-address budget for sign-ins.
+    let from = |ip: &str| post(&server, &[("X-Forwarded-For", ip)], login.as_bytes());
+    let refused_at =
+        (1..=60).find(|_| from("203.0.113.7").status == 429).expect("60 tries from one address are refused");
+    assert!(refused_at <= 12, "refused only at try {refused_at}");
+    // Against one email from many addresses: failures per email.
+    let refused_at = (1..=60)
+        .find(|n| {
+            let response = from(&format!("198.51.100.{n}"));
+            response.status == 429 && code_of(&response) == "RATE_LIMITED"
+        })
+        .expect("60 failed tries against one email are refused");
+    assert!(refused_at <= 7, "refused only at try {refused_at}");
+    // The right password from a fresh address is still refused while the
+    // email waits: guessing cannot tell which try was right.
+    let right =
+        json!({"query": "mutation { login(email: \"victim@example.com\", password: \"password123\") { token } }"})
+            .to_string();
+    let response = post(&server, &[("X-Forwarded-For", "192.0.2.200")], right.as_bytes());
+    assert_eq!(response.status, 429);
+}
+
+#[test]
+fn metrics_parse_and_move_with_traffic() {
+    let dir = TempDir::new("metrics");
+    let server = Server::start(dir.path(), &[]);
+    let scrape = || {
+        let response = http(&server.addr, "GET", "/metrics", &[], b"");
+        assert_eq!(response.status, 200);
+        assert!(response.header("content-type").unwrap().starts_with("text/plain"));
+        let lines = response.text().lines().map(|l| Ok(l.to_string())).collect::<Vec<_>>();
+        prometheus_parse::Scrape::parse(lines.into_iter()).expect("the exposition parses")
+    };
+    let value = |scrape: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    };
+    let before = scrape();
+    let (org, _) = register(&server, "org@example.com", "ORGANIZER");
+    let input = json!({"title": "Metered", "startsAt": "2027-06-01T20:00:00Z", "city": "Oslo"});
+    let event = data(server.gql(
+        Some(&org),
+        "mutation($i: CreateEventInput!) { createEvent(input: $i) { id } }",
+        json!({"i": input}),
+    ))["createEvent"]["id"]
+        .clone();
+    let ticket = json!({"name": "GA", "priceCents": 100, "currency": "EUR", "capacity": 1});
+    let tt = data(server.gql(
+        Some(&org),
+        "mutation($e: ID!, $t: TicketTypeInput!) { addTicketType(eventId: $e, input: $t) { id } }",
+        json!({"e": event, "t": ticket}),
+    ))["addTicketType"]["id"]
+        .clone();
+    data(server.gql(Some(&org), "mutation($id: ID!) { publishEvent(id: $id) { id } }", json!({"id": event})));
+    let book = "mutation Buy($i: BookInput!) { bookTickets(input: $i) { id } }";
+    data(server.gql(Some(&org), book, json!({"i": {"ticketTypeId": tt, "quantity": 1, "idempotencyKey": "a"}})));
+    let sold_out =
+        server.gql(Some(&org), book, json!({"i": {"ticketTypeId": tt, "quantity": 1, "idempotencyKey": "b"}}));
+    assert_eq!(error_code(&sold_out), "SOLD_OUT");
+    let after = scrape();
+    assert_eq!(
+        value(&after, "marquee_bookings_total", Some(("outcome", "booked")))
+            - value(&before, "marquee_bookings_total", Some(("outcome", "booked"))),
+        1.0
+    );
+    assert_eq!(value(&after, "marquee_bookings_total", Some(("outcome", "sold_out"))), 1.0);
+    assert_eq!(value(&after, "marquee_graphql_errors_total", Some(("code", "SOLD_OUT"))), 1.0);
+    assert!(value(&after, "marquee_http_request_duration_seconds_count", Some(("operation", "Buy"))) >= 2.0);
+    assert!(value(&after, "marquee_log_head_seq", None) > value(&before, "marquee_log_head_seq", None));
+    assert!(
+        value(&after, "marquee_store_flush_seconds_count", None)
+            > value(&before, "marquee_store_flush_seconds_count", None)
+    );
+    assert!(value(&after, "process_resident_memory_bytes", None) > 0.0);
+    for name in [
+        "marquee_log_reader_lag",
+        "marquee_websocket_connections",
+        "marquee_subscriptions",
+        "process_cpu_seconds_total",
+        "marquee_ledger_shard_lock_wait_seconds_count",
+    ] {
+        assert!(after.samples.iter().any(|s| s.metric == name), "{name} is exported");
+    }
+    assert_eq!(http(&server.addr, "GET", "/readyz", &[], b"").status, 200);
+}
+
+#[test]
+fn sigterm_under_load_answers_every_accepted_request_and_loses_no_booking() {
+    let dir = TempDir::new("sigterm-load");
+    let server = Server::start(dir.path(), &["--rate-limit-token", "0"]);
+    let (org, _) = register(&server, "org@example.com", "ORGANIZER");
+    let input = json!({"title": "Last call", "startsAt": "2027-06-01T20:00:00Z", "city": "Oslo"});
+    let event = data(server.gql(
+        Some(&org),
+        "mutation($i: CreateEventInput!) { createEvent(input: $i) { id } }",
+        json!({"i": input}),
+    ))["createEvent"]["id"]
+        .clone();
+    let ticket = json!({"name": "GA", "priceCents": 100, "currency": "EUR", "capacity": 100000});
+    let tt = data(server.gql(
+        Some(&org),
+        "mutation($e: ID!, $t: TicketTypeInput!) { addTicketType(eventId: $e, input: $t) { id } }",
+        json!({"e": event, "t": ticket}),
+    ))["addTicketType"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    data(server.gql(Some(&org), "mutation($id: ID!) { publishEvent(id: $id) { id } }", json!({"id": event})));
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let unanswered = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = (0..6)
+        .map(|t| {
+            let (addr, org, tt) = (server.addr.clone(), org.clone(), tt.clone());
+            let (acknowledged, unanswered, stop) = (acknowledged.clone(), unanswered.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for i in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let body = json!({"query": "mutation($i: BookInput!) { bookTickets(input: $i) { id } }",
+                        "variables": {"i": {"ticketTypeId": tt, "quantity": 1, "idempotencyKey": format!("t{t}-{i}")}}});
+                    let auth = format!("Bearer {org}");
+                    let headers = [("Content-Type", "application/json"), ("Authorization", auth.as_str())];
+                    match try_http(&addr, "POST", "/graphql", &headers, body.to_string().as_bytes()) {
+                        Ok(response) if response.status == 200 => {
+                            let id = response.json()["data"]["bookTickets"]["id"].as_str().map(str::to_string);
+                            acknowledged.lock().unwrap().push(id.expect("a booking"));
+                        }
+                        Ok(response) => {
+                            assert_eq!(response.status, 503, "only a shutting-down refusal: {}", response.text());
+                            return;
+                        }
+                        // Refused: the server stopped listening.
+                        Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => return,
+                        Err(error) => unanswered.lock().unwrap().push(error.to_string()),
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(800));
+    let started = Instant::now();
+    let code = server.stop();
+    stop.store(true, Ordering::Relaxed);
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    assert_eq!(code, Some(0), "a clean exit");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(*unanswered.lock().unwrap(), Vec::<String>::new(), "every accepted request was answered");
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(acknowledged.len() > 10, "the load ran: {}", acknowledged.len());
+    let server = Server::start(dir.path(), &[]);
+    let mine = data(server.gql(Some(&org), "{ myBookings { id status } }", json!({})));
+    let stored: std::collections::HashSet<String> =
+        mine["myBookings"].as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap().to_string()).collect();
+    for id in &acknowledged {
+        assert!(stored.contains(id), "acknowledged booking {id} survived the shutdown");
+    }
+}
