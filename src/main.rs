@@ -253,7 +253,11 @@ async fn run_server(config: &ServeConfig, graph: Arc<Graph>, ledger: Arc<ledger:
     // Tests and scripts read the bound address (port 0 picks one) from this line.
     println!("marquee listening on http://{address}");
     let _ = std::io::stdout().flush();
-    api::serve(listener, app, shutdown).await.map_err(|e| Failure::Runtime(format!("server failed: {e}")))
+    let served = api::serve(listener, app.clone(), shutdown).await;
+    // The readers finish their current batches; their checkpoints are
+    // written with the final flush.
+    tokio::task::spawn_blocking(move || app.readers.stop()).await.ok();
+    served.map_err(|e| Failure::Runtime(format!("server failed: {e}")))
 }
 
 /// A future that completes on SIGINT or SIGTERM. The handlers are installed

@@ -507,15 +507,10 @@ fn prepare(app: &App, batch: BatchRequest, ip: IpAddr) -> Result<(BatchRequest, 
     let mut first_name = None;
     for request in &mut requests {
         apply_persisted_query(app, request)?;
-        check_sizes(request, limits).map_err(Refusal::TooComplex)?;
         if !app.settings.introspection {
             *request = std::mem::replace(request, GqlRequest::new("")).disable_introspection();
         }
-        let operation_name = request.operation_name.clone();
-        let variables = request.variables.clone();
-        let Ok(document) = request.parsed_query() else { continue };
-        let cost = limits::analyze(document, operation_name.as_deref(), &variables).map_err(Refusal::TooComplex)?;
-        limits::check(&cost, limits).map_err(Refusal::TooComplex)?;
+        let Some(cost) = limits::inspect(request, limits).map_err(Refusal::TooComplex)? else { continue };
         if cost.mutation && cost.root_names.iter().any(|n| n == "login" || n == "register") {
             app.limits.credentials_per_ip.check(ip).map_err(|wait| {
                 app.metrics.rate_limited("credentials");
@@ -527,25 +522,6 @@ fn prepare(app: &App, batch: BatchRequest, ip: IpAddr) -> Result<(BatchRequest, 
     let batch =
         if single { BatchRequest::Single(requests.pop().expect("one request")) } else { BatchRequest::Batch(requests) };
     Ok((batch, first_name))
-}
-
-/// Query text and variables within their bounds.
-fn check_sizes(request: &GqlRequest, limits: &limits::QueryLimits) -> Result<(), TooComplex> {
-    if request.query.len() > limits.query_bytes_max {
-        return Err(TooComplex(format!(
-            "the query is {} bytes, more than the {} allowed",
-            request.query.len(),
-            limits.query_bytes_max
-        )));
-    }
-    let variables = serde_json::to_vec(&request.variables).map(|v| v.len()).unwrap_or(usize::MAX);
-    if variables > limits.variables_bytes_max {
-        return Err(TooComplex(format!(
-            "the variables are {variables} bytes, more than the {} allowed",
-            limits.variables_bytes_max
-        )));
-    }
-    Ok(())
 }
 
 /// Automatic persisted queries (the Apollo protocol): a request may carry

@@ -184,7 +184,7 @@ impl Readers {
     }
 
     /// Stops the readers after their current batches.
-    pub fn stop(&mut self) {
+    pub fn stop(&self) {
         self.stop_deliveries.send_replace(true);
         self.analytics.stop();
         self.notifications.stop();

@@ -187,7 +187,7 @@ pub fn analyze(
     };
     // An unknown or missing operation is for validation to report.
     let Some((name, operation)) = operation else { return Ok(Cost::default()) };
-    let mut walker = Walker { document, variables, aliases: 0, visiting: HashSet::new() };
+    let mut walker = Walker { document, variables, aliases: 0, measured: 0, visiting: HashSet::new() };
     let root = walker.fields(&operation.node.selection_set)?;
     let mut cost = Cost {
         mutation: operation.node.ty == OperationType::Mutation,
@@ -203,6 +203,28 @@ pub fn analyze(
     }
     cost.aliases = walker.aliases;
     Ok(cost)
+}
+
+/// Checks one request before it runs: query text and variables within
+/// their bounds, then its operation measured and checked. A query that does
+/// not parse passes (execution reports the syntax error with its position).
+pub fn inspect(request: &mut async_graphql::Request, limits: &QueryLimits) -> Result<Option<Cost>, TooComplex> {
+    if request.query.len() > limits.query_bytes_max {
+        let why =
+            format!("the query is {} bytes, more than the {} allowed", request.query.len(), limits.query_bytes_max);
+        return Err(TooComplex(why));
+    }
+    let variables = serde_json::to_vec(&request.variables).map(|v| v.len()).unwrap_or(usize::MAX);
+    if variables > limits.variables_bytes_max {
+        let why = format!("the variables are {variables} bytes, more than the {} allowed", limits.variables_bytes_max);
+        return Err(TooComplex(why));
+    }
+    let operation_name = request.operation_name.clone();
+    let variables = request.variables.clone();
+    let Ok(document) = request.parsed_query() else { return Ok(None) };
+    let cost = analyze(document, operation_name.as_deref(), &variables)?;
+    check(&cost, limits)?;
+    Ok(Some(cost))
 }
 
 /// Checks a measured operation against the limits.
@@ -226,11 +248,19 @@ pub fn check(cost: &Cost, limits: &QueryLimits) -> Result<(), TooComplex> {
 /// Most fields one selection may expand to (fragments included), so that
 /// even measuring a hostile query stays cheap.
 const EXPANDED_FIELDS_MAX: usize = 10_000;
+/// Deepest nesting measured at all (above any configurable depth limit): a
+/// fragment that spreads itself inside a field would otherwise recurse
+/// without end.
+const MEASURED_DEPTH_MAX: usize = 128;
+/// Most fields measured in one operation, whatever the nesting.
+const MEASURED_FIELDS_MAX: usize = 200_000;
 
 struct Walker<'a> {
     document: &'a ExecutableDocument,
     variables: &'a Variables,
     aliases: usize,
+    /// Fields measured so far.
+    measured: usize,
     /// Fragments being expanded (a cycle is refused, not followed).
     visiting: HashSet<&'a str>,
 }
@@ -278,6 +308,13 @@ impl<'a> Walker<'a> {
     fn measure(&mut self, field: &'a Positioned<Field>, depth: usize) -> Result<(usize, u64), TooComplex> {
         if field.node.name.node.starts_with("__") {
             return Ok((0, 1));
+        }
+        self.measured += 1;
+        if depth > MEASURED_DEPTH_MAX {
+            return Err(TooComplex(format!("the query nests deeper than {MEASURED_DEPTH_MAX} levels")));
+        }
+        if self.measured > MEASURED_FIELDS_MAX {
+            return Err(TooComplex(format!("the query expands to more than {MEASURED_FIELDS_MAX} fields")));
         }
         let mut deepest = depth;
         let mut below: u64 = 0;
@@ -382,6 +419,16 @@ mod tests {
         assert_eq!((spread.root_fields, spread.aliases), (2, 2));
         let cyclic = cost("{ ...A } fragment A on Query { ...B } fragment B on Query { ...A }", serde_json::json!({}));
         assert!(cyclic.is_err());
+    }
+
+    /// Found by fuzzing (api/fuzz, graphql_request): a fragment spreading
+    /// itself inside a field recursed until the stack overflowed.
+    #[test]
+    fn regression_fragment_spreading_itself_inside_a_field_is_refused() {
+        let nested = cost("{ ...F } fragment F on Query { me { ...F } }", serde_json::json!({}));
+        assert!(nested.is_err());
+        let doubling = cost("{ ...F } fragment F on Query { a: me { ...F } b: me { ...F } }", serde_json::json!({}));
+        assert!(doubling.is_err(), "an exponential expansion is cut off too");
     }
 
     #[test]

@@ -19,7 +19,7 @@
 #![deny(missing_docs)]
 
 mod catalog;
-mod codec;
+pub mod codec;
 mod error;
 pub mod ids;
 pub mod import;

@@ -52,7 +52,7 @@ pub struct ReaderHandle {
     /// The last seq it has processed and committed.
     pub position: tokio::sync::watch::Receiver<u64>,
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    thread: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
 impl ReaderHandle {
@@ -63,9 +63,10 @@ impl ReaderHandle {
     }
 
     /// Stops the reader after its current batch.
-    pub fn stop(&mut self) {
+    pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
-        if let Some(thread) = self.thread.take() {
+        let thread = self.thread.lock().expect("reader thread lock poisoned").take();
+        if let Some(thread) = thread {
             let _ = thread.join();
         }
     }
@@ -107,7 +108,7 @@ pub fn spawn<R: Reader>(graph: Arc<Graph>, mut reader: R) -> Result<ReaderHandle
             }
         })
         .map_err(|e| graph::Error::Storage(format!("cannot start the {} reader: {e}", R::NAME)))?;
-    Ok(ReaderHandle { name: R::NAME, position, stop, thread: Some(thread) })
+    Ok(ReaderHandle { name: R::NAME, position, stop, thread: std::sync::Mutex::new(Some(thread)) })
 }
 
 /// One round: wait for durable entries after `at`, apply them, commit.
