@@ -23,6 +23,10 @@ use graph::ids::{EventId, UserId};
 use graph::social::DISTANCE_HOPS_MAX;
 use graph::{Graph, SocialGraph};
 
+// The server runs on mimalloc; so do its benchmarks.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// One parameter draw: U, E, V.
 #[derive(Clone, Copy)]
 struct Draw {

@@ -24,6 +24,10 @@ use graph::model::Role;
 use graph::{Graph, NewEvent, NewTicketType};
 use ledger::{BookRequest, Ledger, Options};
 
+// The server runs on mimalloc; so do its benchmarks.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A data directory with published events and their ticket types.
 struct World {
     dir: PathBuf,

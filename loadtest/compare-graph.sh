@@ -309,7 +309,9 @@ for q in q1 q2 q3 q4; do
   bad=$(sed -n 's/^graph.lua: requests=[0-9]* bad=\([0-9]*\)/\1/p' "$tmp/wrk_$q.out")
   [[ -n $rps && -n $bad ]] || { cat "$tmp/wrk_$q.out" >&2; die "no result from wrk $q"; }
   [[ $bad -eq 0 ]] || die "wrk $q: $bad responses were not 200 or carried GraphQL errors"
-  grep -q 'Socket errors' "$tmp/wrk_$q.out" && echo "WARNING: wrk $q: $(grep 'Socket errors' "$tmp/wrk_$q.out")" >&2
+  if grep -q 'Socket errors' "$tmp/wrk_$q.out"; then
+    echo "WARNING: wrk $q: $(grep 'Socket errors' "$tmp/wrk_$q.out")" | tee -a "$tmp/warnings.txt" >&2
+  fi
   echo "  $rps req/s, p50 $(awk '$1 == "50%" { print $2 }' "$tmp/wrk_$q.out"), p99 $(awk '$1 == "99%" { print $2 }' "$tmp/wrk_$q.out")" >&2
   echo "marquee $q $rps" >>"$tmp/tput.tsv"
 done
@@ -458,6 +460,11 @@ report_rc=0
 echo
 echo "=== Setup and load times"
 sed 's/^/    /' "$tmp/setup.txt"
+if [[ -s $tmp/warnings.txt ]]; then
+  echo
+  echo "=== Warnings"
+  sed 's/^/    /' "$tmp/warnings.txt"
+fi
 echo
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) cores; load generators and servers share them)"
 if [[ $report_rc -ne 0 || $gql_mismatch -ne 0 ]]; then

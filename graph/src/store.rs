@@ -122,12 +122,7 @@ impl Store {
     pub(crate) fn open(dir: &Path, cache_bytes: u64, materialize: Materialize) -> Result<Store, Error> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let lock = lock_dir(dir)?;
-        let db = sled::Config::new()
-            .path(dir.join("db"))
-            .cache_capacity(cache_bytes)
-            .flush_every_ms(Some(500))
-            .open()
-            .map_err(Error::storage)?;
+        let db = open_sled(dir, cache_bytes)?;
         let tree = db.open_tree("marquee").map_err(Error::storage)?;
         let head = last_seq(&tree)?;
         let shared = Arc::new(Shared {
@@ -450,6 +445,24 @@ impl Shared {
 struct Appender {
     next_seq: u64,
     pending: Vec<(u64, i64, Record)>,
+}
+
+/// Opens sled in `dir/db`. Our `LOCK` file already keeps other processes
+/// out; sled's own lock can still be held for a moment by the background
+/// threads of a database this process just closed (an import reopened at
+/// once), so that case is retried briefly.
+fn open_sled(dir: &Path, cache_bytes: u64) -> Result<sled::Db, Error> {
+    let config = sled::Config::new().path(dir.join("db")).cache_capacity(cache_bytes).flush_every_ms(Some(500));
+    let mut tries = 0;
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(error)) if tries < 100 && error.to_string().contains("could not acquire lock") => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            opened => return opened.map_err(Error::storage),
+        }
+    }
 }
 
 fn last_seq(tree: &sled::Tree) -> Result<u64, Error> {

@@ -434,8 +434,8 @@ impl Ledger {
         let mut seq = 0;
         for ticket_type in self.graph.ticket_types(event) {
             let mut shard = self.shard_of(ticket_type.id);
-            let live: Vec<BookingId> =
-                shard.stock.get(&ticket_type.id).map(|s| s.live.iter().copied().collect()).unwrap_or_default();
+            let all = shard.stock.get(&ticket_type.id).map(|s| s.bookings.as_slice()).unwrap_or(&[]);
+            let live: Vec<BookingId> = all.iter().copied().filter(|id| shard.bookings[id].takes_seats()).collect();
             for id in live {
                 let current = shard.bookings[&id].clone();
                 seq = self.cancel_locked(&mut shard, &current, now_ms).1;
@@ -525,7 +525,7 @@ impl Ledger {
         let mut found: Vec<Arc<Booking>> = Vec::new();
         for ticket_type in self.graph.ticket_types(event) {
             let shard = self.shard_of(ticket_type.id);
-            let ids = shard.by_ticket_type.get(&ticket_type.id).map(Vec::as_slice).unwrap_or(&[]);
+            let ids = shard.stock.get(&ticket_type.id).map(|s| s.bookings.as_slice()).unwrap_or(&[]);
             found.extend(ids.iter().map(|id| shard.bookings[id].clone()));
         }
         found.sort_by_key(|b| b.id);

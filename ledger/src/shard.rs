@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use foldhash::{HashMap, HashMapExt};
 
 use graph::ids::{BookingId, EventId, TicketTypeId, UserId};
 use graph::model::Booking;
@@ -22,10 +22,12 @@ pub(crate) struct Stock {
     pub held: u32,
     /// Seats in confirmed bookings.
     pub confirmed: u32,
-    /// Held plus confirmed seats per user, for the per-user limit.
+    /// Held plus confirmed seats per user, for the per-user limit (kept
+    /// only when there is a limit).
     pub seats_by_user: HashMap<UserId, u32>,
-    /// Bookings that take seats (held or confirmed).
-    pub live: HashSet<BookingId>,
+    /// Every booking of the ticket type, in the order made (cancelling an
+    /// event, exports).
+    pub bookings: Vec<BookingId>,
 }
 
 impl Stock {
@@ -39,7 +41,7 @@ impl Stock {
             held: 0,
             confirmed: 0,
             seats_by_user: HashMap::new(),
-            live: HashSet::new(),
+            bookings: Vec::new(),
         }
     }
 
@@ -73,14 +75,11 @@ impl Stock {
             graph::model::BookingStatus::Confirmed => bump(&mut self.confirmed),
             _ => unreachable!("only held and confirmed bookings take seats"),
         }
-        bump(self.seats_by_user.entry(booking.user).or_default());
-        if self.seats_by_user[&booking.user] == 0 {
-            self.seats_by_user.remove(&booking.user);
-        }
-        if sign > 0 {
-            self.live.insert(booking.id);
-        } else {
-            self.live.remove(&booking.id);
+        if self.per_user_limit.is_some() {
+            bump(self.seats_by_user.entry(booking.user).or_default());
+            if self.seats_by_user[&booking.user] == 0 {
+                self.seats_by_user.remove(&booking.user);
+            }
         }
     }
 }
@@ -91,8 +90,6 @@ pub(crate) struct Shard {
     pub stock: HashMap<TicketTypeId, Stock>,
     pub bookings: HashMap<BookingId, Arc<Booking>>,
     pub by_user: HashMap<UserId, Vec<BookingId>>,
-    /// Every booking of each ticket type, in the order made (exports).
-    pub by_ticket_type: HashMap<TicketTypeId, Vec<BookingId>>,
     /// Live holds by expiry, for the reaper.
     pub holds: BTreeSet<(i64, BookingId)>,
 }
@@ -100,14 +97,15 @@ pub(crate) struct Shard {
 impl Shard {
     /// Adds a booking that was never seen before.
     pub fn insert(&mut self, booking: Arc<Booking>) {
+        let stock = self.stock.get_mut(&booking.ticket_type).expect("stock exists before bookings");
+        stock.bookings.push(booking.id);
         if booking.takes_seats() {
-            self.stock.get_mut(&booking.ticket_type).expect("stock exists before bookings").take(&booking);
+            stock.take(&booking);
         }
         if let (graph::model::BookingStatus::Held, Some(expires)) = (booking.status, booking.expires_at_ms) {
             self.holds.insert((expires, booking.id));
         }
         self.by_user.entry(booking.user).or_default().push(booking.id);
-        self.by_ticket_type.entry(booking.ticket_type).or_default().push(booking.id);
         self.bookings.insert(booking.id, booking);
     }
 
