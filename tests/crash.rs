@@ -17,6 +17,8 @@ use common::*;
 use serde_json::{json, Value};
 
 const ROUNDS: u64 = 12;
+/// Buyers book as fast as they can: rate limits are not under test here.
+const UNLIMITED: &[&str] = &["--rate-limit-token", "0"];
 const BUYERS: usize = 6;
 const CAPACITY: i64 = 2_500;
 
@@ -124,7 +126,7 @@ fn buyer_loop(addr: String, shop: Arc<Shop>, buyer: usize, round: u64, seed: u64
 /// it recovers.
 fn kill_during_start_up(dir: &std::path::Path, rng: &mut Rng) {
     let mut child = Command::new(binary())
-        .args(["serve", "--listen", "127.0.0.1:0", "--cache-mb", "16", "--data-dir"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--cache-mb", "16", "--rate-limit-token", "0", "--data-dir"])
         .arg(dir)
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
@@ -184,7 +186,7 @@ fn acknowledged_bookings_survive_sigkill_under_load() {
     eprintln!("crash test seed {seed}");
     let mut rng = Rng(seed | 1);
     let dir = TempDir::new("crash");
-    let mut server = Server::start(dir.path(), &[]);
+    let mut server = Server::start(dir.path(), UNLIMITED);
     let shop = Arc::new(open_shop(&server));
     let acked = Arc::new(Mutex::new(Vec::new()));
     for round in 0..ROUNDS {
@@ -210,7 +212,7 @@ fn acknowledged_bookings_survive_sigkill_under_load() {
         if round % 3 == 1 {
             kill_during_start_up(dir.path(), &mut rng);
         }
-        server = Server::start(dir.path(), &[]);
+        server = Server::start(dir.path(), UNLIMITED);
     }
     let acked = acked.lock().unwrap().clone();
     eprintln!(
@@ -222,6 +224,6 @@ fn acknowledged_bookings_survive_sigkill_under_load() {
     verify(&server, &shop, &acked);
     // And once more after a clean stop and start.
     assert_eq!(server.stop(), Some(0));
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::start(dir.path(), UNLIMITED);
     verify(&server, &shop, &acked);
 }
