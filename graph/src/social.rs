@@ -22,9 +22,11 @@ use crate::ids::{EventId, UserId};
 /// Most follow hops [`SocialGraph::distance`] looks through.
 pub const DISTANCE_HOPS_MAX: u32 = 4;
 
-/// Events with more attendees than this answer who's going by walking the
-/// global follower ranking instead of scoring every attendee.
-const WHOS_GOING_SCAN_MAX: usize = 2_048;
+/// Who's going scores every attendee of small events; it walks the global
+/// follower ranking instead when that is expected to be shorter, i.e. when
+/// `first * ranked users / attendees` (the expected walk) is below the
+/// attendee count, and never for fewer attendees than this.
+const WHOS_GOING_SCAN_MIN: usize = 2_048;
 
 /// Users, events and the FOLLOWS and ATTENDS edges between them.
 #[derive(Debug, Default)]
@@ -43,6 +45,9 @@ pub struct SocialGraph {
     /// Users with at least one follower, most followed first (then smallest
     /// id): who's going for big events reads it from the top.
     ranking: BTreeSet<(Reverse<u32>, u32)>,
+    /// Followers per user, dense: scoring thousands of attendees reads 4
+    /// bytes each instead of a list header.
+    follower_counts: Vec<u32>,
     follow_count: u64,
     attend_count: u64,
 }
@@ -121,7 +126,9 @@ impl SocialGraph {
             .map(|(user, list)| (Reverse(list.len() as u32), slot(user as u64)))
             .collect();
         ranked.sort_unstable();
+        let follower_counts = followers.iter().map(|list| list.len() as u32).collect();
         SocialGraph {
+            follower_counts,
             following,
             followers,
             attending,
@@ -136,6 +143,11 @@ impl SocialGraph {
     /// Moves `user` in the follower ranking after their count went from
     /// `before` to `after`.
     fn rerank(&mut self, user: u32, before: usize, after: usize) {
+        let index = user as usize;
+        if self.follower_counts.len() <= index {
+            self.follower_counts.resize(index + 1, 0);
+        }
+        self.follower_counts[index] = after as u32;
         if before > 0 {
             self.ranking.remove(&(Reverse(before as u32), user));
         }
@@ -254,6 +266,7 @@ impl SocialGraph {
         lists.iter().flat_map(|l| l.iter()).map(|l| header + 4 * l.capacity() as u64).sum::<u64>()
             + self.extra_sources.capacity() as u64 * 12
             + self.ranking.len() as u64 * 16
+            + self.follower_counts.capacity() as u64 * 4
     }
 
     /// Q1, friends going: the users who follow `user` back and attend `event`.
@@ -339,7 +352,8 @@ impl SocialGraph {
     /// with the most followers (ties: smaller id first).
     pub fn whos_going(&self, event: EventId, first: usize) -> WhosGoing {
         let attendees = self.attendees(event);
-        let first = if attendees.len() > WHOS_GOING_SCAN_MAX {
+        let expected_walk = first.saturating_mul(self.ranking.len()) / attendees.len().max(1);
+        let first = if attendees.len() > WHOS_GOING_SCAN_MIN && expected_walk < attendees.len() {
             self.most_followed_attending(slot(event.0), attendees, first, attendees.len())
                 .unwrap_or_else(|| self.score_attendees(attendees, first))
         } else {
@@ -356,7 +370,8 @@ impl SocialGraph {
             if first == 0 {
                 break;
             }
-            let candidate = (Reverse(neighbours(&self.followers, user).len() as u32), user);
+            let followers = self.follower_counts.get(user as usize).copied().unwrap_or(0);
+            let candidate = (Reverse(followers), user);
             if best.len() < first {
                 best.push(candidate);
             } else if best.peek().is_some_and(|worst| candidate < *worst) {
