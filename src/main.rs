@@ -3,6 +3,7 @@
 //! picks the exit code: 0 success, 1 a runtime failure, 2 a bad setting.
 
 mod config;
+mod logging;
 
 use std::io::{BufRead, Write};
 
@@ -151,7 +152,13 @@ fn open_graph(store: &StoreConfig) -> Result<Graph, Failure> {
 
 fn serve(args: &ServeArgs) -> Result<(), Failure> {
     let config = ServeConfig::resolve(args).map_err(Failure::Config)?;
-    init_logging(config.log_format);
+    let logs = init_logging(config.log_format)?;
+    let outcome = serve_with(&config);
+    logs.drain(Duration::from_secs(2));
+    outcome
+}
+
+fn serve_with(config: &ServeConfig) -> Result<(), Failure> {
     let graph = Arc::new(open_graph(&config.store)?);
     let options = ledger::Options { shards: config.ledger_shards, hold_ttl_ms: millis(config.hold_ttl), durable: true };
     let ledger = ledger::Ledger::open(graph.clone(), options)
@@ -161,7 +168,7 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
         .enable_all()
         .build()
         .map_err(|e| Failure::Runtime(format!("cannot start the runtime: {e}")))?;
-    runtime.block_on(run_server(&config, graph.clone(), ledger))?;
+    runtime.block_on(run_server(config, graph.clone(), ledger))?;
     graph.store().flush().map_err(|e| Failure::Runtime(format!("final flush failed: {e}")))?;
     tracing::info!("stopped cleanly");
     Ok(())
@@ -277,13 +284,16 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, Failure> {
     })
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs go to stderr through a writer thread (see `logging`).
+fn init_logging(format: LogFormat) -> Result<logging::Logs, Failure> {
+    let logs = logging::Logs::start().map_err(|e| Failure::Runtime(format!("cannot start the log writer: {e}")))?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(logs.clone());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    Ok(logs)
 }
 
 fn user(command: UserCommand) -> Result<(), Failure> {

@@ -17,17 +17,6 @@ const ANALYTICS: &str = "query($e: ID!, $b: Int) { eventAnalytics(eventId: $e) {
   salesOverTime(bucketMinutes: $b) { at sold revenueCents } } }";
 const MINE: &str = "{ myBookings { id status quantity totalCents confirmedAt ticketType { id } event { id } tickets { code checkedInAt } } }";
 
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 /// eventAnalytics recomputed from every buyer's bookings.
 fn recompute(server: &Server, buyers: &[String], event: &str, ticket_types: &[String], bucket_minutes: i64) -> Value {
     let mut by_type: BTreeMap<String, (i64, i64, i64)> = ticket_types.iter().map(|t| (t.clone(), (0, 0, 0))).collect();
@@ -101,9 +90,7 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 
 #[test]
 fn analytics_equal_a_recomputation_from_the_bookings_across_a_restart() {
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
-    eprintln!("analytics test seed {seed}");
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::from_clock("analytics test");
     let dir = TempDir::new("analytics");
     let server = Server::start(dir.path(), &[]);
     let (org, _) = register(&server, "org@example.com", "ORGANIZER");

@@ -26,18 +26,6 @@ const BOOK: &str =
     "mutation($input: BookInput!) { bookTickets(input: $input) { id status quantity tickets { code } } }";
 const CANCEL: &str = "mutation($id: ID!) { cancelBooking(id: $id) { id status } }";
 
-/// A small deterministic generator; the seed is printed so a failure can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 /// What the server acknowledged to a buyer.
 #[derive(Clone, Debug)]
 struct Acked {
@@ -67,22 +55,10 @@ struct Shop {
 
 fn open_shop(server: &Server) -> Shop {
     let (org, _) = register(server, "org@example.com", "ORGANIZER");
-    let input = json!({"title": "Crash gig", "startsAt": "2027-06-01T20:00:00Z", "city": "Oslo"});
-    let created = data(server.gql(
-        Some(&org),
-        "mutation($i: CreateEventInput!) { createEvent(input: $i) { id } }",
-        json!({"i": input}),
-    ));
-    let event = created["createEvent"]["id"].as_str().unwrap().to_string();
-    let ticket = json!({"name": "GA", "priceCents": 1000, "currency": "EUR", "capacity": CAPACITY});
-    let added = data(server.gql(
-        Some(&org),
-        "mutation($e: ID!, $t: TicketTypeInput!) { addTicketType(eventId: $e, input: $t) { id } }",
-        json!({"e": event, "t": ticket}),
-    ));
-    data(server.gql(Some(&org), "mutation($id: ID!) { publishEvent(id: $id) { id } }", json!({"id": event})));
+    let ticket = general_admission(1000, CAPACITY);
+    let (event, ticket_type) = event_with_tickets(server, &org, "Crash gig", "2027-06-01T20:00:00Z", ticket, true);
     let buyers = (0..BUYERS).map(|b| register(server, &format!("buyer{b}@example.com"), "ATTENDEE").0).collect();
-    Shop { buyers, ticket_type: added["addTicketType"]["id"].as_str().unwrap().to_string(), event }
+    Shop { buyers, ticket_type, event }
 }
 
 /// One buyer's loop: book 1-3 seats with fresh keys, now and then cancel
@@ -182,9 +158,7 @@ fn verify(server: &Server, shop: &Shop, acked: &[Acked]) {
 
 #[test]
 fn acknowledged_bookings_survive_sigkill_under_load() {
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
-    eprintln!("crash test seed {seed}");
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::from_clock("crash test");
     let dir = TempDir::new("crash");
     let mut server = Server::start(dir.path(), UNLIMITED);
     let shop = Arc::new(open_shop(&server));

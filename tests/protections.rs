@@ -239,21 +239,7 @@ fn metrics_parse_and_move_with_traffic() {
     };
     let before = scrape();
     let (org, _) = register(&server, "org@example.com", "ORGANIZER");
-    let input = json!({"title": "Metered", "startsAt": "2027-06-01T20:00:00Z", "city": "Oslo"});
-    let event = data(server.gql(
-        Some(&org),
-        "mutation($i: CreateEventInput!) { createEvent(input: $i) { id } }",
-        json!({"i": input}),
-    ))["createEvent"]["id"]
-        .clone();
-    let ticket = json!({"name": "GA", "priceCents": 100, "currency": "EUR", "capacity": 1});
-    let tt = data(server.gql(
-        Some(&org),
-        "mutation($e: ID!, $t: TicketTypeInput!) { addTicketType(eventId: $e, input: $t) { id } }",
-        json!({"e": event, "t": ticket}),
-    ))["addTicketType"]["id"]
-        .clone();
-    data(server.gql(Some(&org), "mutation($id: ID!) { publishEvent(id: $id) { id } }", json!({"id": event})));
+    let (_, tt) = event_with_tickets(&server, &org, "Metered", "2027-06-01T20:00:00Z", general_admission(100, 1), true);
     let book = "mutation Buy($i: BookInput!) { bookTickets(input: $i) { id } }";
     data(server.gql(Some(&org), book, json!({"i": {"ticketTypeId": tt, "quantity": 1, "idempotencyKey": "a"}})));
     let sold_out =
@@ -291,23 +277,8 @@ fn sigterm_under_load_answers_every_accepted_request_and_loses_no_booking() {
     let dir = TempDir::new("sigterm-load");
     let server = Server::start(dir.path(), &["--rate-limit-token", "0"]);
     let (org, _) = register(&server, "org@example.com", "ORGANIZER");
-    let input = json!({"title": "Last call", "startsAt": "2027-06-01T20:00:00Z", "city": "Oslo"});
-    let event = data(server.gql(
-        Some(&org),
-        "mutation($i: CreateEventInput!) { createEvent(input: $i) { id } }",
-        json!({"i": input}),
-    ))["createEvent"]["id"]
-        .clone();
-    let ticket = json!({"name": "GA", "priceCents": 100, "currency": "EUR", "capacity": 100000});
-    let tt = data(server.gql(
-        Some(&org),
-        "mutation($e: ID!, $t: TicketTypeInput!) { addTicketType(eventId: $e, input: $t) { id } }",
-        json!({"e": event, "t": ticket}),
-    ))["addTicketType"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    data(server.gql(Some(&org), "mutation($id: ID!) { publishEvent(id: $id) { id } }", json!({"id": event})));
+    let ticket = general_admission(100, 100_000);
+    let (_, tt) = event_with_tickets(&server, &org, "Last call", "2027-06-01T20:00:00Z", ticket, true);
     let acknowledged = Arc::new(Mutex::new(Vec::new()));
     let unanswered = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));

@@ -21,25 +21,9 @@ fn person(server: &Server, name: &str) -> Person {
     Person { token, id }
 }
 
-/// A published event with one ticket type; returns (event id, ticket type id).
+/// An event with one ticket type, published when `publish`; returns (event id, ticket type id).
 fn event(server: &Server, org: &str, title: &str, starts_at: &str, publish: bool) -> (String, String) {
-    let input = json!({"title": title, "startsAt": starts_at, "city": "Oslo"});
-    let created = data(server.gql(
-        Some(org),
-        "mutation($i: CreateEventInput!) { createEvent(input: $i) { id } }",
-        json!({"i": input}),
-    ));
-    let event = created["createEvent"]["id"].as_str().unwrap().to_string();
-    let ticket = json!({"name": "GA", "priceCents": 1000, "currency": "EUR", "capacity": 100});
-    let added = data(server.gql(
-        Some(org),
-        "mutation($e: ID!, $t: TicketTypeInput!) { addTicketType(eventId: $e, input: $t) { id } }",
-        json!({"e": event, "t": ticket}),
-    ));
-    if publish {
-        data(server.gql(Some(org), "mutation($id: ID!) { publishEvent(id: $id) { id } }", json!({"id": event})));
-    }
-    (event, added["addTicketType"]["id"].as_str().unwrap().to_string())
+    event_with_tickets(server, org, title, starts_at, general_admission(1000, 100), publish)
 }
 
 fn follow(server: &Server, who: &Person, whom: &Person) {

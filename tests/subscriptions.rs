@@ -123,21 +123,9 @@ struct Stage {
 
 fn stage(server: &Server) -> Stage {
     let (org, _) = register(server, "org@example.com", "ORGANIZER");
-    let input = json!({"title": "Live gig", "startsAt": "2027-06-01T20:00:00Z", "city": "Oslo"});
-    let created = data(server.gql(
-        Some(&org),
-        "mutation($i: CreateEventInput!) { createEvent(input: $i) { id } }",
-        json!({"i": input}),
-    ));
-    let event = created["createEvent"]["id"].as_str().unwrap().to_string();
-    let ticket = json!({"name": "GA", "priceCents": 1000, "currency": "EUR", "capacity": 1000});
-    let added = data(server.gql(
-        Some(&org),
-        "mutation($e: ID!, $t: TicketTypeInput!) { addTicketType(eventId: $e, input: $t) { id } }",
-        json!({"e": event, "t": ticket}),
-    ));
-    data(server.gql(Some(&org), "mutation($id: ID!) { publishEvent(id: $id) { id } }", json!({"id": event})));
-    Stage { org, event, ticket_type: added["addTicketType"]["id"].as_str().unwrap().to_string() }
+    let ticket = general_admission(1000, 1000);
+    let (event, ticket_type) = event_with_tickets(server, &org, "Live gig", "2027-06-01T20:00:00Z", ticket, true);
+    Stage { org, event, ticket_type }
 }
 
 fn book(server: &Server, token: &str, ticket_type: &str, quantity: i64, key: &str, hold: bool) -> Value {

@@ -110,21 +110,9 @@ struct Shop {
 
 fn open_shop(server: &Server, email: &str) -> Shop {
     let (org, _) = register(server, email, "ORGANIZER");
-    let input = json!({"title": "Hooked gig", "startsAt": "2027-06-01T20:00:00Z", "city": "Oslo"});
-    let created = data(server.gql(
-        Some(&org),
-        "mutation($i: CreateEventInput!) { createEvent(input: $i) { id } }",
-        json!({"i": input}),
-    ));
-    let event = created["createEvent"]["id"].as_str().unwrap().to_string();
-    let ticket = json!({"name": "GA", "priceCents": 1500, "currency": "EUR", "capacity": 100});
-    let added = data(server.gql(
-        Some(&org),
-        "mutation($e: ID!, $t: TicketTypeInput!) { addTicketType(eventId: $e, input: $t) { id } }",
-        json!({"e": event, "t": ticket}),
-    ));
-    data(server.gql(Some(&org), "mutation($id: ID!) { publishEvent(id: $id) { id } }", json!({"id": event})));
-    Shop { org, ticket_type: added["addTicketType"]["id"].as_str().unwrap().to_string(), event }
+    let ticket = general_admission(1500, 100);
+    let (event, ticket_type) = event_with_tickets(server, &org, "Hooked gig", "2027-06-01T20:00:00Z", ticket, true);
+    Shop { org, ticket_type, event }
 }
 
 const CREATE: &str = "mutation($url: String!, $events: [String!]!) { createWebhook(url: $url, events: $events) { secret webhook { id url events active } } }";

@@ -61,37 +61,104 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(state)
 }
 
-/// Serves HTTP on `listener` until `shutdown` completes: then it stops
-/// accepting, marks itself unready, closes WebSockets with 1001 (going
-/// away), and lets requests in flight finish for up to the grace period.
+/// Serves HTTP on `listener` until `shutdown` completes. Then requests are
+/// answered 503 (`Connection: close`) and /readyz says not ready while the
+/// requests in flight finish; the listener stays open meanwhile, at least
+/// [`DRAIN_MIN`], so clients and load balancers learn to go elsewhere from
+/// an answer instead of a reset; WebSockets are closed with 1001 (going
+/// away); after the grace period nothing is waited for any longer.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Arc<App>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let router = router(app.clone());
-    let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-    builder
-        .http1()
-        .max_buf_size(app.settings.header_bytes_max)
-        .max_headers(100)
-        .header_read_timeout(Duration::from_secs(10))
-        .timer(hyper_util::rt::TokioTimer::new());
+    let connections = Connections::new(app.clone());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let connections = Arc::new(tokio::sync::Semaphore::new(app.settings.connections_max));
-    // Connections accepted while shutting down: told 503, then closed.
-    let late = std::sync::Mutex::new(tokio::task::JoinSet::new());
-    let serve_one = |stream: tokio::net::TcpStream,
-                     peer: SocketAddr,
-                     graceful: Option<&hyper_util::server::graceful::GracefulShutdown>| {
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
+    connections.accept_until(&listener, shutdown, Some(&graceful)).await;
+    app.begin_shutdown();
+    tracing::info!(connections = graceful.count(), "shutting down: finishing requests in flight");
+    let grace = Duration::from_millis(app.settings.shutdown_grace_ms);
+    let deadline = tokio::time::Instant::now() + grace;
+    // First the drain: connections accepted a moment ago get to read their
+    // requests before anything is closed as idle.
+    connections.accept_until(&listener, tokio::time::sleep(DRAIN_MIN.min(grace)), None).await;
+    // Then close idle connections and wait for the requests in flight.
+    let finished = async {
+        if tokio::time::timeout_at(deadline, graceful.shutdown()).await.is_err() {
+            tracing::warn!(?grace, "requests still in flight when the grace period ran out");
+        }
+    };
+    connections.accept_until(&listener, finished, None).await;
+    drop(listener);
+    connections.finish_late(deadline).await;
+    Ok(())
+}
+
+/// Accepted connections: the service, the HTTP settings, the connection
+/// limit, and the connections accepted while shutting down.
+struct Connections {
+    router: Router,
+    builder: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    permits: Arc<tokio::sync::Semaphore>,
+    late: std::sync::Mutex<tokio::task::JoinSet<()>>,
+}
+
+impl Connections {
+    fn new(app: Arc<App>) -> Connections {
+        let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+        builder
+            .http1()
+            .max_buf_size(app.settings.header_bytes_max)
+            .max_headers(100)
+            .header_read_timeout(Duration::from_secs(10))
+            .timer(hyper_util::rt::TokioTimer::new());
+        Connections {
+            permits: Arc::new(tokio::sync::Semaphore::new(app.settings.connections_max)),
+            router: router(app),
+            builder,
+            late: std::sync::Mutex::new(tokio::task::JoinSet::new()),
+        }
+    }
+
+    /// Accepts and serves connections until `until` completes.
+    async fn accept_until(
+        &self,
+        listener: &tokio::net::TcpListener,
+        until: impl Future<Output = ()>,
+        graceful: Option<&hyper_util::server::graceful::GracefulShutdown>,
+    ) {
+        tokio::pin!(until);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => self.serve_one(stream, peer, graceful),
+                    Err(error) => {
+                        // Out of file descriptors and the like: wait, do not spin.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                () = &mut until => return,
+            }
+        }
+    }
+
+    /// Serves one connection; watched for graceful shutdown when given one,
+    /// else counted among the late ones.
+    fn serve_one(
+        &self,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+        graceful: Option<&hyper_util::server::graceful::GracefulShutdown>,
+    ) {
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "connection limit reached; closing a new connection");
             return;
         };
         let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(router.clone().layer(Extension(Peer(peer))));
-        let connection =
-            builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service).into_owned();
+        let service = hyper_util::service::TowerToHyperService::new(self.router.clone().layer(Extension(Peer(peer))));
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let connection = self.builder.serve_connection_with_upgrades(io, service).into_owned();
         match graceful {
             Some(graceful) => {
                 let watched = graceful.watch(connection);
@@ -101,66 +168,19 @@ pub async fn serve(
                 });
             }
             None => {
-                late.lock().expect("late connections lock poisoned").spawn(async move {
+                self.late.lock().expect("late connections lock poisoned").spawn(async move {
                     let _ = connection.await;
                     drop(permit);
                 });
             }
         }
-    };
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => serve_one(stream, peer, Some(&graceful)),
-                Err(error) => {
-                    // Out of file descriptors and the like: wait, do not spin.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            () = &mut shutdown => break,
-        }
     }
-    // From here requests are answered 503 (Connection: close) and /readyz
-    // says not ready, while the requests in flight finish. The listener
-    // stays open meanwhile, at least DRAIN_MIN, so clients and load
-    // balancers learn to go elsewhere from an answer instead of a reset.
-    app.begin_shutdown();
-    tracing::info!(connections = graceful.count(), "shutting down: finishing requests in flight");
-    let grace = Duration::from_millis(app.settings.shutdown_grace_ms);
-    let deadline = tokio::time::sleep(grace);
-    let drained = tokio::time::sleep(DRAIN_MIN.min(grace));
-    tokio::pin!(deadline, drained);
-    // First the drain: connections accepted a moment ago get to read their
-    // requests before anything is closed as idle.
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => if let Ok((stream, peer)) = accepted {
-                serve_one(stream, peer, None);
-            },
-            () = &mut drained => break,
-        }
+
+    /// Waits (until `deadline`) for the connections accepted while shutting down.
+    async fn finish_late(&self, deadline: tokio::time::Instant) {
+        let mut late = std::mem::take(&mut *self.late.lock().expect("late connections lock poisoned"));
+        let _ = tokio::time::timeout_at(deadline, async { while late.join_next().await.is_some() {} }).await;
     }
-    // Then close idle connections and wait for the requests in flight.
-    let finished = graceful.shutdown();
-    tokio::pin!(finished);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => if let Ok((stream, peer)) = accepted {
-                serve_one(stream, peer, None);
-            },
-            () = &mut finished => break,
-            () = &mut deadline => {
-                tracing::warn!(?grace, "requests still in flight when the grace period ran out");
-                break;
-            }
-        }
-    }
-    drop(listener);
-    let mut late = late.into_inner().expect("late connections lock poisoned");
-    let _ = tokio::time::timeout_at(deadline.deadline(), async { while late.join_next().await.is_some() {} }).await;
-    Ok(())
 }
 
 /// The interactive GraphQL IDE; its script and styles are in the page, so
@@ -509,6 +529,9 @@ fn prepare(app: &App, batch: BatchRequest, ip: IpAddr) -> Result<(BatchRequest, 
         apply_persisted_query(app, request)?;
         if !app.settings.introspection {
             *request = std::mem::replace(request, GqlRequest::new("")).disable_introspection();
+        }
+        if request.query.len() <= limits.query_bytes_max {
+            app.parsed.attach(request);
         }
         let Some(cost) = limits::inspect(request, limits).map_err(Refusal::TooComplex)? else { continue };
         if cost.mutation && cost.root_names.iter().any(|n| n == "login" || n == "register") {

@@ -192,6 +192,9 @@ impl Readers {
     }
 }
 
+/// Parsed queries kept (each at most the query size limit).
+const PARSED_QUERIES_MAX: usize = 1_000;
+
 /// Everything a request handler needs, shared by all of them.
 pub struct App {
     /// Entities and the log.
@@ -208,6 +211,8 @@ pub struct App {
     pub limits: RateLimits,
     /// Automatic persisted queries.
     pub persisted: limits::PersistedQueries,
+    /// Parsed queries by text.
+    pub parsed: limits::ParsedQueries,
     lifecycle: http::Lifecycle,
     /// The store's durable seq, as flushes announce it.
     durable: tokio::sync::watch::Receiver<u64>,
@@ -233,6 +238,7 @@ impl App {
             metrics,
             limits,
             persisted,
+            parsed: limits::ParsedQueries::new(PARSED_QUERIES_MAX),
             lifecycle: http::Lifecycle::default(),
             durable,
         })

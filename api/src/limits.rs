@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, Hash};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_graphql::parser::types::{ExecutableDocument, Field, OperationType, Selection, SelectionSet};
@@ -205,6 +205,42 @@ pub fn analyze(
     Ok(cost)
 }
 
+/// Parsed queries by their text: clients send the same few queries over and
+/// over with other variables, and parsing is the costliest step of a small
+/// request. Bounded; the oldest go first.
+pub struct ParsedQueries {
+    entries_max: usize,
+    inner: Mutex<(HashMap<Arc<str>, ExecutableDocument>, VecDeque<Arc<str>>)>,
+}
+
+impl ParsedQueries {
+    /// A cache of up to `entries_max` parsed queries.
+    pub fn new(entries_max: usize) -> ParsedQueries {
+        ParsedQueries { entries_max, inner: Mutex::new((HashMap::new(), VecDeque::new())) }
+    }
+
+    /// Gives `request` its parsed query from the cache, or parses it and
+    /// keeps the result (queries that do not parse are not kept).
+    pub fn attach(&self, request: &mut async_graphql::Request) {
+        if let Some(document) = self.inner.lock().expect("parsed queries lock poisoned").0.get(request.query.as_str()) {
+            request.set_parsed_query(document.clone());
+            return;
+        }
+        let Ok(document) = request.parsed_query() else { return };
+        let document = document.clone();
+        let mut inner = self.inner.lock().expect("parsed queries lock poisoned");
+        if inner.0.len() >= self.entries_max {
+            if let Some(oldest) = inner.1.pop_front() {
+                inner.0.remove(&oldest);
+            }
+        }
+        let text: Arc<str> = request.query.as_str().into();
+        if inner.0.insert(text.clone(), document).is_none() {
+            inner.1.push_back(text);
+        }
+    }
+}
+
 /// Checks one request before it runs: query text and variables within
 /// their bounds, then its operation measured and checked. A query that does
 /// not parse passes (execution reports the syntax error with its position).
@@ -348,7 +384,7 @@ impl<'a> Walker<'a> {
 /// its text once the server has seen the text. Bounded; the oldest go first.
 pub struct PersistedQueries {
     entries_max: usize,
-    inner: Mutex<(HashMap<String, std::sync::Arc<str>>, VecDeque<String>)>,
+    inner: Mutex<(HashMap<String, Arc<str>>, VecDeque<String>)>,
 }
 
 impl PersistedQueries {
@@ -358,7 +394,7 @@ impl PersistedQueries {
     }
 
     /// The query stored under `hash`.
-    pub fn get(&self, hash: &str) -> Option<std::sync::Arc<str>> {
+    pub fn get(&self, hash: &str) -> Option<Arc<str>> {
         self.inner.lock().expect("persisted queries lock poisoned").0.get(hash).cloned()
     }
 

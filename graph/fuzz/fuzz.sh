@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Runs this crate's fuzz targets, each for a bounded time (default 60 s;
+# Runs a crate's fuzz targets, each for a bounded time (default 60 s;
 # `fuzz.sh 300` for five minutes), from the small checked-in seed corpus.
+# The crate is this one (graph) unless a crate directory is given second
+# (api/fuzz/fuzz.sh passes its own).
 # The working corpus lives under target/ (not committed); a crash is saved in
 # fuzz/artifacts/ and should become a regression test in the crate.
 # Needs cargo-fuzz (`cargo install cargo-fuzz`) and a nightly toolchain, or
 # stable with RUSTC_BOOTSTRAP=1 (set here when no nightly is installed).
 set -euo pipefail
-crate=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 seconds=${1:-60}
+crate=$(cd "${2:-$(dirname "${BASH_SOURCE[0]}")/..}" && pwd)
 cd "$crate"
 toolchain=()
 if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then

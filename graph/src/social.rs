@@ -354,7 +354,7 @@ impl SocialGraph {
         let attendees = self.attendees(event);
         let expected_walk = first.saturating_mul(self.ranking.len()) / attendees.len().max(1);
         let first = if attendees.len() > WHOS_GOING_SCAN_MIN && expected_walk < attendees.len() {
-            self.most_followed_attending(slot(event.0), attendees, first, attendees.len())
+            self.most_followed_attending(attendees, first, attendees.len())
                 .unwrap_or_else(|| self.score_attendees(attendees, first))
         } else {
             self.score_attendees(attendees, first)
@@ -388,13 +388,7 @@ impl SocialGraph {
     /// keeping attendees, then (if fewer than `first` have followers) the
     /// attendees without followers in id order. `None` when the walk passes
     /// `walk_max` users (scoring every attendee is cheaper then).
-    fn most_followed_attending(
-        &self,
-        event: u32,
-        attendees: &[u32],
-        first: usize,
-        walk_max: usize,
-    ) -> Option<Vec<(UserId, u32)>> {
+    fn most_followed_attending(&self, attendees: &[u32], first: usize, walk_max: usize) -> Option<Vec<(UserId, u32)>> {
         let mut found = Vec::with_capacity(first);
         for (walked, &(Reverse(followers), user)) in self.ranking.iter().enumerate() {
             if found.len() == first {
@@ -403,7 +397,9 @@ impl SocialGraph {
             if walked > walk_max {
                 return None;
             }
-            if neighbours(&self.attending, user).binary_search(&event).is_ok() {
+            // The event's own list stays in cache for the whole walk; the
+            // users' lists would each be a miss.
+            if attendees.binary_search(&user).is_ok() {
                 found.push((UserId(user.into()), followers));
             }
         }

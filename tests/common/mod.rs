@@ -274,3 +274,58 @@ pub fn login(server: &Server, email: &str, password: &str) -> String {
     );
     data(response)["login"]["token"].as_str().unwrap().to_string()
 }
+
+/// Creates an event of `org`'s with one ticket type (`ticket` is a
+/// TicketTypeInput) and publishes it when `publish`; returns (event id,
+/// ticket type id).
+pub fn event_with_tickets(
+    server: &Server,
+    org: &str,
+    title: &str,
+    starts_at: &str,
+    ticket: Value,
+    publish: bool,
+) -> (String, String) {
+    let input = json!({"title": title, "startsAt": starts_at, "city": "Oslo"});
+    let created = data(server.gql(
+        Some(org),
+        "mutation($i: CreateEventInput!) { createEvent(input: $i) { id } }",
+        json!({"i": input}),
+    ));
+    let event = created["createEvent"]["id"].as_str().unwrap().to_string();
+    let added = data(server.gql(
+        Some(org),
+        "mutation($e: ID!, $t: TicketTypeInput!) { addTicketType(eventId: $e, input: $t) { id } }",
+        json!({"e": event, "t": ticket}),
+    ));
+    if publish {
+        data(server.gql(Some(org), "mutation($id: ID!) { publishEvent(id: $id) { id } }", json!({"id": event})));
+    }
+    (event, added["addTicketType"]["id"].as_str().unwrap().to_string())
+}
+
+/// A general-admission ticket type input of `capacity` seats.
+pub fn general_admission(price_cents: i64, capacity: i64) -> Value {
+    json!({"name": "GA", "priceCents": price_cents, "currency": "EUR", "capacity": capacity})
+}
+
+/// A small deterministic generator (xorshift) for randomised end-to-end
+/// tests; they print their seed so a failure can be replayed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// Seeded from the clock.
+    pub fn from_clock(test: &str) -> Rng {
+        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+        eprintln!("{test} seed {seed}");
+        Rng(seed | 1)
+    }
+
+    /// A number below `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}

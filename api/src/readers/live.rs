@@ -124,6 +124,9 @@ impl LiveReader {
                     publish(&graph, &ledger, &hub, &entry.record);
                     at = entry.seq;
                 }
+                if !entries.is_empty() {
+                    std::thread::sleep(super::BATCH_PAUSE);
+                }
             }
         })?;
         Ok(LiveReader { stop, thread: Some(thread) })

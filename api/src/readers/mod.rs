@@ -26,6 +26,10 @@ use graph::Graph;
 
 /// Most entries a reader takes in one batch.
 pub const BATCH_ENTRIES_MAX: usize = 1_024;
+/// After a batch, a reader lets entries gather this long before the next:
+/// fewer, larger batches (and wake-ups) under load, at the cost of this much
+/// extra lag.
+pub const BATCH_PAUSE: Duration = Duration::from_millis(5);
 
 /// A reader's identity and behaviour.
 pub trait Reader: Send + 'static {
@@ -95,6 +99,7 @@ pub fn spawn<R: Reader>(graph: Arc<Graph>, mut reader: R) -> Result<ReaderHandle
                             at = next;
                             reader.committed(at);
                             report.send_replace(at);
+                            std::thread::sleep(BATCH_PAUSE);
                         }
                     }
                     Err(error) => {

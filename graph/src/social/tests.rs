@@ -143,7 +143,7 @@ fn assert_agrees(index: &SocialGraph, reference: &Reference) {
         // The path big events take (the follower ranking) agrees too.
         for limit in [0, 1, 3, 20] {
             let attendees = index.attendees(EventId(event));
-            let walked = index.most_followed_attending(event as u32, attendees, limit, usize::MAX);
+            let walked = index.most_followed_attending(attendees, limit, usize::MAX);
             let expected: Vec<(u64, u32)> = first.iter().take(limit).copied().collect();
             let walked: Vec<(u64, u32)> = walked.unwrap().iter().map(|&(u, f)| (u.0, f)).collect();
             assert_eq!(walked, expected, "Q4 by ranking ({event}, first {limit})");
