@@ -418,7 +418,8 @@ fn write(
         follows: summary.follows,
         attends: summary.attends,
     });
-    writer.put(key(table::LOG, &1u64.to_be_bytes()), Entry::encode_value(now_ms, &record))?;
+    let segment = crate::log::encode_segment(&[Entry::encode_value(now_ms, &record)]);
+    writer.put(key(table::LOG, &1u64.to_be_bytes()), segment)?;
     writer.finish_batch()?;
     progress(Progress { phase: "flushing", done: 0, total: 1 });
     graph.store.flush_rows()?;

@@ -3,7 +3,10 @@
 //!
 //! A stored entry is `at_ms (8 bytes, BE) | kind (2 bytes, BE) | payload (rkyv)`.
 //! Each kind's payload is archived on its own, so new kinds can be added
-//! without changing how older entries decode.
+//! without changing how older entries decode. Entries written together (one
+//! group-commit round) are stored as one segment under the seq of the
+//! first: `count (4 bytes, BE) | (length (4 bytes, BE) | entry)*`, so a
+//! round costs one log row however many records it holds.
 
 use std::sync::Arc;
 
@@ -255,6 +258,44 @@ impl Entry {
     }
 }
 
+/// Packs consecutive entries' stored forms into one segment.
+pub(crate) fn encode_segment(values: &[Vec<u8>]) -> Vec<u8> {
+    let size = 4 + values.iter().map(|v| 4 + v.len()).sum::<usize>();
+    let mut bytes = Vec::with_capacity(size);
+    bytes.extend_from_slice(
+        &u32::try_from(values.len()).expect("a segment holds fewer than 2^32 entries").to_be_bytes(),
+    );
+    for value in values {
+        bytes.extend_from_slice(&u32::try_from(value.len()).expect("an entry is smaller than 4 GiB").to_be_bytes());
+        bytes.extend_from_slice(value);
+    }
+    bytes
+}
+
+/// How many entries a segment holds (without decoding them).
+pub(crate) fn segment_count(bytes: &[u8]) -> Result<u64, Error> {
+    let count: [u8; 4] = bytes.get(..4).and_then(|b| b.try_into().ok()).ok_or(Error::Corrupt("log segment"))?;
+    Ok(u64::from(u32::from_be_bytes(count)))
+}
+
+/// The entries of a segment whose first entry has seq `first_seq`.
+pub fn decode_segment(first_seq: u64, bytes: &[u8]) -> Result<Vec<Entry>, Error> {
+    let count = segment_count(bytes)?;
+    let mut rest = &bytes[4..];
+    let mut entries = Vec::with_capacity(usize::try_from(count.min(4096)).unwrap_or(0));
+    for offset in 0..count {
+        let length: [u8; 4] = rest.get(..4).and_then(|b| b.try_into().ok()).ok_or(Error::Corrupt("log segment"))?;
+        let length = u32::from_be_bytes(length) as usize;
+        let value = rest.get(4..4 + length).ok_or(Error::Corrupt("log segment"))?;
+        entries.push(Entry::decode_value(first_seq + offset, value)?);
+        rest = &rest[4 + length..];
+    }
+    if !rest.is_empty() {
+        return Err(Error::Corrupt("log segment"));
+    }
+    Ok(entries)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,6 +317,24 @@ mod tests {
             let entry = Entry::decode_value(3, &bytes).unwrap();
             assert_eq!(entry, Entry { seq: 3, at_ms: 42, record });
         }
+    }
+
+    #[test]
+    fn segments_round_trip_and_refuse_damage() {
+        let records = [
+            Record::SessionRevoked(SessionRevoked { token_hash: [1; 32] }),
+            Record::Followed(Follow { follower: UserId(3), followee: UserId(4) }),
+        ];
+        let values: Vec<Vec<u8>> = records.iter().map(|r| Entry::encode_value(7, r)).collect();
+        let segment = encode_segment(&values);
+        let entries = decode_segment(40, &segment).unwrap();
+        assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [40, 41]);
+        assert_eq!(entries[1].record, records[1]);
+        assert!(decode_segment(40, &segment[..segment.len() - 1]).is_err(), "a torn segment");
+        let mut longer = segment.clone();
+        longer.push(0);
+        assert!(decode_segment(40, &longer).is_err(), "trailing bytes");
+        assert!(decode_segment(40, &[0, 0]).is_err());
     }
 
     #[test]

@@ -165,13 +165,13 @@ impl Store {
         let _applying = shared.apply_lock.lock().expect("apply lock poisoned");
         let mut appender = shared.appender.lock().expect("log append lock poisoned");
         let mut batch = sled::Batch::default();
-        let pending = std::mem::take(&mut appender.pending);
-        shared.encode(&pending, &mut batch);
+        let mut pending = std::mem::take(&mut appender.pending);
         let mut seq = appender.next_seq;
         for record in records {
-            shared.encode_one(seq, at_ms, record, &mut batch);
+            pending.push((seq, at_ms, record.clone()));
             seq += 1;
         }
+        shared.encode(&pending, &mut batch);
         appender.next_seq = seq;
         drop(appender);
         shared.tree.apply_batch(batch).map_err(|e| shared.fail(e))?;
@@ -295,13 +295,25 @@ impl Store {
 
     /// Reads log entries with seq >= `from`, at most `max` of them.
     pub fn read_log(&self, from: u64, max: usize) -> Result<Vec<Entry>, Error> {
-        let start = key(table::LOG, &from.to_be_bytes());
+        let tree = &self.shared.tree;
+        let wanted = key(table::LOG, &from.to_be_bytes());
+        // The segment holding `from` starts at the last key at or before it.
+        let holding =
+            tree.range(key(table::LOG, &[])..=wanted.clone()).next_back().transpose().map_err(Error::storage)?;
+        let start = holding.map_or(wanted, |(key, _)| key.to_vec());
         let end = key(table::LOG + 1, &[]);
         let mut entries = Vec::new();
-        for item in self.shared.tree.range(start..end).take(max) {
+        for item in tree.range(start..end) {
             let (key, value) = item.map_err(Error::storage)?;
-            let seq = u64::from_be_bytes(key[1..].try_into().map_err(|_| Error::Corrupt("log key"))?);
-            entries.push(Entry::decode_value(seq, &value)?);
+            let first = u64::from_be_bytes(key[1..].try_into().map_err(|_| Error::Corrupt("log key"))?);
+            for entry in crate::log::decode_segment(first, &value)? {
+                if entry.seq >= from {
+                    entries.push(entry);
+                    if entries.len() == max {
+                        return Ok(entries);
+                    }
+                }
+            }
         }
         Ok(entries)
     }
@@ -413,17 +425,17 @@ impl Shared {
         Ok(())
     }
 
+    /// Adds consecutive records as one log segment, and the rows they
+    /// change, to `batch`.
     fn encode(&self, pending: &[(u64, i64, Record)], batch: &mut sled::Batch) {
-        for (seq, at_ms, record) in pending {
-            self.encode_one(*seq, *at_ms, record, batch);
+        let Some(&(first, _, _)) = pending.first() else { return };
+        let mut values = Vec::with_capacity(pending.len());
+        for (_, at_ms, record) in pending {
+            let payload = record.encode_payload();
+            values.push(Entry::value_with_payload(*at_ms, record, &payload));
+            (self.materialize)(record, &payload, batch);
         }
-    }
-
-    /// Adds a record's log entry and the rows it changes to `batch`.
-    fn encode_one(&self, seq: u64, at_ms: i64, record: &Record, batch: &mut sled::Batch) {
-        let payload = record.encode_payload();
-        batch.insert(key(table::LOG, &seq.to_be_bytes()), Entry::value_with_payload(at_ms, record, &payload));
-        (self.materialize)(record, &payload, batch);
+        batch.insert(key(table::LOG, &first.to_be_bytes()), crate::log::encode_segment(&values));
     }
 
     /// Records a storage failure: from now on writes are refused.
@@ -465,8 +477,16 @@ fn open_sled(dir: &Path, cache_bytes: u64) -> Result<sled::Db, Error> {
     }
 }
 
+/// The seq of the last log entry: the last segment's first seq plus its count.
 fn last_seq(tree: &sled::Tree) -> Result<u64, Error> {
-    max_u64_key(tree, table::LOG)
+    let Some(item) = tree.scan_prefix([table::LOG]).next_back() else { return Ok(0) };
+    let (key, value) = item.map_err(Error::storage)?;
+    let first: [u8; 8] = key.get(1..9).and_then(|b| b.try_into().ok()).ok_or(Error::Corrupt("log key"))?;
+    let count = crate::log::segment_count(&value)?;
+    if count == 0 {
+        return Err(Error::Corrupt("log segment"));
+    }
+    Ok(u64::from_be_bytes(first) + count - 1)
 }
 
 fn max_u64_key(tree: &sled::Tree, table: u8) -> Result<u64, Error> {
