@@ -37,8 +37,9 @@ pub struct SocialGraph {
     followers: Vec<Vec<u32>>,
     /// By user: the events they attend, ascending.
     attending: Vec<Vec<u32>>,
-    /// By event: the users attending, ascending.
-    attendees: Vec<Vec<u32>>,
+    /// By event: the users attending (a sorted list, or a B-tree for big
+    /// events, where inserting into a sorted list would move megabytes).
+    attendees: Vec<Attendees>,
     /// ATTENDS edges with more than one source (several confirmed bookings,
     /// or an imported attendance plus bookings): the sources beyond the first.
     extra_sources: HashMap<(u32, u32), u32>,
@@ -116,7 +117,7 @@ impl SocialGraph {
     /// ascending without duplicates. Reverse lists are derived.
     pub fn from_lists(following: Vec<Vec<u32>>, attending: Vec<Vec<u32>>) -> SocialGraph {
         let followers = reverse(&following);
-        let attendees = reverse(&attending);
+        let attendees = reverse(&attending).into_iter().map(Attendees::from_sorted).collect();
         let follow_count = following.iter().map(|l| l.len() as u64).sum();
         let attend_count = attending.iter().map(|l| l.len() as u64).sum();
         let mut ranked: Vec<(Reverse<u32>, u32)> = followers
@@ -191,7 +192,7 @@ impl SocialGraph {
     pub fn add_attendance(&mut self, user: UserId, event: EventId) {
         let (u, e) = (slot(user.0), slot(event.0));
         if insert_sorted(list_mut(&mut self.attending, u), e) {
-            let added = insert_sorted(list_mut(&mut self.attendees, e), u);
+            let added = attendees_mut(&mut self.attendees, e).insert(u);
             debug_assert!(added, "ATTENDS directions agree");
             self.attend_count += 1;
         } else {
@@ -211,7 +212,7 @@ impl SocialGraph {
             return;
         }
         if remove_sorted(list_mut(&mut self.attending, u), e) {
-            let removed = remove_sorted(list_mut(&mut self.attendees, e), u);
+            let removed = attendees_mut(&mut self.attendees, e).remove(u);
             debug_assert!(removed, "ATTENDS directions agree");
             self.attend_count -= 1;
         }
@@ -232,9 +233,10 @@ impl SocialGraph {
         neighbours(&self.attending, slot(user.0))
     }
 
-    /// The users attending `event`, ascending.
-    pub fn attendees(&self, event: EventId) -> &[u32] {
-        neighbours(&self.attendees, slot(event.0))
+    /// The users attending `event`.
+    pub fn attendees(&self, event: EventId) -> &Attendees {
+        static NONE: Attendees = Attendees::Listed(Vec::new());
+        self.attendees.get(slot(event.0) as usize).unwrap_or(&NONE)
     }
 
     /// Whether `follower` FOLLOWS `followee`.
@@ -261,9 +263,10 @@ impl SocialGraph {
     /// an estimate for the hash map and the ranking tree): what it costs in
     /// memory, for `bytes per edge` figures.
     pub fn adjacency_bytes(&self) -> u64 {
-        let lists = [&self.following, &self.followers, &self.attending, &self.attendees];
+        let lists = [&self.following, &self.followers, &self.attending];
         let header = std::mem::size_of::<Vec<u32>>() as u64;
         lists.iter().flat_map(|l| l.iter()).map(|l| header + 4 * l.capacity() as u64).sum::<u64>()
+            + self.attendees.iter().map(|a| header + a.bytes()).sum::<u64>()
             + self.extra_sources.capacity() as u64 * 12
             + self.ranking.len() as u64 * 16
             + self.follower_counts.capacity() as u64 * 4
@@ -363,10 +366,10 @@ impl SocialGraph {
     }
 
     /// Who's going by scoring every attendee, keeping the best `first`.
-    fn score_attendees(&self, attendees: &[u32], first: usize) -> Vec<(UserId, u32)> {
+    fn score_attendees(&self, attendees: &Attendees, first: usize) -> Vec<(UserId, u32)> {
         // A max-heap on (fewer followers, larger id): its top is the worst kept.
         let mut best: BinaryHeap<(Reverse<u32>, u32)> = BinaryHeap::with_capacity(first + 1);
-        for &user in attendees {
+        for user in attendees.iter() {
             if first == 0 {
                 break;
             }
@@ -388,7 +391,12 @@ impl SocialGraph {
     /// keeping attendees, then (if fewer than `first` have followers) the
     /// attendees without followers in id order. `None` when the walk passes
     /// `walk_max` users (scoring every attendee is cheaper then).
-    fn most_followed_attending(&self, attendees: &[u32], first: usize, walk_max: usize) -> Option<Vec<(UserId, u32)>> {
+    fn most_followed_attending(
+        &self,
+        attendees: &Attendees,
+        first: usize,
+        walk_max: usize,
+    ) -> Option<Vec<(UserId, u32)>> {
         let mut found = Vec::with_capacity(first);
         for (walked, &(Reverse(followers), user)) in self.ranking.iter().enumerate() {
             if found.len() == first {
@@ -399,14 +407,110 @@ impl SocialGraph {
             }
             // The event's own list stays in cache for the whole walk; the
             // users' lists would each be a miss.
-            if attendees.binary_search(&user).is_ok() {
+            if attendees.contains(user) {
                 found.push((UserId(user.into()), followers));
             }
         }
-        let unfollowed = attendees.iter().filter(|&&user| neighbours(&self.followers, user).is_empty());
-        found.extend(unfollowed.take(first - found.len()).map(|&user| (UserId(user.into()), 0)));
+        let unfollowed = attendees.iter().filter(|&user| neighbours(&self.followers, user).is_empty());
+        found.extend(unfollowed.take(first - found.len()).map(|user| (UserId(user.into()), 0)));
         Some(found)
     }
+}
+
+/// Attendees of one event: a sorted list while small, a B-tree once big
+/// (a hot on-sale adds attendees at random positions, and a sorted list of a
+/// million would move megabytes per booking). Iteration is ascending in both.
+#[derive(Debug, Clone)]
+pub enum Attendees {
+    /// Up to [`ATTENDEES_LISTED_MAX`], ascending.
+    Listed(Vec<u32>),
+    /// More than that.
+    Tree(BTreeSet<u32>),
+}
+
+/// Attendees kept in a sorted list before the set becomes a B-tree.
+pub const ATTENDEES_LISTED_MAX: usize = 4_096;
+
+impl Default for Attendees {
+    fn default() -> Attendees {
+        Attendees::Listed(Vec::new())
+    }
+}
+
+impl Attendees {
+    fn from_sorted(list: Vec<u32>) -> Attendees {
+        if list.len() > ATTENDEES_LISTED_MAX {
+            Attendees::Tree(list.into_iter().collect())
+        } else {
+            Attendees::Listed(list)
+        }
+    }
+
+    /// How many attend.
+    pub fn len(&self) -> usize {
+        match self {
+            Attendees::Listed(list) => list.len(),
+            Attendees::Tree(tree) => tree.len(),
+        }
+    }
+
+    /// Whether nobody attends.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether `user` attends.
+    pub fn contains(&self, user: u32) -> bool {
+        match self {
+            Attendees::Listed(list) => list.binary_search(&user).is_ok(),
+            Attendees::Tree(tree) => tree.contains(&user),
+        }
+    }
+
+    /// The attendees, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        let (listed, tree) = match self {
+            Attendees::Listed(list) => (Some(list.iter().copied()), None),
+            Attendees::Tree(tree) => (None, Some(tree.iter().copied())),
+        };
+        listed.into_iter().flatten().chain(tree.into_iter().flatten())
+    }
+
+    fn insert(&mut self, user: u32) -> bool {
+        match self {
+            Attendees::Listed(list) => {
+                let added = insert_sorted(list, user);
+                if list.len() > ATTENDEES_LISTED_MAX {
+                    *self = Attendees::Tree(std::mem::take(list).into_iter().collect());
+                }
+                added
+            }
+            Attendees::Tree(tree) => tree.insert(user),
+        }
+    }
+
+    fn remove(&mut self, user: u32) -> bool {
+        match self {
+            Attendees::Listed(list) => remove_sorted(list, user),
+            Attendees::Tree(tree) => tree.remove(&user),
+        }
+    }
+
+    /// Bytes held: four per entry listed, about twelve in the tree.
+    fn bytes(&self) -> u64 {
+        match self {
+            Attendees::Listed(list) => 4 * list.capacity() as u64,
+            Attendees::Tree(tree) => 12 * tree.len() as u64,
+        }
+    }
+}
+
+fn attendees_mut(lists: &mut Vec<Attendees>, event: u32) -> &mut Attendees {
+    let index = event as usize;
+    if lists.len() <= index {
+        lists.resize_with(index + 1, Attendees::default);
+    }
+    &mut lists[index]
 }
 
 /// One side of the two-ended search.

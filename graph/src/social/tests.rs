@@ -208,7 +208,7 @@ fn attendance_with_two_sources_survives_losing_one() {
     index.add_attendance(UserId(1), EventId(1));
     index.remove_attendance(UserId(1), EventId(1));
     assert!(index.attends(UserId(1), EventId(1)));
-    assert_eq!(index.attendees(EventId(1)), &[1]);
+    assert_eq!(index.attendees(EventId(1)).iter().collect::<Vec<_>>(), [1]);
     index.remove_attendance(UserId(1), EventId(1));
     assert!(!index.attends(UserId(1), EventId(1)));
     assert_eq!(index.attend_count(), 0);
@@ -247,4 +247,32 @@ fn petgraph_algorithms_run_on_the_index() {
     let incoming: Vec<u32> =
         petgraph::visit::IntoNeighborsDirected::neighbors_directed(view, 4, petgraph::Incoming).collect();
     assert_eq!(incoming, [3, 5]);
+}
+
+#[test]
+fn a_big_event_keeps_exact_attendees_past_the_list_limit() {
+    let mut index = SocialGraph::default();
+    let mut reference = BTreeSet::new();
+    let event = EventId(1);
+    // Users arrive in a scattered order, as buyers of a hot on-sale do.
+    for step in 0..(ATTENDEES_LISTED_MAX as u64 + 2_000) {
+        let user = 1 + (step * 7_919) % 20_000;
+        index.add_attendance(UserId(user), event);
+        reference.insert(user as u32);
+    }
+    for user in (1..20_000u64).step_by(3) {
+        if reference.remove(&(user as u32)) {
+            index.remove_attendance(UserId(user), event);
+        }
+    }
+    let attendees = index.attendees(event);
+    assert!(matches!(attendees, Attendees::Tree(_)));
+    assert_eq!(attendees.len(), reference.len());
+    assert_eq!(attendees.iter().collect::<Vec<_>>(), reference.iter().copied().collect::<Vec<_>>());
+    assert!(reference.iter().all(|&u| attendees.contains(u)));
+    index.follow(UserId(*reference.iter().nth(10).unwrap() as u64), UserId(*reference.iter().nth(20).unwrap() as u64));
+    let going = index.whos_going(event, 3);
+    assert_eq!(going.count, reference.len());
+    assert_eq!(going.first[0], (UserId(*reference.iter().nth(20).unwrap() as u64), 1));
+    assert_eq!(going.first[1].0, UserId(*reference.iter().next().unwrap() as u64), "then the smallest ids");
 }
