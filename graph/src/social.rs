@@ -22,11 +22,20 @@ use crate::ids::{EventId, UserId};
 /// Most follow hops [`SocialGraph::distance`] looks through.
 pub const DISTANCE_HOPS_MAX: u32 = 4;
 
-/// Who's going scores every attendee of small events; it walks the global
-/// follower ranking instead when that is expected to be shorter, i.e. when
-/// `first * ranked users / attendees` (the expected walk) is below the
-/// attendee count, and never for fewer attendees than this.
+/// Who's going for an event with too few notable attendees scores every
+/// attendee; it walks the global follower ranking instead when that is
+/// expected to be shorter, i.e. when `first * ranked users / attendees` (the
+/// expected walk) is below the attendee count, and never for fewer
+/// attendees than this.
 const WHOS_GOING_SCAN_MIN: usize = 2_048;
+
+/// About one ranked user in this many is notable (see
+/// [`SocialGraph::choose_notable`]).
+const NOTABLE_SHARE: usize = 32;
+
+/// FOLLOWS edges from which the notable threshold is chosen again each time
+/// their number doubles (start-up and import choose it at once).
+const NOTABLE_REFRESH_FOLLOWS: u64 = 1 << 16;
 
 /// Users, events and the FOLLOWS and ATTENDS edges between them.
 #[derive(Debug, Default)]
@@ -45,10 +54,19 @@ pub struct SocialGraph {
     extra_sources: HashMap<(u32, u32), u32>,
     /// Users with at least one follower, most followed first (then smallest
     /// id): who's going for big events reads it from the top.
-    ranking: BTreeSet<(Reverse<u32>, u32)>,
+    ranking: BTreeSet<Ranked>,
     /// Followers per user, dense: scoring thousands of attendees reads 4
     /// bytes each instead of a list header.
     follower_counts: Vec<u32>,
+    /// Follower count from which a user is notable; 0 while nobody is.
+    notable_min: u32,
+    /// By event: its notable attendees ranked like `ranking` (most
+    /// followers first, then smallest id). When an event has at least
+    /// `first` of them, who's going reads its answer off the front: everyone
+    /// else has fewer followers than each of them.
+    notable_attendees: Vec<Vec<Ranked>>,
+    /// FOLLOWS edges at which the notable threshold is chosen again.
+    notable_refresh_at: u64,
     follow_count: u64,
     attend_count: u64,
 }
@@ -71,17 +89,21 @@ pub struct WhosGoing {
     pub first: Vec<(UserId, u32)>,
 }
 
+/// A user with their follower count, ordered most followed first, then
+/// smallest id.
+type Ranked = (Reverse<u32>, u32);
+
 /// The u32 slot of an id; ids are allocated from 1 and stay far below 2^32
 /// (registration refuses beyond that).
 pub(crate) fn slot(id: u64) -> u32 {
     u32::try_from(id).expect("ids stay below 2^32")
 }
 
-fn neighbours(lists: &[Vec<u32>], node: u32) -> &[u32] {
+fn neighbours<T>(lists: &[Vec<T>], node: u32) -> &[T] {
     lists.get(node as usize).map_or(&[], Vec::as_slice)
 }
 
-fn list_mut(lists: &mut Vec<Vec<u32>>, node: u32) -> &mut Vec<u32> {
+fn list_mut<T>(lists: &mut Vec<Vec<T>>, node: u32) -> &mut Vec<T> {
     let index = node as usize;
     if lists.len() <= index {
         lists.resize_with(index + 1, Vec::new);
@@ -90,7 +112,7 @@ fn list_mut(lists: &mut Vec<Vec<u32>>, node: u32) -> &mut Vec<u32> {
 }
 
 /// Inserts into a sorted list; false when already there.
-fn insert_sorted(list: &mut Vec<u32>, value: u32) -> bool {
+fn insert_sorted<T: Ord>(list: &mut Vec<T>, value: T) -> bool {
     match list.binary_search(&value) {
         Ok(_) => false,
         Err(at) => {
@@ -101,7 +123,7 @@ fn insert_sorted(list: &mut Vec<u32>, value: u32) -> bool {
 }
 
 /// Removes from a sorted list; false when absent.
-fn remove_sorted(list: &mut Vec<u32>, value: u32) -> bool {
+fn remove_sorted<T: Ord>(list: &mut Vec<T>, value: T) -> bool {
     match list.binary_search(&value) {
         Ok(at) => {
             list.remove(at);
@@ -120,7 +142,7 @@ impl SocialGraph {
         let attendees = reverse(&attending).into_iter().map(Attendees::from_sorted).collect();
         let follow_count = following.iter().map(|l| l.len() as u64).sum();
         let attend_count = attending.iter().map(|l| l.len() as u64).sum();
-        let mut ranked: Vec<(Reverse<u32>, u32)> = followers
+        let mut ranked: Vec<Ranked> = followers
             .iter()
             .enumerate()
             .filter(|(_, list)| !list.is_empty())
@@ -128,7 +150,7 @@ impl SocialGraph {
             .collect();
         ranked.sort_unstable();
         let follower_counts = followers.iter().map(|list| list.len() as u32).collect();
-        SocialGraph {
+        let mut index = SocialGraph {
             follower_counts,
             following,
             followers,
@@ -136,9 +158,47 @@ impl SocialGraph {
             attendees,
             extra_sources: HashMap::new(),
             ranking: ranked.into_iter().collect(),
+            notable_min: 0,
+            notable_attendees: Vec::new(),
+            notable_refresh_at: 0,
             follow_count,
             attend_count,
-        }
+        };
+        index.choose_notable();
+        index
+    }
+
+    /// Chooses the notable threshold: the follower count of the user one
+    /// [`NOTABLE_SHARE`]th of the way down the ranking (ties make the share
+    /// a little larger), and lists every event's notable attendees anew.
+    pub fn choose_notable(&mut self) {
+        let min = self.ranking.iter().nth(self.ranking.len() / NOTABLE_SHARE).map_or(0, |&(Reverse(f), _)| f);
+        self.set_notable_min(min);
+        self.notable_refresh_at = self.follow_count.saturating_mul(2).max(NOTABLE_REFRESH_FOLLOWS);
+    }
+
+    /// Makes users with at least `min` followers notable (nobody for 0) and
+    /// lists every event's notable attendees anew.
+    fn set_notable_min(&mut self, min: u32) {
+        self.notable_min = min;
+        self.notable_attendees = if min == 0 {
+            Vec::new()
+        } else {
+            let counts = &self.follower_counts;
+            let ranked = |user: u32| (Reverse(counts.get(user as usize).copied().unwrap_or(0)), user);
+            let notable = |attendees: &Attendees| {
+                let mut list: Vec<Ranked> = attendees.iter().map(ranked).filter(|&(Reverse(f), _)| f >= min).collect();
+                list.sort_unstable();
+                list
+            };
+            self.attendees.iter().map(notable).collect()
+        };
+    }
+
+    /// `user` ranked by followers, when notable.
+    fn notable(&self, user: u32) -> Option<Ranked> {
+        let followers = self.follower_counts.get(user as usize).copied().unwrap_or(0);
+        (self.notable_min != 0 && followers >= self.notable_min).then_some((Reverse(followers), user))
     }
 
     /// Moves `user` in the follower ranking after their count went from
@@ -149,6 +209,21 @@ impl SocialGraph {
             self.follower_counts.resize(index + 1, 0);
         }
         self.follower_counts[index] = after as u32;
+        let min = self.notable_min as usize;
+        if min != 0 && (before >= min || after >= min) {
+            // Every event `user` attends ranks them anew.
+            for &event in neighbours(&self.attending, user) {
+                let notable = list_mut(&mut self.notable_attendees, event);
+                if before >= min {
+                    let removed = remove_sorted(notable, (Reverse(before as u32), user));
+                    debug_assert!(removed, "notable attendees follow follower counts");
+                }
+                if after >= min {
+                    let added = insert_sorted(notable, (Reverse(after as u32), user));
+                    debug_assert!(added, "notable attendees follow follower counts");
+                }
+            }
+        }
         if before > 0 {
             self.ranking.remove(&(Reverse(before as u32), user));
         }
@@ -169,6 +244,9 @@ impl SocialGraph {
         let after = followers.len();
         self.rerank(dst, after - 1, after);
         self.follow_count += 1;
+        if self.follow_count >= self.notable_refresh_at.max(NOTABLE_REFRESH_FOLLOWS) {
+            self.choose_notable();
+        }
         true
     }
 
@@ -194,6 +272,9 @@ impl SocialGraph {
         if insert_sorted(list_mut(&mut self.attending, u), e) {
             let added = attendees_mut(&mut self.attendees, e).insert(u);
             debug_assert!(added, "ATTENDS directions agree");
+            if let Some(ranked) = self.notable(u) {
+                insert_sorted(list_mut(&mut self.notable_attendees, e), ranked);
+            }
             self.attend_count += 1;
         } else {
             *self.extra_sources.entry((e, u)).or_insert(0) += 1;
@@ -214,6 +295,9 @@ impl SocialGraph {
         if remove_sorted(list_mut(&mut self.attending, u), e) {
             let removed = attendees_mut(&mut self.attendees, e).remove(u);
             debug_assert!(removed, "ATTENDS directions agree");
+            if let Some(ranked) = self.notable(u) {
+                remove_sorted(list_mut(&mut self.notable_attendees, e), ranked);
+            }
             self.attend_count -= 1;
         }
     }
@@ -270,6 +354,7 @@ impl SocialGraph {
             + self.extra_sources.capacity() as u64 * 12
             + self.ranking.len() as u64 * 16
             + self.follower_counts.capacity() as u64 * 4
+            + self.notable_attendees.iter().map(|l| header + 8 * l.capacity() as u64).sum::<u64>()
     }
 
     /// Q1, friends going: the users who follow `user` back and attend `event`.
@@ -352,15 +437,23 @@ impl SocialGraph {
     }
 
     /// Q4, who's going: how many attend `event`, and the `first` attendees
-    /// with the most followers (ties: smaller id first).
+    /// with the most followers (ties: smaller id first). The first of three
+    /// exact ways that applies: read the front of the event's notable
+    /// attendees (when at least `first` of them), walk the follower ranking
+    /// (big events), score every attendee.
     pub fn whos_going(&self, event: EventId, first: usize) -> WhosGoing {
         let attendees = self.attendees(event);
-        let expected_walk = first.saturating_mul(self.ranking.len()) / attendees.len().max(1);
-        let first = if attendees.len() > WHOS_GOING_SCAN_MIN && expected_walk < attendees.len() {
-            self.most_followed_attending(attendees, first, attendees.len())
-                .unwrap_or_else(|| self.score_attendees(attendees, first))
+        let notable = neighbours(&self.notable_attendees, slot(event.0));
+        let first = if notable.len() >= first {
+            notable[..first].iter().map(|&(Reverse(followers), user)| (UserId(user.into()), followers)).collect()
         } else {
-            self.score_attendees(attendees, first)
+            let expected_walk = first.saturating_mul(self.ranking.len()) / attendees.len().max(1);
+            if attendees.len() > WHOS_GOING_SCAN_MIN && expected_walk < attendees.len() {
+                self.most_followed_attending(attendees, first, attendees.len())
+                    .unwrap_or_else(|| self.score_attendees(attendees, first))
+            } else {
+                self.score_attendees(attendees, first)
+            }
         };
         WhosGoing { count: attendees.len(), first }
     }
@@ -368,7 +461,7 @@ impl SocialGraph {
     /// Who's going by scoring every attendee, keeping the best `first`.
     fn score_attendees(&self, attendees: &Attendees, first: usize) -> Vec<(UserId, u32)> {
         // A max-heap on (fewer followers, larger id): its top is the worst kept.
-        let mut best: BinaryHeap<(Reverse<u32>, u32)> = BinaryHeap::with_capacity(first + 1);
+        let mut best: BinaryHeap<Ranked> = BinaryHeap::with_capacity(first + 1);
         for user in attendees.iter() {
             if first == 0 {
                 break;

@@ -137,11 +137,18 @@ fn assert_agrees(index: &SocialGraph, reference: &Reference) {
     }
     for event in 1..=EVENTS {
         let (count, first) = reference.whos_going(event);
-        let answer = index.whos_going(EventId(event), 20);
-        assert_eq!(answer.count, count, "Q4 count ({event})");
-        assert_eq!(answer.first.iter().map(|&(u, f)| (u.0, f)).collect::<Vec<_>>(), first, "Q4 ({event})");
-        // The path big events take (the follower ranking) agrees too.
         for limit in [0, 1, 3, 20] {
+            // With a smaller `first`, events have enough notable attendees
+            // more often, so the notable path is checked too.
+            let answer = index.whos_going(EventId(event), limit);
+            let expected: Vec<(u64, u32)> = first.iter().take(limit).copied().collect();
+            assert_eq!(answer.count, count, "Q4 count ({event})");
+            assert_eq!(
+                answer.first.iter().map(|&(u, f)| (u.0, f)).collect::<Vec<_>>(),
+                expected,
+                "Q4 ({event}, {limit})"
+            );
+            // The path big events take (the follower ranking) agrees too.
             let attendees = index.attendees(EventId(event));
             let walked = index.most_followed_attending(attendees, limit, usize::MAX);
             let expected: Vec<(u64, u32)> = first.iter().take(limit).copied().collect();
@@ -151,6 +158,21 @@ fn assert_agrees(index: &SocialGraph, reference: &Reference) {
     }
     assert_eq!(index.follow_count(), reference.follows.len() as u64);
     assert_eq!(index.attend_count(), reference.attends.values().filter(|&&n| n > 0).count() as u64);
+    assert_notable_lists_current(index, reference);
+}
+
+/// Every event's notable attendees are exactly its attendees with at least
+/// the threshold's followers, ranked by their current follower counts.
+fn assert_notable_lists_current(index: &SocialGraph, reference: &Reference) {
+    for event in 1..=EVENTS {
+        let mut expected: Vec<Ranked> = (1..=USERS)
+            .filter(|&u| reference.attends(u, event))
+            .map(|u| (Reverse(reference.follows.iter().filter(|&&(_, b)| b == u).count() as u32), u as u32))
+            .filter(|&(Reverse(followers), _)| index.notable_min != 0 && followers >= index.notable_min)
+            .collect();
+        expected.sort();
+        assert_eq!(neighbours(&index.notable_attendees, event as u32), expected, "notable attendees of {event}");
+    }
 }
 
 /// Rebuilding from whole lists (start-up) gives the same index as the
@@ -178,14 +200,21 @@ fn rebuilt(reference: &Reference) -> SocialGraph {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
     #[test]
-    fn queries_match_a_brute_force_reference(ops in proptest::collection::vec(op(), 0..160)) {
+    fn queries_match_a_brute_force_reference(
+        ops in proptest::collection::vec(op(), 0..160),
+        notable_min in 0u32..5,
+    ) {
         let mut index = SocialGraph::default();
+        index.set_notable_min(notable_min);
         let mut reference = Reference::default();
         for op in &ops {
             apply(&mut index, &mut reference, op);
         }
         assert_agrees(&index, &reference);
-        assert_agrees(&rebuilt(&reference), &reference);
+        let mut rebuilt = rebuilt(&reference);
+        assert_agrees(&rebuilt, &reference);
+        rebuilt.set_notable_min(notable_min);
+        assert_agrees(&rebuilt, &reference);
     }
 }
 
