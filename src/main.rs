@@ -288,7 +288,9 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, Failure> {
 fn init_logging(format: LogFormat) -> Result<logging::Logs, Failure> {
     let logs = logging::Logs::start().map_err(|e| Failure::Runtime(format!("cannot start the log writer: {e}")))?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(logs.clone());
+    // Colours only for a person at a terminal; files and journald get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(logs.clone());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
