@@ -28,6 +28,8 @@ struct Cli {
     command: Command,
 }
 
+// The serve settings make one variant large; a command is parsed once.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the server: GraphQL at /graphql (POST; GET opens the IDE), /healthz, /readyz.

@@ -106,7 +106,11 @@ fn friends_going_counts_mutual_follows_with_confirmed_bookings() {
         json!({"id": cancelled}),
     ));
 
-    assert_eq!(friends_going(&server, Some(&me.token), &gig), [friend.id.clone()], "mutual, CONFIRMED, not cancelled");
+    assert_eq!(
+        friends_going(&server, Some(&me.token), &gig),
+        vec![friend.id.clone()],
+        "mutual, CONFIRMED, not cancelled"
+    );
     assert_eq!(friends_going(&server, None, &gig), Vec::<String>::new(), "[] when anonymous");
     let attendees = data(server.gql(None, "query($id: ID!) { event(id: $id) { attendeeCount } }", json!({"id": gig})));
     assert_eq!(attendees["event"]["attendeeCount"], 2, "friend and fan hold confirmed tickets");
@@ -307,7 +311,7 @@ fn follow_traffic(
         if a == b {
             continue;
         }
-        let wanted = (state >> 16) % 2 == 0;
+        let wanted = (state >> 16).is_multiple_of(2);
         let query = if wanted { FOLLOW } else { UNFOLLOW };
         match try_gql(addr, Some(&tokens[a]), query, json!({"id": ids[b]})) {
             Ok(response) if response.get("errors").is_none() => {

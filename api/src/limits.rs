@@ -180,9 +180,7 @@ pub fn analyze(
     variables: &Variables,
 ) -> Result<Cost, TooComplex> {
     let operation = match operation_name {
-        Some(name) => {
-            document.operations.iter().find(|(n, _)| n.is_some_and(|n| n.as_str() == name)).map(|(n, op)| (n, op))
-        }
+        Some(name) => document.operations.iter().find(|(n, _)| n.is_some_and(|n| n.as_str() == name)),
         None => document.operations.iter().next(),
     };
     // An unknown or missing operation is for validation to report.
@@ -210,8 +208,12 @@ pub fn analyze(
 /// request. Bounded; the oldest go first.
 pub struct ParsedQueries {
     entries_max: usize,
-    inner: Mutex<(HashMap<Arc<str>, ExecutableDocument>, VecDeque<Arc<str>>)>,
+    /// Documents by text, and the texts oldest first.
+    inner: Mutex<Bounded<Arc<str>, ExecutableDocument>>,
 }
+
+/// A bounded cache's entries by key, and its keys oldest first.
+type Bounded<K, V> = (HashMap<K, V>, VecDeque<K>);
 
 impl ParsedQueries {
     /// A cache of up to `entries_max` parsed queries.
@@ -384,7 +386,8 @@ impl<'a> Walker<'a> {
 /// its text once the server has seen the text. Bounded; the oldest go first.
 pub struct PersistedQueries {
     entries_max: usize,
-    inner: Mutex<(HashMap<String, Arc<str>>, VecDeque<String>)>,
+    /// Texts by hash, and the hashes oldest first.
+    inner: Mutex<Bounded<String, Arc<str>>>,
 }
 
 impl PersistedQueries {

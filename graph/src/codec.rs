@@ -39,7 +39,7 @@ pub fn pack_ids(ids: &[u32]) -> Vec<u8> {
 
 /// Unpacks an adjacency row, checking that it is whole and strictly ascending.
 pub fn unpack_ids(bytes: &[u8], what: &'static str) -> Result<Vec<u32>, Error> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err(Error::Corrupt(what));
     }
     let ids: Vec<u32> =

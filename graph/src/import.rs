@@ -204,7 +204,7 @@ impl Csv {
                 return Err(self.error(number, format!("expected {columns} fields, found {}", fields.len())));
             }
             row(number, &fields).map_err(|reason| self.error(number, reason))?;
-            if number % 100_000 == 0 {
+            if number.is_multiple_of(100_000) {
                 progress(Progress { phase, done: number - 1, total });
             }
         }

@@ -11,6 +11,9 @@ use crate::log::Entry;
 use crate::store::{key, table};
 use crate::{Error, Store};
 
+/// A stored row: its key and value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// One reader's rows and checkpoint.
 pub struct ReaderRows<'a> {
     store: &'a Store,
@@ -102,7 +105,7 @@ impl ReaderRows<'_> {
 
     /// Rows whose key starts with `prefix`, in key order (or reverse), at
     /// most `max`, as (key without the prefix's reader tag, value).
-    pub fn scan(&self, prefix: &[u8], reverse: bool, max: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+    pub fn scan(&self, prefix: &[u8], reverse: bool, max: usize) -> Result<Vec<KeyValue>, Error> {
         let rows = self.store.scan_prefix(&self.key(prefix));
         let strip = |(key, value): (sled::IVec, sled::IVec)| (key[2..].to_vec(), value.to_vec());
         if reverse {

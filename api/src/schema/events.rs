@@ -323,7 +323,7 @@ impl EventsQuery {
         let visible = event.status != model::EventStatus::Draft
             || viewer.is_admin()
             || viewer.user().is_some_and(|user| user.id == event.organizer);
-        Ok(visible.then(|| EventObject(event)))
+        Ok(visible.then_some(EventObject(event)))
     }
 
     /// PUBLISHED events, by startsAt then id.

@@ -124,7 +124,7 @@ fn assert_agrees(index: &SocialGraph, reference: &Reference) {
             assert_eq!(index.attends(u, EventId(event)), reference.attends(user, event));
         }
         let recommended: Vec<(u64, u32)> =
-            index.recommend(u, 10, |e| Some(e)).into_iter().map(|(e, score)| (e.0, score)).collect();
+            index.recommend(u, 10, Some).into_iter().map(|(e, score)| (e.0, score)).collect();
         assert_eq!(recommended, reference.recommend(user), "Q2 ({user})");
         let distances = reference.distances(user);
         for other in 1..=USERS {
