@@ -115,6 +115,14 @@ impl ReaderRows<'_> {
         }
     }
 
+    /// Replaces one row's value only if it still holds `old`: false when the
+    /// reader changed or removed it meanwhile. For writes made beside the
+    /// reader's own thread, which must not bring back a row it removed. Not
+    /// flushed: it becomes durable with the next group commit.
+    pub fn replace(&self, key: &[u8], old: &[u8], new: &[u8]) -> Result<bool, Error> {
+        self.store.replace_row(&self.key(key), old, new)
+    }
+
     /// Writes `batch` and, when given, the new checkpoint, atomically. Not
     /// flushed: it becomes durable with the next group commit.
     pub fn commit(&self, batch: ReaderBatch, checkpoint: Option<u64>) -> Result<(), Error> {

@@ -326,6 +326,15 @@ impl Store {
         self.shared.tree.apply_batch(batch).map_err(|e| self.shared.fail(e))
     }
 
+    /// Replaces one row's value, written outside the log like
+    /// [`Store::write_rows`], only if it still holds `old`; false when it
+    /// changed or is gone.
+    pub(crate) fn replace_row(&self, key: &[u8], old: &[u8], new: &[u8]) -> Result<bool, Error> {
+        self.shared.check_healthy()?;
+        let swapped = self.shared.tree.compare_and_swap(key, Some(old), Some(new)).map_err(|e| self.shared.fail(e))?;
+        Ok(swapped.is_ok())
+    }
+
     /// Flushes rows written with [`Store::write_rows`].
     pub(crate) fn flush_rows(&self) -> Result<(), Error> {
         self.shared.db.flush().map_err(Error::storage).map(|_| ())

@@ -219,3 +219,26 @@ fn appended_records_are_written_in_log_order_by_the_next_sync_or_commit() {
     let reopened = open(&dir);
     assert_eq!(reopened.store().head_seq(), fourth, "synced appends survive a reopen");
 }
+
+#[test]
+fn a_reader_row_is_replaced_only_while_it_holds_what_was_read() {
+    let dir = TempDir::new("reader-replace");
+    let graph = open(&dir);
+    let rows = graph.store().reader(9);
+    let mut batch = readers::ReaderBatch::default();
+    batch.put(&rows, b"kept", b"unread");
+    batch.put(&rows, b"dropped", b"unread");
+    rows.commit(batch, Some(1)).unwrap();
+
+    // Another writer drops one row and changes the other after they were read.
+    let mut batch = readers::ReaderBatch::default();
+    batch.remove(&rows, b"dropped");
+    rows.commit(batch, Some(2)).unwrap();
+    assert!(!rows.replace(b"dropped", b"unread", b"read").unwrap(), "a removed row stays removed");
+    assert_eq!(rows.get(b"dropped").unwrap(), None);
+
+    assert!(rows.replace(b"kept", b"unread", b"read").unwrap());
+    assert!(!rows.replace(b"kept", b"unread", b"read again").unwrap(), "it no longer holds what was read");
+    assert_eq!(rows.get(b"kept").unwrap().as_deref(), Some(&b"read"[..]));
+    assert_eq!(rows.checkpoint().unwrap(), 2);
+}

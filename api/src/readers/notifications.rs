@@ -298,7 +298,6 @@ pub fn mark_read(graph: &Graph, user: UserId, ids: Option<&[String]>) -> Result<
     let rows = graph.store().reader(Notifications::ID);
     let prefix = key(&[&[INBOX], &user.to_key()]);
     let wanted: Option<HashSet<&str>> = ids.map(|ids| ids.iter().map(String::as_str).collect());
-    let mut batch = ReaderBatch::default();
     let mut changed = 0;
     for (row, value) in rows.scan(&prefix, false, usize::MAX)? {
         let mut notification: Notification =
@@ -307,11 +306,15 @@ pub fn mark_read(graph: &Graph, user: UserId, ids: Option<&[String]>) -> Result<
             continue;
         }
         notification.read = true;
-        batch.put(&rows, &row, &serde_json::to_vec(&notification).expect("notifications serialise"));
-        changed += 1;
+        // The reader may drop this notification (a full inbox) while we
+        // look: a plain write would bring it back, so replace it only if
+        // it is still there as we read it.
+        let read = serde_json::to_vec(&notification).expect("notifications serialise");
+        if rows.replace(&row, &value, &read)? {
+            changed += 1;
+        }
     }
     if changed > 0 {
-        rows.commit(batch, None)?;
         graph.store().request_flush();
     }
     Ok(changed)
