@@ -130,21 +130,14 @@ fn analytics_equal_a_recomputation_from_the_bookings_across_a_restart() {
                 ));
                 made.push((buyer, booking["bookTickets"]["id"].as_str().unwrap().to_string(), hold));
             }
-            3 if !made.is_empty() => {
+            op @ (3 | 4) if !made.is_empty() => {
                 let (owner, id, _) = made[rng.below(made.len() as u64) as usize].clone();
-                server.gql(
-                    Some(&buyers[owner]),
-                    "mutation($id: ID!) { confirmBooking(id: $id) { id } }",
-                    json!({"id": id}),
-                );
-            }
-            4 if !made.is_empty() => {
-                let (owner, id, _) = made[rng.below(made.len() as u64) as usize].clone();
-                server.gql(
-                    Some(&buyers[owner]),
-                    "mutation($id: ID!) { cancelBooking(id: $id) { id } }",
-                    json!({"id": id}),
-                );
+                let mutation = if op == 3 {
+                    "mutation($id: ID!) { confirmBooking(id: $id) { id } }"
+                } else {
+                    "mutation($id: ID!) { cancelBooking(id: $id) { id } }"
+                };
+                server.gql(Some(&buyers[owner]), mutation, json!({"id": id}));
             }
             _ => {
                 let mine = data(server.gql(Some(&buyers[buyer]), MINE, json!({})));

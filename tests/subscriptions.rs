@@ -147,7 +147,7 @@ fn availability_follows_bookings_holds_expiries_and_cancellations() {
     let mut ws = Ws::connect(&server.addr, None).acknowledged();
     ws.subscribe("1", AVAILABILITY, json!({"e": stage.event}));
     // The subscription is live once the server has processed the subscribe
-    // message; a round trip on another subscription makes sure of that.
+    // message; the protocol acknowledges nothing, so give it a moment.
     std::thread::sleep(Duration::from_millis(300));
     let update = |sold: i64| json!({"availability": {"eventId": stage.event, "ticketTypeId": stage.ticket_type, "sold": sold, "available": 1000 - sold}});
 

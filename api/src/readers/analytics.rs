@@ -14,7 +14,7 @@ use graph::log::{Entry, Record};
 use graph::model::Booking;
 use graph::readers::{ReaderBatch, ReaderRows};
 
-use super::{key, Reader};
+use super::{key, u64_at, Reader};
 
 /// Seats, revenue and check-ins.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -112,10 +112,7 @@ fn decode(bytes: &[u8], count: usize) -> Result<Vec<i64>, graph::Error> {
 }
 
 fn id_at(key: &[u8], at: usize) -> Result<u64, graph::Error> {
-    key.get(at..at + 8)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_be_bytes)
-        .ok_or(graph::Error::Corrupt("analytics key"))
+    u64_at(key, at, "analytics key")
 }
 
 impl Analytics {

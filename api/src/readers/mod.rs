@@ -138,3 +138,9 @@ fn step<R: Reader>(graph: &Graph, reader: &mut R, at: u64) -> Result<u64, graph:
 pub(crate) fn key(parts: &[&[u8]]) -> Vec<u8> {
     parts.concat()
 }
+
+/// The big-endian u64 at byte `at` of a stored key; `what` names the key
+/// in the error when it is too short.
+pub(crate) fn u64_at(key: &[u8], at: usize, what: &'static str) -> Result<u64, graph::Error> {
+    key.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).ok_or(graph::Error::Corrupt(what))
+}

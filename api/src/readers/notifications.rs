@@ -21,7 +21,7 @@ use graph::readers::{ReaderBatch, ReaderRows};
 use graph::Graph;
 use serde::{Deserialize, Serialize};
 
-use super::{key, Reader};
+use super::{key, u64_at, Reader};
 
 /// Newest notifications kept per user.
 pub const INBOX_MAX: usize = 200;
@@ -256,18 +256,12 @@ impl Reader for Notifications {
         self.created.clear();
         self.holders.clear();
         for (key, _) in rows.scan(&[HOLDER], false, usize::MAX)? {
-            let id = |at: usize| -> Result<u64, graph::Error> {
-                key.get(at..at + 8)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes)
-                    .ok_or(graph::Error::Corrupt("holder key"))
-            };
+            let id = |at: usize| u64_at(&key, at, "holder key");
             self.holders.entry(EventId(id(1)?)).or_default().insert((UserId(id(9)?), BookingId(id(17)?)));
         }
         self.inbox_sizes.clear();
         for (key, _) in rows.scan(&[INBOX], false, usize::MAX)? {
-            let user = key.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
-            *self.inbox_sizes.entry(UserId(user.ok_or(graph::Error::Corrupt("inbox key"))?)).or_default() += 1;
+            *self.inbox_sizes.entry(UserId(u64_at(&key, 1, "inbox key")?)).or_default() += 1;
         }
         Ok(())
     }

@@ -33,7 +33,7 @@ use graph::Graph;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{key, Reader};
+use super::{key, u64_at, Reader};
 use crate::schema::DateTime;
 
 /// Event names a webhook can subscribe to.
@@ -373,10 +373,8 @@ impl Deliverer {
         let rows = self.graph.store().reader(Outbox::ID);
         let now = graph::now_ms();
         for (due, _) in rows.scan(&[DUE], false, DUE_SCAN_MAX)? {
-            let field = |at: usize| due.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
-            let (Some(due_ms), Some(webhook), Some(seq)) = (field(1), field(9), field(17)) else {
-                return Err(graph::Error::Corrupt("webhook due key"));
-            };
+            let field = |at: usize| u64_at(&due, at, "webhook due key");
+            let (due_ms, webhook, seq) = (field(1)?, field(9)?, field(17)?);
             if due_ms as i64 > now {
                 break;
             }
