@@ -42,6 +42,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(dirname "$here")
+# shellcheck source=lib.sh
+source "$here/lib.sh"
 
 DATASET=$repo/target/datasets/social-100k
 while [[ $# -gt 0 ]]; do
@@ -128,34 +130,12 @@ run() {
   return "$rc"
 }
 
-stop_pid() { # stop_pid PID: TERM, wait up to 15 s, then KILL
-  local pid=$1
-  [[ -n $pid ]] || return 0
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 150); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-}
 stop_marquee() { stop_pid "$server_pid"; server_pid=""; }
 stop_falkor() {
   [[ -n $falkor_pid ]] || return 0
   timeout 10 redis-cli -h 127.0.0.1 -p "$falkor_port" SHUTDOWN NOSAVE >/dev/null 2>&1 || true
   stop_pid "$falkor_pid"
   falkor_pid=""
-}
-stop_postgres() {
-  if $pg_started; then
-    timeout 60 "${run_pg[@]}" "$PG_BIN/pg_ctl" -D "$pg_data" -m fast -w -t 30 stop >/dev/null 2>&1 || {
-      pm=$(head -n1 "$pg_data/postmaster.pid" 2>/dev/null || true)
-      [[ -n $pm ]] && kill -KILL "$pm" 2>/dev/null || true
-    }
-    pg_started=false
-  fi
 }
 cleanup() {
   if [[ -n $child ]]; then
@@ -170,18 +150,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-free_port() {
-  local port
-  for _ in $(seq 200); do
-    port=$((20000 + RANDOM % 40000))
-    if [[ -z $(ss -Htln "sport = :$port") ]]; then
-      echo "$port"
-      return 0
-    fi
-  done
-  return 1
-}
 
 # wait_for_file PATH: the other engineer's rebuild may remove a binary briefly.
 wait_for_file() {

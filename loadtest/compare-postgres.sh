@@ -32,6 +32,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(dirname "$here")
+# shellcheck source=lib.sh
+source "$here/lib.sh"
 
 DURATION=${DURATION:-15}
 CONNECTIONS=64
@@ -71,25 +73,7 @@ pg_started=false
 server_pid=""
 run_pg=() # prefix that runs a command as the postgres user
 
-stop_postgres() {
-  if $pg_started; then
-    "${run_pg[@]}" "$PG_BIN/pg_ctl" -D "$pg_data" -m fast -w -t 30 stop >/dev/null 2>&1 || true
-    pg_started=false
-  fi
-}
-stop_marquee() {
-  [[ -n $server_pid ]] || return 0
-  if kill -0 "$server_pid" 2>/dev/null; then
-    kill -TERM "$server_pid" 2>/dev/null || true
-    for _ in $(seq 150); do
-      kill -0 "$server_pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$server_pid" 2>/dev/null || true
-  fi
-  wait "$server_pid" 2>/dev/null || true
-  server_pid=""
-}
+stop_marquee() { stop_pid "$server_pid"; server_pid=""; }
 cleanup() {
   stop_marquee
   stop_postgres
@@ -99,19 +83,6 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ------------------------------------------------------------ helpers
-
-# A TCP port nobody listens on (postgres cannot be told to pick one itself).
-free_port() {
-  local port
-  for _ in $(seq 200); do
-    port=$((20000 + RANDOM % 40000))
-    if [[ -z $(ss -Htln "sport = :$port") ]]; then
-      echo "$port"
-      return 0
-    fi
-  done
-  return 1
-}
 
 # percentile P FILE: the P-th percentile (nearest rank) of the sorted numbers in FILE.
 percentile() {

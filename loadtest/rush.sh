@@ -19,6 +19,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(dirname "$here")
+# shellcheck source=lib.sh
+source "$here/lib.sh"
 bin=${MARQUEE_BIN:-$repo/target/release/marquee}
 k6_timeout=${RUSH_TIMEOUT:-600}
 
@@ -29,19 +31,7 @@ tmp=$(mktemp -d -t marquee-rush.XXXXXX)
 server_pid=""
 
 # Stops the server (SIGTERM, then SIGKILL after 15 s) and removes the temp dir.
-stop_server() {
-  [[ -n $server_pid ]] || return 0
-  if kill -0 "$server_pid" 2>/dev/null; then
-    kill -TERM "$server_pid" 2>/dev/null || true
-    for _ in $(seq 150); do
-      kill -0 "$server_pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$server_pid" 2>/dev/null || true
-  fi
-  wait "$server_pid" 2>/dev/null || true
-  server_pid=""
-}
+stop_server() { stop_pid "$server_pid"; server_pid=""; }
 cleanup() {
   stop_server
   rm -rf "$tmp"
