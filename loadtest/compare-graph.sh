@@ -373,25 +373,12 @@ if [[ $(id -u) -eq 0 ]]; then
 else
   install -d -m 700 "$tmp/pg"
 fi
-timeout 300 "${run_pg[@]}" "$PG_BIN/initdb" -D "$pg_data" -U bench --auth=trust -E UTF8 --locale=C \
-  --no-instructions >"$tmp/initdb.log" 2>&1 || { cat "$tmp/initdb.log" >&2; die "initdb failed"; }
-pg_port=$(free_port) || die "no free port for postgres"
-cat >>"$pg_data/postgresql.conf" <<EOF
-
-# --- compare-graph.sh: read-only graph queries; the data fits in shared_buffers.
-listen_addresses = '127.0.0.1'
-port = $pg_port
-unix_socket_directories = '$tmp/pg'
-max_connections = 50
+start_postgres "compare-graph.sh: read-only graph queries; the data fits in shared_buffers." "max_connections = 50
 shared_buffers = 1GB
 jit = off
 shared_preload_libraries = 'pg_stat_statements'
 pg_stat_statements.track = top
-pg_stat_statements.track_utility = off
-EOF
-timeout 120 "${run_pg[@]}" "$PG_BIN/pg_ctl" -D "$pg_data" -l "$tmp/pg/server.log" -w -t 60 start >/dev/null \
-  || { cat "$tmp/pg/server.log" >&2; die "postgres did not start"; }
-pg_started=true
+pg_stat_statements.track_utility = off"
 pg_start_s=$(since "$started")
 
 step "PostgreSQL: COPY, primary keys + reverse indexes, VACUUM ANALYZE, pg_prewarm"

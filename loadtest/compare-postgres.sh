@@ -139,26 +139,12 @@ if [[ $(id -u) -eq 0 ]]; then
 else
   install -d -m 700 "$tmp/pg"
 fi
-"${run_pg[@]}" "$PG_BIN/initdb" -D "$pg_data" -U bench --auth=trust -E UTF8 --locale=C \
-  --no-instructions >"$tmp/initdb.log" 2>&1 || { cat "$tmp/initdb.log" >&2; die "initdb failed"; }
-
-pg_port=$(free_port) || die "no free port for postgres"
 # Durable defaults, stated explicitly; only connections and buffers raised.
-cat >>"$pg_data/postgresql.conf" <<EOF
-
-# --- compare-postgres.sh
-listen_addresses = '127.0.0.1'
-port = $pg_port
-unix_socket_directories = '$tmp/pg'
-max_connections = 100
+start_postgres compare-postgres.sh "max_connections = 100
 shared_buffers = 256MB
 fsync = on
 synchronous_commit = on
-full_page_writes = on
-EOF
-"${run_pg[@]}" "$PG_BIN/pg_ctl" -D "$pg_data" -l "$tmp/pg/server.log" -w -t 60 start >/dev/null \
-  || { cat "$tmp/pg/server.log" >&2; die "postgres did not start"; }
-pg_started=true
+full_page_writes = on"
 
 pg_sql() { "$PSQL" -h 127.0.0.1 -p "$pg_port" -U bench -d postgres -v ON_ERROR_STOP=1 -qAtX "$@"; }
 

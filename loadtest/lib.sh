@@ -1,7 +1,7 @@
 # lib.sh: process helpers shared by the load and comparison scripts (sourced,
-# not run). Each script sets what a helper reads: stop_postgres uses
+# not run). Each script sets what a helper reads: the PostgreSQL helpers use
 # $pg_started, $run_pg (prefix running a command as the postgres user),
-# $PG_BIN and $pg_data.
+# $PG_BIN, $pg_data and $tmp (the server's directory is $tmp/pg), and die().
 
 # stop_pid PID: TERM, wait up to 15 s, then KILL; reaps it.
 stop_pid() {
@@ -16,6 +16,27 @@ stop_pid() {
     kill -KILL "$pid" 2>/dev/null || true
   fi
   wait "$pid" 2>/dev/null || true
+}
+
+# start_postgres NAME SETTINGS: initdb in $pg_data, then start the server on
+# 127.0.0.1 at a free port ($pg_port), with SETTINGS (postgresql.conf lines)
+# appended under a "# --- NAME" comment. Each step is bounded in time.
+start_postgres() {
+  local name=$1 settings=$2
+  timeout 300 "${run_pg[@]}" "$PG_BIN/initdb" -D "$pg_data" -U bench --auth=trust -E UTF8 --locale=C \
+    --no-instructions >"$tmp/initdb.log" 2>&1 || { cat "$tmp/initdb.log" >&2; die "initdb failed"; }
+  pg_port=$(free_port) || die "no free port for postgres"
+  {
+    echo
+    echo "# --- $name"
+    echo "listen_addresses = '127.0.0.1'"
+    echo "port = $pg_port"
+    echo "unix_socket_directories = '$tmp/pg'"
+    echo "$settings"
+  } >>"$pg_data/postgresql.conf"
+  timeout 120 "${run_pg[@]}" "$PG_BIN/pg_ctl" -D "$pg_data" -l "$tmp/pg/server.log" -w -t 60 start >/dev/null \
+    || { cat "$tmp/pg/server.log" >&2; die "postgres did not start"; }
+  pg_started=true
 }
 
 # stop_postgres: a fast shutdown, bounded; the postmaster is killed if that hangs.
