@@ -3,10 +3,10 @@
 //!
 //! A stored entry is `at_ms (8 bytes, BE) | kind (2 bytes, BE) | payload (rkyv)`.
 //! Each kind's payload is archived on its own, so new kinds can be added
-//! without changing how older entries decode. Entries written together (one
-//! group-commit round) are stored as one segment under the seq of the
-//! first: `count (4 bytes, BE) | (length (4 bytes, BE) | entry)*`, so a
-//! round costs one log row however many records it holds.
+//! without changing how older entries decode. Consecutive entries written
+//! together (one group-commit round) are stored as segments of about 4 KiB
+//! under the seq of their first: `count (4 bytes, BE) | (length (4 bytes,
+//! BE) | entry)*`, so a round costs one log row per few dozen records.
 
 use std::sync::Arc;
 

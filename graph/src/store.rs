@@ -46,6 +46,13 @@ pub(crate) mod table {
     pub const READER_ROW: u8 = b'R';
 }
 
+/// A log segment closes once its entries reach this many bytes. sled
+/// writes a tree node larger than a quarter of its 512 KiB segment as a
+/// file of its own (a blob: one more file and fsync per write); a leaf
+/// holds up to 17 entries, so segments this small keep the log's leaves
+/// well under that.
+const SEGMENT_BYTES: usize = 4096;
+
 /// Builds a key from a table tag and the key's bytes.
 pub(crate) fn key(table: u8, rest: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + rest.len());
@@ -67,12 +74,15 @@ pub type DurableWatcher = Box<dyn Fn(u64) + Send + Sync>;
 /// An open data directory: an exclusive lock, the sled database and the log.
 ///
 /// Group commit: records are appended to a pending list (cheap, under the
-/// caller's own locks); a flusher thread writes everything pending to the
-/// tree in one atomic batch and flushes it, then announces the new durable
-/// seq. Callers acknowledge only once the durable seq covers their record,
-/// waiting either blocking ([`Store::sync`]) or through a watcher.
+/// caller's own locks); a writer thread writes everything pending to the
+/// tree in one atomic batch, and a flusher thread flushes whatever the tree
+/// holds, then announces the new durable seq. The two overlap: while one
+/// flush waits for the disk, the next batch is being written. Callers
+/// acknowledge only once the durable seq covers their record, waiting
+/// either blocking ([`Store::sync`]) or through a watcher.
 pub struct Store {
     shared: Arc<Shared>,
+    writer: Option<std::thread::JoinHandle<()>>,
     flusher: Option<std::thread::JoinHandle<()>>,
     /// Held open for its lock until the store is dropped.
     _lock: File,
@@ -90,17 +100,19 @@ struct Shared {
     head_seq: AtomicU64,
     /// Highest seq known flushed to disk.
     durable_seq: AtomicU64,
-    /// Set by whoever needs a flush, cleared by the flusher as a round
+    /// Set by whoever needs a flush, cleared by the writer as a round
     /// starts: only the first request after a round pays for a wake-up.
     flush_requested: AtomicBool,
-    /// The flusher's sleep and stop state, and the signals around it.
+    /// The threads' sleep and stop state, and the signals around it.
     flush: Mutex<FlushState>,
-    /// Wakes the flusher: a caller waits for a seq not yet durable.
+    /// Wakes the writer: a caller waits for a seq not yet durable.
     flush_wanted: Condvar,
+    /// Wakes the flusher: the tree holds records not yet flushed.
+    written: Condvar,
     /// Wakes blocking waiters: a flush finished (or the store failed).
     flushed: Condvar,
     flush_count: AtomicU64,
-    /// Seconds each group-commit round took (write + flush).
+    /// Seconds each flush took.
     flush_seconds: crate::stats::Histogram,
     /// Records each group-commit round made durable.
     flush_records: crate::stats::Histogram,
@@ -112,8 +124,10 @@ struct Shared {
 
 #[derive(Default)]
 struct FlushState {
-    /// The store is closing: flush what is left and stop.
+    /// The store is closing: write and flush what is left, then stop.
     stopping: bool,
+    /// The writer has written its last batch: the flusher flushes it and stops.
+    writer_done: bool,
 }
 
 impl Store {
@@ -136,6 +150,7 @@ impl Store {
             flush_requested: AtomicBool::new(false),
             flush: Mutex::new(FlushState::default()),
             flush_wanted: Condvar::new(),
+            written: Condvar::new(),
             flushed: Condvar::new(),
             flush_count: AtomicU64::new(0),
             flush_seconds: crate::stats::Histogram::new(crate::stats::SECONDS_BUCKETS),
@@ -143,14 +158,13 @@ impl Store {
             watchers: Mutex::new(Vec::new()),
             failed: AtomicBool::new(false),
         });
-        let flusher = std::thread::Builder::new()
-            .name("marquee-flusher".into())
-            .spawn({
-                let shared = shared.clone();
-                move || shared.run_flusher()
-            })
-            .map_err(|e| Error::io(dir, e))?;
-        Ok(Store { shared, flusher: Some(flusher), _lock: lock })
+        let spawn = |name: &str, run: fn(&Shared)| {
+            let shared = shared.clone();
+            std::thread::Builder::new().name(name.into()).spawn(move || run(&shared)).map_err(|e| Error::io(dir, e))
+        };
+        let writer = spawn("marquee-writer", Shared::run_writer)?;
+        let flusher = spawn("marquee-flusher", Shared::run_flusher)?;
+        Ok(Store { shared, writer: Some(writer), flusher: Some(flusher), _lock: lock })
     }
 
     /// Appends `records` to the log and applies the state they describe, in
@@ -180,7 +194,7 @@ impl Store {
         Ok(last)
     }
 
-    /// Appends one record to the log without writing it yet: the flusher
+    /// Appends one record to the log without writing it yet: the writer
     /// writes it to the tree (atomically with its state) and flushes it with
     /// every other record pending, so many appends share one write and one
     /// flush. The caller must not read the record's rows back before it is
@@ -194,7 +208,7 @@ impl Store {
         seq
     }
 
-    /// Asks the flusher to make everything appended so far durable, without
+    /// Asks the writer and flusher to make everything appended so far durable, without
     /// waiting; pair it with a [`DurableWatcher`] to wait asynchronously.
     pub fn request_flush(&self) {
         self.shared.request_flush();
@@ -347,15 +361,16 @@ impl Store {
 }
 
 impl Drop for Store {
-    /// Stops the flusher after it has flushed what is pending.
+    /// Stops the writer and the flusher after they have written and
+    /// flushed what is pending.
     fn drop(&mut self) {
         {
             let mut state = self.shared.flush.lock().expect("flush state lock poisoned");
             state.stopping = true;
             self.shared.flush_wanted.notify_one();
         }
-        if let Some(flusher) = self.flusher.take() {
-            let _ = flusher.join();
+        for thread in [self.writer.take(), self.flusher.take()].into_iter().flatten() {
+            let _ = thread.join();
         }
     }
 }
@@ -369,9 +384,9 @@ impl Shared {
         }
     }
 
-    /// The flusher thread: one group-commit round whenever asked, until the
-    /// store closes. Records appended while a round runs go in the next.
-    fn run_flusher(&self) {
+    /// The writer thread: writes everything appended to the tree whenever
+    /// asked, then hands over to the flusher, until the store closes.
+    fn run_writer(&self) {
         loop {
             let stopping = {
                 let mut state = self.flush.lock().expect("flush state lock poisoned");
@@ -382,21 +397,52 @@ impl Shared {
             };
             self.flush_requested.store(false, Ordering::Release);
             if self.check_healthy().is_ok() {
-                if let Err(error) = self.write_and_flush() {
+                if let Err(error) = self.apply_pending() {
                     tracing::error!(%error, "group commit failed");
+                    self.announce();
                 }
             }
-            self.announce();
+            // Under the lock, so a flusher about to sleep cannot miss it.
+            let mut state = self.flush.lock().expect("flush state lock poisoned");
+            state.writer_done = stopping;
+            self.written.notify_one();
             if stopping {
                 return;
             }
         }
     }
 
-    /// One round: everything appended goes to the tree, then to disk.
-    fn write_and_flush(&self) -> Result<(), Error> {
+    /// The flusher thread: flushes whenever the tree holds records not yet
+    /// durable, and announces the new durable seq, until the writer is done
+    /// and its last batch flushed.
+    fn run_flusher(&self) {
+        loop {
+            let done = {
+                let mut state = self.flush.lock().expect("flush state lock poisoned");
+                // After a failure nothing more is flushed: wait for the end.
+                while (self.head_seq.load(Ordering::Acquire) <= self.durable_seq.load(Ordering::Acquire)
+                    || self.failed.load(Ordering::Acquire))
+                    && !state.writer_done
+                {
+                    state = self.written.wait(state).expect("flush state lock poisoned");
+                }
+                state.writer_done
+            };
+            if self.check_healthy().is_ok() {
+                if let Err(error) = self.flush_written() {
+                    tracing::error!(%error, "group commit failed");
+                }
+            }
+            self.announce();
+            if done {
+                return;
+            }
+        }
+    }
+
+    /// One flush: everything the tree holds goes to disk.
+    fn flush_written(&self) -> Result<(), Error> {
         let started = std::time::Instant::now();
-        self.apply_pending()?;
         let covered = self.head_seq.load(Ordering::Acquire);
         let durable = self.durable_seq.load(Ordering::Acquire);
         if durable >= covered {
@@ -434,17 +480,30 @@ impl Shared {
         Ok(())
     }
 
-    /// Adds consecutive records as one log segment, and the rows they
-    /// change, to `batch`.
+    /// Adds consecutive records as log segments of about
+    /// [`SEGMENT_BYTES`] each, and the rows they change, to `batch`.
     fn encode(&self, pending: &[(u64, i64, Record)], batch: &mut sled::Batch) {
-        let Some(&(first, _, _)) = pending.first() else { return };
-        let mut values = Vec::with_capacity(pending.len());
-        for (_, at_ms, record) in pending {
+        let mut segment_first = 0;
+        let mut values: Vec<Vec<u8>> = Vec::new();
+        let mut bytes = 0;
+        for &(seq, at_ms, ref record) in pending {
             let payload = record.encode_payload();
-            values.push(Entry::value_with_payload(*at_ms, record, &payload));
+            if values.is_empty() {
+                segment_first = seq;
+            }
+            let value = Entry::value_with_payload(at_ms, record, &payload);
             (self.materialize)(record, &payload, batch);
+            bytes += value.len();
+            values.push(value);
+            if bytes >= SEGMENT_BYTES {
+                batch.insert(key(table::LOG, &segment_first.to_be_bytes()), crate::log::encode_segment(&values));
+                values.clear();
+                bytes = 0;
+            }
         }
-        batch.insert(key(table::LOG, &first.to_be_bytes()), crate::log::encode_segment(&values));
+        if !values.is_empty() {
+            batch.insert(key(table::LOG, &segment_first.to_be_bytes()), crate::log::encode_segment(&values));
+        }
     }
 
     /// Records a storage failure: from now on writes are refused.
