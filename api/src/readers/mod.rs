@@ -41,6 +41,12 @@ pub trait Reader: Send + 'static {
     /// Applies one durable entry: updates memory, adds row writes to `batch`.
     fn apply(&mut self, rows: &ReaderRows<'_>, entry: &Entry, batch: &mut ReaderBatch) -> Result<(), graph::Error>;
 
+    /// Runs after the batch's last entry is applied, before it is written:
+    /// for work done once per batch rather than once per entry.
+    fn finish(&mut self, _rows: &ReaderRows<'_>, _batch: &mut ReaderBatch) -> Result<(), graph::Error> {
+        Ok(())
+    }
+
     /// Runs after a batch and its checkpoint are written (publish, send).
     fn committed(&mut self, _checkpoint: u64) {}
 
@@ -125,13 +131,20 @@ fn step<R: Reader>(graph: &Graph, reader: &mut R, at: u64) -> Result<u64, graph:
     let Some(last) = entries.last().map(|entry| entry.seq) else {
         return Ok(at);
     };
-    let rows = store.reader(R::ID);
-    let mut batch = ReaderBatch::default();
-    for entry in &entries {
-        reader.apply(&rows, entry, &mut batch)?;
-    }
-    rows.commit(batch, Some(last))?;
+    apply_and_commit(reader, &store.reader(R::ID), &entries)?;
     Ok(last)
+}
+
+/// Applies `entries` and writes the reader's rows with the last entry's seq
+/// as its checkpoint.
+fn apply_and_commit<R: Reader>(reader: &mut R, rows: &ReaderRows<'_>, entries: &[Entry]) -> Result<(), graph::Error> {
+    let Some(last) = entries.last().map(|entry| entry.seq) else { return Ok(()) };
+    let mut batch = ReaderBatch::default();
+    for entry in entries {
+        reader.apply(rows, entry, &mut batch)?;
+    }
+    reader.finish(rows, &mut batch)?;
+    rows.commit(batch, Some(last))
 }
 
 /// Big-endian key parts.

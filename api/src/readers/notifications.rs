@@ -61,6 +61,8 @@ pub struct Notifications {
     inbox_sizes: HashMap<UserId, usize>,
     /// Created in the current batch, published once it is committed.
     created: Vec<Notification>,
+    /// Inboxes the current batch took past [`INBOX_MAX`], and by how many.
+    overflow: HashMap<UserId, usize>,
     live: tokio::sync::broadcast::Sender<Arc<Notification>>,
 }
 
@@ -71,27 +73,26 @@ impl Notifications {
         rows: &ReaderRows<'_>,
         live: tokio::sync::broadcast::Sender<Arc<Notification>>,
     ) -> Result<Notifications, graph::Error> {
-        let mut reader =
-            Notifications { graph, holders: HashMap::new(), inbox_sizes: HashMap::new(), created: Vec::new(), live };
+        let mut reader = Notifications {
+            graph,
+            holders: HashMap::new(),
+            inbox_sizes: HashMap::new(),
+            created: Vec::new(),
+            overflow: HashMap::new(),
+            live,
+        };
         reader.reload(rows)?;
         Ok(reader)
     }
 
-    fn notify(
-        &mut self,
-        rows: &ReaderRows<'_>,
-        batch: &mut ReaderBatch,
-        entry: &Entry,
-        note: Note,
-    ) -> Result<(), graph::Error> {
+    fn notify(&mut self, batch: &mut ReaderBatch, rows: &ReaderRows<'_>, entry: &Entry, note: Note) {
         let Note { users, kind, message, event } = note;
         for (k, user) in users.into_iter().enumerate() {
             let k = u16::try_from(k).unwrap_or(u16::MAX);
-            let row = key(&[&[INBOX], &user.to_key(), &entry.seq.to_be_bytes(), &k.to_be_bytes()]);
-            // A replay after a crash must not undo a read mark.
-            if rows.get(&row)?.is_some() {
-                continue;
-            }
+            // Rows and checkpoint are written in one batch, so an entry
+            // after the checkpoint (a replay after a crash included) never
+            // finds its notification already stored.
+            let row = inbox_key(user, entry.seq, k);
             let notification = Notification {
                 id: format!("{}-{k}", entry.seq),
                 user: user.0,
@@ -104,37 +105,33 @@ impl Notifications {
             batch.put(rows, &row, &serde_json::to_vec(&notification).expect("notifications serialise"));
             self.created.push(notification);
             let size = self.inbox_sizes.entry(user).or_default();
-            *size += 1;
-            if *size > INBOX_MAX {
-                self.drop_oldest(rows, batch, user)?;
+            if *size < INBOX_MAX {
+                *size += 1;
+            } else {
+                *self.overflow.entry(user).or_default() += 1;
             }
         }
-        Ok(())
     }
 
-    /// Removes a user's oldest notification (written rows first, then this batch's).
-    fn drop_oldest(
-        &mut self,
-        rows: &ReaderRows<'_>,
-        batch: &mut ReaderBatch,
-        user: UserId,
-    ) -> Result<(), graph::Error> {
-        let prefix = key(&[&[INBOX], &user.to_key()]);
-        let oldest_stored = rows.scan(&prefix, false, 1)?.into_iter().next().map(|(key, _)| key);
-        let oldest_new = self.created.iter().position(|n| n.user == user.0);
-        match (oldest_stored, oldest_new) {
-            (Some(row), _) => batch.remove(rows, &row),
-            (None, Some(index)) => {
+    /// Removes the oldest notifications of every inbox this batch took
+    /// past [`INBOX_MAX`]: stored ones first, then this batch's own. One
+    /// scan per inbox and batch, however many arrived.
+    fn trim_inboxes(&mut self, rows: &ReaderRows<'_>, batch: &mut ReaderBatch) -> Result<(), graph::Error> {
+        for (user, excess) in std::mem::take(&mut self.overflow) {
+            let prefix = key(&[&[INBOX], &user.to_key()]);
+            let stored = rows.scan(&prefix, false, excess)?;
+            for (row, _) in &stored {
+                batch.remove(rows, row);
+            }
+            for _ in stored.len()..excess {
+                let Some(index) = self.created.iter().position(|n| n.user == user.0) else { break };
                 let dropped = self.created.remove(index);
                 let (seq, k) = dropped.id.split_once('-').expect("ids are seq-k");
-                let seq: u64 = seq.parse().expect("seq is a number");
-                let k: u16 = k.parse().expect("k is a number");
-                batch.remove(rows, &key(&[&[INBOX], &user.to_key(), &seq.to_be_bytes(), &k.to_be_bytes()]));
+                batch.remove(
+                    rows,
+                    &inbox_key(user, seq.parse().expect("seq is a number"), k.parse().expect("k is a number")),
+                );
             }
-            (None, None) => {}
-        }
-        if let Some(size) = self.inbox_sizes.get_mut(&user) {
-            *size -= 1;
         }
         Ok(())
     }
@@ -240,9 +237,13 @@ impl Reader for Notifications {
 
     fn apply(&mut self, rows: &ReaderRows<'_>, entry: &Entry, batch: &mut ReaderBatch) -> Result<(), graph::Error> {
         for note in self.notes(rows, batch, &entry.record) {
-            self.notify(rows, batch, entry, note)?;
+            self.notify(batch, rows, entry, note);
         }
         Ok(())
+    }
+
+    fn finish(&mut self, rows: &ReaderRows<'_>, batch: &mut ReaderBatch) -> Result<(), graph::Error> {
+        self.trim_inboxes(rows, batch)
     }
 
     fn committed(&mut self, _checkpoint: u64) {
@@ -254,6 +255,7 @@ impl Reader for Notifications {
 
     fn reload(&mut self, rows: &ReaderRows<'_>) -> Result<(), graph::Error> {
         self.created.clear();
+        self.overflow.clear();
         self.holders.clear();
         for (key, _) in rows.scan(&[HOLDER], false, usize::MAX)? {
             let id = |at: usize| u64_at(&key, at, "holder key");
@@ -263,8 +265,21 @@ impl Reader for Notifications {
         for (key, _) in rows.scan(&[INBOX], false, usize::MAX)? {
             *self.inbox_sizes.entry(UserId(u64_at(&key, 1, "inbox key")?)).or_default() += 1;
         }
+        // An inbox stored over the bound (by an older version) is trimmed
+        // with the next batch.
+        for (&user, size) in &mut self.inbox_sizes {
+            if *size > INBOX_MAX {
+                self.overflow.insert(user, *size - INBOX_MAX);
+                *size = INBOX_MAX;
+            }
+        }
         Ok(())
     }
+}
+
+/// The row of notification `k` of log entry `seq` in `user`'s inbox.
+fn inbox_key(user: UserId, seq: u64, k: u16) -> Vec<u8> {
+    key(&[&[INBOX], &user.to_key(), &seq.to_be_bytes(), &k.to_be_bytes()])
 }
 
 /// A user's notifications, newest first, at most `first`.
@@ -312,4 +327,74 @@ pub fn mark_read(graph: &Graph, user: UserId, ids: Option<&[String]>) -> Result<
         graph.store().request_flush();
     }
     Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use graph::ids::TicketTypeId;
+    use graph::model::BookingStatus;
+
+    use super::*;
+    use crate::readers::apply_and_commit;
+
+    fn confirmed(seq: u64, user: UserId) -> Entry {
+        let booking = Booking {
+            id: BookingId(seq),
+            user,
+            event: EventId(1),
+            ticket_type: TicketTypeId(1),
+            quantity: 1,
+            unit_price_cents: 100,
+            idempotency_key: format!("k{seq}"),
+            status: BookingStatus::Confirmed,
+            created_at_ms: 0,
+            expires_at_ms: None,
+            confirmed_at_ms: Some(0),
+            tickets: Vec::new(),
+        };
+        Entry { seq, at_ms: seq as i64, record: Record::BookingConfirmed(Arc::new(booking)) }
+    }
+
+    fn ids(graph: &Graph, user: UserId) -> Vec<String> {
+        inbox(graph, user, usize::MAX, false).unwrap().into_iter().map(|n| n.id).collect()
+    }
+
+    /// Batches of 1 to 3 * INBOX_MAX entries for two users: after each
+    /// batch (and after a reload) every inbox holds exactly its newest
+    /// INBOX_MAX notifications, however many arrived in one batch.
+    #[test]
+    fn an_inbox_keeps_its_newest_notifications_whatever_the_batch_size() {
+        let dir = std::env::temp_dir().join(format!("marquee-inbox-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let graph = Arc::new(Graph::open(&dir, graph::Options { cache_bytes: 8 << 20 }).unwrap());
+        let rows = graph.store().reader(Notifications::ID);
+        let (live, _) = tokio::sync::broadcast::channel(LIVE_BUFFER);
+        let mut reader = Notifications::load(graph.clone(), &rows, live.clone()).unwrap();
+        let users = [UserId(7), UserId(8)];
+        let mut sent: HashMap<UserId, Vec<String>> = HashMap::new();
+        let mut seq = 0;
+        for (round, batch_size) in [1, 150, 60, 1, 3 * INBOX_MAX, 2, 450, 1].into_iter().enumerate() {
+            let mut entries = Vec::new();
+            for i in 0..batch_size {
+                seq += 1;
+                // Mostly user 7; user 8 gets every third entry.
+                let user = users[usize::from(i % 3 == 2)];
+                sent.entry(user).or_default().push(format!("{seq}-0"));
+                entries.push(confirmed(seq, user));
+            }
+            apply_and_commit(&mut reader, &rows, &entries).unwrap();
+            reader.committed(seq);
+            if round == 4 {
+                reader = Notifications::load(graph.clone(), &rows, live.clone()).unwrap();
+            }
+            for user in users {
+                let newest: Vec<String> =
+                    sent.get(&user).into_iter().flatten().rev().take(INBOX_MAX).cloned().collect();
+                assert_eq!(ids(&graph, user), newest, "user {user} after batch {round} of {batch_size}");
+            }
+        }
+        drop(reader);
+        drop(graph);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
