@@ -193,13 +193,17 @@ fn concurrent_writers_share_flushes() {
     assert!(graph.store().flush_count() <= 200);
 }
 
+/// A small record for log tests: a session revocation.
+fn revoke(n: u8) -> Record {
+    Record::SessionRevoked(SessionRevoked { token_hash: [n; 32] })
+}
+
 #[test]
 fn appended_records_are_written_in_log_order_by_the_next_sync_or_commit() {
     let dir = TempDir::new("append");
     let graph = open(&dir);
     let store = graph.store();
     let head = store.head_seq();
-    let revoke = |n: u8| Record::SessionRevoked(SessionRevoked { token_hash: [n; 32] });
     let first = store.append(1, revoke(1));
     let second = store.append(2, revoke(2));
     assert_eq!((first, second), (head + 1, head + 2));
@@ -228,10 +232,9 @@ fn a_large_round_is_stored_as_several_segments_that_read_back_in_order() {
     let graph = open(&dir);
     let store = graph.store();
     let head = store.head_seq();
-    let revoke = |n: u64| Record::SessionRevoked(SessionRevoked { token_hash: [(n % 251) as u8; 32] });
     let mut last = head;
     for n in 1..=1_000 {
-        last = store.append(n as i64, revoke(n));
+        last = store.append(n as i64, revoke((n % 251) as u8));
     }
     store.sync(last).unwrap();
     let segments = graph.store().scan(table::LOG).count();
