@@ -119,14 +119,14 @@ impl Metrics {
         render_histogram(
             &mut out,
             "marquee_store_flush_seconds",
-            "Duration of one group-commit flush (to disk).",
+            "Duration of a group-commit round (write and flush).",
             "",
             &flush_seconds,
         );
         render_histogram(
             &mut out,
             "marquee_store_flush_records",
-            "Log records made durable by one group-commit flush.",
+            "Log records made durable by one group-commit round.",
             "",
             &flush_records,
         );

@@ -74,15 +74,12 @@ pub type DurableWatcher = Box<dyn Fn(u64) + Send + Sync>;
 /// An open data directory: an exclusive lock, the sled database and the log.
 ///
 /// Group commit: records are appended to a pending list (cheap, under the
-/// caller's own locks); a writer thread writes everything pending to the
-/// tree in one atomic batch, and a flusher thread flushes whatever the tree
-/// holds, then announces the new durable seq. The two overlap: while one
-/// flush waits for the disk, the next batch is being written. Callers
-/// acknowledge only once the durable seq covers their record, waiting
-/// either blocking ([`Store::sync`]) or through a watcher.
+/// caller's own locks); a flusher thread writes everything pending to the
+/// tree in one atomic batch and flushes it, then announces the new durable
+/// seq. Callers acknowledge only once the durable seq covers their record,
+/// waiting either blocking ([`Store::sync`]) or through a watcher.
 pub struct Store {
     shared: Arc<Shared>,
-    writer: Option<std::thread::JoinHandle<()>>,
     flusher: Option<std::thread::JoinHandle<()>>,
     /// Held open for its lock until the store is dropped.
     _lock: File,
@@ -100,19 +97,17 @@ struct Shared {
     head_seq: AtomicU64,
     /// Highest seq known flushed to disk.
     durable_seq: AtomicU64,
-    /// Set by whoever needs a flush, cleared by the writer as a round
+    /// Set by whoever needs a flush, cleared by the flusher as a round
     /// starts: only the first request after a round pays for a wake-up.
     flush_requested: AtomicBool,
-    /// The threads' sleep and stop state, and the signals around it.
+    /// The flusher's sleep and stop state, and the signals around it.
     flush: Mutex<FlushState>,
-    /// Wakes the writer: a caller waits for a seq not yet durable.
+    /// Wakes the flusher: a caller waits for a seq not yet durable.
     flush_wanted: Condvar,
-    /// Wakes the flusher: the tree holds records not yet flushed.
-    written: Condvar,
     /// Wakes blocking waiters: a flush finished (or the store failed).
     flushed: Condvar,
     flush_count: AtomicU64,
-    /// Seconds each flush took.
+    /// Seconds each group-commit round took (write + flush).
     flush_seconds: crate::stats::Histogram,
     /// Records each group-commit round made durable.
     flush_records: crate::stats::Histogram,
@@ -124,10 +119,8 @@ struct Shared {
 
 #[derive(Default)]
 struct FlushState {
-    /// The store is closing: write and flush what is left, then stop.
+    /// The store is closing: flush what is left and stop.
     stopping: bool,
-    /// The writer has written its last batch: the flusher flushes it and stops.
-    writer_done: bool,
 }
 
 impl Store {
@@ -150,7 +143,6 @@ impl Store {
             flush_requested: AtomicBool::new(false),
             flush: Mutex::new(FlushState::default()),
             flush_wanted: Condvar::new(),
-            written: Condvar::new(),
             flushed: Condvar::new(),
             flush_count: AtomicU64::new(0),
             flush_seconds: crate::stats::Histogram::new(crate::stats::SECONDS_BUCKETS),
@@ -158,13 +150,14 @@ impl Store {
             watchers: Mutex::new(Vec::new()),
             failed: AtomicBool::new(false),
         });
-        let spawn = |name: &str, run: fn(&Shared)| {
-            let shared = shared.clone();
-            std::thread::Builder::new().name(name.into()).spawn(move || run(&shared)).map_err(|e| Error::io(dir, e))
-        };
-        let writer = spawn("marquee-writer", Shared::run_writer)?;
-        let flusher = spawn("marquee-flusher", Shared::run_flusher)?;
-        Ok(Store { shared, writer: Some(writer), flusher: Some(flusher), _lock: lock })
+        let flusher = std::thread::Builder::new()
+            .name("marquee-flusher".into())
+            .spawn({
+                let shared = shared.clone();
+                move || shared.run_flusher()
+            })
+            .map_err(|e| Error::io(dir, e))?;
+        Ok(Store { shared, flusher: Some(flusher), _lock: lock })
     }
 
     /// Appends `records` to the log and applies the state they describe, in
@@ -194,7 +187,7 @@ impl Store {
         Ok(last)
     }
 
-    /// Appends one record to the log without writing it yet: the writer
+    /// Appends one record to the log without writing it yet: the flusher
     /// writes it to the tree (atomically with its state) and flushes it with
     /// every other record pending, so many appends share one write and one
     /// flush. The caller must not read the record's rows back before it is
@@ -208,7 +201,7 @@ impl Store {
         seq
     }
 
-    /// Asks the writer and flusher to make everything appended so far durable, without
+    /// Asks the flusher to make everything appended so far durable, without
     /// waiting; pair it with a [`DurableWatcher`] to wait asynchronously.
     pub fn request_flush(&self) {
         self.shared.request_flush();
@@ -361,16 +354,15 @@ impl Store {
 }
 
 impl Drop for Store {
-    /// Stops the writer and the flusher after they have written and
-    /// flushed what is pending.
+    /// Stops the flusher after it has flushed what is pending.
     fn drop(&mut self) {
         {
             let mut state = self.shared.flush.lock().expect("flush state lock poisoned");
             state.stopping = true;
             self.shared.flush_wanted.notify_one();
         }
-        for thread in [self.writer.take(), self.flusher.take()].into_iter().flatten() {
-            let _ = thread.join();
+        if let Some(flusher) = self.flusher.take() {
+            let _ = flusher.join();
         }
     }
 }
@@ -384,9 +376,9 @@ impl Shared {
         }
     }
 
-    /// The writer thread: writes everything appended to the tree whenever
-    /// asked, then hands over to the flusher, until the store closes.
-    fn run_writer(&self) {
+    /// The flusher thread: one group-commit round whenever asked, until the
+    /// store closes. Records appended while a round runs go in the next.
+    fn run_flusher(&self) {
         loop {
             let stopping = {
                 let mut state = self.flush.lock().expect("flush state lock poisoned");
@@ -397,52 +389,21 @@ impl Shared {
             };
             self.flush_requested.store(false, Ordering::Release);
             if self.check_healthy().is_ok() {
-                if let Err(error) = self.apply_pending() {
+                if let Err(error) = self.write_and_flush() {
                     tracing::error!(%error, "group commit failed");
-                    self.announce();
                 }
             }
-            // Under the lock, so a flusher about to sleep cannot miss it.
-            let mut state = self.flush.lock().expect("flush state lock poisoned");
-            state.writer_done = stopping;
-            self.written.notify_one();
+            self.announce();
             if stopping {
                 return;
             }
         }
     }
 
-    /// The flusher thread: flushes whenever the tree holds records not yet
-    /// durable, and announces the new durable seq, until the writer is done
-    /// and its last batch flushed.
-    fn run_flusher(&self) {
-        loop {
-            let done = {
-                let mut state = self.flush.lock().expect("flush state lock poisoned");
-                // After a failure nothing more is flushed: wait for the end.
-                while (self.head_seq.load(Ordering::Acquire) <= self.durable_seq.load(Ordering::Acquire)
-                    || self.failed.load(Ordering::Acquire))
-                    && !state.writer_done
-                {
-                    state = self.written.wait(state).expect("flush state lock poisoned");
-                }
-                state.writer_done
-            };
-            if self.check_healthy().is_ok() {
-                if let Err(error) = self.flush_written() {
-                    tracing::error!(%error, "group commit failed");
-                }
-            }
-            self.announce();
-            if done {
-                return;
-            }
-        }
-    }
-
-    /// One flush: everything the tree holds goes to disk.
-    fn flush_written(&self) -> Result<(), Error> {
+    /// One round: everything appended goes to the tree, then to disk.
+    fn write_and_flush(&self) -> Result<(), Error> {
         let started = std::time::Instant::now();
+        self.apply_pending()?;
         let covered = self.head_seq.load(Ordering::Acquire);
         let durable = self.durable_seq.load(Ordering::Acquire);
         if durable >= covered {
