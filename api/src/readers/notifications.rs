@@ -85,7 +85,7 @@ impl Notifications {
         Ok(reader)
     }
 
-    fn notify(&mut self, batch: &mut ReaderBatch, rows: &ReaderRows<'_>, entry: &Entry, note: Note) {
+    fn notify(&mut self, rows: &ReaderRows<'_>, batch: &mut ReaderBatch, entry: &Entry, note: Note) {
         let Note { users, kind, message, event } = note;
         for (k, user) in users.into_iter().enumerate() {
             let k = u16::try_from(k).unwrap_or(u16::MAX);
@@ -237,7 +237,7 @@ impl Reader for Notifications {
 
     fn apply(&mut self, rows: &ReaderRows<'_>, entry: &Entry, batch: &mut ReaderBatch) -> Result<(), graph::Error> {
         for note in self.notes(rows, batch, &entry.record) {
-            self.notify(batch, rows, entry, note);
+            self.notify(rows, batch, entry, note);
         }
         Ok(())
     }
