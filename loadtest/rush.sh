@@ -42,7 +42,8 @@ trap 'exit 130' INT TERM
 # Start the server. `timeout` bounds its life even if this script is killed
 # hard; it forwards our SIGTERM to the binary. Setup registers every buyer
 # from this one address, so the sign-in/registration limit (there against
-# credential stuffing) is off; the per-token limits stay on.
+# credential stuffing) is off; the per-address limit stays on (setup waits
+# out its refusals, as Retry-After asks) and so do the per-token limits.
 timeout --kill-after=10 $((k6_timeout + 120)) \
   "$bin" serve --listen 127.0.0.1:0 --data-dir "$tmp/data" --cache-mb 256 --rate-limit-credentials 0 \
   >"$tmp/server.out" 2>"$tmp/server.log" &
