@@ -155,6 +155,36 @@ fn health_and_readiness_answer_200() {
     assert_eq!(server.stop(), Some(0));
 }
 
+/// Every GraphQL response carries a request id (the one logged with it):
+/// the client's X-Request-Id when it is sane, else a fresh one, never the
+/// same twice.
+#[test]
+fn every_graphql_response_carries_a_request_id() {
+    let dir = TempDir::new("request-id");
+    let server = Server::start(dir.path(), &[]);
+    let id_of = |given: &[(&str, &str)]| {
+        let mut headers = vec![("Content-Type", "application/json")];
+        headers.extend_from_slice(given);
+        let response = http(&server.addr, "POST", "/graphql", &headers, br#"{"query":"{ __typename }"}"#);
+        assert_eq!(response.status, 200, "{}", response.text());
+        response.header("x-request-id").expect("an x-request-id header").to_string()
+    };
+    assert_eq!(id_of(&[("X-Request-Id", "trace-42.a_b")]), "trace-42.a_b", "a sane id is kept");
+    let long = "a".repeat(65);
+    let mut fresh = Vec::new();
+    for given in [&[][..], &[("X-Request-Id", "")], &[("X-Request-Id", "bad id;")], &[("X-Request-Id", long.as_str())]]
+    {
+        let id = id_of(given);
+        let (pid, n) = id.split_once('-').expect("a fresh id is pid-counter");
+        assert_eq!(u32::from_str_radix(pid, 16).unwrap(), server.child.id(), "{id}");
+        assert!(u64::from_str_radix(n, 16).is_ok(), "{id}");
+        fresh.push(id);
+    }
+    let distinct: std::collections::HashSet<&String> = fresh.iter().collect();
+    assert_eq!(distinct.len(), fresh.len(), "fresh ids repeat: {fresh:?}");
+    assert_eq!(server.stop(), Some(0));
+}
+
 #[test]
 fn sigterm_right_after_start_exits_cleanly() {
     // A supervisor may stop the server the moment it says it is listening;

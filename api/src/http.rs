@@ -306,6 +306,8 @@ impl Drop for ConnectionSlot {
 /// A request id: the client's X-Request-Id when sane, else a new one.
 fn request_id(headers: &HeaderMap) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(1);
+    // Read once: each `process::id()` is a system call.
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     let given = headers.get("x-request-id").and_then(|v| v.to_str().ok());
     match given {
         Some(id)
@@ -315,7 +317,7 @@ fn request_id(headers: &HeaderMap) -> String {
         {
             id.to_string()
         }
-        _ => format!("{:x}-{:x}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)),
+        _ => format!("{:x}-{:x}", PID.get_or_init(std::process::id), NEXT.fetch_add(1, Ordering::Relaxed)),
     }
 }
 
