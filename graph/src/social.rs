@@ -103,10 +103,12 @@ fn neighbours<T>(lists: &[Vec<T>], node: u32) -> &[T] {
     lists.get(node as usize).map_or(&[], Vec::as_slice)
 }
 
-fn list_mut<T>(lists: &mut Vec<Vec<T>>, node: u32) -> &mut Vec<T> {
+/// `node`'s entry in a per-node table, growing the table (with empty
+/// entries) to reach it.
+fn list_mut<T: Default>(lists: &mut Vec<T>, node: u32) -> &mut T {
     let index = node as usize;
     if lists.len() <= index {
-        lists.resize_with(index + 1, Vec::new);
+        lists.resize_with(index + 1, T::default);
     }
     &mut lists[index]
 }
@@ -270,7 +272,7 @@ impl SocialGraph {
     pub fn add_attendance(&mut self, user: UserId, event: EventId) {
         let (u, e) = (slot(user.0), slot(event.0));
         if insert_sorted(list_mut(&mut self.attending, u), e) {
-            let added = attendees_mut(&mut self.attendees, e).insert(u);
+            let added = list_mut(&mut self.attendees, e).insert(u);
             debug_assert!(added, "ATTENDS directions agree");
             if let Some(ranked) = self.notable(u) {
                 insert_sorted(list_mut(&mut self.notable_attendees, e), ranked);
@@ -293,7 +295,7 @@ impl SocialGraph {
             return;
         }
         if remove_sorted(list_mut(&mut self.attending, u), e) {
-            let removed = attendees_mut(&mut self.attendees, e).remove(u);
+            let removed = list_mut(&mut self.attendees, e).remove(u);
             debug_assert!(removed, "ATTENDS directions agree");
             if let Some(ranked) = self.notable(u) {
                 remove_sorted(list_mut(&mut self.notable_attendees, e), ranked);
@@ -596,14 +598,6 @@ impl Attendees {
             Attendees::Tree(tree) => 12 * tree.len() as u64,
         }
     }
-}
-
-fn attendees_mut(lists: &mut Vec<Attendees>, event: u32) -> &mut Attendees {
-    let index = event as usize;
-    if lists.len() <= index {
-        lists.resize_with(index + 1, Attendees::default);
-    }
-    &mut lists[index]
 }
 
 /// One side of the two-ended search.
