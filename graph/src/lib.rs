@@ -737,8 +737,7 @@ fn load_sessions(store: &Store) -> Result<HashMap<[u8; 32], Session>, Error> {
 
 /// Puts one node's list at its slot (the id in the row key).
 fn put_list(lists: &mut Vec<Vec<u32>>, key: &[u8], list: Vec<u32>) -> Result<(), Error> {
-    let id: [u8; 8] = key.get(1..9).and_then(|b| b.try_into().ok()).ok_or(Error::Corrupt("adjacency key"))?;
-    let slot = usize::try_from(u64::from_be_bytes(id)).map_err(|_| Error::Corrupt("adjacency key"))?;
+    let slot = usize::try_from(store::key_id(key, "adjacency key")?).map_err(|_| Error::Corrupt("adjacency key"))?;
     if slot > u32::MAX as usize {
         return Err(Error::Corrupt("adjacency key"));
     }

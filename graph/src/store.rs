@@ -53,6 +53,12 @@ pub(crate) mod table {
 /// well under that.
 const SEGMENT_BYTES: usize = 4096;
 
+/// The big-endian id that follows a key's table tag; `what` names the key
+/// in the error when it is too short.
+pub(crate) fn key_id(key: &[u8], what: &'static str) -> Result<u64, Error> {
+    key.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).ok_or(Error::Corrupt(what))
+}
+
 /// Builds a key from a table tag and the key's bytes.
 pub(crate) fn key(table: u8, rest: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + rest.len());
@@ -447,7 +453,7 @@ impl Shared {
         let mut segment_first = 0;
         let mut values: Vec<Vec<u8>> = Vec::new();
         let mut bytes = 0;
-        for &(seq, at_ms, ref record) in pending {
+        for (index, &(seq, at_ms, ref record)) in pending.iter().enumerate() {
             let payload = record.encode_payload();
             if values.is_empty() {
                 segment_first = seq;
@@ -456,14 +462,11 @@ impl Shared {
             (self.materialize)(record, &payload, batch);
             bytes += value.len();
             values.push(value);
-            if bytes >= SEGMENT_BYTES {
+            if bytes >= SEGMENT_BYTES || index + 1 == pending.len() {
                 batch.insert(key(table::LOG, &segment_first.to_be_bytes()), crate::log::encode_segment(&values));
                 values.clear();
                 bytes = 0;
             }
-        }
-        if !values.is_empty() {
-            batch.insert(key(table::LOG, &segment_first.to_be_bytes()), crate::log::encode_segment(&values));
         }
     }
 
@@ -510,12 +513,12 @@ fn open_sled(dir: &Path, cache_bytes: u64) -> Result<sled::Db, Error> {
 fn last_seq(tree: &sled::Tree) -> Result<u64, Error> {
     let Some(item) = tree.scan_prefix([table::LOG]).next_back() else { return Ok(0) };
     let (key, value) = item.map_err(Error::storage)?;
-    let first: [u8; 8] = key.get(1..9).and_then(|b| b.try_into().ok()).ok_or(Error::Corrupt("log key"))?;
+    let first = key_id(&key, "log key")?;
     let count = crate::log::segment_count(&value)?;
     if count == 0 {
         return Err(Error::Corrupt("log segment"));
     }
-    Ok(u64::from_be_bytes(first) + count - 1)
+    Ok(first + count - 1)
 }
 
 fn max_u64_key(tree: &sled::Tree, table: u8) -> Result<u64, Error> {
@@ -523,8 +526,7 @@ fn max_u64_key(tree: &sled::Tree, table: u8) -> Result<u64, Error> {
         None => Ok(0),
         Some(item) => {
             let (key, _) = item.map_err(Error::storage)?;
-            let bytes: [u8; 8] = key.get(1..9).and_then(|b| b.try_into().ok()).ok_or(Error::Corrupt("id key"))?;
-            Ok(u64::from_be_bytes(bytes))
+            key_id(&key, "id key")
         }
     }
 }
