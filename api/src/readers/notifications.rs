@@ -59,8 +59,9 @@ pub struct Notifications {
     holders: HashMap<EventId, HashSet<(UserId, BookingId)>>,
     /// Notifications per user inbox.
     inbox_sizes: HashMap<UserId, usize>,
-    /// Created in the current batch, published once it is committed.
-    created: Vec<Notification>,
+    /// Created in the current batch (with their rows), published once it is
+    /// committed.
+    created: Vec<(Vec<u8>, Notification)>,
     /// Inboxes the current batch took past [`INBOX_MAX`], and by how many.
     overflow: HashMap<UserId, usize>,
     live: tokio::sync::broadcast::Sender<Arc<Notification>>,
@@ -103,7 +104,7 @@ impl Notifications {
                 read: false,
             };
             batch.put(rows, &row, &serde_json::to_vec(&notification).expect("notifications serialise"));
-            self.created.push(notification);
+            self.created.push((row, notification));
             let size = self.inbox_sizes.entry(user).or_default();
             if *size < INBOX_MAX {
                 *size += 1;
@@ -124,13 +125,9 @@ impl Notifications {
                 batch.remove(rows, row);
             }
             for _ in stored.len()..excess {
-                let Some(index) = self.created.iter().position(|n| n.user == user.0) else { break };
-                let dropped = self.created.remove(index);
-                let (seq, k) = dropped.id.split_once('-').expect("ids are seq-k");
-                batch.remove(
-                    rows,
-                    &inbox_key(user, seq.parse().expect("seq is a number"), k.parse().expect("k is a number")),
-                );
+                let Some(index) = self.created.iter().position(|(_, n)| n.user == user.0) else { break };
+                let (row, _) = self.created.remove(index);
+                batch.remove(rows, &row);
             }
         }
         Ok(())
@@ -247,7 +244,7 @@ impl Reader for Notifications {
     }
 
     fn committed(&mut self, _checkpoint: u64) {
-        for notification in self.created.drain(..) {
+        for (_, notification) in self.created.drain(..) {
             // No subscriber is not an error.
             let _ = self.live.send(Arc::new(notification));
         }
