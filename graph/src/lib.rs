@@ -18,6 +18,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod behind;
 mod catalog;
 pub mod codec;
 mod error;
@@ -154,6 +155,8 @@ impl Graph {
             dir,
             options.cache_bytes,
             Box::new(move |record, payload, batch| materialize(record, payload, batch, &kept)),
+            row_written_behind,
+            &[table::BOOKING],
         )?;
         let catalog = load_catalog(&store)?;
         *memory.social.write().expect("social index lock poisoned") = load_social(&store)?;
@@ -471,9 +474,11 @@ impl Graph {
         self.catalog().ticket_types_of(event)
     }
 
-    /// Every stored booking, in id order (for the ledger's recovery).
-    pub fn bookings(&self) -> impl Iterator<Item = Result<Booking, Error>> + '_ {
-        self.store.scan(table::BOOKING).map(|row| decode(&row?.1, "booking"))
+    /// Every stored booking, in id order (for the ledger's recovery):
+    /// first waits until every booking committed so far has its row.
+    pub fn bookings(&self) -> Result<impl Iterator<Item = Result<Booking, Error>> + '_, Error> {
+        self.store.settle_rows_behind()?;
+        Ok(stored_bookings(&self.store))
     }
 
     /// Published events matching the query, by start time then id.
@@ -651,7 +656,7 @@ fn materialize(record: &Record, payload: &[u8], batch: &mut sled::Batch, memory:
         | Record::BookingCancelled(booking)
         | Record::BookingExpired(booking)
         | Record::TicketCheckedIn(booking) => {
-            batch.insert(key(table::BOOKING, &booking.id.to_key()), payload);
+            // The booking row is written behind the log: see row_written_behind.
             match record {
                 Record::BookingConfirmed(_) => social().add_attendance(booking.user, booking.event),
                 // Tickets are issued at confirmation and never taken back, so
@@ -687,6 +692,37 @@ fn materialize(record: &Record, payload: &[u8], batch: &mut sled::Batch, memory:
     }
 }
 
+/// Booking rows are read only at start-up (the ledger keeps bookings in
+/// memory), and a peak on-sale writes one per booking: they are written
+/// behind the log (see [`behind`]), 16 bookings with consecutive ids to a
+/// row.
+fn row_written_behind(record: &Record) -> Option<(Vec<u8>, u64)> {
+    match record {
+        Record::BookingHeld(booking)
+        | Record::BookingConfirmed(booking)
+        | Record::BookingCancelled(booking)
+        | Record::BookingExpired(booking)
+        | Record::TicketCheckedIn(booking) => {
+            // The low byte of a booking id is its shard hint; the counter
+            // above it gives neighbours.
+            let group = booking.id.0 >> 12;
+            Some((key(table::BOOKING, &group.to_be_bytes()), booking.id.0))
+        }
+        _ => None,
+    }
+}
+
+/// Every booking in the booking rows, in id order.
+fn stored_bookings(store: &Store) -> impl Iterator<Item = Result<Booking, Error>> + '_ {
+    store.scan(table::BOOKING).flat_map(|row| -> Vec<Result<Booking, Error>> {
+        let group = row.and_then(|(_, group)| {
+            let items = behind::decode_group(&group)?;
+            Ok(items.into_iter().map(|(_, payload)| decode(payload, "booking")).collect())
+        });
+        group.unwrap_or_else(|error| vec![Err(error)])
+    })
+}
+
 fn load_webhooks(store: &Store) -> Result<HashMap<WebhookId, Webhook>, Error> {
     let mut webhooks = HashMap::new();
     for row in store.scan(table::WEBHOOK) {
@@ -710,8 +746,8 @@ fn load_social(store: &Store) -> Result<SocialGraph, Error> {
         put_list(&mut attending, &key, codec::unpack_ids(&value, "imported attendance")?)?;
     }
     let mut social = SocialGraph::from_lists(following, attending);
-    for row in store.scan(table::BOOKING) {
-        let booking: Booking = decode(&row?.1, "booking")?;
+    for booking in stored_bookings(store) {
+        let booking = booking?;
         if booking.status == model::BookingStatus::Confirmed {
             social.add_attendance(booking.user, booking.event);
         }

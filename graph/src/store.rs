@@ -1,6 +1,10 @@
 //! The durable store: one sled tree holding the log and every materialised
 //! row, so a record and the state it changes land in one atomic batch.
 //!
+//! Rows that nothing reads while serving (bookings) are the exception:
+//! they are written behind the log by a row writer thread (see
+//! [`crate::behind`]).
+//!
 //! Keys start with a one-byte table tag followed by big-endian ids, so each
 //! table is a contiguous, id-ordered range.
 
@@ -10,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
+use crate::behind::{self, Item, WrittenBehind};
 use crate::log::{Entry, Record};
 use crate::Error;
 
@@ -31,7 +36,7 @@ pub(crate) mod table {
     pub const EVENT: u8 = b'N';
     /// Ticket types by id.
     pub const TICKET_TYPE: u8 = b'T';
-    /// Bookings by id.
+    /// Bookings, grouped by id and written behind the log.
     pub const BOOKING: u8 = b'B';
     /// The users a user follows, by follower id: packed ascending u32 ids.
     pub const FOLLOWING: u8 = b'F';
@@ -44,7 +49,19 @@ pub(crate) mod table {
     pub const READER_CHECKPOINT: u8 = b'C';
     /// Log readers' own rows, by reader id and the reader's key.
     pub const READER_ROW: u8 = b'R';
+    /// One row: the seq up to which the rows written behind the log are
+    /// complete.
+    pub const ROWS_BEHIND: u8 = b'W';
 }
+
+/// A checkpoint-only hand-over to the row writer after this many records
+/// without rows behind, so a restart never replays a long stretch of log
+/// that holds none.
+const BEHIND_CHECKPOINT_EVERY: u64 = 10_000;
+
+/// Hand-overs the row writer's queue holds at most: beyond it, group
+/// commit waits for the writer instead of queueing without bound.
+const BEHIND_QUEUE_ROUNDS: usize = 256;
 
 /// A log segment closes once its entries reach this many bytes. sled
 /// writes a tree node larger than a quarter of its 512 KiB segment as a
@@ -73,6 +90,20 @@ pub(crate) fn key(table: u8, rest: &[u8]) -> Vec<u8> {
 /// encoded payload (rows that hold exactly the payload reuse it).
 pub(crate) type Materialize = Box<dyn Fn(&Record, &[u8], &mut sled::Batch) + Send + Sync>;
 
+/// Items for the row writer, complete for the log up to `seq`.
+struct RowsBehind {
+    items: Vec<Item>,
+    seq: u64,
+}
+
+/// The row writer's queue, guarded by the apply lock so rows are handed
+/// over in log order.
+struct BehindQueue {
+    sender: Option<std::sync::mpsc::SyncSender<RowsBehind>>,
+    /// The seq of the last hand-over.
+    sent_seq: u64,
+}
+
 /// Called with the new durable seq after every flush, and once more when
 /// the store fails (then [`Store::is_healthy`] is false).
 pub type DurableWatcher = Box<dyn Fn(u64) + Send + Sync>;
@@ -87,6 +118,7 @@ pub type DurableWatcher = Box<dyn Fn(u64) + Send + Sync>;
 pub struct Store {
     shared: Arc<Shared>,
     flusher: Option<std::thread::JoinHandle<()>>,
+    row_writer: Option<std::thread::JoinHandle<()>>,
     /// Held open for its lock until the store is dropped.
     _lock: File,
 }
@@ -95,10 +127,16 @@ struct Shared {
     db: sled::Db,
     tree: sled::Tree,
     materialize: Materialize,
+    written_behind: WrittenBehind,
     /// Seq assignment and records appended but not yet written to the tree.
     appender: Mutex<Appender>,
-    /// Held while writing to the tree, so batches land in seq order.
-    apply_lock: Mutex<()>,
+    /// Held while writing to the tree, so batches land in seq order (and
+    /// their rows behind reach the row writer in that order).
+    apply_lock: Mutex<BehindQueue>,
+    /// The seq of the last hand-over to the row writer.
+    behind_sent_seq: AtomicU64,
+    /// The seq up to which the row writer has written rows behind the log.
+    behind_written_seq: AtomicU64,
     /// Highest seq written to the tree (visible to reads).
     head_seq: AtomicU64,
     /// Highest seq known flushed to disk.
@@ -110,7 +148,8 @@ struct Shared {
     flush: Mutex<FlushState>,
     /// Wakes the flusher: a caller waits for a seq not yet durable.
     flush_wanted: Condvar,
-    /// Wakes blocking waiters: a flush finished (or the store failed).
+    /// Wakes blocking waiters: a flush finished, the row writer caught up,
+    /// or the store failed.
     flushed: Condvar,
     flush_count: AtomicU64,
     /// Seconds each group-commit round took (write + flush).
@@ -130,20 +169,33 @@ struct FlushState {
 }
 
 impl Store {
-    /// Opens (creating if missing) the data directory at `dir`. Fails with
+    /// Opens (creating if missing) the data directory at `dir`, and brings
+    /// the rows written behind the log (`written_behind` picks the records,
+    /// `behind_tables` names their tables) up to its head. Fails with
     /// [`Error::Locked`] when another process has it open.
-    pub(crate) fn open(dir: &Path, cache_bytes: u64, materialize: Materialize) -> Result<Store, Error> {
+    pub(crate) fn open(
+        dir: &Path,
+        cache_bytes: u64,
+        materialize: Materialize,
+        written_behind: WrittenBehind,
+        behind_tables: &[u8],
+    ) -> Result<Store, Error> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let lock = lock_dir(dir)?;
         let db = open_sled(dir, cache_bytes)?;
         let tree = db.open_tree("marquee").map_err(Error::storage)?;
         let head = last_seq(&tree)?;
+        behind::catch_up(&db, &tree, head, written_behind, behind_tables)?;
+        let (sender, queue) = std::sync::mpsc::sync_channel(BEHIND_QUEUE_ROUNDS);
         let shared = Arc::new(Shared {
             db,
             tree,
             materialize,
+            written_behind,
             appender: Mutex::new(Appender { next_seq: head + 1, pending: Vec::new() }),
-            apply_lock: Mutex::new(()),
+            apply_lock: Mutex::new(BehindQueue { sender: Some(sender), sent_seq: head }),
+            behind_sent_seq: AtomicU64::new(head),
+            behind_written_seq: AtomicU64::new(head),
             head_seq: AtomicU64::new(head),
             durable_seq: AtomicU64::new(head),
             flush_requested: AtomicBool::new(false),
@@ -156,14 +208,18 @@ impl Store {
             watchers: Mutex::new(Vec::new()),
             failed: AtomicBool::new(false),
         });
-        let flusher = std::thread::Builder::new()
-            .name("marquee-flusher".into())
-            .spawn({
-                let shared = shared.clone();
-                move || shared.run_flusher()
-            })
-            .map_err(|e| Error::io(dir, e))?;
-        Ok(Store { shared, flusher: Some(flusher), _lock: lock })
+        let spawn = |name: &str, run: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new().name(name.into()).spawn(run).map_err(|e| Error::io(dir, e))
+        };
+        let row_writer = spawn("marquee-rows", {
+            let shared = shared.clone();
+            Box::new(move || shared.run_row_writer(&queue))
+        })?;
+        let flusher = spawn("marquee-flusher", {
+            let shared = shared.clone();
+            Box::new(move || shared.run_flusher())
+        })?;
+        Ok(Store { shared, flusher: Some(flusher), row_writer: Some(row_writer), _lock: lock })
     }
 
     /// Appends `records` to the log and applies the state they describe, in
@@ -175,7 +231,7 @@ impl Store {
         assert!(!records.is_empty(), "a commit carries at least one record");
         let shared = &*self.shared;
         shared.check_healthy()?;
-        let _applying = shared.apply_lock.lock().expect("apply lock poisoned");
+        let mut applying = shared.apply_lock.lock().expect("apply lock poisoned");
         let mut appender = shared.appender.lock().expect("log append lock poisoned");
         let mut batch = sled::Batch::default();
         let mut pending = std::mem::take(&mut appender.pending);
@@ -184,12 +240,11 @@ impl Store {
             pending.push((seq, at_ms, record.clone()));
             seq += 1;
         }
-        shared.encode(&pending, &mut batch);
+        let behind = shared.encode(&pending, &mut batch);
         appender.next_seq = seq;
         drop(appender);
-        shared.tree.apply_batch(batch).map_err(|e| shared.fail(e))?;
         let last = seq - 1;
-        shared.head_seq.store(last, Ordering::Release);
+        shared.apply(&mut applying, batch, behind, last)?;
         Ok(last)
     }
 
@@ -241,6 +296,12 @@ impl Store {
     /// Whether every write so far succeeded (readiness).
     pub fn is_healthy(&self) -> bool {
         !self.shared.failed.load(Ordering::Acquire)
+    }
+
+    /// The tree itself, for tests that set up what a crash leaves.
+    #[cfg(test)]
+    pub(crate) fn tree(&self) -> &sled::Tree {
+        &self.shared.tree
     }
 
     /// Reads one row.
@@ -308,27 +369,20 @@ impl Store {
 
     /// Reads log entries with seq >= `from`, at most `max` of them.
     pub fn read_log(&self, from: u64, max: usize) -> Result<Vec<Entry>, Error> {
-        let tree = &self.shared.tree;
-        let wanted = key(table::LOG, &from.to_be_bytes());
-        // The segment holding `from` starts at the last key at or before it.
-        let holding =
-            tree.range(key(table::LOG, &[])..=wanted.clone()).next_back().transpose().map_err(Error::storage)?;
-        let start = holding.map_or(wanted, |(key, _)| key.to_vec());
-        let end = key(table::LOG + 1, &[]);
-        let mut entries = Vec::new();
-        for item in tree.range(start..end) {
-            let (key, value) = item.map_err(Error::storage)?;
-            let first = u64::from_be_bytes(key[1..].try_into().map_err(|_| Error::Corrupt("log key"))?);
-            for entry in crate::log::decode_segment(first, &value)? {
-                if entry.seq >= from {
-                    entries.push(entry);
-                    if entries.len() == max {
-                        return Ok(entries);
-                    }
-                }
-            }
+        read_log(&self.shared.tree, from, max)
+    }
+
+    /// Returns once every row handed to the row writer so far is in the
+    /// tree, so a scan of those tables sees everything committed.
+    pub(crate) fn settle_rows_behind(&self) -> Result<(), Error> {
+        let shared = &*self.shared;
+        let target = shared.behind_sent_seq.load(Ordering::Acquire);
+        let mut state = shared.flush.lock().expect("flush state lock poisoned");
+        while shared.behind_written_seq.load(Ordering::Acquire) < target {
+            shared.check_healthy()?;
+            state = shared.flushed.wait(state).expect("flush state lock poisoned");
         }
-        Ok(entries)
+        Ok(())
     }
 
     /// Writes rows straight to the tree, outside the log (bulk import into
@@ -369,6 +423,16 @@ impl Drop for Store {
         }
         if let Some(flusher) = self.flusher.take() {
             let _ = flusher.join();
+        }
+        // The row writer stops once it has written everything handed over.
+        self.shared.apply_lock.lock().expect("apply lock poisoned").sender = None;
+        if let Some(row_writer) = self.row_writer.take() {
+            let _ = row_writer.join();
+        }
+        if self.is_healthy() {
+            if let Err(error) = self.shared.db.flush() {
+                tracing::error!(%error, "flushing rows written behind the log at close failed");
+            }
         }
     }
 }
@@ -437,19 +501,63 @@ impl Shared {
 
     /// Writes appended records to the tree in one atomic batch.
     fn apply_pending(&self) -> Result<(), Error> {
-        let _applying = self.apply_lock.lock().expect("apply lock poisoned");
+        let mut applying = self.apply_lock.lock().expect("apply lock poisoned");
         let pending = std::mem::take(&mut self.appender.lock().expect("log append lock poisoned").pending);
         let Some(&(last, _, _)) = pending.last() else { return Ok(()) };
         let mut batch = sled::Batch::default();
-        self.encode(&pending, &mut batch);
+        let behind = self.encode(&pending, &mut batch);
+        self.apply(&mut applying, batch, behind, last)
+    }
+
+    /// Writes one encoded batch ending at seq `last` to the tree, then hands
+    /// its rows behind to the row writer (waiting when its queue is full).
+    fn apply(&self, queue: &mut BehindQueue, batch: sled::Batch, behind: Vec<Item>, last: u64) -> Result<(), Error> {
         self.tree.apply_batch(batch).map_err(|e| self.fail(e))?;
         self.head_seq.store(last, Ordering::Release);
+        if behind.is_empty() && last - queue.sent_seq < BEHIND_CHECKPOINT_EVERY {
+            return Ok(());
+        }
+        let sender = queue.sender.as_ref().expect("the row writer runs while the store is open");
+        if sender.send(RowsBehind { items: behind, seq: last }).is_err() {
+            return Err(self.fail_with(Error::Storage("the row writer stopped".into())));
+        }
+        queue.sent_seq = last;
+        self.behind_sent_seq.store(last, Ordering::Release);
         Ok(())
     }
 
+    /// The row writer thread: writes the items handed over, coalescing
+    /// whatever queued up meanwhile into one batch with its checkpoint,
+    /// until the store closes. They become durable with the next flush.
+    fn run_row_writer(&self, queue: &std::sync::mpsc::Receiver<RowsBehind>) {
+        const BATCH_ITEMS_MAX: usize = 65_536;
+        while let Ok(first) = queue.recv() {
+            let mut seq = first.seq;
+            let mut items = first.items;
+            while items.len() < BATCH_ITEMS_MAX {
+                let Ok(next) = queue.try_recv() else { break };
+                seq = next.seq;
+                items.extend(next.items);
+            }
+            if self.check_healthy().is_ok() {
+                let mut batch = sled::Batch::default();
+                let written = behind::write(&self.tree, items, seq, &mut batch)
+                    .and_then(|()| self.tree.apply_batch(batch).map_err(|e| self.fail(e)));
+                match written {
+                    Ok(()) => self.behind_written_seq.store(seq, Ordering::Release),
+                    Err(error) => drop(self.fail_with(error)),
+                }
+            }
+            let _state = self.flush.lock().expect("flush state lock poisoned");
+            self.flushed.notify_all();
+        }
+    }
+
     /// Adds consecutive records as log segments of about
-    /// [`SEGMENT_BYTES`] each, and the rows they change, to `batch`.
-    fn encode(&self, pending: &[(u64, i64, Record)], batch: &mut sled::Batch) {
+    /// [`SEGMENT_BYTES`] each, and the rows they change, to `batch`;
+    /// returns the items to write behind the log.
+    fn encode(&self, pending: &[(u64, i64, Record)], batch: &mut sled::Batch) -> Vec<Item> {
+        let mut behind = Vec::new();
         let mut segment_first = 0;
         let mut values: Vec<Vec<u8>> = Vec::new();
         let mut bytes = 0;
@@ -460,6 +568,9 @@ impl Shared {
             }
             let value = Entry::value_with_payload(at_ms, record, &payload);
             (self.materialize)(record, &payload, batch);
+            if let Some((row, id)) = (self.written_behind)(record) {
+                behind.push(Item { row, id, payload });
+            }
             bytes += value.len();
             values.push(value);
             if bytes >= SEGMENT_BYTES || index + 1 == pending.len() {
@@ -468,13 +579,18 @@ impl Shared {
                 bytes = 0;
             }
         }
+        behind
     }
 
     /// Records a storage failure: from now on writes are refused.
     fn fail(&self, error: sled::Error) -> Error {
+        self.fail_with(Error::storage(error))
+    }
+
+    fn fail_with(&self, error: Error) -> Error {
         self.failed.store(true, Ordering::Release);
         tracing::error!(%error, "storage write failed; refusing writes until restart");
-        Error::storage(error)
+        error
     }
 
     fn check_healthy(&self) -> Result<(), Error> {
@@ -483,6 +599,29 @@ impl Shared {
         }
         Ok(())
     }
+}
+
+/// Reads log entries with seq >= `from`, at most `max` of them.
+pub(crate) fn read_log(tree: &sled::Tree, from: u64, max: usize) -> Result<Vec<Entry>, Error> {
+    let wanted = key(table::LOG, &from.to_be_bytes());
+    // The segment holding `from` starts at the last key at or before it.
+    let holding = tree.range(key(table::LOG, &[])..=wanted.clone()).next_back().transpose().map_err(Error::storage)?;
+    let start = holding.map_or(wanted, |(key, _)| key.to_vec());
+    let end = key(table::LOG + 1, &[]);
+    let mut entries = Vec::new();
+    for item in tree.range(start..end) {
+        let (key, value) = item.map_err(Error::storage)?;
+        let first = u64::from_be_bytes(key[1..].try_into().map_err(|_| Error::Corrupt("log key"))?);
+        for entry in crate::log::decode_segment(first, &value)? {
+            if entry.seq >= from {
+                entries.push(entry);
+                if entries.len() == max {
+                    return Ok(entries);
+                }
+            }
+        }
+    }
+    Ok(entries)
 }
 
 /// Seq assignment plus the appended records waiting for a write.

@@ -163,7 +163,7 @@ impl Ledger {
     fn recover(&self) -> Result<(), Error> {
         let mut counter_max = 0;
         let mut cancelled_events = HashSet::new();
-        for booking in self.graph.bookings() {
+        for booking in self.graph.bookings()? {
             let booking = booking?;
             counter_max = counter_max.max(booking.id.0 >> 8);
             if booking.takes_seats() && self.graph.event_status(booking.event) == Some(EventStatus::Cancelled) {
