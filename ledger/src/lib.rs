@@ -510,12 +510,11 @@ impl Ledger {
 
     /// A user's bookings, newest first.
     pub fn bookings_of(&self, user: UserId) -> Vec<Arc<Booking>> {
-        let mut found: Vec<Arc<Booking>> = Vec::new();
-        for shard in self.shards.iter() {
-            let shard = shard.lock().expect("shard lock poisoned");
-            let ids = shard.by_user.get(&user).map(Vec::as_slice).unwrap_or(&[]);
-            found.extend(ids.iter().map(|id| shard.bookings[id].clone()));
-        }
+        // Every booking has an idempotency key, so the user's keys list
+        // every booking of theirs.
+        let ids: Vec<BookingId> =
+            self.keys_of(user).get(&user).map(|of_user| of_user.values().copied().collect()).unwrap_or_default();
+        let mut found: Vec<Arc<Booking>> = ids.into_iter().filter_map(|id| self.booking(id)).collect();
         found.sort_by_key(|b| std::cmp::Reverse((b.created_at_ms, b.id)));
         found
     }

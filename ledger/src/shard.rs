@@ -89,7 +89,6 @@ impl Stock {
 pub(crate) struct Shard {
     pub stock: HashMap<TicketTypeId, Stock>,
     pub bookings: HashMap<BookingId, Arc<Booking>>,
-    pub by_user: HashMap<UserId, Vec<BookingId>>,
     /// Live holds by expiry, for the reaper.
     pub holds: BTreeSet<(i64, BookingId)>,
 }
@@ -105,7 +104,6 @@ impl Shard {
         if let (graph::model::BookingStatus::Held, Some(expires)) = (booking.status, booking.expires_at_ms) {
             self.holds.insert((expires, booking.id));
         }
-        self.by_user.entry(booking.user).or_default().push(booking.id);
         self.bookings.insert(booking.id, booking);
     }
 
