@@ -9,9 +9,13 @@
 //! [`INBOX_MAX`] notifications; older ones are dropped.
 //!
 //! Rows (reader 2): `n|user|seq|k` a notification (its id is `seq-k`);
-//! `h|event|user|booking` a live booking (who holds tickets).
+//! `h|event|group` the live bookings (who holds tickets) of an event whose
+//! ids share a group of [`HOLDER_GROUP_IDS`] consecutive booking ids, as
+//! `(booking (8 bytes, BE) | user (8 bytes, BE))*` in booking order, so an
+//! on-sale rewrites one row per batch and group instead of writing one per
+//! booking.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use graph::ids::{BookingId, EventId, UserId};
@@ -32,6 +36,9 @@ pub const LIVE_BUFFER: usize = 1_024;
 
 const INBOX: u8 = b'n';
 const HOLDER: u8 = b'h';
+/// Booking ids per holder group: the low byte of a booking id is its shard
+/// hint, so this spans 16 consecutive bookings.
+pub const HOLDER_GROUP_IDS: u64 = 1 << 12;
 
 /// One notification, as stored and served.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -55,8 +62,13 @@ pub struct Notification {
 /// The notifications reader.
 pub struct Notifications {
     graph: Arc<Graph>,
-    /// Live bookings by event: who holds tickets.
-    holders: HashMap<EventId, HashSet<(UserId, BookingId)>>,
+    /// Live bookings by event, by booking id: who holds tickets.
+    holders: HashMap<EventId, BTreeMap<BookingId, UserId>>,
+    /// Holder groups the current batch changed, written by `finish`.
+    changed_holders: BTreeSet<(EventId, u64)>,
+    /// Holder rows of the layout before groups (one per booking), removed
+    /// by the next batch, which writes their groups.
+    stale_holder_rows: Vec<Vec<u8>>,
     /// Notifications per user inbox.
     inbox_sizes: HashMap<UserId, usize>,
     /// Created in the current batch (with their rows), published once it is
@@ -77,6 +89,8 @@ impl Notifications {
         let mut reader = Notifications {
             graph,
             holders: HashMap::new(),
+            changed_holders: BTreeSet::new(),
+            stale_holder_rows: Vec::new(),
             inbox_sizes: HashMap::new(),
             created: Vec::new(),
             overflow: HashMap::new(),
@@ -133,20 +147,41 @@ impl Notifications {
         Ok(())
     }
 
-    fn hold(&mut self, rows: &ReaderRows<'_>, batch: &mut ReaderBatch, booking: &Booking, live: bool) {
-        let row = key(&[&[HOLDER], &booking.event.to_key(), &booking.user.to_key(), &booking.id.to_key()]);
+    fn hold(&mut self, booking: &Booking, live: bool) {
         let holders = self.holders.entry(booking.event).or_default();
         if live {
-            holders.insert((booking.user, booking.id));
-            batch.put(rows, &row, &[]);
+            holders.insert(booking.id, booking.user);
         } else {
-            holders.remove(&(booking.user, booking.id));
+            holders.remove(&booking.id);
+        }
+        self.changed_holders.insert((booking.event, booking.id.0 / HOLDER_GROUP_IDS));
+    }
+
+    /// Writes every holder group the batch changed (and drops rows of the
+    /// layout before groups).
+    fn write_holders(&mut self, rows: &ReaderRows<'_>, batch: &mut ReaderBatch) {
+        for row in self.stale_holder_rows.drain(..) {
             batch.remove(rows, &row);
+        }
+        for (event, group) in std::mem::take(&mut self.changed_holders) {
+            let row = key(&[&[HOLDER], &event.to_key(), &group.to_be_bytes()]);
+            let first = BookingId(group * HOLDER_GROUP_IDS);
+            let end = BookingId((group + 1) * HOLDER_GROUP_IDS);
+            let mut value = Vec::new();
+            for (booking, user) in self.holders.get(&event).into_iter().flat_map(|held| held.range(first..end)) {
+                value.extend_from_slice(&booking.to_key());
+                value.extend_from_slice(&user.to_key());
+            }
+            if value.is_empty() {
+                batch.remove(rows, &row);
+            } else {
+                batch.put(rows, &row, &value);
+            }
         }
     }
 
     fn holders_of(&self, event: EventId) -> Vec<UserId> {
-        let mut users: Vec<UserId> = self.holders.get(&event).into_iter().flatten().map(|(user, _)| *user).collect();
+        let mut users: Vec<UserId> = self.holders.get(&event).into_iter().flatten().map(|(_, user)| *user).collect();
         users.sort_unstable();
         users.dedup();
         users
@@ -157,23 +192,23 @@ impl Notifications {
     }
 
     /// What one record tells whom.
-    fn notes(&mut self, rows: &ReaderRows<'_>, batch: &mut ReaderBatch, record: &Record) -> Vec<Note> {
+    fn notes(&mut self, record: &Record) -> Vec<Note> {
         match record {
             Record::BookingHeld(booking) => {
-                self.hold(rows, batch, booking, true);
+                self.hold(booking, true);
                 Vec::new()
             }
             Record::BookingConfirmed(booking) => {
-                self.hold(rows, batch, booking, true);
+                self.hold(booking, true);
                 self.confirmed(booking)
             }
             Record::BookingCancelled(booking) => {
-                self.hold(rows, batch, booking, false);
+                self.hold(booking, false);
                 let message = format!("Your booking {} for {} was cancelled.", booking.id, self.title(booking.event));
                 vec![Note { users: vec![booking.user], kind: "booking.cancelled", message, event: Some(booking.event) }]
             }
             Record::BookingExpired(booking) => {
-                self.hold(rows, batch, booking, false);
+                self.hold(booking, false);
                 Vec::new()
             }
             Record::EventUpdated(event) => vec![self.event_note(event, "event.updated", "has changed")],
@@ -233,13 +268,14 @@ impl Reader for Notifications {
     const NAME: &'static str = "notifications";
 
     fn apply(&mut self, rows: &ReaderRows<'_>, entry: &Entry, batch: &mut ReaderBatch) -> Result<(), graph::Error> {
-        for note in self.notes(rows, batch, &entry.record) {
+        for note in self.notes(&entry.record) {
             self.notify(rows, batch, entry, note);
         }
         Ok(())
     }
 
     fn finish(&mut self, rows: &ReaderRows<'_>, batch: &mut ReaderBatch) -> Result<(), graph::Error> {
+        self.write_holders(rows, batch);
         self.trim_inboxes(rows, batch)
     }
 
@@ -254,9 +290,35 @@ impl Reader for Notifications {
         self.created.clear();
         self.overflow.clear();
         self.holders.clear();
-        for (key, _) in rows.scan(&[HOLDER], false, usize::MAX)? {
+        self.changed_holders.clear();
+        self.stale_holder_rows.clear();
+        for (key, value) in rows.scan(&[HOLDER], false, usize::MAX)? {
             let id = |at: usize| u64_at(&key, at, "holder key");
-            self.holders.entry(EventId(id(1)?)).or_default().insert((UserId(id(9)?), BookingId(id(17)?)));
+            let event = EventId(id(1)?);
+            match key.len() {
+                // h|event|group: (booking, user) pairs.
+                17 => {
+                    let pairs = value.chunks_exact(16);
+                    if !pairs.remainder().is_empty() {
+                        return Err(graph::Error::Corrupt("holder group"));
+                    }
+                    let held = self.holders.entry(event).or_default();
+                    for pair in pairs {
+                        held.insert(
+                            BookingId(u64_at(pair, 0, "holder group")?),
+                            UserId(u64_at(pair, 8, "holder group")?),
+                        );
+                    }
+                }
+                // h|event|user|booking, the layout before groups.
+                25 => {
+                    let booking = BookingId(id(17)?);
+                    self.holders.entry(event).or_default().insert(booking, UserId(id(9)?));
+                    self.changed_holders.insert((event, booking.0 / HOLDER_GROUP_IDS));
+                    self.stale_holder_rows.push(key);
+                }
+                _ => return Err(graph::Error::Corrupt("holder key")),
+            }
         }
         self.inbox_sizes.clear();
         for (key, _) in rows.scan(&[INBOX], false, usize::MAX)? {
@@ -350,6 +412,101 @@ mod tests {
             tickets: Vec::new(),
         };
         Entry { seq, at_ms: seq as i64, record: Record::BookingConfirmed(Arc::new(booking)) }
+    }
+
+    /// A booking record of user `user` for `event`.
+    fn booking_entry(seq: u64, id: u64, user: u64, event: u64, status: BookingStatus) -> Entry {
+        let booking = Booking {
+            id: BookingId(id),
+            user: UserId(user),
+            event: EventId(event),
+            ticket_type: TicketTypeId(event),
+            quantity: 1,
+            unit_price_cents: 100,
+            idempotency_key: format!("k{id}"),
+            status,
+            created_at_ms: 0,
+            expires_at_ms: None,
+            confirmed_at_ms: None,
+            tickets: Vec::new(),
+        };
+        let booking = Arc::new(booking);
+        let record = match status {
+            BookingStatus::Held => Record::BookingHeld(booking),
+            BookingStatus::Confirmed => Record::BookingConfirmed(booking),
+            BookingStatus::Cancelled => Record::BookingCancelled(booking),
+            BookingStatus::Expired => Record::BookingExpired(booking),
+        };
+        Entry { seq, at_ms: seq as i64, record }
+    }
+
+    /// The holders of an event are exactly the users with live bookings,
+    /// after any batch and after a reload, with bookings spread over many
+    /// holder groups, and rows of the layout before groups are taken over.
+    #[test]
+    fn holders_are_the_live_bookings_across_batches_reloads_and_layouts() {
+        let dir = std::env::temp_dir().join(format!("marquee-holders-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let graph = Arc::new(Graph::open(&dir, graph::Options { cache_bytes: 8 << 20 }).unwrap());
+        let rows = graph.store().reader(Notifications::ID);
+        let (live, _) = tokio::sync::broadcast::channel(LIVE_BUFFER);
+        let mut reader = Notifications::load(graph.clone(), &rows, live.clone()).unwrap();
+        // Booking n (id n << 8, so 16 to a group) by user n % 37, event 1 or 2.
+        let event_of = |n: u64| 1 + n % 2;
+        let mut live_bookings: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+        let mut seq = 0;
+        let mut entries = Vec::new();
+        for n in 1..=200u64 {
+            seq += 1;
+            let status = if n % 3 == 0 { BookingStatus::Held } else { BookingStatus::Confirmed };
+            entries.push(booking_entry(seq, n << 8, n % 37, event_of(n), status));
+            live_bookings.insert(n, (n % 37, event_of(n)));
+            // Every fifth booking ends in the same batch or the next.
+            if n % 5 == 0 {
+                seq += 1;
+                let end = if n % 10 == 0 { BookingStatus::Cancelled } else { BookingStatus::Expired };
+                entries.push(booking_entry(seq, n << 8, n % 37, event_of(n), end));
+                live_bookings.remove(&n);
+            }
+            if n % 64 == 0 || n == 200 {
+                apply_and_commit(&mut reader, &rows, &entries).unwrap();
+                entries.clear();
+            }
+        }
+        let expected = |event: u64| -> Vec<UserId> {
+            let users: BTreeSet<UserId> =
+                live_bookings.values().filter(|(_, e)| *e == event).map(|(user, _)| UserId(*user)).collect();
+            users.into_iter().collect()
+        };
+        for event in [1, 2] {
+            assert_eq!(reader.holders_of(EventId(event)), expected(event), "event {event}");
+        }
+        let reloaded = Notifications::load(graph.clone(), &rows, live.clone()).unwrap();
+        for event in [1, 2] {
+            assert_eq!(reloaded.holders_of(EventId(event)), expected(event), "event {event} after a reload");
+        }
+
+        // A holder stored one row per booking, the layout before groups.
+        let mut batch = ReaderBatch::default();
+        batch.put(
+            &rows,
+            &key(&[&[HOLDER], &EventId(3).to_key(), &UserId(5).to_key(), &BookingId(9 << 8).to_key()]),
+            &[],
+        );
+        rows.commit(batch, None).unwrap();
+        let mut reader = Notifications::load(graph.clone(), &rows, live.clone()).unwrap();
+        assert_eq!(reader.holders_of(EventId(3)), [UserId(5)]);
+        apply_and_commit(&mut reader, &rows, &[booking_entry(seq + 1, 500 << 8, 6, 3, BookingStatus::Held)]).unwrap();
+        let keys: Vec<usize> = rows.scan(&[HOLDER], false, usize::MAX).unwrap().iter().map(|(k, _)| k.len()).collect();
+        assert!(keys.iter().all(|&len| len == 17), "only group rows remain: {keys:?}");
+        let reloaded = Notifications::load(graph.clone(), &rows, live).unwrap();
+        assert_eq!(reloaded.holders_of(EventId(3)), [UserId(5), UserId(6)]);
+        for event in [1, 2] {
+            assert_eq!(reloaded.holders_of(EventId(event)), expected(event));
+        }
+        drop((reader, reloaded));
+        drop(graph);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn ids(graph: &Graph, user: UserId) -> Vec<String> {
