@@ -396,22 +396,12 @@ mod tests {
     use super::*;
     use crate::readers::apply_and_commit;
 
-    fn confirmed(seq: u64, user: UserId) -> Entry {
-        let booking = Booking {
-            id: BookingId(seq),
-            user,
-            event: EventId(1),
-            ticket_type: TicketTypeId(1),
-            quantity: 1,
-            unit_price_cents: 100,
-            idempotency_key: format!("k{seq}"),
-            status: BookingStatus::Confirmed,
-            created_at_ms: 0,
-            expires_at_ms: None,
-            confirmed_at_ms: Some(0),
-            tickets: Vec::new(),
-        };
-        Entry { seq, at_ms: seq as i64, record: Record::BookingConfirmed(Arc::new(booking)) }
+    /// A scratch data directory, its graph and a live feed.
+    fn scratch(name: &str) -> (std::path::PathBuf, Arc<Graph>, tokio::sync::broadcast::Sender<Arc<Notification>>) {
+        let dir = std::env::temp_dir().join(format!("marquee-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let graph = Arc::new(Graph::open(&dir, graph::Options { cache_bytes: 8 << 20 }).unwrap());
+        (dir, graph, tokio::sync::broadcast::channel(LIVE_BUFFER).0)
     }
 
     /// A booking record of user `user` for `event`.
@@ -445,11 +435,8 @@ mod tests {
     /// holder groups, and rows of the layout before groups are taken over.
     #[test]
     fn holders_are_the_live_bookings_across_batches_reloads_and_layouts() {
-        let dir = std::env::temp_dir().join(format!("marquee-holders-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let graph = Arc::new(Graph::open(&dir, graph::Options { cache_bytes: 8 << 20 }).unwrap());
+        let (dir, graph, live) = scratch("holders");
         let rows = graph.store().reader(Notifications::ID);
-        let (live, _) = tokio::sync::broadcast::channel(LIVE_BUFFER);
         let mut reader = Notifications::load(graph.clone(), &rows, live.clone()).unwrap();
         // Booking n (id n << 8, so 16 to a group) by user n % 37, event 1 or 2.
         let event_of = |n: u64| 1 + n % 2;
@@ -518,11 +505,8 @@ mod tests {
     /// INBOX_MAX notifications, however many arrived in one batch.
     #[test]
     fn an_inbox_keeps_its_newest_notifications_whatever_the_batch_size() {
-        let dir = std::env::temp_dir().join(format!("marquee-inbox-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let graph = Arc::new(Graph::open(&dir, graph::Options { cache_bytes: 8 << 20 }).unwrap());
+        let (dir, graph, live) = scratch("inbox");
         let rows = graph.store().reader(Notifications::ID);
-        let (live, _) = tokio::sync::broadcast::channel(LIVE_BUFFER);
         let mut reader = Notifications::load(graph.clone(), &rows, live.clone()).unwrap();
         let users = [UserId(7), UserId(8)];
         let mut sent: HashMap<UserId, Vec<String>> = HashMap::new();
@@ -534,7 +518,7 @@ mod tests {
                 // Mostly user 7; user 8 gets every third entry.
                 let user = users[usize::from(i % 3 == 2)];
                 sent.entry(user).or_default().push(format!("{seq}-0"));
-                entries.push(confirmed(seq, user));
+                entries.push(booking_entry(seq, seq, user.0, 1, BookingStatus::Confirmed));
             }
             apply_and_commit(&mut reader, &rows, &entries).unwrap();
             reader.committed(seq);
