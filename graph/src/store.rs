@@ -8,6 +8,7 @@
 //! Keys start with a one-byte table tag followed by big-endian ids, so each
 //! table is a contiguous, id-ordered range.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -58,6 +59,11 @@ pub(crate) mod table {
 /// without rows behind, so a restart never replays a long stretch of log
 /// that holds none.
 const BEHIND_CHECKPOINT_EVERY: u64 = 10_000;
+
+/// The newest log entries kept decoded in memory, so the log's readers,
+/// which follow close behind the head, get them without reading sled and
+/// decoding them again (one decode per entry instead of one per reader).
+const RECENT_ENTRIES: usize = if cfg!(test) { 64 } else { 65_536 };
 
 /// Hand-overs the row writer's queue holds at most: beyond it, group
 /// commit waits for the writer instead of queueing without bound.
@@ -137,6 +143,9 @@ struct Shared {
     behind_sent_seq: AtomicU64,
     /// The seq up to which the row writer has written rows behind the log.
     behind_written_seq: AtomicU64,
+    /// The newest entries written to the tree, in seq order, at most
+    /// [`RECENT_ENTRIES`].
+    recent: Mutex<VecDeque<Entry>>,
     /// Highest seq written to the tree (visible to reads).
     head_seq: AtomicU64,
     /// Highest seq known flushed to disk.
@@ -196,6 +205,7 @@ impl Store {
             apply_lock: Mutex::new(BehindQueue { sender: Some(sender), sent_seq: head }),
             behind_sent_seq: AtomicU64::new(head),
             behind_written_seq: AtomicU64::new(head),
+            recent: Mutex::new(VecDeque::new()),
             head_seq: AtomicU64::new(head),
             durable_seq: AtomicU64::new(head),
             flush_requested: AtomicBool::new(false),
@@ -244,7 +254,7 @@ impl Store {
         appender.next_seq = seq;
         drop(appender);
         let last = seq - 1;
-        shared.apply(&mut applying, batch, behind, last)?;
+        shared.apply(&mut applying, batch, behind, pending)?;
         Ok(last)
     }
 
@@ -369,6 +379,15 @@ impl Store {
 
     /// Reads log entries with seq >= `from`, at most `max` of them.
     pub fn read_log(&self, from: u64, max: usize) -> Result<Vec<Entry>, Error> {
+        {
+            let recent = self.shared.recent.lock().expect("recent entries lock poisoned");
+            if let Some(oldest) = recent.front().map(|entry| entry.seq) {
+                if oldest <= from {
+                    let start = usize::try_from(from - oldest).unwrap_or(usize::MAX);
+                    return Ok(recent.iter().skip(start).take(max).cloned().collect());
+                }
+            }
+        }
         read_log(&self.shared.tree, from, max)
     }
 
@@ -503,16 +522,35 @@ impl Shared {
     fn apply_pending(&self) -> Result<(), Error> {
         let mut applying = self.apply_lock.lock().expect("apply lock poisoned");
         let pending = std::mem::take(&mut self.appender.lock().expect("log append lock poisoned").pending);
-        let Some(&(last, _, _)) = pending.last() else { return Ok(()) };
+        if pending.is_empty() {
+            return Ok(());
+        }
         let mut batch = sled::Batch::default();
         let behind = self.encode(&pending, &mut batch);
-        self.apply(&mut applying, batch, behind, last)
+        self.apply(&mut applying, batch, behind, pending)
     }
 
-    /// Writes one encoded batch ending at seq `last` to the tree, then hands
-    /// its rows behind to the row writer (waiting when its queue is full).
-    fn apply(&self, queue: &mut BehindQueue, batch: sled::Batch, behind: Vec<Item>, last: u64) -> Result<(), Error> {
+    /// Writes the batch encoded from `applied` (consecutive records, not
+    /// empty) to the tree, keeps the records among the recent entries, then
+    /// hands the rows behind to the row writer (waiting when its queue is
+    /// full).
+    fn apply(
+        &self,
+        queue: &mut BehindQueue,
+        batch: sled::Batch,
+        behind: Vec<Item>,
+        applied: Vec<(u64, i64, Record)>,
+    ) -> Result<(), Error> {
+        let last = applied.last().expect("a batch holds records").0;
         self.tree.apply_batch(batch).map_err(|e| self.fail(e))?;
+        {
+            let mut recent = self.recent.lock().expect("recent entries lock poisoned");
+            let keep = applied.len().min(RECENT_ENTRIES);
+            let overflow = (recent.len() + keep).saturating_sub(RECENT_ENTRIES);
+            recent.drain(..overflow);
+            let skip = applied.len() - keep;
+            recent.extend(applied.into_iter().skip(skip).map(|(seq, at_ms, record)| Entry { seq, at_ms, record }));
+        }
         self.head_seq.store(last, Ordering::Release);
         if behind.is_empty() && last - queue.sent_seq < BEHIND_CHECKPOINT_EVERY {
             return Ok(());

@@ -392,3 +392,34 @@ fn booking_rows_left_behind_the_log_are_brought_up_to_date_at_open() {
     drop(reopened);
     assert_eq!(read(&open(&dir)), final_state);
 }
+
+/// The newest entries are served from memory (64 of them in tests); every
+/// read, inside, across and before that window, equals what sled holds.
+#[test]
+fn recent_entries_read_the_same_as_the_stored_log() {
+    let dir = TempDir::new("recent");
+    let graph = open(&dir);
+    let store = graph.store();
+    let head = store.head_seq();
+    // Rounds of different sizes, by group commit and by direct commits.
+    for round in 0..12u8 {
+        if round % 3 == 0 {
+            store.commit(i64::from(round), &[revoke(round), revoke(round + 100)]).unwrap();
+        } else {
+            let mut last = 0;
+            for n in 0..(5 * round) {
+                last = store.append(i64::from(round), revoke(n));
+            }
+            store.sync(last).unwrap();
+        }
+    }
+    let last = store.head_seq();
+    assert!(last - head > 64, "more entries than the window ({})", last - head);
+    for from in [head + 1, last - 70, last - 64, last - 63, last - 10, last, last + 1] {
+        for max in [1, 7, 100, 1_000] {
+            let stored = store::read_log(store.tree(), from, max).unwrap();
+            assert_eq!(store.read_log(from, max).unwrap(), stored, "from {from}, at most {max}");
+        }
+    }
+    assert_eq!(store.read_log(last - 5, 1_000).unwrap().len(), 6);
+}
