@@ -62,6 +62,24 @@ typed_id!(
     /// A booking of seats of one ticket type by one user.
     BookingId
 );
+impl BookingId {
+    /// Ids per group of neighbouring bookings. The ledger makes an id as
+    /// `counter << 8 | shard hint`, so a group is 16 bookings made one
+    /// after another: rows that hold bookings (or facts about them) in
+    /// groups rewrite a few rows per batch instead of one per booking.
+    pub const GROUP_IDS: u64 = 1 << 12;
+
+    /// The group this booking belongs to.
+    pub fn group(self) -> u64 {
+        self.0 / Self::GROUP_IDS
+    }
+
+    /// The ids of group `group`: from the first up to, not including, the end.
+    pub fn group_range(group: u64) -> std::ops::Range<BookingId> {
+        BookingId(group * Self::GROUP_IDS)..BookingId((group + 1) * Self::GROUP_IDS)
+    }
+}
+
 typed_id!(
     /// A ticket: one seat of a confirmed booking.
     TicketId

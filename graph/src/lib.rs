@@ -703,10 +703,7 @@ fn row_written_behind(record: &Record) -> Option<(Vec<u8>, u64)> {
         | Record::BookingCancelled(booking)
         | Record::BookingExpired(booking)
         | Record::TicketCheckedIn(booking) => {
-            // The low byte of a booking id is its shard hint; the counter
-            // above it gives neighbours.
-            let group = booking.id.0 >> 12;
-            Some((key(table::BOOKING, &group.to_be_bytes()), booking.id.0))
+            Some((key(table::BOOKING, &booking.id.group().to_be_bytes()), booking.id.0))
         }
         _ => None,
     }

@@ -10,10 +10,10 @@
 //!
 //! Rows (reader 2): `n|user|seq|k` a notification (its id is `seq-k`);
 //! `h|event|group` the live bookings (who holds tickets) of an event whose
-//! ids share a group of [`HOLDER_GROUP_IDS`] consecutive booking ids, as
-//! `(booking (8 bytes, BE) | user (8 bytes, BE))*` in booking order, so an
-//! on-sale rewrites one row per batch and group instead of writing one per
-//! booking.
+//! ids share a group ([`BookingId::group`]: 16 bookings made one after
+//! another), as `(booking (8 bytes, BE) | user (8 bytes, BE))*` in booking
+//! order, so an on-sale rewrites one row per batch and group instead of
+//! writing one per booking.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -36,9 +36,6 @@ pub const LIVE_BUFFER: usize = 1_024;
 
 const INBOX: u8 = b'n';
 const HOLDER: u8 = b'h';
-/// Booking ids per holder group: the low byte of a booking id is its shard
-/// hint, so this spans 16 consecutive bookings.
-pub const HOLDER_GROUP_IDS: u64 = 1 << 12;
 
 /// One notification, as stored and served.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -154,7 +151,7 @@ impl Notifications {
         } else {
             holders.remove(&booking.id);
         }
-        self.changed_holders.insert((booking.event, booking.id.0 / HOLDER_GROUP_IDS));
+        self.changed_holders.insert((booking.event, booking.id.group()));
     }
 
     /// Writes every holder group the batch changed (and drops rows of the
@@ -165,10 +162,9 @@ impl Notifications {
         }
         for (event, group) in std::mem::take(&mut self.changed_holders) {
             let row = key(&[&[HOLDER], &event.to_key(), &group.to_be_bytes()]);
-            let first = BookingId(group * HOLDER_GROUP_IDS);
-            let end = BookingId((group + 1) * HOLDER_GROUP_IDS);
             let mut value = Vec::new();
-            for (booking, user) in self.holders.get(&event).into_iter().flat_map(|held| held.range(first..end)) {
+            let ids = BookingId::group_range(group);
+            for (booking, user) in self.holders.get(&event).into_iter().flat_map(|held| held.range(ids.clone())) {
                 value.extend_from_slice(&booking.to_key());
                 value.extend_from_slice(&user.to_key());
             }
@@ -314,7 +310,7 @@ impl Reader for Notifications {
                 25 => {
                     let booking = BookingId(id(17)?);
                     self.holders.entry(event).or_default().insert(booking, UserId(id(9)?));
-                    self.changed_holders.insert((event, booking.0 / HOLDER_GROUP_IDS));
+                    self.changed_holders.insert((event, booking.group()));
                     self.stale_holder_rows.push(key);
                 }
                 _ => return Err(graph::Error::Corrupt("holder key")),
