@@ -139,8 +139,6 @@ struct Shared {
     /// Held while writing to the tree, so batches land in seq order (and
     /// their rows behind reach the row writer in that order).
     apply_lock: Mutex<BehindQueue>,
-    /// The seq of the last hand-over to the row writer.
-    behind_sent_seq: AtomicU64,
     /// The seq up to which the row writer has written rows behind the log.
     behind_written_seq: AtomicU64,
     /// The newest entries written to the tree, in seq order, at most
@@ -203,7 +201,6 @@ impl Store {
             written_behind,
             appender: Mutex::new(Appender { next_seq: head + 1, pending: Vec::new() }),
             apply_lock: Mutex::new(BehindQueue { sender: Some(sender), sent_seq: head }),
-            behind_sent_seq: AtomicU64::new(head),
             behind_written_seq: AtomicU64::new(head),
             recent: Mutex::new(VecDeque::new()),
             head_seq: AtomicU64::new(head),
@@ -395,7 +392,7 @@ impl Store {
     /// tree, so a scan of those tables sees everything committed.
     pub(crate) fn settle_rows_behind(&self) -> Result<(), Error> {
         let shared = &*self.shared;
-        let target = shared.behind_sent_seq.load(Ordering::Acquire);
+        let target = shared.apply_lock.lock().expect("apply lock poisoned").sent_seq;
         let mut state = shared.flush.lock().expect("flush state lock poisoned");
         while shared.behind_written_seq.load(Ordering::Acquire) < target {
             shared.check_healthy()?;
@@ -560,7 +557,6 @@ impl Shared {
             return Err(self.fail_with(Error::Storage("the row writer stopped".into())));
         }
         queue.sent_seq = last;
-        self.behind_sent_seq.store(last, Ordering::Release);
         Ok(())
     }
 
@@ -580,7 +576,7 @@ impl Shared {
             if self.check_healthy().is_ok() {
                 let mut batch = sled::Batch::default();
                 let written = behind::write(&self.tree, items, seq, &mut batch)
-                    .and_then(|()| self.tree.apply_batch(batch).map_err(|e| self.fail(e)));
+                    .and_then(|()| self.tree.apply_batch(batch).map_err(Error::storage));
                 match written {
                     Ok(()) => self.behind_written_seq.store(seq, Ordering::Release),
                     Err(error) => drop(self.fail_with(error)),
