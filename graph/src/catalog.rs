@@ -7,9 +7,11 @@
 //! start order, and checks the other filters on each event it meets; a text
 //! word matches every word it is a prefix of ("jaz" finds "jazz").
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::Arc;
+
+use foldhash::HashMap;
 
 use crate::ids::{EventId, TicketTypeId, UserId, VenueId};
 use crate::model::{Event, EventStatus, TicketType, Venue};
@@ -134,6 +136,13 @@ impl Catalog {
 
     pub(crate) fn event_status(&self, id: EventId) -> Option<crate::model::EventStatus> {
         self.events.get(&id).map(|listed| listed.event.status)
+    }
+
+    /// When a published event that starts after `now_ms` starts; `None`
+    /// for any other event.
+    pub(crate) fn upcoming_start(&self, id: EventId, now_ms: i64) -> Option<i64> {
+        let event = &self.events.get(&id)?.event;
+        (event.status == EventStatus::Published && event.starts_at_ms > now_ms).then_some(event.starts_at_ms)
     }
 
     pub(crate) fn put_ticket_type(&mut self, ticket_type: TicketType) -> Arc<TicketType> {

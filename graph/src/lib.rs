@@ -32,10 +32,11 @@ pub mod social;
 pub mod stats;
 mod store;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+
+use foldhash::{HashMap, HashMapExt};
 
 pub use catalog::{EventPage, EventQuery};
 pub use error::Error;
@@ -429,6 +430,18 @@ impl Graph {
     /// An event's status, without copying the event.
     pub fn event_status(&self, id: EventId) -> Option<model::EventStatus> {
         self.catalog().event_status(id)
+    }
+
+    /// Recommendations (Q2) for `user` as the API serves them: the best
+    /// `first` events by how many of the people `user` follows attend,
+    /// counting only published events that start after `now_ms`; ties go to
+    /// the earlier start, then the smaller id.
+    pub fn recommended_events(&self, user: UserId, first: usize, now_ms: i64) -> Vec<Arc<Event>> {
+        let social = self.social();
+        // One catalog lock for all the candidates, none copied.
+        let catalog = self.catalog();
+        let ranked = social.recommend(user, first, |id| catalog.upcoming_start(id, now_ms).map(|start| (start, id)));
+        ranked.into_iter().filter_map(|(id, _)| catalog.event(id)).collect()
     }
 
     /// Adds a ticket type to an event that is not cancelled.

@@ -15,7 +15,9 @@
 
 use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeSet, BinaryHeap};
+
+use foldhash::{HashMap, HashMapExt};
 
 use crate::ids::{EventId, UserId};
 
@@ -419,23 +421,28 @@ impl SocialGraph {
         if source == target {
             return Some(0);
         }
-        let mut forward = Frontier::new(source);
-        let mut backward = Frontier::new(target);
-        for hops in 1..=hops_max {
-            let widen_forward = forward.cost(&self.following) <= backward.cost(&self.followers);
-            let (near, far, lists) = if widen_forward {
-                (&mut forward, &backward, &self.following)
-            } else {
-                (&mut backward, &forward, &self.followers)
-            };
-            if near.widen(lists, &far.seen) {
-                return Some(hops);
+        let nodes = self.following.len().max(self.followers.len()).max(source.max(target) as usize + 1);
+        MARKS.with_borrow_mut(|marks| {
+            let (forward_mark, backward_mark) = marks.start(nodes);
+            let stamps = &mut marks.stamps[..];
+            let mut forward = Frontier::new(source, forward_mark, stamps);
+            let mut backward = Frontier::new(target, backward_mark, stamps);
+            for hops in 1..=hops_max {
+                let widen_forward = forward.cost(&self.following) <= backward.cost(&self.followers);
+                let (near, far, lists) = if widen_forward {
+                    (&mut forward, &backward, &self.following)
+                } else {
+                    (&mut backward, &forward, &self.followers)
+                };
+                if near.widen(lists, far.mark, stamps) {
+                    return Some(hops);
+                }
+                if near.current.is_empty() {
+                    return None;
+                }
             }
-            if near.current.is_empty() {
-                return None;
-            }
-        }
-        None
+            None
+        })
     }
 
     /// Q4, who's going: how many attend `event`, and the `first` attendees
@@ -600,15 +607,46 @@ impl Attendees {
     }
 }
 
-/// One side of the two-ended search.
+thread_local! {
+    /// Per thread, which side of a social-distance search has reached each
+    /// user: cleared in O(1) per search by moving on to fresh marks.
+    static MARKS: std::cell::RefCell<Marks> = const { std::cell::RefCell::new(Marks { stamps: Vec::new(), last: 0 }) };
+}
+
+/// One mark per user slot; a slot holding neither of the current search's
+/// two marks is unvisited by it.
+struct Marks {
+    stamps: Vec<u32>,
+    /// The larger mark the last search used (0: none yet).
+    last: u32,
+}
+
+impl Marks {
+    /// Two marks no slot holds yet, for a search over `nodes` slots.
+    fn start(&mut self, nodes: usize) -> (u32, u32) {
+        if self.stamps.len() < nodes {
+            self.stamps.resize(nodes, 0);
+        }
+        if self.last > u32::MAX - 2 {
+            self.stamps.fill(0);
+            self.last = 0;
+        }
+        self.last += 2;
+        (self.last - 1, self.last)
+    }
+}
+
+/// One side of the two-ended search: the users it reached last, and the
+/// mark it leaves on every user it reaches.
 struct Frontier {
-    seen: HashSet<u32>,
+    mark: u32,
     current: Vec<u32>,
 }
 
 impl Frontier {
-    fn new(start: u32) -> Frontier {
-        Frontier { seen: HashSet::from([start]), current: vec![start] }
+    fn new(start: u32, mark: u32, stamps: &mut [u32]) -> Frontier {
+        stamps[start as usize] = mark;
+        Frontier { mark, current: vec![start] }
     }
 
     /// Edges the next widening would walk.
@@ -616,15 +654,17 @@ impl Frontier {
         self.current.iter().map(|&node| neighbours(lists, node).len()).sum()
     }
 
-    /// Moves one hop outwards; true when it touches the other side.
-    fn widen(&mut self, lists: &[Vec<u32>], other: &HashSet<u32>) -> bool {
+    /// Moves one hop outwards; true when it touches a user marked `other`.
+    fn widen(&mut self, lists: &[Vec<u32>], other: u32, stamps: &mut [u32]) -> bool {
         let mut next = Vec::new();
         for &node in &self.current {
             for &neighbour in neighbours(lists, node) {
-                if other.contains(&neighbour) {
+                let stamp = &mut stamps[neighbour as usize];
+                if *stamp == other {
                     return true;
                 }
-                if self.seen.insert(neighbour) {
+                if *stamp != self.mark {
+                    *stamp = self.mark;
                     next.push(neighbour);
                 }
             }

@@ -3,7 +3,6 @@
 
 use async_graphql::{Context, Object, ID};
 use graph::ids::UserId;
-use graph::model::EventStatus;
 
 use super::events::EventObject;
 use super::identity::UserObject;
@@ -41,14 +40,8 @@ impl SocialQuery {
         let Some(me) = viewer(ctx).user() else {
             return Ok(Vec::new());
         };
-        let graph = &app(ctx).graph;
-        let now_ms = graph::now_ms();
-        let upcoming = |id| {
-            let event = graph.event(id)?;
-            (event.status == EventStatus::Published && event.starts_at_ms > now_ms).then_some((event.starts_at_ms, id))
-        };
-        let ranked = graph.social().recommend(me.id, first, upcoming);
-        Ok(ranked.into_iter().filter_map(|(id, _)| graph.event(id)).map(EventObject).collect())
+        let events = app(ctx).graph.recommended_events(me.id, first, graph::now_ms());
+        Ok(events.into_iter().map(EventObject).collect())
     }
 
     /// Fewest follow hops from the viewer to the user (0 = self), up to 4;
