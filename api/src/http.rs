@@ -50,16 +50,70 @@ pub(crate) struct HttpState {
 /// WebSocket for subscriptions), `/events/{id}/bookings.csv`, `/metrics`,
 /// `/healthz` and `/readyz`.
 pub fn router(app: Arc<App>) -> Router {
+    router_and_state(app).0
+}
+
+/// The router, and the state its handlers share.
+fn router_and_state(app: Arc<App>) -> (Router, HttpState) {
     let body_bytes_max = app.settings.body_bytes_max;
     let state = HttpState { schema: schema::build(app.clone()), app, ws_open: Arc::new(AtomicUsize::new(0)) };
-    Router::new()
+    let router = Router::new()
         .route("/graphql", get(graphql_get).post(graphql))
         .route("/events/{id}/bookings.csv", get(export::bookings_csv))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::max(body_bytes_max))
-        .with_state(state)
+        .with_state(state.clone());
+    (router, state)
+}
+
+/// What one connection serves. `POST /graphql`, nearly all of the traffic,
+/// goes straight to the GraphQL handler; the router's matching, extractors
+/// and layers cost more than a small query does. Everything else, the
+/// WebSocket upgrade of `GET /graphql` included, goes through the router.
+#[derive(Clone)]
+struct ConnectionService {
+    state: HttpState,
+    router: Router,
+    peer: Peer,
+}
+
+impl hyper::service::Service<Request<hyper::body::Incoming>> for ConnectionService {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Response, Self::Error>> + Send>>;
+
+    fn call(&self, request: Request<hyper::body::Incoming>) -> Self::Future {
+        if request.method() == axum::http::Method::POST && request.uri().path() == "/graphql" {
+            let state = self.state.clone();
+            let peer = self.peer;
+            return Box::pin(async move {
+                let (parts, body) = request.into_parts();
+                let body = read_body(body, state.app.settings.body_bytes_max).await;
+                Ok(serve_graphql(&state, Some(peer), &parts.headers, body).await)
+            });
+        }
+        let router = self.router.clone();
+        let request = request.map(axum::body::Body::new);
+        Box::pin(tower::ServiceExt::oneshot(router, request))
+    }
+}
+
+/// Why a request body could not be had.
+enum BodyError {
+    TooLarge,
+    Unreadable,
+}
+
+/// The whole body, refused once it grows past `max` bytes.
+async fn read_body(body: hyper::body::Incoming, max: usize) -> Result<Bytes, BodyError> {
+    use http_body_util::BodyExt;
+    match http_body_util::Limited::new(body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
+        Err(_) => Err(BodyError::Unreadable),
+    }
 }
 
 /// Serves HTTP on `listener` until `shutdown` completes. Then requests are
@@ -98,6 +152,7 @@ pub async fn serve(
 /// Accepted connections: the service, the HTTP settings, the connection
 /// limit, and the connections accepted while shutting down.
 struct Connections {
+    state: HttpState,
     router: Router,
     builder: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
     permits: Arc<tokio::sync::Semaphore>,
@@ -113,9 +168,11 @@ impl Connections {
             .max_headers(100)
             .header_read_timeout(Duration::from_secs(10))
             .timer(hyper_util::rt::TokioTimer::new());
+        let (router, state) = router_and_state(app.clone());
         Connections {
             permits: Arc::new(tokio::sync::Semaphore::new(app.settings.connections_max)),
-            router: router(app),
+            state,
+            router,
             builder,
             late: std::sync::Mutex::new(tokio::task::JoinSet::new()),
         }
@@ -157,7 +214,7 @@ impl Connections {
             return;
         };
         let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(self.router.clone().layer(Extension(Peer(peer))));
+        let service = ConnectionService { state: self.state.clone(), router: self.router.clone(), peer: Peer(peer) };
         let io = hyper_util::rt::TokioIo::new(stream);
         let connection = self.builder.serve_connection_with_upgrades(io, service).into_owned();
         match graceful {
@@ -340,16 +397,32 @@ struct Outcome {
     label: &'static str,
 }
 
+/// POST /graphql through the router (the server's connections take the
+/// shorter way of [`ConnectionService`]).
 async fn graphql(
     State(state): State<HttpState>,
     peer: Option<Extension<Peer>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => BodyError::TooLarge,
+        _ => BodyError::Unreadable,
+    });
+    serve_graphql(&state, peer.map(|p| p.0), &headers, body).await
+}
+
+/// POST /graphql: runs the request, then counts and logs it.
+async fn serve_graphql(
+    state: &HttpState,
+    peer: Option<Peer>,
+    headers: &HeaderMap,
+    body: Result<Bytes, BodyError>,
+) -> Response {
     let started = Instant::now();
-    let id = request_id(&headers);
-    let ip = client_ip(&state.app, peer.map(|p| p.0), &headers);
-    let (mut response, outcome) = handle_graphql(&state, ip, &headers, body).await;
+    let id = request_id(headers);
+    let ip = client_ip(&state.app, peer, headers);
+    let (mut response, outcome) = handle_graphql(state, ip, headers, body).await;
     let elapsed = started.elapsed();
     state.app.metrics.request(outcome.operation.as_deref(), outcome.label, elapsed.as_secs_f64());
     tracing::info!(
@@ -371,7 +444,7 @@ async fn handle_graphql(
     state: &HttpState,
     ip: IpAddr,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<Bytes, BodyError>,
 ) -> (Response, Outcome) {
     let refused = |status: StatusCode, error: ApiError, label: &'static str| {
         (error_response(status, &error), Outcome { status, operation: None, label })
@@ -391,14 +464,13 @@ async fn handle_graphql(
     }
     let body = match body {
         Ok(body) => body,
-        Err(rejection) => {
-            let message = match rejection.status() {
-                StatusCode::PAYLOAD_TOO_LARGE => {
-                    format!("the request body is larger than {} bytes", app.settings.body_bytes_max)
-                }
-                _ => "the request body could not be read".to_string(),
-            };
-            return refused(rejection.status(), ApiError::BadUserInput(message), "rejected");
+        Err(BodyError::TooLarge) => {
+            let message = format!("the request body is larger than {} bytes", app.settings.body_bytes_max);
+            return refused(StatusCode::PAYLOAD_TOO_LARGE, ApiError::BadUserInput(message), "rejected");
+        }
+        Err(BodyError::Unreadable) => {
+            let message = "the request body could not be read".to_string();
+            return refused(StatusCode::BAD_REQUEST, ApiError::BadUserInput(message), "rejected");
         }
     };
     if !is_json(headers) {
