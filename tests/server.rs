@@ -301,6 +301,83 @@ fn graphql_errors_all_carry_a_code() {
     assert_eq!(server.stop(), Some(0));
 }
 
+/// GraphQL over HTTP: `application/graphql-response+json` when the client
+/// asks for it (a request error is then a 400), `application/json`
+/// otherwise (200 for every well-formed request); a request error never
+/// carries `data`, a field error keeps it.
+#[test]
+fn graphql_response_media_type_follows_accept() {
+    let dir = TempDir::new("media");
+    let server = Server::start(dir.path(), &[]);
+    let addr = server.addr.as_str();
+    let post = |accept: Option<&str>, body: &[u8]| {
+        let mut headers = vec![("Content-Type", "application/json")];
+        headers.extend(accept.map(|accept| ("Accept", accept)));
+        http(addr, "POST", "/graphql", &headers, body)
+    };
+    const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
+    let request_errors: &[&[u8]] = &[
+        br#"{"query":"{ me { id "}"#,
+        br#"{"query":"{ nope }"}"#,
+        br#"{"query":"query($id: ID!) { user(id: $id) { id } }","variables":{"id":[1]}}"#,
+        br#"{"query":"query A { me { id } } query B { me { id } }"}"#,
+    ];
+    let asks_for_graphql_response = [
+        GRAPHQL_RESPONSE,
+        "application/graphql-response+json, application/json;q=0.9",
+        "application/*, application/graphql-response+json",
+    ];
+    let asks_for_json = [
+        None,
+        Some("*/*"),
+        Some("application/json"),
+        Some("application/json, application/graphql-response+json;q=0.5"),
+    ];
+    for body in request_errors {
+        let what = String::from_utf8_lossy(body);
+        for accept in asks_for_graphql_response {
+            let response = post(Some(accept), body);
+            assert_eq!(response.status, 400, "{what} ({accept}): {}", response.text());
+            assert_eq!(response.header("content-type"), Some(GRAPHQL_RESPONSE), "{what} ({accept})");
+            let value = response.json();
+            assert_eq!(error_code(&value), "BAD_USER_INPUT", "{what}: {value}");
+            assert!(value.get("data").is_none(), "a request error has no data entry: {value}");
+        }
+        for accept in asks_for_json {
+            let response = post(accept, body);
+            assert_eq!(response.status, 200, "{what} ({accept:?}): {}", response.text());
+            assert_eq!(response.header("content-type"), Some("application/json"), "{what} ({accept:?})");
+            let value = response.json();
+            assert_eq!(error_code(&value), "BAD_USER_INPUT", "{what}: {value}");
+            assert!(value.get("data").is_none(), "a request error has no data entry: {value}");
+        }
+    }
+
+    // A field error ran: 200 with its data, whichever media type.
+    let field_error = br#"{"query":"mutation { logout }"}"#;
+    for accept in [Some(GRAPHQL_RESPONSE), None] {
+        let response = post(accept, field_error);
+        assert_eq!(response.status, 200, "{accept:?}: {}", response.text());
+        let value = response.json();
+        assert_eq!(error_code(&value), "UNAUTHENTICATED", "{value}");
+        assert!(value.get("data").is_some(), "a field error keeps the data entry: {value}");
+    }
+    // Success and refusals before parsing keep their statuses, in the asked-for type.
+    let ok = post(Some(GRAPHQL_RESPONSE), br#"{"query":"{ me { id } }"}"#);
+    assert_eq!((ok.status, ok.header("content-type")), (200, Some(GRAPHQL_RESPONSE)), "{}", ok.text());
+    assert_eq!(ok.json(), json!({ "data": { "me": null } }));
+    let not_json = post(Some(GRAPHQL_RESPONSE), b"not json at all");
+    assert_eq!((not_json.status, not_json.header("content-type")), (400, Some(GRAPHQL_RESPONSE)));
+    assert_eq!(error_code(&not_json.json()), "BAD_USER_INPUT");
+    // In a batch each answer stands alone: 200, the failed one without data.
+    let batch = post(Some(GRAPHQL_RESPONSE), br#"[{"query":"{ me { id } }"},{"query":"{ nope }"}]"#);
+    assert_eq!(batch.status, 200, "{}", batch.text());
+    let answers = batch.json();
+    assert_eq!(answers[0], json!({ "data": { "me": null } }));
+    assert!(answers[1].get("data").is_none() && error_code(&answers[1]) == "BAD_USER_INPUT", "{answers}");
+    assert_eq!(server.stop(), Some(0));
+}
+
 #[test]
 fn body_limit_is_the_configured_one() {
     let dir = TempDir::new("limit");

@@ -446,14 +446,16 @@ async fn handle_graphql(
     headers: &HeaderMap,
     body: Result<Bytes, BodyError>,
 ) -> (Response, Outcome) {
+    let media = Media::accepted(headers);
     let refused = |status: StatusCode, error: ApiError, label: &'static str| {
-        (error_response(status, &error), Outcome { status, operation: None, label })
+        (error_response_as(status, &error, media), Outcome { status, operation: None, label })
     };
     let app = &state.app;
     if app.is_shutting_down() {
-        let mut response = error_response(
+        let mut response = error_response_as(
             StatusCode::SERVICE_UNAVAILABLE,
             &ApiError::Unavailable("the server is shutting down; retry shortly".into()),
+            media,
         );
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         set_retry_after(&mut response, Duration::from_secs(1));
@@ -493,7 +495,7 @@ async fn handle_graphql(
     };
     if let Err(wait) = check_request_rate(app, &viewer, ip) {
         return (
-            rate_limited_response(wait),
+            rate_limited_response(wait, media),
             Outcome { status: StatusCode::TOO_MANY_REQUESTS, operation: None, label: "rate_limited" },
         );
     }
@@ -504,23 +506,26 @@ async fn handle_graphql(
             return refused(StatusCode::BAD_REQUEST, ApiError::TooComplex(why), "rejected");
         }
         Err(Refusal::NotPersisted) => {
+            // 200 whatever the media type: clients of the protocol take this
+            // as the cue to send the query's text.
             let response = GqlResponse::from_errors(vec![persisted_query_not_found()]);
             let outcome = Outcome { status: StatusCode::OK, operation: None, label: "rejected" };
-            return (json_response(StatusCode::OK, &response), outcome);
+            return (json_response(StatusCode::OK, &response, media), outcome);
         }
         Err(Refusal::RateLimited(wait)) => {
             return (
-                rate_limited_response(wait),
+                rate_limited_response(wait, media),
                 Outcome { status: StatusCode::TOO_MANY_REQUESTS, operation: None, label: "rate_limited" },
             );
         }
     };
-    let (response, label) = execute(state, batch, viewer).await;
-    (response, Outcome { status: StatusCode::OK, operation, label })
+    let (response, label) = execute(state, batch, viewer, media).await;
+    let status = response.status();
+    (response, Outcome { status, operation, label })
 }
 
-/// Runs a checked batch; its response and outcome label.
-async fn execute(state: &HttpState, batch: BatchRequest, viewer: Viewer) -> (Response, &'static str) {
+/// Runs a checked batch; its response (in `media`) and outcome label.
+async fn execute(state: &HttpState, batch: BatchRequest, viewer: Viewer, media: Media) -> (Response, &'static str) {
     let app = &state.app;
     // A panic in a resolver becomes a bland 500 instead of a dropped
     // connection or a leaked message. (Caught here rather than by running
@@ -537,7 +542,7 @@ async fn execute(state: &HttpState, batch: BatchRequest, viewer: Viewer) -> (Res
             }
             if codes.iter().any(|code| code == "RATE_LIMITED") {
                 let wait = Duration::from_secs(app.settings.login_failures_window_s);
-                let mut response = json_response(StatusCode::TOO_MANY_REQUESTS, &response);
+                let mut response = json_response(StatusCode::TOO_MANY_REQUESTS, &response, media);
                 set_retry_after(&mut response, wait);
                 return (response, "rate_limited");
             }
@@ -548,18 +553,18 @@ async fn execute(state: &HttpState, batch: BatchRequest, viewer: Viewer) -> (Res
             } else {
                 "error"
             };
-            (json_response(StatusCode::OK, &response), label)
+            (graphql_response(&response, media), label)
         }
         Ok(Err(_panic)) => {
             tracing::error!("GraphQL execution panicked");
-            (error_response(StatusCode::INTERNAL_SERVER_ERROR, &ApiError::Internal), "internal")
+            (error_response_as(StatusCode::INTERNAL_SERVER_ERROR, &ApiError::Internal, media), "internal")
         }
         Err(_) => {
             let message = format!(
                 "the request took longer than {} ms; it may still complete (retry with the same idempotencyKey)",
                 timeout.as_millis()
             );
-            (error_response(StatusCode::SERVICE_UNAVAILABLE, &ApiError::Unavailable(message)), "timeout")
+            (error_response_as(StatusCode::SERVICE_UNAVAILABLE, &ApiError::Unavailable(message), media), "timeout")
         }
     }
 }
@@ -656,9 +661,9 @@ fn persisted_query_not_found() -> async_graphql::ServerError {
     error
 }
 
-fn rate_limited_response(wait: Duration) -> Response {
+fn rate_limited_response(wait: Duration, media: Media) -> Response {
     let message = format!("too many requests; retry in {} s", wait.as_secs().max(1));
-    let mut response = error_response(StatusCode::TOO_MANY_REQUESTS, &ApiError::RateLimited(message));
+    let mut response = error_response_as(StatusCode::TOO_MANY_REQUESTS, &ApiError::RateLimited(message), media);
     set_retry_after(&mut response, wait);
     response
 }
@@ -736,15 +741,109 @@ fn add_missing_codes(response: &mut BatchResponse) {
 }
 
 pub(crate) fn error_response(status: StatusCode, error: &ApiError) -> Response {
+    error_response_as(status, error, Media::Json)
+}
+
+fn error_response_as(status: StatusCode, error: &ApiError, media: Media) -> Response {
     let body = serde_json::json!({
         "errors": [{ "message": error.message(), "extensions": { "code": error.code() } }]
     });
-    json_response(status, &body)
+    json_response(status, &body, media)
 }
 
-fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
+/// The media type of a GraphQL response, from the request's Accept header
+/// (GraphQL over HTTP). `application/json` answers every well-formed request
+/// with 200; `application/graphql-response+json` answers a request error
+/// (the document does not parse or validate, variables do not coerce, no
+/// such operation: nothing ran) with 400.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Media {
+    Json,
+    GraphqlResponse,
+}
+
+impl Media {
+    const GRAPHQL_RESPONSE: &'static str = "application/graphql-response+json";
+
+    /// `application/graphql-response+json` when the client lists it and
+    /// does not prefer `application/json` to it; `application/json` for
+    /// everyone else (no Accept header and `*/*` included).
+    fn accepted(headers: &HeaderMap) -> Media {
+        let (mut graphql_response, mut json) = (None::<f32>, None::<f32>);
+        for range in headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')) {
+            let mut parts = range.split(';');
+            let essence = parts.next().unwrap_or("").trim();
+            let quality = parts
+                .filter_map(|p| p.trim().strip_prefix("q=").or_else(|| p.trim().strip_prefix("Q=")))
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            let best = |seen: Option<f32>| Some(seen.map_or(quality, |q| q.max(quality)));
+            if essence.eq_ignore_ascii_case(Self::GRAPHQL_RESPONSE) {
+                graphql_response = best(graphql_response);
+            } else if essence.eq_ignore_ascii_case("application/json") {
+                json = best(json);
+            }
+        }
+        match graphql_response {
+            Some(q) if q > 0.0 && json.is_none_or(|json| q >= json) => Media::GraphqlResponse,
+            _ => Media::Json,
+        }
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Media::Json => "application/json",
+            Media::GraphqlResponse => Self::GRAPHQL_RESPONSE,
+        }
+    }
+}
+
+/// Whether a response is a request error: raised before anything ran, so
+/// it carries no data (its errors have no path; a field's error does).
+fn is_request_error(response: &GqlResponse) -> bool {
+    !response.errors.is_empty()
+        && response.data == async_graphql::Value::Null
+        && response.errors.iter().all(|error| error.path.is_empty())
+}
+
+/// An executed batch as HTTP: request errors leave out `data` (the GraphQL
+/// spec: no data entry when nothing ran), and a single request error is a
+/// 400 for `application/graphql-response+json`.
+fn graphql_response(response: &BatchResponse, media: Media) -> Response {
+    let responses: &[GqlResponse] = match response {
+        BatchResponse::Single(single) => std::slice::from_ref(single),
+        BatchResponse::Batch(many) => many,
+    };
+    if !responses.iter().any(is_request_error) {
+        return json_response(StatusCode::OK, response, media);
+    }
+    let without_data = |response: &GqlResponse| {
+        let mut value = serde_json::to_value(response).unwrap_or_default();
+        if is_request_error(response) {
+            if let Some(fields) = value.as_object_mut() {
+                fields.remove("data");
+            }
+        }
+        value
+    };
+    match response {
+        BatchResponse::Single(single) => {
+            let status = match media {
+                Media::GraphqlResponse => StatusCode::BAD_REQUEST,
+                Media::Json => StatusCode::OK,
+            };
+            json_response(status, &without_data(single), media)
+        }
+        BatchResponse::Batch(many) => {
+            let values: Vec<serde_json::Value> = many.iter().map(without_data).collect();
+            json_response(StatusCode::OK, &values, media)
+        }
+    }
+}
+
+fn json_response(status: StatusCode, body: &impl serde::Serialize, media: Media) -> Response {
     match serde_json::to_vec(body) {
-        Ok(bytes) => (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Ok(bytes) => (status, [(header::CONTENT_TYPE, media.content_type())], bytes).into_response(),
         Err(error) => {
             tracing::error!(%error, "response did not serialise");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
