@@ -258,6 +258,12 @@ fn unusable_requests_get_400_with_a_graphql_error() {
     );
     assert_request_error(&post_graphql(addr, Some("application/json"), b"not json at all"), 400, "BAD_USER_INPUT");
     assert_request_error(&post_graphql(addr, Some("application/json"), b""), 400, "BAD_USER_INPUT");
+    // No query at all (a misspelt key, or an empty one) is not a GraphQL request.
+    for no_query in [&br#"{"qeury":"{ me { id } }"}"#[..], br#"{"query":"  "}"#, br#"[{"query":"{ me { id } }"},{}]"#] {
+        let response = post_graphql(addr, Some("application/json"), no_query);
+        assert_request_error(&response, 400, "BAD_USER_INPUT");
+        assert!(error_message(&response.json()).contains("no query"), "{}", response.text());
+    }
 
     // The same request with the right type, with or without a charset, works.
     for content_type in ["application/json", "application/json; charset=utf-8"] {
@@ -375,6 +381,72 @@ fn graphql_response_media_type_follows_accept() {
     let answers = batch.json();
     assert_eq!(answers[0], json!({ "data": { "me": null } }));
     assert!(answers[1].get("data").is_none() && error_code(&answers[1]) == "BAD_USER_INPUT", "{answers}");
+    assert_eq!(server.stop(), Some(0));
+}
+
+/// Percent-encodes a query-string value.
+fn url_encoded(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// GraphQL over GET: queries run (with variables, an operation name and a
+/// bearer token) in either media type; a mutation is refused with 405 and
+/// does not run; a malformed query string is a 400; a plain GET is the IDE.
+#[test]
+fn queries_run_over_get_and_mutations_do_not() {
+    let dir = TempDir::new("get");
+    let server = Server::start(dir.path(), &[]);
+    let addr = server.addr.as_str();
+    let (token, id) = register(&server, "getter@example.com", "ATTENDEE");
+    let bearer = format!("Bearer {token}");
+    let get = |params: &[(&str, &str)], accept: Option<&str>| {
+        let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={}", url_encoded(v))).collect();
+        let mut headers = vec![("Authorization", bearer.as_str())];
+        headers.extend(accept.map(|accept| ("Accept", accept)));
+        http(addr, "GET", &format!("/graphql?{}", query.join("&")), &headers, b"")
+    };
+
+    let query = "query Other { me { email } } query Mine($id: ID!) { user(id: $id) { id } me { id } }";
+    let variables = json!({ "id": id }).to_string();
+    for accept in [None, Some("application/graphql-response+json")] {
+        let response = get(&[("query", query), ("operationName", "Mine"), ("variables", &variables)], accept);
+        assert_eq!(response.status, 200, "{accept:?}: {}", response.text());
+        assert_eq!(response.json(), json!({ "data": { "user": { "id": id }, "me": { "id": id } } }));
+    }
+
+    // A mutation over GET does not run: the token still works afterwards.
+    for mutation in ["mutation { logout }", "mutation Out { logout } query In { me { id } }"] {
+        let params: &[(&str, &str)] = if mutation.contains("Out") {
+            &[("query", mutation), ("operationName", "Out")]
+        } else {
+            &[("query", mutation)]
+        };
+        let response = get(params, None);
+        assert_eq!(response.status, 405, "{mutation}: {}", response.text());
+        assert_eq!(response.header("allow"), Some("POST"));
+        assert_eq!(error_code(&response.json()), "BAD_USER_INPUT");
+    }
+    let me = get(&[("query", "{ me { id } }")], None);
+    assert_eq!(me.json(), json!({ "data": { "me": { "id": id } } }), "logout over GET must not have run");
+
+    for bad in
+        [&[("query", "{ me { id } }"), ("variables", "[1]")][..], &[("query", "{ me { id } }"), ("variables", "{")]]
+    {
+        let response = get(bad, None);
+        assert_request_error(&response, 400, "BAD_USER_INPUT");
+    }
+    let ide = http(addr, "GET", "/graphql", &[("Accept", "text/html")], b"");
+    assert_eq!(ide.status, 200);
+    assert!(ide.header("content-type").is_some_and(|t| t.starts_with("text/html")), "{:?}", ide.headers);
     assert_eq!(server.stop(), Some(0));
 }
 

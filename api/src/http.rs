@@ -85,19 +85,90 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for ConnectionServi
     type Future = std::pin::Pin<Box<dyn Future<Output = Result<Response, Self::Error>> + Send>>;
 
     fn call(&self, request: Request<hyper::body::Incoming>) -> Self::Future {
-        if request.method() == axum::http::Method::POST && request.uri().path() == "/graphql" {
+        let graphql = request.uri().path() == "/graphql";
+        if graphql && request.method() == axum::http::Method::POST {
             let state = self.state.clone();
             let peer = self.peer;
             return Box::pin(async move {
                 let (parts, body) = request.into_parts();
                 let body = read_body(body, state.app.settings.body_bytes_max).await;
-                Ok(serve_graphql(&state, Some(peer), &parts.headers, body).await)
+                Ok(serve_graphql(&state, Some(peer), &parts.headers, Input::Body(body)).await)
+            });
+        }
+        if graphql
+            && request.method() == axum::http::Method::GET
+            && !is_websocket_upgrade(request.headers())
+            && carries_graphql(request.uri())
+        {
+            let state = self.state.clone();
+            let peer = self.peer;
+            return Box::pin(async move {
+                let (parts, _) = request.into_parts();
+                Ok(serve_graphql(&state, Some(peer), &parts.headers, Input::Url(parts.uri)).await)
             });
         }
         let router = self.router.clone();
-        let request = request.map(axum::body::Body::new);
+        let mut request = request.map(axum::body::Body::new);
+        request.extensions_mut().insert(self.peer);
         Box::pin(tower::ServiceExt::oneshot(router, request))
     }
+}
+
+/// Where a request's GraphQL comes from.
+enum Input {
+    /// A POST body (JSON: one request or a batch).
+    Body(Result<Bytes, BodyError>),
+    /// A GET's query string (`query`, `operationName`, `variables`,
+    /// `extensions`): queries only.
+    Url(axum::http::Uri),
+}
+
+/// The parameters of a GraphQL request made with GET.
+#[derive(serde::Deserialize)]
+struct UrlParams {
+    query: Option<String>,
+    #[serde(rename = "operationName")]
+    operation_name: Option<String>,
+    variables: Option<String>,
+    extensions: Option<String>,
+}
+
+/// Whether a GET's query string holds a GraphQL request (a `query`, or a
+/// persisted query's `extensions`) rather than asking for the IDE.
+fn carries_graphql(uri: &axum::http::Uri) -> bool {
+    uri.query().is_some_and(|query| {
+        query
+            .split('&')
+            .map(|pair| pair.split('=').next().unwrap_or(""))
+            .any(|key| key == "query" || key == "extensions")
+    })
+}
+
+/// The GraphQL request in a GET's query string.
+fn url_request(uri: &axum::http::Uri) -> Result<GqlRequest, String> {
+    let axum::extract::Query(params) = axum::extract::Query::<UrlParams>::try_from_uri(uri)
+        .map_err(|error| format!("the query string is not a GraphQL request: {}", error.body_text()))?;
+    let mut request = GqlRequest::new(params.query.unwrap_or_default());
+    if let Some(name) = params.operation_name {
+        request = request.operation_name(name);
+    }
+    if let Some(variables) = params.variables.filter(|v| !v.is_empty()) {
+        let variables: serde_json::Value =
+            serde_json::from_str(&variables).map_err(|error| format!("variables: not JSON ({error})"))?;
+        if !variables.is_object() && !variables.is_null() {
+            return Err("variables: must be a JSON object".into());
+        }
+        request = request.variables(async_graphql::Variables::from_json(variables));
+    }
+    if let Some(extensions) = params.extensions.filter(|e| !e.is_empty()) {
+        request.extensions =
+            serde_json::from_str(&extensions).map_err(|error| format!("extensions: not a JSON object ({error})"))?;
+    }
+    Ok(request)
+}
+
+fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
 /// Why a request body could not be had.
@@ -263,12 +334,11 @@ async fn metrics(State(state): State<HttpState>) -> Response {
 /// GET /graphql: a WebSocket upgrade for subscriptions, else the IDE.
 async fn graphql_get(State(state): State<HttpState>, request: Request) -> Response {
     let (mut parts, _) = request.into_parts();
-    let upgrading = parts
-        .headers
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    if !upgrading {
+    if !is_websocket_upgrade(&parts.headers) {
+        if carries_graphql(&parts.uri) {
+            let peer = parts.extensions.get::<Peer>().copied();
+            return serve_graphql(&state, peer, &parts.headers, Input::Url(parts.uri)).await;
+        }
         return ide().await.into_response();
     }
     let Ok(protocol) = GraphQLProtocol::from_request_parts(&mut parts, &state).await else {
@@ -409,20 +479,15 @@ async fn graphql(
         StatusCode::PAYLOAD_TOO_LARGE => BodyError::TooLarge,
         _ => BodyError::Unreadable,
     });
-    serve_graphql(&state, peer.map(|p| p.0), &headers, body).await
+    serve_graphql(&state, peer.map(|p| p.0), &headers, Input::Body(body)).await
 }
 
-/// POST /graphql: runs the request, then counts and logs it.
-async fn serve_graphql(
-    state: &HttpState,
-    peer: Option<Peer>,
-    headers: &HeaderMap,
-    body: Result<Bytes, BodyError>,
-) -> Response {
+/// A GraphQL request over HTTP: runs it, then counts and logs it.
+async fn serve_graphql(state: &HttpState, peer: Option<Peer>, headers: &HeaderMap, input: Input) -> Response {
     let started = Instant::now();
     let id = request_id(headers);
     let ip = client_ip(&state.app, peer, headers);
-    let (mut response, outcome) = handle_graphql(state, ip, headers, body).await;
+    let (mut response, outcome) = handle_graphql(state, ip, headers, input).await;
     let elapsed = started.elapsed();
     state.app.metrics.request(outcome.operation.as_deref(), outcome.label, elapsed.as_secs_f64());
     tracing::info!(
@@ -440,12 +505,7 @@ async fn serve_graphql(
     response
 }
 
-async fn handle_graphql(
-    state: &HttpState,
-    ip: IpAddr,
-    headers: &HeaderMap,
-    body: Result<Bytes, BodyError>,
-) -> (Response, Outcome) {
+async fn handle_graphql(state: &HttpState, ip: IpAddr, headers: &HeaderMap, input: Input) -> (Response, Outcome) {
     let media = Media::accepted(headers);
     let refused = |status: StatusCode, error: ApiError, label: &'static str| {
         (error_response_as(status, &error, media), Outcome { status, operation: None, label })
@@ -464,30 +524,38 @@ async fn handle_graphql(
             Outcome { status: StatusCode::SERVICE_UNAVAILABLE, operation: None, label: "shutting_down" },
         );
     }
-    let body = match body {
-        Ok(body) => body,
-        Err(BodyError::TooLarge) => {
-            let message = format!("the request body is larger than {} bytes", app.settings.body_bytes_max);
-            return refused(StatusCode::PAYLOAD_TOO_LARGE, ApiError::BadUserInput(message), "rejected");
+    let (batch, method) = match input {
+        Input::Body(body) => {
+            let body = match body {
+                Ok(body) => body,
+                Err(BodyError::TooLarge) => {
+                    let message = format!("the request body is larger than {} bytes", app.settings.body_bytes_max);
+                    return refused(StatusCode::PAYLOAD_TOO_LARGE, ApiError::BadUserInput(message), "rejected");
+                }
+                Err(BodyError::Unreadable) => {
+                    let message = "the request body could not be read".to_string();
+                    return refused(StatusCode::BAD_REQUEST, ApiError::BadUserInput(message), "rejected");
+                }
+            };
+            if !is_json(headers) {
+                return refused(
+                    StatusCode::BAD_REQUEST,
+                    ApiError::BadUserInput("Content-Type must be application/json".into()),
+                    "rejected",
+                );
+            }
+            match serde_json::from_slice::<BatchRequest>(&body) {
+                Ok(batch) => (batch, Method::Post),
+                Err(error) => {
+                    let message = format!("the body is not a GraphQL request: {error}");
+                    return refused(StatusCode::BAD_REQUEST, ApiError::BadUserInput(message), "rejected");
+                }
+            }
         }
-        Err(BodyError::Unreadable) => {
-            let message = "the request body could not be read".to_string();
-            return refused(StatusCode::BAD_REQUEST, ApiError::BadUserInput(message), "rejected");
-        }
-    };
-    if !is_json(headers) {
-        return refused(
-            StatusCode::BAD_REQUEST,
-            ApiError::BadUserInput("Content-Type must be application/json".into()),
-            "rejected",
-        );
-    }
-    let batch: BatchRequest = match serde_json::from_slice(&body) {
-        Ok(batch) => batch,
-        Err(error) => {
-            let message = format!("the body is not a GraphQL request: {error}");
-            return refused(StatusCode::BAD_REQUEST, ApiError::BadUserInput(message), "rejected");
-        }
+        Input::Url(uri) => match url_request(&uri) {
+            Ok(request) => (BatchRequest::Single(request), Method::Get),
+            Err(message) => return refused(StatusCode::BAD_REQUEST, ApiError::BadUserInput(message), "rejected"),
+        },
     };
     let viewer = match resolve_viewer(app, headers) {
         Ok(viewer) => viewer,
@@ -499,7 +567,7 @@ async fn handle_graphql(
             Outcome { status: StatusCode::TOO_MANY_REQUESTS, operation: None, label: "rate_limited" },
         );
     }
-    let (batch, operation) = match prepare(app, batch, ip) {
+    let (batch, operation) = match prepare(app, batch, ip, method) {
         Ok(prepared) => prepared,
         Err(Refusal::TooComplex(TooComplex(why))) => {
             app.metrics.error("QUERY_TOO_COMPLEX");
@@ -511,6 +579,18 @@ async fn handle_graphql(
             let response = GqlResponse::from_errors(vec![persisted_query_not_found()]);
             let outcome = Outcome { status: StatusCode::OK, operation: None, label: "rejected" };
             return (json_response(StatusCode::OK, &response, media), outcome);
+        }
+        Err(Refusal::NoQuery) => {
+            let message = "the request has no query: send its text as `query` (or a persisted query's hash)";
+            return refused(StatusCode::BAD_REQUEST, ApiError::BadUserInput(message.into()), "rejected");
+        }
+        Err(Refusal::NotOverGet) => {
+            let message =
+                "only queries can be sent with GET; send mutations with POST, and subscriptions over a WebSocket";
+            let (mut response, outcome) =
+                refused(StatusCode::METHOD_NOT_ALLOWED, ApiError::BadUserInput(message.into()), "rejected");
+            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+            return (response, outcome);
         }
         Err(Refusal::RateLimited(wait)) => {
             return (
@@ -573,7 +653,19 @@ async fn execute(state: &HttpState, batch: BatchRequest, viewer: Viewer, media: 
 enum Refusal {
     TooComplex(TooComplex),
     NotPersisted,
+    /// A mutation or subscription sent with GET.
+    NotOverGet,
+    /// Neither a query's text nor a known persisted query's hash.
+    NoQuery,
     RateLimited(Duration),
+}
+
+/// How a GraphQL request came.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Post,
+    /// Queries only: a GET must not change anything.
+    Get,
 }
 
 /// Per-caller budget: the token's for a signed-in viewer, the address's
@@ -591,7 +683,12 @@ fn check_request_rate(app: &App, viewer: &Viewer, ip: IpAddr) -> Result<(), Dura
 
 /// Applies persisted queries and the query limits to every operation of
 /// the batch; returns it ready to run, with the first operation's name.
-fn prepare(app: &App, batch: BatchRequest, ip: IpAddr) -> Result<(BatchRequest, Option<String>), Refusal> {
+fn prepare(
+    app: &App,
+    batch: BatchRequest,
+    ip: IpAddr,
+    method: Method,
+) -> Result<(BatchRequest, Option<String>), Refusal> {
     let limits = &app.settings.query_limits;
     let mut requests = match batch {
         BatchRequest::Single(request) => vec![request],
@@ -608,6 +705,9 @@ fn prepare(app: &App, batch: BatchRequest, ip: IpAddr) -> Result<(BatchRequest, 
     let mut first_name = None;
     for request in &mut requests {
         apply_persisted_query(app, request)?;
+        if request.query.trim().is_empty() {
+            return Err(Refusal::NoQuery);
+        }
         if !app.settings.introspection {
             *request = std::mem::replace(request, GqlRequest::new("")).disable_introspection();
         }
@@ -615,6 +715,9 @@ fn prepare(app: &App, batch: BatchRequest, ip: IpAddr) -> Result<(BatchRequest, 
             app.parsed.attach(request);
         }
         let Some(cost) = limits::inspect(request, limits).map_err(Refusal::TooComplex)? else { continue };
+        if method == Method::Get && (cost.mutation || cost.subscription) {
+            return Err(Refusal::NotOverGet);
+        }
         if cost.mutation && cost.root_names.iter().any(|n| n == "login" || n == "register") {
             app.limits.credentials_per_ip.check(ip).map_err(|wait| {
                 app.metrics.rate_limited("credentials");

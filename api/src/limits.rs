@@ -140,8 +140,10 @@ pub struct Cost {
     pub aliases: usize,
     /// Root fields.
     pub root_fields: usize,
-    /// The operation's type.
+    /// The operation's type: a mutation.
     pub mutation: bool,
+    /// The operation's type: a subscription.
+    pub subscription: bool,
     /// Root fields by name (to find sign-in and registration).
     pub root_names: Vec<String>,
     /// The operation's name, when it has one.
@@ -189,6 +191,7 @@ pub fn analyze(
     let root = walker.fields(&operation.node.selection_set)?;
     let mut cost = Cost {
         mutation: operation.node.ty == OperationType::Mutation,
+        subscription: operation.node.ty == OperationType::Subscription,
         root_fields: root.len(),
         root_names: root.iter().map(|f| f.node.name.node.to_string()).collect(),
         operation_name: name.map(|n| n.to_string()),
