@@ -421,6 +421,7 @@ fn queries_run_over_get_and_mutations_do_not() {
         let response = get(&[("query", query), ("operationName", "Mine"), ("variables", &variables)], accept);
         assert_eq!(response.status, 200, "{accept:?}: {}", response.text());
         assert_eq!(response.json(), json!({ "data": { "user": { "id": id }, "me": { "id": id } } }));
+        assert_eq!(response.header("cache-control"), Some("no-store"), "live data is not for caches");
     }
 
     // A mutation over GET does not run: the token still works afterwards.

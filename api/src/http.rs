@@ -104,7 +104,7 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for ConnectionServi
             let peer = self.peer;
             return Box::pin(async move {
                 let (parts, _) = request.into_parts();
-                Ok(serve_graphql(&state, Some(peer), &parts.headers, Input::Url(parts.uri)).await)
+                Ok(serve_graphql_get(&state, Some(peer), &parts.headers, parts.uri).await)
             });
         }
         let router = self.router.clone();
@@ -337,7 +337,7 @@ async fn graphql_get(State(state): State<HttpState>, request: Request) -> Respon
     if !is_websocket_upgrade(&parts.headers) {
         if carries_graphql(&parts.uri) {
             let peer = parts.extensions.get::<Peer>().copied();
-            return serve_graphql(&state, peer, &parts.headers, Input::Url(parts.uri)).await;
+            return serve_graphql_get(&state, peer, &parts.headers, parts.uri).await;
         }
         return ide().await.into_response();
     }
@@ -480,6 +480,19 @@ async fn graphql(
         _ => BodyError::Unreadable,
     });
     serve_graphql(&state, peer.map(|p| p.0), &headers, Input::Body(body)).await
+}
+
+/// A GraphQL query sent with GET. Its answer is never stored by caches on
+/// the way: seats and sales change from one second to the next.
+async fn serve_graphql_get(
+    state: &HttpState,
+    peer: Option<Peer>,
+    headers: &HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let mut response = serve_graphql(state, peer, headers, Input::Url(uri)).await;
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// A GraphQL request over HTTP: runs it, then counts and logs it.
