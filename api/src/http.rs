@@ -68,10 +68,11 @@ fn router_and_state(app: Arc<App>) -> (Router, HttpState) {
     (router, state)
 }
 
-/// What one connection serves. `POST /graphql`, nearly all of the traffic,
-/// goes straight to the GraphQL handler; the router's matching, extractors
-/// and layers cost more than a small query does. Everything else, the
-/// WebSocket upgrade of `GET /graphql` included, goes through the router.
+/// What one connection serves. GraphQL requests (`POST /graphql`, nearly all
+/// of the traffic, and queries sent with `GET /graphql?query=`) go straight
+/// to the GraphQL handler; the router's matching, extractors and layers cost
+/// more than a small query does. Everything else, the IDE and the WebSocket
+/// upgrade of `GET /graphql` included, goes through the router.
 #[derive(Clone)]
 struct ConnectionService {
     state: HttpState,
@@ -331,7 +332,8 @@ async fn metrics(State(state): State<HttpState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
-/// GET /graphql: a WebSocket upgrade for subscriptions, else the IDE.
+/// GET /graphql through the router: a WebSocket upgrade for subscriptions,
+/// a query in the query string, else the IDE.
 async fn graphql_get(State(state): State<HttpState>, request: Request) -> Response {
     let (mut parts, _) = request.into_parts();
     if !is_websocket_upgrade(&parts.headers) {
