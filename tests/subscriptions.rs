@@ -279,6 +279,40 @@ fn subscriptions_enforce_auth_and_limits() {
     assert_eq!(wrong.err(), Some(400), "an unknown subprotocol is refused");
 }
 
+/// A subscription's document meets the checks of `POST /graphql`: an
+/// invalid one and one over the query limits are refused with their codes,
+/// and the connection goes on serving the next one.
+#[test]
+fn subscription_documents_are_validated_and_limited_with_codes() {
+    let dir = TempDir::new("ws-documents");
+    let server = Server::start(dir.path(), &[]);
+    let stage = stage(&server);
+    let mut ws = Ws::connect(&server.addr, None).acknowledged();
+    ws.subscribe("1", "subscription { nope }", json!({}));
+    assert_eq!(ws.next_error_code("1"), "BAD_USER_INPUT");
+    ws.subscribe("2", "subscription($e: ID!) { eventUpdated(eventId: $e) { id }", json!({"e": stage.event}));
+    assert_eq!(ws.next_error_code("2"), "BAD_USER_INPUT");
+    let aliases: String = (0..2_000).map(|i| format!("a{i}: id ")).collect();
+    let wide = format!("subscription($e: ID!) {{ eventUpdated(eventId: $e) {{ {aliases} }} }}");
+    ws.subscribe("3", &wide, json!({"e": stage.event}));
+    assert_eq!(ws.next_error_code("3"), "QUERY_TOO_COMPLEX");
+
+    let (buyer, _) = register(&server, "buyer@example.com", "ATTENDEE");
+    ws.subscribe("4", AVAILABILITY, json!({"e": stage.event}));
+    // Live once the server has read the subscribe message (nothing acknowledges it).
+    std::thread::sleep(Duration::from_millis(300));
+    book(&server, &buyer, &stage.ticket_type, 2, "k1", false);
+    let update = loop {
+        let message = ws.next();
+        if message["type"] == "complete" {
+            continue;
+        }
+        break message;
+    };
+    assert_eq!(update["id"], "4", "{update}");
+    assert_eq!(update["payload"]["data"]["availability"]["sold"], 2, "{update}");
+}
+
 #[test]
 fn the_legacy_graphql_ws_protocol_works_too() {
     let dir = TempDir::new("ws-legacy");

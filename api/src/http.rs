@@ -383,7 +383,8 @@ async fn serve_websocket(
         let _ = shutdown.wait_for(|&stopping| stopping).await;
     });
     let init_app = app.clone();
-    GraphQLWebSocket::new_with_pair(&mut sink, input, state.schema.clone(), protocol)
+    let executor = GuardedSchema { schema: state.schema.clone(), app: app.clone() };
+    GraphQLWebSocket::new_with_pair(&mut sink, input, executor, protocol)
         .with_data(data)
         .on_connection_init(move |payload| async move {
             let mut data = Data::default();
@@ -850,11 +851,69 @@ fn add_missing_codes(response: &mut BatchResponse) {
         BatchResponse::Single(single) => std::slice::from_mut(single),
         BatchResponse::Batch(many) => many,
     };
-    for error in responses.iter_mut().flat_map(|r| r.errors.iter_mut()) {
+    responses.iter_mut().for_each(add_missing_code);
+}
+
+fn add_missing_code(response: &mut GqlResponse) {
+    for error in &mut response.errors {
         let extensions = error.extensions.get_or_insert_with(Default::default);
         if extensions.get("code").is_none() {
             extensions.set("code", "BAD_USER_INPUT");
         }
+    }
+}
+
+/// The schema as WebSocket connections run it: the query limits of
+/// `POST /graphql` apply to each subscription's document (over them:
+/// `QUERY_TOO_COMPLEX`, nothing runs), and every error carries a code.
+#[derive(Clone)]
+struct GuardedSchema {
+    schema: MarqueeSchema,
+    app: Arc<App>,
+}
+
+impl GuardedSchema {
+    /// The refusal of a document over the limits, if it is.
+    fn check(&self, request: &mut GqlRequest) -> Option<GqlResponse> {
+        let TooComplex(why) = limits::inspect(request, &self.app.settings.query_limits).err()?;
+        self.app.metrics.error("QUERY_TOO_COMPLEX");
+        let error = ApiError::TooComplex(why);
+        let mut refusal = async_graphql::ServerError::new(error.message(), None);
+        let mut extensions = async_graphql::ErrorExtensionValues::default();
+        extensions.set("code", error.code());
+        refusal.extensions = Some(extensions);
+        Some(GqlResponse::from_errors(vec![refusal]))
+    }
+}
+
+impl async_graphql::Executor for GuardedSchema {
+    fn execute(&self, mut request: GqlRequest) -> impl Future<Output = GqlResponse> + Send {
+        let refused = self.check(&mut request);
+        let schema = self.schema.clone();
+        async move {
+            if let Some(refused) = refused {
+                return refused;
+            }
+            let mut response = schema.execute(request).await;
+            add_missing_code(&mut response);
+            response
+        }
+    }
+
+    fn execute_stream(
+        &self,
+        mut request: GqlRequest,
+        session_data: Option<Arc<Data>>,
+    ) -> async_graphql::futures_util::stream::BoxStream<'static, GqlResponse> {
+        if let Some(refused) = self.check(&mut request) {
+            return async_graphql::futures_util::stream::once(async move { refused }).boxed();
+        }
+        async_graphql::Executor::execute_stream(&self.schema, request, session_data)
+            .map(|mut response| {
+                add_missing_code(&mut response);
+                response
+            })
+            .boxed()
     }
 }
 
