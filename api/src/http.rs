@@ -773,9 +773,14 @@ fn apply_persisted_query(app: &App, request: &mut GqlRequest) -> Result<(), Refu
 }
 
 fn persisted_query_not_found() -> async_graphql::ServerError {
-    let mut error = async_graphql::ServerError::new("PersistedQueryNotFound", None);
+    coded_error("PersistedQueryNotFound", "PERSISTED_QUERY_NOT_FOUND")
+}
+
+/// A GraphQL error raised outside a resolver, with its code.
+fn coded_error(message: &str, code: &str) -> async_graphql::ServerError {
+    let mut error = async_graphql::ServerError::new(message, None);
     let mut extensions = async_graphql::ErrorExtensionValues::default();
-    extensions.set("code", "PERSISTED_QUERY_NOT_FOUND");
+    extensions.set("code", code);
     error.extensions = Some(extensions);
     error
 }
@@ -878,11 +883,7 @@ impl GuardedSchema {
         let TooComplex(why) = limits::inspect(request, &self.app.settings.query_limits).err()?;
         self.app.metrics.error("QUERY_TOO_COMPLEX");
         let error = ApiError::TooComplex(why);
-        let mut refusal = async_graphql::ServerError::new(error.message(), None);
-        let mut extensions = async_graphql::ErrorExtensionValues::default();
-        extensions.set("code", error.code());
-        refusal.extensions = Some(extensions);
-        Some(GqlResponse::from_errors(vec![refusal]))
+        Some(GqlResponse::from_errors(vec![coded_error(error.message(), error.code())]))
     }
 }
 
