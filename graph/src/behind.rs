@@ -48,19 +48,12 @@ pub(crate) fn write(
     }
     for (row, changed) in groups {
         let stored = tree.get(&row).map_err(Error::storage)?;
+        let mut items: BTreeMap<u64, &[u8]> =
+            stored.as_deref().map(decode_group).transpose()?.unwrap_or_default().into_iter().collect();
+        items.extend(changed.iter().map(|(id, payload)| (*id, payload.as_slice())));
         let mut merged = Vec::new();
-        let mut changed = changed.into_iter().peekable();
-        for (id, payload) in stored.as_deref().map(decode_group).transpose()?.unwrap_or_default() {
-            while let Some((new_id, new_payload)) = changed.next_if(|(new_id, _)| *new_id < id) {
-                put(&mut merged, new_id, &new_payload);
-            }
-            match changed.next_if(|(new_id, _)| *new_id == id) {
-                Some((_, new_payload)) => put(&mut merged, id, &new_payload),
-                None => put(&mut merged, id, payload),
-            }
-        }
-        for (id, payload) in changed {
-            put(&mut merged, id, &payload);
+        for (id, payload) in items {
+            put(&mut merged, id, payload);
         }
         batch.insert(row, merged);
     }
