@@ -797,12 +797,16 @@ fn set_retry_after(response: &mut Response, wait: Duration) {
     response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
 }
 
-fn error_codes(response: &BatchResponse) -> Vec<String> {
-    let responses: &[GqlResponse] = match response {
+/// The responses of a batch (one for a single request).
+fn responses_of(response: &BatchResponse) -> &[GqlResponse] {
+    match response {
         BatchResponse::Single(single) => std::slice::from_ref(single),
         BatchResponse::Batch(many) => many,
-    };
-    responses
+    }
+}
+
+fn error_codes(response: &BatchResponse) -> Vec<String> {
+    responses_of(response)
         .iter()
         .flat_map(|r| r.errors.iter())
         .filter_map(|e| {
@@ -988,11 +992,7 @@ fn is_request_error(response: &GqlResponse) -> bool {
 /// spec: no data entry when nothing ran), and a single request error is a
 /// 400 for `application/graphql-response+json`.
 fn graphql_response(response: &BatchResponse, media: Media) -> Response {
-    let responses: &[GqlResponse] = match response {
-        BatchResponse::Single(single) => std::slice::from_ref(single),
-        BatchResponse::Batch(many) => many,
-    };
-    if !responses.iter().any(is_request_error) {
+    if !responses_of(response).iter().any(is_request_error) {
         return json_response(StatusCode::OK, response, media);
     }
     let without_data = |response: &GqlResponse| {
