@@ -8,7 +8,11 @@
 //! most [`FRIEND_FANOUT_MAX`] of them. Each inbox keeps its newest
 //! [`INBOX_MAX`] notifications; older ones are dropped.
 //!
-//! Rows (reader 2): `n|user|seq|k` a notification (its id is `seq-k`);
+//! Rows (reader 2): `n|user|slot` a user's inbox, a ring of [`INBOX_MAX`]
+//! slots (u16, BE) in which the newest notification takes the oldest one's
+//! slot, so that a full inbox costs one write per notification and no scan;
+//! each value holds the notification in a compact binary form (see
+//! [`encode`]) with the log position that orders it (its id is `seq-k`).
 //! `h|event|group` the live bookings (who holds tickets) of an event whose
 //! ids share a group ([`BookingId::group`]: 16 bookings made one after
 //! another), as `(booking (8 bytes, BE) | user (8 bytes, BE))*` in booking
@@ -36,6 +40,12 @@ pub const LIVE_BUFFER: usize = 1_024;
 
 const INBOX: u8 = b'n';
 const HOLDER: u8 = b'h';
+
+/// Slots in an inbox ring.
+const SLOTS: u16 = INBOX_MAX as u16;
+const _: () = assert!(INBOX_MAX > 0 && INBOX_MAX <= u16::MAX as usize);
+/// Length of an inbox row's key, `n|user|slot`.
+const RING_KEY_LEN: usize = 11;
 
 /// One notification, as stored and served.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -66,13 +76,11 @@ pub struct Notifications {
     /// Holder rows of the layout before groups (one per booking), removed
     /// by the next batch, which writes their groups.
     stale_holder_rows: Vec<Vec<u8>>,
-    /// Notifications per user inbox.
-    inbox_sizes: HashMap<UserId, usize>,
-    /// Created in the current batch (with their rows), published once it is
-    /// committed.
-    created: Vec<(Vec<u8>, Notification)>,
-    /// Inboxes the current batch took past [`INBOX_MAX`], and by how many.
-    overflow: HashMap<UserId, usize>,
+    /// The slot each inbox's next notification takes (users with none
+    /// yet are not here).
+    next_slots: HashMap<UserId, u16>,
+    /// Created in the current batch, published once it is committed.
+    created: Vec<Notification>,
     live: tokio::sync::broadcast::Sender<Arc<Notification>>,
 }
 
@@ -88,9 +96,8 @@ impl Notifications {
             holders: HashMap::new(),
             changed_holders: BTreeSet::new(),
             stale_holder_rows: Vec::new(),
-            inbox_sizes: HashMap::new(),
+            next_slots: HashMap::new(),
             created: Vec::new(),
-            overflow: HashMap::new(),
             live,
         };
         reader.reload(rows)?;
@@ -101,10 +108,12 @@ impl Notifications {
         let Note { users, kind, message, event } = note;
         for (k, user) in users.into_iter().enumerate() {
             let k = u16::try_from(k).unwrap_or(u16::MAX);
-            // Rows and checkpoint are written in one batch, so an entry
-            // after the checkpoint (a replay after a crash included) never
-            // finds its notification already stored.
-            let row = inbox_key(user, entry.seq, k);
+            // Rows, checkpoint and so ring positions are written in one
+            // batch, so an entry after the checkpoint (a replay after a
+            // crash included) takes the same slot it took the first time.
+            let next = self.next_slots.entry(user).or_default();
+            let slot = *next;
+            *next = (slot + 1) % SLOTS;
             let notification = Notification {
                 id: format!("{}-{k}", entry.seq),
                 user: user.0,
@@ -114,34 +123,9 @@ impl Notifications {
                 created_at_ms: entry.at_ms,
                 read: false,
             };
-            batch.put(rows, &row, &serde_json::to_vec(&notification).expect("notifications serialise"));
-            self.created.push((row, notification));
-            let size = self.inbox_sizes.entry(user).or_default();
-            if *size < INBOX_MAX {
-                *size += 1;
-            } else {
-                *self.overflow.entry(user).or_default() += 1;
-            }
+            batch.put(rows, &inbox_key(user, slot), &encode(entry.seq, k, &notification));
+            self.created.push(notification);
         }
-    }
-
-    /// Removes the oldest notifications of every inbox this batch took
-    /// past [`INBOX_MAX`]: stored ones first, then this batch's own. One
-    /// scan per inbox and batch, however many arrived.
-    fn trim_inboxes(&mut self, rows: &ReaderRows<'_>, batch: &mut ReaderBatch) -> Result<(), graph::Error> {
-        for (user, excess) in std::mem::take(&mut self.overflow) {
-            let prefix = key(&[&[INBOX], &user.to_key()]);
-            let stored = rows.scan(&prefix, false, excess)?;
-            for (row, _) in &stored {
-                batch.remove(rows, row);
-            }
-            for _ in stored.len()..excess {
-                let Some(index) = self.created.iter().position(|(_, n)| n.user == user.0) else { break };
-                let (row, _) = self.created.remove(index);
-                batch.remove(rows, &row);
-            }
-        }
-        Ok(())
     }
 
     fn hold(&mut self, booking: &Booking, live: bool) {
@@ -272,11 +256,11 @@ impl Reader for Notifications {
 
     fn finish(&mut self, rows: &ReaderRows<'_>, batch: &mut ReaderBatch) -> Result<(), graph::Error> {
         self.write_holders(rows, batch);
-        self.trim_inboxes(rows, batch)
+        Ok(())
     }
 
     fn committed(&mut self, _checkpoint: u64) {
-        for (_, notification) in self.created.drain(..) {
+        for notification in self.created.drain(..) {
             // No subscriber is not an error.
             let _ = self.live.send(Arc::new(notification));
         }
@@ -284,7 +268,6 @@ impl Reader for Notifications {
 
     fn reload(&mut self, rows: &ReaderRows<'_>) -> Result<(), graph::Error> {
         self.created.clear();
-        self.overflow.clear();
         self.holders.clear();
         self.changed_holders.clear();
         self.stale_holder_rows.clear();
@@ -316,65 +299,163 @@ impl Reader for Notifications {
                 _ => return Err(graph::Error::Corrupt("holder key")),
             }
         }
-        self.inbox_sizes.clear();
-        for (key, _) in rows.scan(&[INBOX], false, usize::MAX)? {
-            *self.inbox_sizes.entry(UserId(u64_at(&key, 1, "inbox key")?)).or_default() += 1;
-        }
-        // An inbox stored over the bound (by an older version) is trimmed
-        // with the next batch.
-        for (&user, size) in &mut self.inbox_sizes {
-            if *size > INBOX_MAX {
-                self.overflow.insert(user, *size - INBOX_MAX);
-                *size = INBOX_MAX;
+        self.next_slots.clear();
+        let mut relaid = ReaderBatch::default();
+        let stored = rows.scan(&[INBOX], false, usize::MAX)?;
+        for user_rows in stored.chunk_by(|a, b| a.0.get(..9) == b.0.get(..9)) {
+            let user = UserId(u64_at(&user_rows[0].0, 1, "inbox key")?);
+            let mut inbox = Vec::with_capacity(user_rows.len());
+            for (row, value) in user_rows {
+                inbox.push((ring_slot(row), decode(user, value)?));
             }
+            if inbox.iter().all(|(slot, _)| slot.is_some()) {
+                // The newest notification's slot is the one before the next.
+                let newest = inbox.iter().max_by_key(|(_, stored)| stored.order()).and_then(|(slot, _)| *slot);
+                self.next_slots.insert(user, newest.map_or(0, |slot| (slot + 1) % SLOTS));
+            } else {
+                // Rows of the layout before rings (`n|user|seq|k`, JSON
+                // values): the newest INBOX_MAX go to slots 0.. in order.
+                for (row, _) in user_rows {
+                    relaid.remove(rows, row);
+                }
+                inbox.sort_unstable_by_key(|(_, stored)| stored.order());
+                let kept = &inbox[inbox.len().saturating_sub(INBOX_MAX)..];
+                for (slot, (_, stored)) in (0..SLOTS).zip(kept) {
+                    let value = encode(stored.seq, stored.k, &stored.notification);
+                    relaid.put(rows, &inbox_key(user, slot), &value);
+                }
+                self.next_slots.insert(user, (kept.len() % INBOX_MAX) as u16);
+            }
+        }
+        if !relaid.is_empty() {
+            // Same notifications, new rows: the checkpoint stays.
+            rows.commit(relaid, None)?;
         }
         Ok(())
     }
 }
 
-/// The row of notification `k` of log entry `seq` in `user`'s inbox.
-fn inbox_key(user: UserId, seq: u64, k: u16) -> Vec<u8> {
-    key(&[&[INBOX], &user.to_key(), &seq.to_be_bytes(), &k.to_be_bytes()])
+/// The row of slot `slot` of `user`'s inbox ring.
+fn inbox_key(user: UserId, slot: u16) -> Vec<u8> {
+    key(&[&[INBOX], &user.to_key(), &slot.to_be_bytes()])
+}
+
+/// The ring slot an inbox row is in; `None` for a row of another layout.
+fn ring_slot(row: &[u8]) -> Option<u16> {
+    let slot = u16::from_be_bytes(row.get(9..RING_KEY_LEN)?.try_into().ok()?);
+    (row.len() == RING_KEY_LEN && slot < SLOTS).then_some(slot)
+}
+
+/// A stored notification and its place in the log.
+struct Stored {
+    seq: u64,
+    k: u16,
+    notification: Notification,
+}
+
+impl Stored {
+    /// Older first.
+    fn order(&self) -> (u64, u16) {
+        (self.seq, self.k)
+    }
+}
+
+/// First byte of a notification stored by [`encode`]; values of the layout
+/// before rings are JSON objects, which start with `{`.
+const ENCODED: u8 = 1;
+/// Bytes before an encoded notification's kind.
+const ENCODED_HEAD: usize = 29;
+
+/// The stored form of notification `k` of log entry `seq` (its user is in
+/// the row's key): `1 | seq u64 | k u16 | flags u8 (1: read, 2: has an
+/// event) | event u64 | created_at_ms i64 | kind length u8 | kind | message`,
+/// integers big-endian.
+fn encode(seq: u64, k: u16, notification: &Notification) -> Vec<u8> {
+    let kind = notification.kind.as_bytes();
+    let kind_len = u8::try_from(kind.len()).expect("notification kinds are short names");
+    let flags = u8::from(notification.read) | if notification.event.is_some() { 2 } else { 0 };
+    let mut value = Vec::with_capacity(ENCODED_HEAD + kind.len() + notification.message.len());
+    value.push(ENCODED);
+    value.extend_from_slice(&seq.to_be_bytes());
+    value.extend_from_slice(&k.to_be_bytes());
+    value.push(flags);
+    value.extend_from_slice(&notification.event.unwrap_or(0).to_be_bytes());
+    value.extend_from_slice(&notification.created_at_ms.to_be_bytes());
+    value.push(kind_len);
+    value.extend_from_slice(kind);
+    value.extend_from_slice(notification.message.as_bytes());
+    value
+}
+
+/// A stored notification of `user`, in either stored form.
+fn decode(user: UserId, value: &[u8]) -> Result<Stored, graph::Error> {
+    let corrupt = || graph::Error::Corrupt("notification");
+    if value.first() == Some(&b'{') {
+        let notification: Notification = serde_json::from_slice(value).map_err(|_| corrupt())?;
+        let (seq, k) = notification.id.split_once('-').ok_or_else(corrupt)?;
+        let (seq, k) = (seq.parse().map_err(|_| corrupt())?, k.parse().map_err(|_| corrupt())?);
+        return Ok(Stored { seq, k, notification });
+    }
+    if value.first() != Some(&ENCODED) || value.len() < ENCODED_HEAD {
+        return Err(corrupt());
+    }
+    let seq = u64_at(value, 1, "notification")?;
+    let k = u16::from_be_bytes([value[9], value[10]]);
+    let flags = value[11];
+    let event = u64_at(value, 12, "notification")?;
+    let created_at_ms = u64_at(value, 20, "notification")? as i64;
+    let kind_end = ENCODED_HEAD + usize::from(value[28]);
+    let kind = value.get(ENCODED_HEAD..kind_end).ok_or_else(corrupt)?;
+    let text = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).map_err(|_| corrupt());
+    let notification = Notification {
+        id: format!("{seq}-{k}"),
+        user: user.0,
+        kind: text(kind)?,
+        message: text(&value[kind_end..])?,
+        event: (flags & 2 != 0).then_some(event),
+        created_at_ms,
+        read: flags & 1 != 0,
+    };
+    Ok(Stored { seq, k, notification })
+}
+
+/// A stored notification with its row and the value it was read from.
+type StoredRow = (Vec<u8>, Vec<u8>, Stored);
+
+/// A user's stored notifications, newest first.
+fn stored_inbox(graph: &Graph, user: UserId) -> Result<Vec<StoredRow>, graph::Error> {
+    let rows = graph.store().reader(Notifications::ID);
+    let mut inbox = Vec::new();
+    for (row, value) in rows.scan(&key(&[&[INBOX], &user.to_key()]), false, usize::MAX)? {
+        let stored = decode(user, &value)?;
+        inbox.push((row, value, stored));
+    }
+    inbox.sort_unstable_by_key(|(_, _, stored)| std::cmp::Reverse(stored.order()));
+    Ok(inbox)
 }
 
 /// A user's notifications, newest first, at most `first`.
 pub fn inbox(graph: &Graph, user: UserId, first: usize, unread_only: bool) -> Result<Vec<Notification>, graph::Error> {
-    let rows = graph.store().reader(Notifications::ID);
-    let prefix = key(&[&[INBOX], &user.to_key()]);
-    let mut found = Vec::new();
-    for (_, value) in rows.scan(&prefix, true, INBOX_MAX * 2)? {
-        let notification: Notification =
-            serde_json::from_slice(&value).map_err(|_| graph::Error::Corrupt("notification"))?;
-        if unread_only && notification.read {
-            continue;
-        }
-        found.push(notification);
-        if found.len() == first {
-            break;
-        }
-    }
-    Ok(found)
+    let inbox = stored_inbox(graph, user)?.into_iter().map(|(_, _, stored)| stored.notification);
+    Ok(inbox.filter(|n| !unread_only || !n.read).take(first).collect())
 }
 
 /// Marks a user's notifications read: the listed ids, or all; returns how
 /// many changed. Ids that are not the user's are ignored.
 pub fn mark_read(graph: &Graph, user: UserId, ids: Option<&[String]>) -> Result<usize, graph::Error> {
     let rows = graph.store().reader(Notifications::ID);
-    let prefix = key(&[&[INBOX], &user.to_key()]);
     let wanted: Option<HashSet<&str>> = ids.map(|ids| ids.iter().map(String::as_str).collect());
     let mut changed = 0;
-    for (row, value) in rows.scan(&prefix, false, usize::MAX)? {
-        let mut notification: Notification =
-            serde_json::from_slice(&value).map_err(|_| graph::Error::Corrupt("notification"))?;
+    for (row, value, mut stored) in stored_inbox(graph, user)? {
+        let notification = &mut stored.notification;
         if notification.read || wanted.as_ref().is_some_and(|w| !w.contains(notification.id.as_str())) {
             continue;
         }
         notification.read = true;
-        // The reader may drop this notification (a full inbox) while we
-        // look: a plain write would bring it back, so replace it only if
-        // it is still there as we read it.
-        let read = serde_json::to_vec(&notification).expect("notifications serialise");
-        if rows.replace(&row, &value, &read)? {
+        // The reader may put a newer notification in this slot while we
+        // look: a plain write would bring the old one back, so replace it
+        // only if it is still there as we read it.
+        if rows.replace(&row, &value, &encode(stored.seq, stored.k, notification))? {
             changed += 1;
         }
     }
@@ -526,6 +607,106 @@ mod tests {
                     sent.get(&user).into_iter().flatten().rev().take(INBOX_MAX).cloned().collect();
                 assert_eq!(ids(&graph, user), newest, "user {user} after batch {round} of {batch_size}");
             }
+        }
+        let keys = rows.scan(&[INBOX], false, usize::MAX).unwrap();
+        assert!(keys.iter().all(|(row, _)| ring_slot(row).is_some()), "only ring rows");
+        assert_eq!(keys.len(), 2 * INBOX_MAX, "one row per kept notification");
+        drop(reader);
+        drop(graph);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Inboxes stored one row per notification with JSON values (the
+    /// layout before rings) are laid out as rings on load: the newest
+    /// INBOX_MAX of each kept in order with their read marks, the old rows
+    /// gone, and new notifications take the oldest slots from there on.
+    #[test]
+    fn inboxes_of_the_layout_before_rings_become_rings_on_load() {
+        let (dir, graph, live) = scratch("inbox-layout");
+        let rows = graph.store().reader(Notifications::ID);
+        let mut old_rows = ReaderBatch::default();
+        let (many, few) = (UserId(3), UserId(4));
+        let mut sent: HashMap<UserId, Vec<String>> = HashMap::new();
+        for seq in 1..=(INBOX_MAX as u64 + 40) {
+            for (user, k) in [(many, 0u16), (few, 1)] {
+                if user == few && seq % 20 != 0 {
+                    continue;
+                }
+                let notification = Notification {
+                    id: format!("{seq}-{k}"),
+                    user: user.0,
+                    kind: "booking.confirmed".into(),
+                    message: format!("booking {seq}"),
+                    event: (seq % 2 == 0).then_some(seq),
+                    created_at_ms: seq as i64 * 1000,
+                    read: seq % 3 == 0,
+                };
+                let row = key(&[&[INBOX], &user.to_key(), &seq.to_be_bytes(), &k.to_be_bytes()]);
+                old_rows.put(&rows, &row, &serde_json::to_vec(&notification).unwrap());
+                sent.entry(user).or_default().push(notification.id);
+            }
+        }
+        rows.commit(old_rows, None).unwrap();
+        let before: HashMap<String, Notification> = [many, few]
+            .into_iter()
+            .flat_map(|user| inbox(&graph, user, usize::MAX, false).unwrap())
+            .map(|n| (n.id.clone(), n))
+            .collect();
+        assert_eq!(before.len(), INBOX_MAX + 40 + (INBOX_MAX + 40) / 20, "the old layout reads as it is");
+
+        let mut reader = Notifications::load(graph.clone(), &rows, live.clone()).unwrap();
+        let stored = rows.scan(&[INBOX], false, usize::MAX).unwrap();
+        assert!(stored.iter().all(|(row, _)| ring_slot(row).is_some()), "only ring rows remain");
+        for user in [many, few] {
+            let newest: Vec<String> = sent[&user].iter().rev().take(INBOX_MAX).cloned().collect();
+            let now = inbox(&graph, user, usize::MAX, false).unwrap();
+            assert_eq!(now.iter().map(|n| n.id.clone()).collect::<Vec<_>>(), newest, "user {user}");
+            for notification in now {
+                assert_eq!(notification, before[&notification.id], "kept as it was");
+            }
+        }
+
+        // One more each: the oldest kept one of the full inbox goes.
+        let seq = INBOX_MAX as u64 + 100;
+        let entries = [
+            booking_entry(seq, seq, many.0, 1, BookingStatus::Confirmed),
+            booking_entry(seq + 1, seq + 1, few.0, 1, BookingStatus::Confirmed),
+        ];
+        apply_and_commit(&mut reader, &rows, &entries).unwrap();
+        for (user, seq) in [(many, seq), (few, seq + 1)] {
+            sent.get_mut(&user).unwrap().push(format!("{seq}-0"));
+            let newest: Vec<String> = sent[&user].iter().rev().take(INBOX_MAX).cloned().collect();
+            assert_eq!(ids(&graph, user), newest, "user {user} after a new notification");
+        }
+        drop(reader);
+        drop(graph);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Marking read changes only the named notifications of the user,
+    /// survives a reload, and a value that does not decode is an error,
+    /// not a panic.
+    #[test]
+    fn marks_read_and_rejects_damaged_values() {
+        let (dir, graph, live) = scratch("inbox-read");
+        let rows = graph.store().reader(Notifications::ID);
+        let mut reader = Notifications::load(graph.clone(), &rows, live.clone()).unwrap();
+        let entries: Vec<Entry> = (1..=5).map(|seq| booking_entry(seq, seq, 9, 1, BookingStatus::Confirmed)).collect();
+        apply_and_commit(&mut reader, &rows, &entries).unwrap();
+        let named = ["2-0".to_string(), "4-0".to_string(), "7-0".to_string()];
+        assert_eq!(mark_read(&graph, UserId(9), Some(&named)).unwrap(), 2);
+        assert_eq!(mark_read(&graph, UserId(10), None).unwrap(), 0, "another user's inbox is empty");
+        let _reloaded = Notifications::load(graph.clone(), &rows, live).unwrap();
+        let read: Vec<(String, bool)> =
+            inbox(&graph, UserId(9), usize::MAX, false).unwrap().into_iter().map(|n| (n.id, n.read)).collect();
+        let expected: Vec<(String, bool)> = (1..=5).rev().map(|seq| (format!("{seq}-0"), seq % 2 == 0)).collect();
+        assert_eq!(read, expected);
+        let unread: Vec<String> = inbox(&graph, UserId(9), 2, true).unwrap().into_iter().map(|n| n.id).collect();
+        assert_eq!(unread, ["5-0", "3-0"]);
+
+        let good = encode(1, 0, &inbox(&graph, UserId(9), 1, false).unwrap()[0]);
+        for damaged in [&good[..ENCODED_HEAD - 1], &good[..ENCODED_HEAD + 2], &[7u8, 1, 2][..], b"{\"id\":\"x\"}"] {
+            assert!(matches!(decode(UserId(9), damaged), Err(graph::Error::Corrupt(_))), "{damaged:?}");
         }
         drop(reader);
         drop(graph);
