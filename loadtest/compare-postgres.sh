@@ -17,6 +17,9 @@
 #       req/s and p50/p99, the view of a scripted client.
 #   (c) Marquee: POST /graphql `{ __typename }` with wrk: the ceiling of the
 #       HTTP + GraphQL path with no work behind it.
+#   (d) For reference, the stack alone: a bare async-graphql mutation on axum
+#       (loadtest/stack_ceiling.rs, built here with cargo), same wrk load. What
+#       this machine gives any server of Marquee's stack.
 # Targets: (b)/(a) >= 10x, (b)/(c) >= 50%, p99 of (b) < 20 ms.
 #
 # Everything listens on 127.0.0.1 only, lives in a temp dir and is stopped and
@@ -25,7 +28,8 @@
 #
 # Env: DURATION (seconds per measurement, default 15), BUYERS (pre-registered
 #      buyer tokens for (b), default 256), MARQUEE_BIN, PG_BIN
-#      (default /usr/lib/postgresql/15/bin), PG_USER (the non-root user that
+#      (default /usr/lib/postgresql/15/bin), STACK_CEILING_BIN (a prebuilt
+#      stack_ceiling example), PG_USER (the non-root user that
 #      runs postgres when this runs as root: default postgres if it exists,
 #      else pgbench_runner, created if missing).
 set -euo pipefail
@@ -63,6 +67,7 @@ for tool in wrk k6 curl jq ss awk timeout; do
 done
 PSQL=$PG_BIN/psql
 [[ -x $PSQL ]] || PSQL=$(command -v psql) || die "psql not found"
+ceiling_bin=$(stack_ceiling_bin)
 
 # ------------------------------------------------------------ temp dir, cleanup
 
@@ -71,11 +76,13 @@ chmod 755 "$tmp" # the postgres user must reach its data dir inside
 pg_data=$tmp/pg/data
 pg_started=false
 server_pid=""
+ceiling_pid=""
 run_pg=() # prefix that runs a command as the postgres user
 
 stop_marquee() { stop_pid "$server_pid"; server_pid=""; }
 cleanup() {
   stop_marquee
+  stop_pid "$ceiling_pid"
   stop_postgres
   rm -rf "$tmp"
 }
@@ -387,6 +394,38 @@ c_bad=$(sed -n 's/^typename.lua:.* bad=\([0-9]*\).*/\1/p' "$tmp/wrk_typename.out
 stop_marquee
 server_errors=$(sed 's/\x1b\[[0-9;]*m//g' "$tmp/marquee.log" | grep -cE ' ERROR |panicked' || true)
 
+# ------------------------------------------------------------ (d) the bare stack
+
+step "(d) wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency: a bare async-graphql mutation on axum"
+start_stack_ceiling "$ceiling_bin" $((BOUND + 30))
+cat >"$tmp/bare.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = '{"query":"mutation { book(quantity: 1) }"}'
+wrk.headers["Content-Type"] = "application/json"
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+bad = 0
+function response(status, headers, body)
+  if status ~= 200 or not body:find('"book":1', 1, true) then bad = bad + 1 end
+end
+function done(summary, latency, requests)
+  local total = 0
+  for _, thread in ipairs(threads) do total = total + (thread:get("bad") or 0) end
+  io.write(string.format("bare.lua: requests=%d bad=%d\n", summary.requests, total))
+end
+LUA
+timeout --kill-after=10 "$BOUND" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency \
+  -s "$tmp/bare.lua" "$ceiling_url/graphql" >"$tmp/wrk_bare.out" 2>&1 \
+  || { cat "$tmp/wrk_bare.out" >&2; die "wrk (bare stack) failed"; }
+grep -E 'requests in|Requests/sec|Socket errors|Non-2xx|^bare.lua:' "$tmp/wrk_bare.out" | sed 's/^ */  wrk: /'
+d_rps=$(awk '/^Requests\/sec:/ { print $2 }' "$tmp/wrk_bare.out")
+d_p50=$(wrk_percentile 50 "$tmp/wrk_bare.out")
+d_p99=$(wrk_percentile 99 "$tmp/wrk_bare.out")
+d_bad=$(sed -n 's/^bare.lua:.* bad=\([0-9]*\).*/\1/p' "$tmp/wrk_bare.out")
+[[ -n $d_rps ]] || die "no Requests/sec in the wrk output (bare stack)"
+stop_pid "$ceiling_pid"
+ceiling_pid=""
+
 # ============================================================ report
 
 echo
@@ -400,6 +439,7 @@ row "(a) PostgreSQL 15" "pgbench -c$CONNECTIONS -j$THREADS" "$(per_s "$a_rate" b
 row "(b) marquee bookTickets" "wrk -t$THREADS -c$CONNECTIONS book.lua" "$(per_s "$b_rate" bookings)" "$(ms "$b_p50")" "$(ms "$b_p99")"
 row "(b) marquee bookTickets" "k6 $CONNECTIONS VUs" "$(per_s "$k6_rps" req)" "$(ms "$k6_p50")" "$(ms "$k6_p99")"
 row "(c) marquee __typename" "wrk -t$THREADS -c$CONNECTIONS" "$(per_s "$c_rps" req)" "$(ms "$c_p50")" "$(ms "$c_p99")"
+row "(d) bare stack mutation" "wrk -t$THREADS -c$CONNECTIONS" "$(per_s "$d_rps" req)" "$(ms "$d_p50")" "$(ms "$d_p99")"
 echo "(b) wrk throughput is seats the server sold / ${DURATION}s; wrk itself reported $b_wrk_rps req/s."
 
 verdict() { if [[ $(awk "BEGIN { print ($1) ? 1 : 0 }") -eq 1 ]]; then echo "met"; else echo "NOT met"; fi; }
@@ -410,6 +450,9 @@ echo "=== Ratios"
 printf '(b)/(a)  marquee vs PostgreSQL bookings/s   %8.1fx   target >= 10x   %s\n' "$r_pg" "$(verdict "$r_pg >= 10")"
 printf '(b)/(c)  bookTickets vs __typename ceiling  %8.1f%%   target >= 50%%   %s\n' "$r_ceiling" "$(verdict "$r_ceiling >= 50")"
 printf 'p99 (b)  bookTickets under wrk            %8.2f ms  target < 20 ms  %s\n' "$b_p99" "$(verdict "$b_p99 < 20")"
+printf '(c)/(d)  marquee __typename vs bare stack mutation %6.1f%%   (reference: the stack alone on this machine)\n' \
+  "$(calc "$c_rps / $d_rps * 100")"
+printf '(b)/(d)  bookTickets vs bare stack mutation %8.1f%%\n' "$(calc "$b_rate / $d_rps * 100")"
 
 echo
 if $b_sold_out; then
@@ -423,6 +466,7 @@ if [[ -n $b_other && $b_other != "0 0" ]]; then
 fi
 [[ $k6_failed == 0 ]] || echo "WARNING: $k6_failed k6 bookings were not CONFIRMED"
 [[ ${c_bad:-0} == 0 ]] || echo "WARNING: $c_bad __typename answers were not 200 + \"Query\""
+[[ ${d_bad:-0} == 0 ]] || echo "WARNING: $d_bad bare stack answers were not 200 + the quantity"
 [[ $server_errors -eq 0 ]] || {
   echo "WARNING: marquee logged $server_errors error line(s):"
   sed 's/\x1b\[[0-9;]*m//g' "$tmp/marquee.log" | grep -E ' ERROR |panicked' | head -n 10

@@ -605,6 +605,20 @@ def cmd_report(a):
             target = 3 if q in ("q1", "q2") else 20
             print(f"{TITLES[q]:<20} | {m:>10.0f} | {f:>10.0f} | {p:>10.0f} | {ratio:>7.1f}x | >= {target}x "
                   f"{'met' if ratio >= target else 'NOT met'}")
+        m_empty = tput.get(("marquee", "typename"))
+        bare_empty = tput.get(("bare", "typename"))
+        if m_empty and bare_empty:
+            print(f"    The HTTP + GraphQL path alone, {{ __typename }} under the same load: Marquee {m_empty:.0f}/s, "
+                  f"a bare async-graphql server on axum {bare_empty:.0f}/s.")
+            asked = []
+            for q in QUERIES:
+                f = tput.get(("falkordb", q), float("nan"))
+                p = tput.get(("postgres", q), float("nan"))
+                best = max(x for x in (f, p, 0.0) if x == x)
+                need = best * (3 if q in ("q1", "q2") else 20)
+                mark = " (more than either answers empty requests)" if need > max(m_empty, bare_empty) else ""
+                asked.append(f"{q.upper()} {need:.0f}/s{mark}")
+            print("    The targets ask Marquee for " + "; ".join(asked) + ".")
         if windows:
             print(f"    CPU used by other processes during each run (cores of {os.cpu_count()}; Marquee / FalkorDB / PostgreSQL):")
             print("      " + "; ".join(

@@ -64,3 +64,34 @@ free_port() {
   done
   return 1
 }
+
+# stack_ceiling_bin: prints the path of the bare HTTP + GraphQL server of
+# loadtest/stack_ceiling.rs ($STACK_CEILING_BIN, or built now in the release
+# profile: cargo only rebuilds what changed). Reads $repo.
+stack_ceiling_bin() {
+  if [[ -n ${STACK_CEILING_BIN:-} ]]; then
+    [[ -x $STACK_CEILING_BIN ]] || die "no executable at STACK_CEILING_BIN=$STACK_CEILING_BIN"
+    echo "$STACK_CEILING_BIN"
+    return 0
+  fi
+  command -v cargo >/dev/null || die "cargo not found: install Rust or set STACK_CEILING_BIN"
+  timeout 1800 cargo build --quiet --release --manifest-path "$repo/Cargo.toml" --example stack_ceiling >&2 \
+    || die "cannot build the stack_ceiling example"
+  echo "$repo/target/release/examples/stack_ceiling"
+}
+
+# start_stack_ceiling BIN SECONDS: starts BIN on 127.0.0.1 at a free port,
+# killed after SECONDS at the latest; sets $ceiling_pid and $ceiling_url.
+start_stack_ceiling() {
+  local out=$tmp/stack_ceiling.out
+  timeout --kill-after=5 "$2" "$1" 127.0.0.1:0 >"$out" 2>&1 &
+  ceiling_pid=$!
+  ceiling_url=""
+  for _ in $(seq 100); do
+    ceiling_url=$(sed -n 's/^listening on \(http:\/\/[0-9.:]*\)$/\1/p' "$out")
+    [[ -n $ceiling_url ]] && return 0
+    kill -0 "$ceiling_pid" 2>/dev/null || { cat "$out" >&2; die "stack_ceiling exited at start-up"; }
+    sleep 0.1
+  done
+  die "stack_ceiling did not announce itself within 10 s"
+}
