@@ -361,36 +361,45 @@ k6_p99=$(jq -r .p99 "$tmp/k6.json")
 k6_failed=$(jq -r .failedChecks "$tmp/k6.json")
 echo "  k6: $(jq -r .requests "$tmp/k6.json") requests, $((k6_sold_after - k6_sold_before)) seats sold, $k6_failed not confirmed, available after: $k6_available_after"
 
-# ------------------------------------------------------------ (c) wrk __typename
-
-step "(c) wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency: { __typename }"
-# Like book.lua it looks at every response, so the client does the same work.
-cat >"$tmp/typename.lua" <<'LUA'
+# wrk_one NAME URL BODY EXPECT: the wrk load of (b) with one fixed request
+# body, counting answers that are not 200 with EXPECT in the body (like
+# book.lua it looks at every response, so the client does the same work).
+# Sets ${NAME}_rps, ${NAME}_p50, ${NAME}_p99 and ${NAME}_bad.
+wrk_one() {
+  local name=$1 url=$2 body=$3 expect=$4
+  cat >"$tmp/$name.lua" <<LUA
 wrk.method = "POST"
-wrk.body = '{"query":"{ __typename }"}'
+wrk.body = '$body'
 wrk.headers["Content-Type"] = "application/json"
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
 bad = 0
 function response(status, headers, body)
-  if status ~= 200 or not body:find('"Query"', 1, true) then bad = bad + 1 end
+  if status ~= 200 or not body:find('$expect', 1, true) then bad = bad + 1 end
 end
 function done(summary, latency, requests)
   local total = 0
   for _, thread in ipairs(threads) do total = total + (thread:get("bad") or 0) end
-  io.write(string.format("typename.lua: requests=%d bad=%d\n", summary.requests, total))
+  io.write(string.format("$name.lua: requests=%d bad=%d\\n", summary.requests, total))
 end
 LUA
-timeout --kill-after=10 "$BOUND" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency \
-  -s "$tmp/typename.lua" "$url/graphql" >"$tmp/wrk_typename.out" 2>&1 \
-  || { cat "$tmp/wrk_typename.out" >&2; die "wrk (typename) failed"; }
-grep -E 'requests in|Requests/sec|Socket errors|Non-2xx|^typename.lua:' "$tmp/wrk_typename.out" | sed 's/^ */  wrk: /'
-c_rps=$(awk '/^Requests\/sec:/ { print $2 }' "$tmp/wrk_typename.out")
-c_p50=$(wrk_percentile 50 "$tmp/wrk_typename.out")
-c_p99=$(wrk_percentile 99 "$tmp/wrk_typename.out")
-c_bad=$(sed -n 's/^typename.lua:.* bad=\([0-9]*\).*/\1/p' "$tmp/wrk_typename.out")
-[[ -n $c_rps ]] || die "no Requests/sec in the wrk output"
+  timeout --kill-after=10 "$BOUND" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency \
+    -s "$tmp/$name.lua" "$url/graphql" >"$tmp/wrk_$name.out" 2>&1 \
+    || { cat "$tmp/wrk_$name.out" >&2; die "wrk ($name) failed"; }
+  grep -E "requests in|Requests/sec|Socket errors|Non-2xx|^$name.lua:" "$tmp/wrk_$name.out" | sed 's/^ */  wrk: /'
+  local rps
+  rps=$(awk '/^Requests\/sec:/ { print $2 }' "$tmp/wrk_$name.out")
+  [[ -n $rps ]] || die "no Requests/sec in the wrk output ($name)"
+  printf -v "${name}_rps" '%s' "$rps"
+  printf -v "${name}_p50" '%s' "$(wrk_percentile 50 "$tmp/wrk_$name.out")"
+  printf -v "${name}_p99" '%s' "$(wrk_percentile 99 "$tmp/wrk_$name.out")"
+  printf -v "${name}_bad" '%s' "$(sed -n "s/^$name.lua:.* bad=\([0-9]*\).*/\1/p" "$tmp/wrk_$name.out")"
+}
 
+# ------------------------------------------------------------ (c) wrk __typename
+
+step "(c) wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency: { __typename }"
+wrk_one c "$url" '{"query":"{ __typename }"}' '"Query"'
 stop_marquee
 server_errors=$(sed 's/\x1b\[[0-9;]*m//g' "$tmp/marquee.log" | grep -cE ' ERROR |panicked' || true)
 
@@ -398,31 +407,7 @@ server_errors=$(sed 's/\x1b\[[0-9;]*m//g' "$tmp/marquee.log" | grep -cE ' ERROR 
 
 step "(d) wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency: a bare async-graphql mutation on axum"
 start_stack_ceiling "$ceiling_bin" $((BOUND + 30))
-cat >"$tmp/bare.lua" <<'LUA'
-wrk.method = "POST"
-wrk.body = '{"query":"mutation { book(quantity: 1) }"}'
-wrk.headers["Content-Type"] = "application/json"
-local threads = {}
-function setup(thread) table.insert(threads, thread) end
-bad = 0
-function response(status, headers, body)
-  if status ~= 200 or not body:find('"book":1', 1, true) then bad = bad + 1 end
-end
-function done(summary, latency, requests)
-  local total = 0
-  for _, thread in ipairs(threads) do total = total + (thread:get("bad") or 0) end
-  io.write(string.format("bare.lua: requests=%d bad=%d\n", summary.requests, total))
-end
-LUA
-timeout --kill-after=10 "$BOUND" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency \
-  -s "$tmp/bare.lua" "$ceiling_url/graphql" >"$tmp/wrk_bare.out" 2>&1 \
-  || { cat "$tmp/wrk_bare.out" >&2; die "wrk (bare stack) failed"; }
-grep -E 'requests in|Requests/sec|Socket errors|Non-2xx|^bare.lua:' "$tmp/wrk_bare.out" | sed 's/^ */  wrk: /'
-d_rps=$(awk '/^Requests\/sec:/ { print $2 }' "$tmp/wrk_bare.out")
-d_p50=$(wrk_percentile 50 "$tmp/wrk_bare.out")
-d_p99=$(wrk_percentile 99 "$tmp/wrk_bare.out")
-d_bad=$(sed -n 's/^bare.lua:.* bad=\([0-9]*\).*/\1/p' "$tmp/wrk_bare.out")
-[[ -n $d_rps ]] || die "no Requests/sec in the wrk output (bare stack)"
+wrk_one d "$ceiling_url" '{"query":"mutation { book(quantity: 1) }"}' '"book":1'
 stop_pid "$ceiling_pid"
 ceiling_pid=""
 
