@@ -434,10 +434,31 @@ fn stored_inbox(graph: &Graph, user: UserId) -> Result<Vec<StoredRow>, graph::Er
     Ok(inbox)
 }
 
-/// A user's notifications, newest first, at most `first`.
+/// A user's notifications, newest first, at most `first`. Only those
+/// served are decoded whole.
 pub fn inbox(graph: &Graph, user: UserId, first: usize, unread_only: bool) -> Result<Vec<Notification>, graph::Error> {
-    let inbox = stored_inbox(graph, user)?.into_iter().map(|(_, _, stored)| stored.notification);
-    Ok(inbox.filter(|n| !unread_only || !n.read).take(first).collect())
+    let rows = graph.store().reader(Notifications::ID);
+    let mut listed = Vec::new();
+    for (_, value) in rows.scan(&key(&[&[INBOX], &user.to_key()]), false, usize::MAX)? {
+        let (order, read) = order_and_read(user, &value)?;
+        if !(unread_only && read) {
+            listed.push((order, value));
+        }
+    }
+    listed.sort_unstable_by_key(|(order, _)| std::cmp::Reverse(*order));
+    listed.truncate(first);
+    listed.iter().map(|(_, value)| decode(user, value).map(|stored| stored.notification)).collect()
+}
+
+/// Where a stored notification sorts, and whether it is read, without
+/// decoding its text.
+fn order_and_read(user: UserId, value: &[u8]) -> Result<((u64, u16), bool), graph::Error> {
+    if value.first() == Some(&ENCODED) && value.len() >= ENCODED_HEAD {
+        let seq = u64_at(value, 1, "notification")?;
+        return Ok(((seq, u16::from_be_bytes([value[9], value[10]])), value[11] & 1 != 0));
+    }
+    let stored = decode(user, value)?;
+    Ok((stored.order(), stored.notification.read))
 }
 
 /// Marks a user's notifications read: the listed ids, or all; returns how
