@@ -22,14 +22,20 @@ fn generator() -> PathBuf {
 }
 
 fn generate(out: &Path) {
+    let generator = generator();
+    assert!(
+        generator.is_file(),
+        "no dataset generator at {}: the tests expect the shared directory (contract, datasets) beside the repository",
+        generator.display()
+    );
     let status = Command::new("python3")
-        .arg(generator())
+        .arg(&generator)
         .args(["--users", &USERS.to_string(), "--events", &EVENTS.to_string(), "--draws", &DRAWS.to_string()])
         .arg("--out")
         .arg(out)
         .status()
         .expect("python3 runs (the import test needs python3 with numpy==2.4.6; .ci/run installs it)");
-    assert!(status.success(), "gen.py failed: install numpy==2.4.6 (pip install numpy==2.4.6)");
+    assert!(status.success(), "gen.py failed (it needs numpy==2.4.6: pip install numpy==2.4.6)");
 }
 
 fn rows(dir: &Path, file: &str) -> Vec<Vec<String>> {
