@@ -304,23 +304,28 @@ impl Reader for Notifications {
         let stored = rows.scan(&[INBOX], false, usize::MAX)?;
         for user_rows in stored.chunk_by(|a, b| a.0.get(..9) == b.0.get(..9)) {
             let user = UserId(u64_at(&user_rows[0].0, 1, "inbox key")?);
-            let mut inbox = Vec::with_capacity(user_rows.len());
-            for (row, value) in user_rows {
-                inbox.push((ring_slot(row), decode(user, value)?));
-            }
-            if inbox.iter().all(|(slot, _)| slot.is_some()) {
+            let slots: Option<Vec<u16>> = user_rows.iter().map(|(row, _)| ring_slot(row)).collect();
+            if let Some(slots) = slots {
                 // The newest notification's slot is the one before the next.
-                let newest = inbox.iter().max_by_key(|(_, stored)| stored.order()).and_then(|(slot, _)| *slot);
-                self.next_slots.insert(user, newest.map_or(0, |slot| (slot + 1) % SLOTS));
+                let mut newest = None;
+                for (slot, (_, value)) in slots.into_iter().zip(user_rows) {
+                    let (order, _) = order_and_read(user, value)?;
+                    if newest.is_none_or(|(newest, _)| order > newest) {
+                        newest = Some((order, slot));
+                    }
+                }
+                self.next_slots.insert(user, newest.map_or(0, |(_, slot)| (slot + 1) % SLOTS));
             } else {
                 // Rows of the layout before rings (`n|user|seq|k`, JSON
                 // values): the newest INBOX_MAX go to slots 0.. in order.
-                for (row, _) in user_rows {
+                let mut inbox = Vec::with_capacity(user_rows.len());
+                for (row, value) in user_rows {
+                    inbox.push(decode(user, value)?);
                     relaid.remove(rows, row);
                 }
-                inbox.sort_unstable_by_key(|(_, stored)| stored.order());
+                inbox.sort_unstable_by_key(Stored::order);
                 let kept = &inbox[inbox.len().saturating_sub(INBOX_MAX)..];
-                for (slot, (_, stored)) in (0..SLOTS).zip(kept) {
+                for (slot, stored) in (0..SLOTS).zip(kept) {
                     let value = encode(stored.seq, stored.k, &stored.notification);
                     relaid.put(rows, &inbox_key(user, slot), &value);
                 }
@@ -387,6 +392,43 @@ fn encode(seq: u64, k: u16, notification: &Notification) -> Vec<u8> {
     value
 }
 
+/// A notification stored by [`encode`], borrowed from its value.
+struct Encoded<'a> {
+    seq: u64,
+    k: u16,
+    flags: u8,
+    event: u64,
+    created_at_ms: i64,
+    kind: &'a str,
+    message: &'a str,
+}
+
+impl<'a> Encoded<'a> {
+    /// Reads and checks the whole of an encoded value.
+    fn parse(value: &'a [u8]) -> Result<Encoded<'a>, graph::Error> {
+        let corrupt = || graph::Error::Corrupt("notification");
+        if value.first() != Some(&ENCODED) || value.len() < ENCODED_HEAD {
+            return Err(corrupt());
+        }
+        let kind_end = ENCODED_HEAD + usize::from(value[28]);
+        let kind = value.get(ENCODED_HEAD..kind_end).ok_or_else(corrupt)?;
+        let text = |bytes: &'a [u8]| std::str::from_utf8(bytes).map_err(|_| corrupt());
+        Ok(Encoded {
+            seq: u64_at(value, 1, "notification")?,
+            k: u16::from_be_bytes([value[9], value[10]]),
+            flags: value[11],
+            event: u64_at(value, 12, "notification")?,
+            created_at_ms: u64_at(value, 20, "notification")? as i64,
+            kind: text(kind)?,
+            message: text(&value[kind_end..])?,
+        })
+    }
+
+    fn read(&self) -> bool {
+        self.flags & 1 != 0
+    }
+}
+
 /// A stored notification of `user`, in either stored form.
 fn decode(user: UserId, value: &[u8]) -> Result<Stored, graph::Error> {
     let corrupt = || graph::Error::Corrupt("notification");
@@ -396,46 +438,21 @@ fn decode(user: UserId, value: &[u8]) -> Result<Stored, graph::Error> {
         let (seq, k) = (seq.parse().map_err(|_| corrupt())?, k.parse().map_err(|_| corrupt())?);
         return Ok(Stored { seq, k, notification });
     }
-    if value.first() != Some(&ENCODED) || value.len() < ENCODED_HEAD {
-        return Err(corrupt());
-    }
-    let seq = u64_at(value, 1, "notification")?;
-    let k = u16::from_be_bytes([value[9], value[10]]);
-    let flags = value[11];
-    let event = u64_at(value, 12, "notification")?;
-    let created_at_ms = u64_at(value, 20, "notification")? as i64;
-    let kind_end = ENCODED_HEAD + usize::from(value[28]);
-    let kind = value.get(ENCODED_HEAD..kind_end).ok_or_else(corrupt)?;
-    let text = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).map_err(|_| corrupt());
+    let encoded = Encoded::parse(value)?;
     let notification = Notification {
-        id: format!("{seq}-{k}"),
+        id: format!("{}-{}", encoded.seq, encoded.k),
         user: user.0,
-        kind: text(kind)?,
-        message: text(&value[kind_end..])?,
-        event: (flags & 2 != 0).then_some(event),
-        created_at_ms,
-        read: flags & 1 != 0,
+        kind: encoded.kind.to_string(),
+        message: encoded.message.to_string(),
+        event: (encoded.flags & 2 != 0).then_some(encoded.event),
+        created_at_ms: encoded.created_at_ms,
+        read: encoded.read(),
     };
-    Ok(Stored { seq, k, notification })
-}
-
-/// A stored notification with its row and the value it was read from.
-type StoredRow = (Vec<u8>, Vec<u8>, Stored);
-
-/// A user's stored notifications, newest first.
-fn stored_inbox(graph: &Graph, user: UserId) -> Result<Vec<StoredRow>, graph::Error> {
-    let rows = graph.store().reader(Notifications::ID);
-    let mut inbox = Vec::new();
-    for (row, value) in rows.scan(&key(&[&[INBOX], &user.to_key()]), false, usize::MAX)? {
-        let stored = decode(user, &value)?;
-        inbox.push((row, value, stored));
-    }
-    inbox.sort_unstable_by_key(|(_, _, stored)| std::cmp::Reverse(stored.order()));
-    Ok(inbox)
+    Ok(Stored { seq: encoded.seq, k: encoded.k, notification })
 }
 
 /// A user's notifications, newest first, at most `first`. Only those
-/// served are decoded whole.
+/// served are decoded into notifications.
 pub fn inbox(graph: &Graph, user: UserId, first: usize, unread_only: bool) -> Result<Vec<Notification>, graph::Error> {
     let rows = graph.store().reader(Notifications::ID);
     let mut listed = Vec::new();
@@ -450,12 +467,12 @@ pub fn inbox(graph: &Graph, user: UserId, first: usize, unread_only: bool) -> Re
     listed.iter().map(|(_, value)| decode(user, value).map(|stored| stored.notification)).collect()
 }
 
-/// Where a stored notification sorts, and whether it is read, without
-/// decoding its text.
+/// Where a stored notification sorts, and whether it is read, checked
+/// whole but without copying its text.
 fn order_and_read(user: UserId, value: &[u8]) -> Result<((u64, u16), bool), graph::Error> {
-    if value.first() == Some(&ENCODED) && value.len() >= ENCODED_HEAD {
-        let seq = u64_at(value, 1, "notification")?;
-        return Ok(((seq, u16::from_be_bytes([value[9], value[10]])), value[11] & 1 != 0));
+    if value.first() == Some(&ENCODED) {
+        let encoded = Encoded::parse(value)?;
+        return Ok(((encoded.seq, encoded.k), encoded.read()));
     }
     let stored = decode(user, value)?;
     Ok((stored.order(), stored.notification.read))
@@ -467,7 +484,8 @@ pub fn mark_read(graph: &Graph, user: UserId, ids: Option<&[String]>) -> Result<
     let rows = graph.store().reader(Notifications::ID);
     let wanted: Option<HashSet<&str>> = ids.map(|ids| ids.iter().map(String::as_str).collect());
     let mut changed = 0;
-    for (row, value, mut stored) in stored_inbox(graph, user)? {
+    for (row, value) in rows.scan(&key(&[&[INBOX], &user.to_key()]), false, usize::MAX)? {
+        let mut stored = decode(user, &value)?;
         let notification = &mut stored.notification;
         if notification.read || wanted.as_ref().is_some_and(|w| !w.contains(notification.id.as_str())) {
             continue;
@@ -494,12 +512,22 @@ mod tests {
     use super::*;
     use crate::readers::apply_and_commit;
 
+    /// A scratch data directory, removed when dropped: bound first in a
+    /// test, it goes last, after the graph and readers that use it.
+    struct ScratchDir(std::path::PathBuf);
+
+    impl Drop for ScratchDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     /// A scratch data directory, its graph and a live feed.
-    fn scratch(name: &str) -> (std::path::PathBuf, Arc<Graph>, tokio::sync::broadcast::Sender<Arc<Notification>>) {
+    fn scratch(name: &str) -> (ScratchDir, Arc<Graph>, tokio::sync::broadcast::Sender<Arc<Notification>>) {
         let dir = std::env::temp_dir().join(format!("marquee-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let graph = Arc::new(Graph::open(&dir, graph::Options { cache_bytes: 8 << 20 }).unwrap());
-        (dir, graph, tokio::sync::broadcast::channel(LIVE_BUFFER).0)
+        (ScratchDir(dir), graph, tokio::sync::broadcast::channel(LIVE_BUFFER).0)
     }
 
     /// A booking record of user `user` for `event`.
@@ -533,7 +561,7 @@ mod tests {
     /// holder groups, and rows of the layout before groups are taken over.
     #[test]
     fn holders_are_the_live_bookings_across_batches_reloads_and_layouts() {
-        let (dir, graph, live) = scratch("holders");
+        let (_dir, graph, live) = scratch("holders");
         let rows = graph.store().reader(Notifications::ID);
         let mut reader = Notifications::load(graph.clone(), &rows, live.clone()).unwrap();
         // Booking n (id n << 8, so 16 to a group) by user n % 37, event 1 or 2.
@@ -589,9 +617,6 @@ mod tests {
         for event in [1, 2] {
             assert_eq!(reloaded.holders_of(EventId(event)), expected(event));
         }
-        drop((reader, reloaded));
-        drop(graph);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn ids(graph: &Graph, user: UserId) -> Vec<String> {
@@ -603,7 +628,7 @@ mod tests {
     /// INBOX_MAX notifications, however many arrived in one batch.
     #[test]
     fn an_inbox_keeps_its_newest_notifications_whatever_the_batch_size() {
-        let (dir, graph, live) = scratch("inbox");
+        let (_dir, graph, live) = scratch("inbox");
         let rows = graph.store().reader(Notifications::ID);
         let mut reader = Notifications::load(graph.clone(), &rows, live.clone()).unwrap();
         let users = [UserId(7), UserId(8)];
@@ -632,9 +657,6 @@ mod tests {
         let keys = rows.scan(&[INBOX], false, usize::MAX).unwrap();
         assert!(keys.iter().all(|(row, _)| ring_slot(row).is_some()), "only ring rows");
         assert_eq!(keys.len(), 2 * INBOX_MAX, "one row per kept notification");
-        drop(reader);
-        drop(graph);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Inboxes stored one row per notification with JSON values (the
@@ -643,7 +665,7 @@ mod tests {
     /// gone, and new notifications take the oldest slots from there on.
     #[test]
     fn inboxes_of_the_layout_before_rings_become_rings_on_load() {
-        let (dir, graph, live) = scratch("inbox-layout");
+        let (_dir, graph, live) = scratch("inbox-layout");
         let rows = graph.store().reader(Notifications::ID);
         let mut old_rows = ReaderBatch::default();
         let (many, few) = (UserId(3), UserId(4));
@@ -699,9 +721,6 @@ mod tests {
             let newest: Vec<String> = sent[&user].iter().rev().take(INBOX_MAX).cloned().collect();
             assert_eq!(ids(&graph, user), newest, "user {user} after a new notification");
         }
-        drop(reader);
-        drop(graph);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Marking read changes only the named notifications of the user,
@@ -709,7 +728,7 @@ mod tests {
     /// not a panic.
     #[test]
     fn marks_read_and_rejects_damaged_values() {
-        let (dir, graph, live) = scratch("inbox-read");
+        let (_dir, graph, live) = scratch("inbox-read");
         let rows = graph.store().reader(Notifications::ID);
         let mut reader = Notifications::load(graph.clone(), &rows, live.clone()).unwrap();
         let entries: Vec<Entry> = (1..=5).map(|seq| booking_entry(seq, seq, 9, 1, BookingStatus::Confirmed)).collect();
@@ -729,8 +748,5 @@ mod tests {
         for damaged in [&good[..ENCODED_HEAD - 1], &good[..ENCODED_HEAD + 2], &[7u8, 1, 2][..], b"{\"id\":\"x\"}"] {
             assert!(matches!(decode(UserId(9), damaged), Err(graph::Error::Corrupt(_))), "{damaged:?}");
         }
-        drop(reader);
-        drop(graph);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
