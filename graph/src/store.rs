@@ -542,11 +542,9 @@ impl Shared {
         self.tree.apply_batch(batch).map_err(|e| self.fail(e))?;
         {
             let mut recent = self.recent.lock().expect("recent entries lock poisoned");
-            let keep = applied.len().min(RECENT_ENTRIES);
-            let overflow = (recent.len() + keep).saturating_sub(RECENT_ENTRIES);
+            recent.extend(applied.into_iter().map(|(seq, at_ms, record)| Entry { seq, at_ms, record }));
+            let overflow = recent.len().saturating_sub(RECENT_ENTRIES);
             recent.drain(..overflow);
-            let skip = applied.len() - keep;
-            recent.extend(applied.into_iter().skip(skip).map(|(seq, at_ms, record)| Entry { seq, at_ms, record }));
         }
         self.head_seq.store(last, Ordering::Release);
         if behind.is_empty() && last - queue.sent_seq < BEHIND_CHECKPOINT_EVERY {
