@@ -526,6 +526,10 @@ async fn handle_graphql(state: &HttpState, ip: IpAddr, headers: &HeaderMap, inpu
     let refused = |status: StatusCode, error: ApiError, label: &'static str| {
         (error_response_as(status, &error, media), Outcome { status, operation: None, label })
     };
+    let rate_limited = |wait: Duration| {
+        let outcome = Outcome { status: StatusCode::TOO_MANY_REQUESTS, operation: None, label: "rate_limited" };
+        (rate_limited_response(wait, media), outcome)
+    };
     let app = &state.app;
     if app.is_shutting_down() {
         let mut response = error_response_as(
@@ -578,10 +582,7 @@ async fn handle_graphql(state: &HttpState, ip: IpAddr, headers: &HeaderMap, inpu
         Err(error) => return refused(StatusCode::INTERNAL_SERVER_ERROR, error, "internal"),
     };
     if let Err(wait) = check_request_rate(app, &viewer, ip) {
-        return (
-            rate_limited_response(wait, media),
-            Outcome { status: StatusCode::TOO_MANY_REQUESTS, operation: None, label: "rate_limited" },
-        );
+        return rate_limited(wait);
     }
     let (batch, operation) = match prepare(app, batch, ip, method) {
         Ok(prepared) => prepared,
@@ -608,12 +609,7 @@ async fn handle_graphql(state: &HttpState, ip: IpAddr, headers: &HeaderMap, inpu
             response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
             return (response, outcome);
         }
-        Err(Refusal::RateLimited(wait)) => {
-            return (
-                rate_limited_response(wait, media),
-                Outcome { status: StatusCode::TOO_MANY_REQUESTS, operation: None, label: "rate_limited" },
-            );
-        }
+        Err(Refusal::RateLimited(wait)) => return rate_limited(wait),
     };
     let (response, label) = execute(state, batch, viewer, media).await;
     let status = response.status();
