@@ -125,7 +125,7 @@ impl LiveReader {
                     at = entry.seq;
                 }
                 if !entries.is_empty() {
-                    std::thread::sleep(super::BATCH_PAUSE);
+                    std::thread::sleep(super::LIVE_BATCH_PAUSE);
                 }
             }
         })?;
