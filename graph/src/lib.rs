@@ -1,7 +1,7 @@
 //! `graph` owns Marquee's entities and the one log. Users, venues, events and
 //! ticket types live here, persisted in an embedded sled store as rkyv
 //! records; every change is a typed, sequenced [`log::Record`] appended in the
-//! same atomic batch as the rows it changes, and is acknowledged only after a
+//! same atomic write as the rows it changes, and is acknowledged only after a
 //! (shared, group-committed) flush. Events, ticket types and venues are also
 //! held in an in-memory catalog that serves listings without touching disk.
 //!
@@ -48,7 +48,7 @@ use codec::{decode, encode};
 use ids::{EventId, TicketTypeId, UserId, VenueId, WebhookId};
 use log::{Follow, Record, SessionOpened, SessionRevoked, UserRegistered};
 use model::{Booking, Event, EventStatus, Role, Session, TicketType, User, Venue, Webhook};
-use store::{key, table};
+use store::{key, table, RoundWrites};
 
 /// Settings for opening a graph.
 #[derive(Clone, Debug)]
@@ -155,7 +155,7 @@ impl Graph {
         let store = Store::open(
             dir,
             options.cache_bytes,
-            Box::new(move |record, payload, batch| materialize(record, payload, batch, &kept)),
+            Box::new(move |record, payload, writes| materialize(record, payload, writes, &kept)),
             row_written_behind,
             &[table::BOOKING],
         )?;
@@ -630,39 +630,39 @@ fn check_times(starts_at_ms: i64, ends_at_ms: Option<i64>) -> Result<(), Error> 
 /// social index. The same function serves the live write path and any
 /// replay of the log, so they cannot disagree. The store calls it in log
 /// order, so the index moves through the same states as the log.
-fn materialize(record: &Record, payload: &[u8], batch: &mut sled::Batch, memory: &Memory) {
+fn materialize(record: &Record, payload: &[u8], writes: &mut RoundWrites, memory: &Memory) {
     let social = || memory.social.write().expect("social index lock poisoned");
     let sessions = || memory.sessions.write().expect("session table lock poisoned");
     match record {
         Record::UserRegistered(registered) => {
             let user = &registered.user;
-            batch.insert(key(table::USER, &user.id.to_key()), encode(user));
-            batch.insert(key(table::EMAIL, rules::email_key(&user.email).as_bytes()), user.id.to_key().to_vec());
+            writes.insert(key(table::USER, &user.id.to_key()), encode(user));
+            writes.insert(key(table::EMAIL, rules::email_key(&user.email).as_bytes()), user.id.to_key().to_vec());
             if let Some(hash) = &registered.password_hash {
-                batch.insert(key(table::PASSWORD, &user.id.to_key()), hash.as_bytes());
+                writes.insert(key(table::PASSWORD, &user.id.to_key()), hash.as_bytes());
             }
         }
         Record::RoleSet(user) => {
-            batch.insert(key(table::USER, &user.id.to_key()), payload);
+            writes.insert(key(table::USER, &user.id.to_key()), payload);
             if let Some(cached) = memory.users.write().expect("user cache lock poisoned").get_mut(&user.id) {
                 *cached = user.clone();
             }
         }
         Record::SessionOpened(opened) => {
-            batch.insert(key(table::SESSION, &opened.token_hash), encode(&opened.session));
+            writes.insert(key(table::SESSION, &opened.token_hash), encode(&opened.session));
             sessions().insert(opened.token_hash, opened.session.clone());
         }
         Record::SessionRevoked(revoked) => {
-            batch.remove(key(table::SESSION, &revoked.token_hash));
+            writes.remove(key(table::SESSION, &revoked.token_hash));
             sessions().remove(&revoked.token_hash);
         }
-        Record::VenueCreated(venue) => batch.insert(key(table::VENUE, &venue.id.to_key()), payload),
+        Record::VenueCreated(venue) => writes.insert(key(table::VENUE, &venue.id.to_key()), payload),
         Record::EventCreated(event)
         | Record::EventUpdated(event)
         | Record::EventPublished(event)
-        | Record::EventCancelled(event) => batch.insert(key(table::EVENT, &event.id.to_key()), payload),
+        | Record::EventCancelled(event) => writes.insert(key(table::EVENT, &event.id.to_key()), payload),
         Record::TicketTypeAdded(ticket_type) => {
-            batch.insert(key(table::TICKET_TYPE, &ticket_type.id.to_key()), payload)
+            writes.insert(key(table::TICKET_TYPE, &ticket_type.id.to_key()), payload)
         }
         Record::BookingHeld(booking)
         | Record::BookingConfirmed(booking)
@@ -689,17 +689,17 @@ fn materialize(record: &Record, payload: &[u8], batch: &mut sled::Batch, memory:
             }
             let row = key(table::FOLLOWING, &edge.follower.to_key());
             match social.following(edge.follower) {
-                [] => batch.remove(row),
-                following => batch.insert(row, codec::pack_ids(following)),
+                [] => writes.remove(row),
+                following => writes.insert(row, codec::pack_ids(following)),
             }
         }
         Record::Imported(_) => {}
         Record::WebhookCreated(webhook) | Record::WebhookFailing(webhook) => {
-            batch.insert(key(table::WEBHOOK, &webhook.id.to_key()), payload);
+            writes.insert(key(table::WEBHOOK, &webhook.id.to_key()), payload);
             memory.webhooks.write().expect("webhook table lock poisoned").insert(webhook.id, webhook.clone());
         }
         Record::WebhookDeleted(webhook) => {
-            batch.remove(key(table::WEBHOOK, &webhook.id.to_key()));
+            writes.remove(key(table::WEBHOOK, &webhook.id.to_key()));
             memory.webhooks.write().expect("webhook table lock poisoned").remove(&webhook.id);
         }
     }

@@ -1,5 +1,5 @@
 //! The durable store: one sled tree holding the log and every materialised
-//! row, so a record and the state it changes land in one atomic batch.
+//! row, so a record and the state it changes land in one atomic write.
 //!
 //! Rows that nothing reads while serving (bookings) are the exception:
 //! they are written behind the log by a row writer thread (see
@@ -98,11 +98,52 @@ pub(crate) fn key(table: u8, rest: &[u8]) -> Vec<u8> {
     key
 }
 
-/// Turns the state change a record describes into writes on `batch` (and
-/// into the in-memory indexes kept beside the rows). Called once per record,
-/// in log order, while the record's batch is built, with the record's
-/// encoded payload (rows that hold exactly the payload reuse it).
-pub(crate) type Materialize = Box<dyn Fn(&Record, &[u8], &mut sled::Batch) + Send + Sync>;
+/// Turns the state change a record describes into writes on its round's
+/// [`RoundWrites`] (and into the in-memory indexes kept beside the rows).
+/// Called once per record, in log order, while the round is encoded, with
+/// the record's encoded payload (rows that hold exactly the payload reuse
+/// it).
+pub(crate) type Materialize = Box<dyn Fn(&Record, &[u8], &mut RoundWrites) + Send + Sync>;
+
+/// The tree writes of one group-commit round (or one commit), applied
+/// atomically. A round that writes one key, as a round of bookings does
+/// (its log segment; the booking rows go behind), is a plain sled insert:
+/// every sled batch seals and writes sled's I/O buffer twice (`apply_batch`
+/// pins the log), two synchronous disk writes that a single key, atomic on
+/// its own, does not need. Later writes of a key win, as in a batch.
+#[derive(Default)]
+pub(crate) struct RoundWrites {
+    writes: Vec<(sled::IVec, Option<sled::IVec>)>,
+}
+
+impl RoundWrites {
+    pub(crate) fn insert(&mut self, key: impl Into<sled::IVec>, value: impl Into<sled::IVec>) {
+        self.writes.push((key.into(), Some(value.into())));
+    }
+
+    pub(crate) fn remove(&mut self, key: impl Into<sled::IVec>) {
+        self.writes.push((key.into(), None));
+    }
+
+    /// Writes them all or none.
+    pub(crate) fn apply(mut self, tree: &sled::Tree) -> sled::Result<()> {
+        if let [_] = self.writes[..] {
+            let (key, value) = self.writes.pop().expect("one write");
+            return match value {
+                Some(value) => tree.insert(key, value).map(drop),
+                None => tree.remove(key).map(drop),
+            };
+        }
+        let mut batch = sled::Batch::default();
+        for (key, value) in self.writes {
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
+            }
+        }
+        tree.apply_batch(batch)
+    }
+}
 
 /// Items for the row writer, complete for the log up to `seq`.
 struct RowsBehind {
@@ -126,7 +167,7 @@ pub type DurableWatcher = Box<dyn Fn(u64) + Send + Sync>;
 ///
 /// Group commit: records are appended to a pending list (cheap, under the
 /// caller's own locks); a flusher thread writes everything pending to the
-/// tree in one atomic batch and flushes it, then announces the new durable
+/// tree in one atomic write and flushes it, then announces the new durable
 /// seq. Callers acknowledge only once the durable seq covers their record,
 /// waiting either blocking ([`Store::sync`]) or through a watcher.
 pub struct Store {
@@ -144,7 +185,7 @@ struct Shared {
     written_behind: WrittenBehind,
     /// Seq assignment and records appended but not yet written to the tree.
     appender: Mutex<Appender>,
-    /// Held while writing to the tree, so batches land in seq order (and
+    /// Held while writing to the tree, so rounds land in seq order (and
     /// their rows behind reach the row writer in that order).
     apply_lock: Mutex<BehindQueue>,
     /// The seq up to which the row writer has written rows behind the log.
@@ -241,7 +282,7 @@ impl Store {
     }
 
     /// Appends `records` to the log and applies the state they describe, in
-    /// one atomic batch (together with any records [`Store::append`]ed
+    /// one atomic write (together with any records [`Store::append`]ed
     /// before, so the tree always holds a gap-free prefix of the log).
     /// Returns the seq of the last record. Not yet durable: call
     /// [`Store::sync`] before acknowledging.
@@ -251,18 +292,18 @@ impl Store {
         shared.check_healthy()?;
         let mut applying = shared.apply_lock.lock().expect("apply lock poisoned");
         let mut appender = shared.appender.lock().expect("log append lock poisoned");
-        let mut batch = sled::Batch::default();
+        let mut writes = RoundWrites::default();
         let mut pending = std::mem::take(&mut appender.pending);
         let mut seq = appender.next_seq;
         for record in records {
             pending.push((seq, at_ms, record.clone()));
             seq += 1;
         }
-        let behind = shared.encode(&pending, &mut batch);
+        let behind = shared.encode(&pending, &mut writes);
         appender.next_seq = seq;
         drop(appender);
         let last = seq - 1;
-        shared.apply(&mut applying, batch, behind, pending)?;
+        shared.apply(&mut applying, writes, behind, pending)?;
         Ok(last)
     }
 
@@ -532,31 +573,31 @@ impl Shared {
         }
     }
 
-    /// Writes appended records to the tree in one atomic batch.
+    /// Writes appended records to the tree in one atomic write.
     fn apply_pending(&self) -> Result<(), Error> {
         let mut applying = self.apply_lock.lock().expect("apply lock poisoned");
         let pending = std::mem::take(&mut self.appender.lock().expect("log append lock poisoned").pending);
         if pending.is_empty() {
             return Ok(());
         }
-        let mut batch = sled::Batch::default();
-        let behind = self.encode(&pending, &mut batch);
-        self.apply(&mut applying, batch, behind, pending)
+        let mut writes = RoundWrites::default();
+        let behind = self.encode(&pending, &mut writes);
+        self.apply(&mut applying, writes, behind, pending)
     }
 
-    /// Writes the batch encoded from `applied` (consecutive records, not
+    /// Writes what was encoded from `applied` (consecutive records, not
     /// empty) to the tree, keeps the records among the recent entries, then
     /// hands the rows behind to the row writer (waiting when its queue is
     /// full).
     fn apply(
         &self,
         queue: &mut BehindQueue,
-        batch: sled::Batch,
+        writes: RoundWrites,
         behind: Vec<Item>,
         applied: Vec<(u64, i64, Record)>,
     ) -> Result<(), Error> {
-        let last = applied.last().expect("a batch holds records").0;
-        self.tree.apply_batch(batch).map_err(|e| self.fail(e))?;
+        let last = applied.last().expect("a round holds records").0;
+        writes.apply(&self.tree).map_err(|e| self.fail(e))?;
         {
             let mut recent = self.recent.lock().expect("recent entries lock poisoned");
             recent.extend(applied.into_iter().map(|(seq, at_ms, record)| Entry { seq, at_ms, record }));
@@ -612,9 +653,9 @@ impl Shared {
     }
 
     /// Adds consecutive records as log segments of about
-    /// [`SEGMENT_BYTES`] each, and the rows they change, to `batch`;
+    /// [`SEGMENT_BYTES`] each, and the rows they change, to `writes`;
     /// returns the items to write behind the log.
-    fn encode(&self, pending: &[(u64, i64, Record)], batch: &mut sled::Batch) -> Vec<Item> {
+    fn encode(&self, pending: &[(u64, i64, Record)], writes: &mut RoundWrites) -> Vec<Item> {
         let mut behind = Vec::new();
         let mut segment_first = 0;
         let mut values: Vec<Vec<u8>> = Vec::new();
@@ -625,14 +666,14 @@ impl Shared {
                 segment_first = seq;
             }
             let value = Entry::value_with_payload(at_ms, record, &payload);
-            (self.materialize)(record, &payload, batch);
+            (self.materialize)(record, &payload, writes);
             if let Some((row, id)) = (self.written_behind)(record) {
                 behind.push(Item { row, id, payload });
             }
             bytes += value.len();
             values.push(value);
             if bytes >= SEGMENT_BYTES || index + 1 == pending.len() {
-                batch.insert(key(table::LOG, &segment_first.to_be_bytes()), crate::log::encode_segment(&values));
+                writes.insert(key(table::LOG, &segment_first.to_be_bytes()), crate::log::encode_segment(&values));
                 values.clear();
                 bytes = 0;
             }

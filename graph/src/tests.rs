@@ -445,3 +445,33 @@ fn recent_entries_read_the_same_as_the_stored_log() {
     }
     assert_eq!(store.read_log(last - 5, 1_000).unwrap().len(), 6);
 }
+
+/// A round's writes land as written, one key (a plain sled insert or
+/// remove) or many (a batch), the later of two writes of a key winning.
+#[test]
+fn round_writes_apply_one_key_or_many_with_the_last_write_of_a_key_winning() {
+    let tree = sled::Config::new().temporary(true).open().unwrap().open_tree("t").unwrap();
+    let get = |key: &str| tree.get(key).unwrap().map(|v| v.to_vec());
+
+    let mut one = RoundWrites::default();
+    one.insert("a", "1");
+    one.apply(&tree).unwrap();
+    assert_eq!(get("a"), Some(b"1".to_vec()));
+
+    let mut one = RoundWrites::default();
+    one.remove("a");
+    one.apply(&tree).unwrap();
+    assert_eq!(get("a"), None);
+
+    let mut many = RoundWrites::default();
+    many.insert("b", "1");
+    many.insert("c", "1");
+    many.insert("b", "2");
+    many.remove("c");
+    many.insert("d", "1");
+    many.apply(&tree).unwrap();
+    assert_eq!((get("b"), get("c"), get("d")), (Some(b"2".to_vec()), None, Some(b"1".to_vec())));
+
+    RoundWrites::default().apply(&tree).unwrap();
+    assert_eq!(tree.len(), 2, "no writes change nothing");
+}
