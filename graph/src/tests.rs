@@ -319,6 +319,59 @@ fn the_row_writer_writes_what_queued_while_it_rested_in_one_batch() {
     assert_eq!(graph.bookings().unwrap().count(), 200);
 }
 
+/// Appends `n` held bookings (ids from `first`) and asks for a flush.
+fn append_held(store: &Store, first: u64, n: u64) -> u64 {
+    let mut last = 0;
+    for id in first..first + n {
+        let held = booking_of(id, EventId(1), TicketTypeId(1), model::BookingStatus::Held);
+        last = store.append(1, Record::BookingHeld(Arc::new(held)));
+    }
+    store.request_flush();
+    last
+}
+
+/// Under load (the round before made 8 or more records durable) a round
+/// gathers: a record appended while it waits joins it. A round after a
+/// small one does not wait.
+#[test]
+fn a_round_under_load_gathers_what_is_appended_meanwhile() {
+    let dir = TempDir::new("gather");
+    let graph = open(&dir);
+    let store = graph.store();
+    store.set_gather(std::time::Duration::from_secs(3));
+    let quiet = store.flush_count();
+    let started = std::time::Instant::now();
+    store.sync(append_held(store, 1, 1)).unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "a round after a quiet spell waited");
+    assert_eq!(store.flush_count(), quiet + 1);
+
+    store.sync(append_held(store, 2, 8)).unwrap();
+    let loaded = store.flush_count();
+    let first = append_held(store, 10, 1);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let second = append_held(store, 11, 1);
+    store.sync(second).unwrap();
+    assert!(store.durable_seq() >= first);
+    assert_eq!(store.flush_count(), loaded + 1, "the two records went in one round");
+}
+
+/// A gathering round starts as soon as 128 records are pending.
+#[test]
+fn a_gathering_round_starts_once_enough_records_are_pending() {
+    let dir = TempDir::new("gather-full");
+    let graph = open(&dir);
+    let store = graph.store();
+    store.set_gather(std::time::Duration::from_secs(30));
+    store.sync(append_held(store, 1, 8)).unwrap();
+    let started = std::time::Instant::now();
+    append_held(store, 9, 1);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    store.sync(append_held(store, 10, 127)).unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "the round waited out its gather");
+    drop(graph);
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "closing waited out a gather");
+}
+
 /// Booking rows are written behind the log. After a crash that left them
 /// behind (some missing, some stale, the checkpoint in the middle), the
 /// next open brings every row, and the attendances built from them, up to
