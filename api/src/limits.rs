@@ -210,39 +210,70 @@ pub fn analyze(
 /// over with other variables, and parsing is the costliest step of a small
 /// request. Bounded; the oldest go first.
 pub struct ParsedQueries {
-    entries_max: usize,
-    /// Documents by text, and the texts oldest first.
+    /// Documents by text.
     inner: Mutex<Bounded<Arc<str>, ExecutableDocument>>,
 }
 
-/// A bounded cache's entries by key, and its keys oldest first.
-type Bounded<K, V> = (HashMap<K, V>, VecDeque<K>);
+/// A map of at most a given number of entries: adding one more drops the
+/// oldest.
+pub(crate) struct Bounded<K, V> {
+    entries_max: usize,
+    entries: HashMap<K, V>,
+    /// The keys, oldest first.
+    order: VecDeque<K>,
+}
+
+impl<K: Hash + Eq + Clone, V> Bounded<K, V> {
+    pub(crate) fn new(entries_max: usize) -> Bounded<K, V> {
+        Bounded { entries_max, entries: HashMap::new(), order: VecDeque::new() }
+    }
+
+    pub(crate) fn get<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> Option<&V>
+    where
+        K: std::borrow::Borrow<Q>,
+    {
+        self.entries.get(key)
+    }
+
+    pub(crate) fn get_mut<Q: Hash + Eq + ?Sized>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: std::borrow::Borrow<Q>,
+    {
+        self.entries.get_mut(key)
+    }
+
+    /// Adds an entry unless `key` has one.
+    pub(crate) fn insert(&mut self, key: K, value: V) {
+        if self.entries.contains_key(&key) {
+            return;
+        }
+        if self.entries.len() >= self.entries_max {
+            if let Some(oldest) = self.order.pop_front() {
+                self.entries.remove(&oldest);
+            }
+        }
+        self.entries.insert(key.clone(), value);
+        self.order.push_back(key);
+    }
+}
 
 impl ParsedQueries {
     /// A cache of up to `entries_max` parsed queries.
     pub fn new(entries_max: usize) -> ParsedQueries {
-        ParsedQueries { entries_max, inner: Mutex::new((HashMap::new(), VecDeque::new())) }
+        ParsedQueries { inner: Mutex::new(Bounded::new(entries_max)) }
     }
 
     /// Gives `request` its parsed query from the cache, or parses it and
     /// keeps the result (queries that do not parse are not kept).
     pub fn attach(&self, request: &mut async_graphql::Request) {
-        if let Some(document) = self.inner.lock().expect("parsed queries lock poisoned").0.get(request.query.as_str()) {
+        if let Some(document) = self.inner.lock().expect("parsed queries lock poisoned").get(request.query.as_str()) {
             request.set_parsed_query(document.clone());
             return;
         }
         let Ok(document) = request.parsed_query() else { return };
         let document = document.clone();
-        let mut inner = self.inner.lock().expect("parsed queries lock poisoned");
-        if inner.0.len() >= self.entries_max {
-            if let Some(oldest) = inner.1.pop_front() {
-                inner.0.remove(&oldest);
-            }
-        }
         let text: Arc<str> = request.query.as_str().into();
-        if inner.0.insert(text.clone(), document).is_none() {
-            inner.1.push_back(text);
-        }
+        self.inner.lock().expect("parsed queries lock poisoned").insert(text, document);
     }
 }
 
@@ -388,35 +419,24 @@ impl<'a> Walker<'a> {
 /// Automatic persisted queries: a client sends a query's SHA-256 instead of
 /// its text once the server has seen the text. Bounded; the oldest go first.
 pub struct PersistedQueries {
-    entries_max: usize,
-    /// Texts by hash, and the hashes oldest first.
+    /// Texts by hash.
     inner: Mutex<Bounded<String, Arc<str>>>,
 }
 
 impl PersistedQueries {
     /// A cache of up to `entries_max` queries.
     pub fn new(entries_max: usize) -> PersistedQueries {
-        PersistedQueries { entries_max, inner: Mutex::new((HashMap::new(), VecDeque::new())) }
+        PersistedQueries { inner: Mutex::new(Bounded::new(entries_max)) }
     }
 
     /// The query stored under `hash`.
     pub fn get(&self, hash: &str) -> Option<Arc<str>> {
-        self.inner.lock().expect("persisted queries lock poisoned").0.get(hash).cloned()
+        self.inner.lock().expect("persisted queries lock poisoned").get(hash).cloned()
     }
 
     /// Stores `query` under its hash.
     pub fn put(&self, hash: String, query: &str) {
-        let mut inner = self.inner.lock().expect("persisted queries lock poisoned");
-        if inner.0.contains_key(&hash) {
-            return;
-        }
-        if inner.0.len() >= self.entries_max {
-            if let Some(oldest) = inner.1.pop_front() {
-                inner.0.remove(&oldest);
-            }
-        }
-        inner.0.insert(hash.clone(), query.into());
-        inner.1.push_back(hash);
+        self.inner.lock().expect("persisted queries lock poisoned").insert(hash, query.into());
     }
 }
 
