@@ -49,15 +49,9 @@ pub struct Mutation(
     webhooks::WebhooksMutation,
 );
 
-/// Query texts whose validation is kept (see [`crate::validated`]).
-const VALIDATED_DOCUMENTS_MAX: usize = 1_000;
-
 /// Builds the schema with the app as shared data.
 pub fn build(app: Arc<App>) -> MarqueeSchema {
-    Schema::build(Query::default(), Mutation::default(), SubscriptionRoot)
-        .data(app)
-        .extension(crate::validated::ValidatedDocuments::new(VALIDATED_DOCUMENTS_MAX))
-        .finish()
+    Schema::build(Query::default(), Mutation::default(), SubscriptionRoot).data(app).finish()
 }
 
 /// The app, from the schema's data.
