@@ -83,8 +83,8 @@ const ROWS_BEHIND_PAUSE: std::time::Duration = std::time::Duration::from_millis(
 /// writes sled's I/O buffer through sled's I/O thread pool, which wakes all
 /// of its seven idle threads, one after another, for each write: at a peak
 /// on-sale that was about a fifth of the CPU time per booking, and it
-/// shrinks with every booking that joins the round. A lone request never
-/// waits.
+/// shrinks with every booking that joins the round. Light traffic never
+/// waits (the first round after a burst may, once).
 const GATHER: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// A round gathers only after a round that made this many records durable.
@@ -570,11 +570,16 @@ impl Shared {
                 self.gather();
             }
             self.flush_requested.store(false, Ordering::Release);
-            last_round_records = 0;
             if self.check_healthy().is_ok() {
                 match self.write_and_flush() {
+                    // Nothing to write (a flush asked for twice): says
+                    // nothing about the load.
+                    Ok(0) => {}
                     Ok(records) => last_round_records = records,
-                    Err(error) => tracing::error!(%error, "group commit failed"),
+                    Err(error) => {
+                        last_round_records = 0;
+                        tracing::error!(%error, "group commit failed");
+                    }
                 }
             }
             self.announce();
