@@ -80,6 +80,7 @@ fn booking_rules_and_error_codes() {
     assert_eq!(replay["id"], first["id"], "same key, same booking");
     assert_eq!(replay["tickets"], first["tickets"]);
     assert_eq!(error_code(&book(&server, &fan, &ticket_type, 1, "order-1", false)), "CONFLICT");
+    assert_eq!(error_code(&book(&server, &fan, &ticket_type, 2, "order-1", true)), "CONFLICT", "a hold is other input");
     assert_eq!(error_code(&book(&server, &fan, &ticket_type, 2, "order-2", false)), "LIMIT_EXCEEDED");
     assert_eq!(error_code(&book(&server, &other, &ticket_type, 4, "x", false)), "SOLD_OUT");
     data(book(&server, &other, &ticket_type, 3, "x", false));
@@ -100,6 +101,7 @@ fn booking_rules_and_error_codes() {
 #[test]
 fn check_in_once_by_the_organizer() {
     let dir = TempDir::new("check-in");
+    create_admin(dir.path(), "root@example.com");
     let server = Server::start(dir.path(), &[]);
     let (org, event, ticket_type) = on_sale(&server, 10, None);
     publish(&server, &org, &event);
@@ -112,6 +114,13 @@ fn check_in_once_by_the_organizer() {
     assert_eq!(error_code(&server.gql(Some(&fan), check_in, json!({"c": code}))), "FORBIDDEN");
     assert_eq!(error_code(&server.gql(Some(&rival), check_in, json!({"c": code}))), "FORBIDDEN");
     assert_eq!(error_code(&server.gql(Some(&org), check_in, json!({"c": "not-a-code"}))), "NOT_FOUND");
+    // The organizer keeps the right to check in at their event when an
+    // admin takes the ORGANIZER role away, as they keep cancelling its
+    // bookings and managing it.
+    let admin = login(&server, "root@example.com", "admin-password");
+    let org_id = data(server.gql(Some(&org), "{ me { id } }", json!({})))["me"]["id"].clone();
+    let set_role = "mutation($id: ID!, $r: Role!) { setRole(userId: $id, role: $r) { role } }";
+    data(server.gql(Some(&admin), set_role, json!({"id": org_id, "r": "ATTENDEE"})));
     let admitted = data(server.gql(Some(&org), check_in, json!({"c": code})));
     let at = admitted["checkIn"]["checkedInAt"].as_str().unwrap().to_string();
     let again = server.gql(Some(&org), check_in, json!({"c": code}));

@@ -179,6 +179,14 @@ impl Booking {
     pub fn takes_seats(&self) -> bool {
         matches!(self.status, BookingStatus::Held | BookingStatus::Confirmed)
     }
+
+    /// Whether it was asked for as a hold (`hold: true`) rather than
+    /// confirmed at once: only a booking confirmed at once has its
+    /// confirmation time equal to its creation time (the ledger confirms a
+    /// hold at least a millisecond after making it).
+    pub fn made_as_hold(&self) -> bool {
+        self.confirmed_at_ms != Some(self.created_at_ms)
+    }
 }
 
 /// Where signed event notifications are POSTed for a partner or organizer.

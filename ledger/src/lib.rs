@@ -367,7 +367,10 @@ impl Ledger {
     /// The booking an idempotency key already made, if the input matches.
     fn replay(&self, existing: BookingId, request: &BookRequest) -> Result<Logged<Arc<Booking>>, Error> {
         let booking = self.booking(existing).ok_or(Error::NotFound("booking"))?;
-        if booking.ticket_type != request.ticket_type || booking.quantity != request.quantity {
+        if booking.ticket_type != request.ticket_type
+            || booking.quantity != request.quantity
+            || booking.made_as_hold() != request.hold
+        {
             return Err(Error::Conflict("idempotencyKey was already used with a different input".into()));
         }
         // The first request may still be waiting for its flush.
@@ -387,7 +390,10 @@ impl Ledger {
             BookingStatus::Held => {}
         }
         let mut booking = Booking::clone(&current);
-        confirm_in_place(&mut booking, now_ms);
+        // Confirmed after the millisecond it was made, even on a quick
+        // confirm or a clock that stepped back: the times then tell a hold
+        // from a booking confirmed at once (`Booking::made_as_hold`).
+        confirm_in_place(&mut booking, now_ms.max(current.created_at_ms.saturating_add(1)));
         let booking = Arc::new(booking);
         let seq = self.commit(|| Record::BookingConfirmed(booking.clone()), now_ms);
         shard.replace(booking.clone());

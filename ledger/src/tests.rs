@@ -96,9 +96,35 @@ fn same_key_returns_the_same_booking_and_other_input_conflicts() {
     assert_eq!(first, again);
     assert_eq!(f.ledger.sold(f.ticket_type), 2);
     assert!(matches!(f.ledger.book(&request(1, f.ticket_type, 3, "order-1", false), 5), Err(Error::Conflict(_))));
+    assert!(
+        matches!(f.ledger.book(&request(1, f.ticket_type, 2, "order-1", true), 5), Err(Error::Conflict(_))),
+        "a hold is other input than a booking confirmed at once"
+    );
     // Another user's same key is their own.
     let other = f.ledger.book(&request(2, f.ticket_type, 2, "order-1", false), 5).unwrap();
     assert_ne!(other.id, first.id);
+}
+
+#[test]
+fn a_key_first_used_for_a_hold_replays_only_as_a_hold_whatever_became_of_it() {
+    let f = fixture("idempotency-hold", 10, None);
+    let hold = f.ledger.book(&request(1, f.ticket_type, 2, "h", true), 0).unwrap();
+    let conflicts = |f: &Fixture, at| {
+        matches!(f.ledger.book(&request(1, f.ticket_type, 2, "h", false), at), Err(Error::Conflict(_)))
+    };
+    assert!(conflicts(&f, 0));
+    // Confirmed in the millisecond it was made, it still replays as a hold.
+    let confirmed = f.ledger.confirm(hold.id, 0).unwrap();
+    assert_eq!(confirmed.confirmed_at_ms, Some(1), "a hold is confirmed after the millisecond it was made");
+    assert!(conflicts(&f, 2));
+    assert_eq!(f.ledger.book(&request(1, f.ticket_type, 2, "h", true), 2).unwrap(), confirmed);
+    f.ledger.cancel(hold.id, 3).unwrap();
+    assert!(conflicts(&f, 4));
+    // A booking confirmed at once replays as such after its cancellation.
+    let direct = f.ledger.book(&request(1, f.ticket_type, 1, "d", false), 5).unwrap();
+    f.ledger.cancel(direct.id, 6).unwrap();
+    assert_eq!(f.ledger.book(&request(1, f.ticket_type, 1, "d", false), 7).unwrap().id, direct.id);
+    assert!(matches!(f.ledger.book(&request(1, f.ticket_type, 1, "d", true), 7), Err(Error::Conflict(_))));
 }
 
 #[test]
@@ -275,7 +301,8 @@ fn op() -> impl Strategy<Value = Op> {
 #[derive(Default)]
 struct Model {
     bookings: Vec<(BookingId, u64, u32, BookingStatus, i64)>,
-    keys: HashMap<(u64, u8), BookingId>,
+    /// By user and key: the booking, and whether it was asked for as a hold.
+    keys: HashMap<(u64, u8), (BookingId, bool)>,
 }
 
 impl Model {
@@ -308,8 +335,8 @@ proptest! {
             match op {
                 Op::Book { user, quantity, key, hold } => {
                     let result = f.ledger.book(&request(user, f.ticket_type, quantity, &key.to_string(), hold), now);
-                    if let Some(&existing) = model.keys.get(&(user, key)) {
-                        let same = model.bookings.iter().find(|b| b.0 == existing).unwrap().2 == quantity;
+                    if let Some(&(existing, held)) = model.keys.get(&(user, key)) {
+                        let same = model.bookings.iter().find(|b| b.0 == existing).unwrap().2 == quantity && held == hold;
                         prop_assert_eq!(result.is_ok(), same);
                     } else if model.seats(None) + quantity > CAPACITY {
                         prop_assert!(matches!(result, Err(Error::SoldOut { .. })), "{:?}", result);
@@ -320,7 +347,7 @@ proptest! {
                         let status = if hold { BookingStatus::Held } else { BookingStatus::Confirmed };
                         prop_assert_eq!(booking.status, status);
                         model.bookings.push((booking.id, user, quantity, status, now + 1_000));
-                        model.keys.insert((user, key), booking.id);
+                        model.keys.insert((user, key), (booking.id, hold));
                     }
                 }
                 Op::Confirm { nth } if !model.bookings.is_empty() => {

@@ -184,9 +184,11 @@ impl BookingsMutation {
         Ok(BookingObject(app.settle(logged).await?))
     }
 
-    /// The event's organizer, ADMIN: admits a CONFIRMED ticket, once.
+    /// The event's organizer, ADMIN: admits a CONFIRMED ticket, once. As
+    /// everywhere else, the organizer is whoever made the event, whatever
+    /// their role now.
     async fn check_in(&self, ctx: &Context<'_>, code: String) -> ApiResult<TicketObject> {
-        let user = viewer(ctx).require_role(&[Role::Organizer, Role::Admin], "checkIn")?;
+        let user = viewer(ctx).require()?;
         let app = app(ctx).clone();
         let not_found = || ApiError::NotFound("no ticket with this code".into());
         let (booking, _) = app.ledger.booking_of_ticket(&code).ok_or_else(not_found)?;
