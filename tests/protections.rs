@@ -241,11 +241,18 @@ fn metrics_parse_and_move_with_traffic() {
     let (org, _) = register(&server, "org@example.com", "ORGANIZER");
     let (_, tt) = event_with_tickets(&server, &org, "Metered", "2027-06-01T20:00:00Z", general_admission(100, 1), true);
     let book = "mutation Buy($i: BookInput!) { bookTickets(input: $i) { id } }";
+    let known = |scrape: &prometheus_parse::Scrape| value(scrape, "marquee_graphql_known_operations_total", None);
+    let unknown = known(&scrape());
     data(server.gql(Some(&org), book, json!({"i": {"ticketTypeId": tt, "quantity": 1, "idempotencyKey": "a"}})));
     let sold_out =
         server.gql(Some(&org), book, json!({"i": {"ticketTypeId": tt, "quantity": 1, "idempotencyKey": "b"}}));
     assert_eq!(error_code(&sold_out), "SOLD_OUT");
+    // The second booking skipped validation (the first passed it); one
+    // whose variables do not suit the arguments is validated in full.
+    let bad = server.gql(Some(&org), book, json!({"i": {"ticketTypeId": tt, "quantity": "x", "idempotencyKey": "c"}}));
+    assert!(error_message(&bad).contains("Invalid value for argument"), "{bad}");
     let after = scrape();
+    assert_eq!(known(&after) - unknown, 1.0);
     assert_eq!(
         value(&after, "marquee_bookings_total", Some(("outcome", "booked")))
             - value(&before, "marquee_bookings_total", Some(("outcome", "booked"))),

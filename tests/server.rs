@@ -265,6 +265,25 @@ fn unusable_requests_get_400_with_a_graphql_error() {
         assert!(error_message(&response.json()).contains("no query"), "{}", response.text());
     }
 
+    // A body of the wrong shape gets a message about the body, in the
+    // client's terms (no names from inside the server).
+    let shapes: [(&[u8], &str); 6] = [
+        (br#"{"query":"{ me { id } }","variables":[1]}"#, "expected a map"),
+        (br#"{"query":"{ me { id } }","operationName":5}"#, "expected a string"),
+        (br#"{"query":"{ me { id } }","query":"{ me { id } }"}"#, "duplicate field `query`"),
+        (br#""x""#, "a JSON object (one operation) or an array"),
+        (b"null", "a JSON object (one operation) or an array"),
+        (b"[1]", "expected an operation object"),
+    ];
+    for (body, says) in shapes {
+        let response = post_graphql(addr, Some("application/json"), body);
+        assert_request_error(&response, 400, "BAD_USER_INPUT");
+        let message = error_message(&response.json());
+        assert!(message.starts_with("the body is not a GraphQL request: "), "{message}");
+        assert!(message.contains(says), "{}: {message}", String::from_utf8_lossy(body));
+        assert!(!["BatchRequest", "untagged", "struct"].iter().any(|rust| message.contains(rust)), "{message}");
+    }
+
     // The same request with the right type, with or without a charset, works.
     for content_type in ["application/json", "application/json; charset=utf-8"] {
         let ok = post_graphql(addr, Some(content_type), good);

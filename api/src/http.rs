@@ -26,6 +26,7 @@ use crate::auth::{self, Viewer};
 use crate::error::ApiError;
 use crate::limits::{self, TooComplex};
 use crate::schema::{self, MarqueeSchema};
+use crate::validated::{Check, ValidatedOperations};
 use crate::{export, App};
 
 /// The least time the listener stays open after shutdown begins.
@@ -42,6 +43,10 @@ pub(crate) struct Peer(pub SocketAddr);
 pub(crate) struct HttpState {
     pub(crate) app: Arc<App>,
     schema: MarqueeSchema,
+    /// The schema for operations known to be valid: it skips validation.
+    known_schema: MarqueeSchema,
+    /// Which operations are known to be valid.
+    validated: Arc<ValidatedOperations>,
     /// WebSocket connections open now.
     ws_open: Arc<AtomicUsize>,
 }
@@ -56,7 +61,13 @@ pub fn router(app: Arc<App>) -> Router {
 /// The router, and the state its handlers share.
 fn router_and_state(app: Arc<App>) -> (Router, HttpState) {
     let body_bytes_max = app.settings.body_bytes_max;
-    let state = HttpState { schema: schema::build(app.clone()), app, ws_open: Arc::new(AtomicUsize::new(0)) };
+    let state = HttpState {
+        schema: schema::build(app.clone()),
+        known_schema: schema::build_for_known_operations(app.clone()),
+        validated: Arc::new(schema::validated_operations()),
+        app,
+        ws_open: Arc::new(AtomicUsize::new(0)),
+    };
     let router = Router::new()
         .route("/graphql", get(graphql_get).post(graphql))
         .route("/events/{id}/bookings.csv", get(export::bookings_csv))
@@ -328,7 +339,13 @@ async fn readyz(State(state): State<HttpState>) -> Response {
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {
-    let text = state.app.metrics.render(&state.app);
+    let mut text = state.app.metrics.render(&state.app);
+    crate::metrics::counter(
+        &mut text,
+        "marquee_graphql_known_operations_total",
+        "GraphQL requests over HTTP run without the validation rules: their operation passed them before.",
+        state.validated.known(),
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
@@ -564,10 +581,10 @@ async fn handle_graphql(state: &HttpState, ip: IpAddr, headers: &HeaderMap, inpu
                     "rejected",
                 );
             }
-            match serde_json::from_slice::<BatchRequest>(&body) {
+            match body_request(&body) {
                 Ok(batch) => (batch, Method::Post),
-                Err(error) => {
-                    let message = format!("the body is not a GraphQL request: {error}");
+                Err(why) => {
+                    let message = format!("the body is not a GraphQL request: {why}");
                     return refused(StatusCode::BAD_REQUEST, ApiError::BadUserInput(message), "rejected");
                 }
             }
@@ -584,7 +601,7 @@ async fn handle_graphql(state: &HttpState, ip: IpAddr, headers: &HeaderMap, inpu
     if let Err(wait) = check_request_rate(app, &viewer, ip) {
         return rate_limited(wait);
     }
-    let (batch, operation) = match prepare(app, batch, ip, method) {
+    let (mut batch, operation) = match prepare(app, batch, ip, method) {
         Ok(prepared) => prepared,
         Err(Refusal::TooComplex(TooComplex(why))) => {
             app.metrics.error("QUERY_TOO_COMPLEX");
@@ -611,22 +628,50 @@ async fn handle_graphql(state: &HttpState, ip: IpAddr, headers: &HeaderMap, inpu
         }
         Err(Refusal::RateLimited(wait)) => return rate_limited(wait),
     };
-    let (response, label) = execute(state, batch, viewer, media).await;
+    let check = match &mut batch {
+        BatchRequest::Single(request) => state.validated.check(request),
+        BatchRequest::Batch(_) => Check::Full,
+    };
+    let (response, label) = execute(state, batch, check, viewer, media).await;
     let status = response.status();
     (response, Outcome { status, operation, label })
 }
 
+/// A POST body: one request (a JSON object) or a batch (an array of them).
+/// Read as the one or the other by its first byte: parsing it as "either"
+/// would buffer the whole document first and, on a mistake, say only that
+/// it matched neither.
+fn body_request(body: &[u8]) -> Result<BatchRequest, String> {
+    // serde names the type it expected; the client knows it as an object.
+    let why = |error: serde_json::Error| error.to_string().replace("struct Request", "an operation object");
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => serde_json::from_slice(body).map(BatchRequest::Single).map_err(why),
+        Some(b'[') => serde_json::from_slice(body).map(BatchRequest::Batch).map_err(why),
+        _ => Err("it must be a JSON object (one operation) or an array of them (a batch)".into()),
+    }
+}
+
 /// Runs a checked batch; its response (in `media`) and outcome label.
-async fn execute(state: &HttpState, batch: BatchRequest, viewer: Viewer, media: Media) -> (Response, &'static str) {
+async fn execute(
+    state: &HttpState,
+    batch: BatchRequest,
+    check: Check,
+    viewer: Viewer,
+    media: Media,
+) -> (Response, &'static str) {
     let app = &state.app;
+    let schema = if matches!(check, Check::Known) { &state.known_schema } else { &state.schema };
     // A panic in a resolver becomes a bland 500 instead of a dropped
     // connection or a leaked message. (Caught here rather than by running
     // the request as a task of its own: handing every request to another
     // task costs a wake-up on a second thread.)
-    let task = AssertUnwindSafe(state.schema.execute_batch(batch.data(viewer))).catch_unwind();
+    let task = AssertUnwindSafe(schema.execute_batch(batch.data(viewer))).catch_unwind();
     let timeout = Duration::from_millis(app.settings.request_timeout_ms);
     match tokio::time::timeout(timeout, task).await {
         Ok(Ok(mut response)) => {
+            if let BatchResponse::Single(response) = &response {
+                state.validated.settle(check, response);
+            }
             add_missing_codes(&mut response);
             let codes = error_codes(&response);
             for code in &codes {

@@ -25,6 +25,7 @@ pub mod limits;
 pub mod metrics;
 pub mod readers;
 pub mod schema;
+pub mod validated;
 
 use std::sync::Arc;
 

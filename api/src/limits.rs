@@ -235,6 +235,13 @@ impl<K: Hash + Eq + Clone, V> Bounded<K, V> {
         self.entries.get(key)
     }
 
+    pub(crate) fn get_mut<Q: Hash + Eq + ?Sized>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: std::borrow::Borrow<Q>,
+    {
+        self.entries.get_mut(key)
+    }
+
     /// Adds an entry unless `key` has one.
     pub(crate) fn insert(&mut self, key: K, value: V) {
         if self.entries.contains_key(&key) {

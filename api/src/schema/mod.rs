@@ -54,6 +54,23 @@ pub fn build(app: Arc<App>) -> MarqueeSchema {
     Schema::build(Query::default(), Mutation::default(), SubscriptionRoot).data(app).finish()
 }
 
+/// Query texts whose validated operations are kept.
+const VALIDATED_DOCUMENTS_MAX: usize = 1_000;
+
+/// The same schema for operations known to be valid (see
+/// [`crate::validated`]): it skips GraphQL's validation rules.
+pub fn build_for_known_operations(app: Arc<App>) -> MarqueeSchema {
+    Schema::build(Query::default(), Mutation::default(), SubscriptionRoot)
+        .data(app)
+        .validation_mode(async_graphql::ValidationMode::Fast)
+        .finish()
+}
+
+/// The operations known to be valid, empty, for this schema.
+pub fn validated_operations() -> crate::validated::ValidatedOperations {
+    crate::validated::ValidatedOperations::new::<Query, Mutation>(VALIDATED_DOCUMENTS_MAX)
+}
+
 /// The app, from the schema's data.
 fn app<'a>(ctx: &Context<'a>) -> &'a Arc<App> {
     ctx.data_unchecked::<Arc<App>>()

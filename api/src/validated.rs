@@ -1,0 +1,474 @@
+//! Operations known to be valid. Clients send the same few documents over
+//! and over with other variables, and GraphQL validation was the costliest
+//! step of a small request (about a seventh of a booking's request thread).
+//! A query text and operation name that passed the full validation once
+//! run next time on a second schema built with async-graphql's
+//! `ValidationMode::Fast` (which checks only fragment cycles, complexity
+//! and depth), as long as the request's variables hold values that its
+//! arguments accept.
+//!
+//! Which rules look at the variables: only the check of argument values
+//! (every argument that uses a variable, in the operation that runs and in
+//! every fragment). Everything else depends on the document and the schema
+//! alone. So an entry keeps each such argument with the type it expects,
+//! and a request is run as known only when every argument, filled in with
+//! its variables, is a value of that type, decided as the validator decides
+//! it. Any other request runs on the fully validating schema, which reports
+//! the error with its usual message.
+//!
+//! (An async-graphql extension could skip the rules on one schema, but
+//! with any extension installed every field of every response goes through
+//! the extension chain: a 50-event listing got 40% dearer.)
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_graphql::parser::types::{Directive, ExecutableDocument, OperationType, Selection, SelectionSet};
+use async_graphql::registry::{MetaType, MetaTypeName, Registry};
+use async_graphql::{InputType, OutputType, Positioned, Request, Response, Variables};
+use async_graphql_value::{ConstValue, Value};
+
+use crate::limits::Bounded;
+
+/// Operations that passed validation, shared by every request.
+pub struct ValidatedOperations {
+    /// The schema's types, for the check of the variables.
+    registry: Registry,
+    /// By query text: the operation names validated with it.
+    documents: Mutex<Bounded<Arc<str>, ByOperation>>,
+    /// Requests run as known.
+    known: AtomicU64,
+}
+
+/// A document's validated operations, by name.
+type ByOperation = Vec<(Option<String>, Arc<ArgumentTypes>)>;
+
+/// The arguments of an operation whose values come from variables.
+struct ArgumentTypes(Vec<VariableArgument>);
+
+/// An argument that uses variables, and the type its value must have.
+struct VariableArgument {
+    ty: String,
+    value: Value,
+}
+
+/// What to do with one request.
+pub enum Check {
+    /// Validated before, and its variables suit: run it on the schema that
+    /// skips the rules.
+    Known,
+    /// Run it on the validating schema, then [`ValidatedOperations::settle`]
+    /// the outcome: if it passes, it is known from then on.
+    New(Candidate),
+    /// Run it on the validating schema (its variables do not suit, or the
+    /// document has what this module does not follow).
+    Full,
+}
+
+/// An operation that will be known if it passes validation.
+pub struct Candidate {
+    query: Arc<str>,
+    operation: Option<String>,
+    arguments: ArgumentTypes,
+}
+
+impl ValidatedOperations {
+    /// Keeps up to `entries_max` query texts of the schema whose roots are
+    /// `Query` and `Mutation` (subscriptions do not come over HTTP).
+    pub fn new<Query: OutputType, Mutation: OutputType>(entries_max: usize) -> ValidatedOperations {
+        let mut registry = Registry::default();
+        Query::create_type_info(&mut registry);
+        Mutation::create_type_info(&mut registry);
+        registry.query_type = Query::type_name().into_owned();
+        registry.mutation_type = Some(Mutation::type_name().into_owned());
+        // The type of `@skip(if:)` and `@include(if:)`.
+        <bool as InputType>::create_type_info(&mut registry);
+        ValidatedOperations { registry, documents: Mutex::new(Bounded::new(entries_max)), known: AtomicU64::new(0) }
+    }
+
+    /// How many requests have run as known.
+    pub fn known(&self) -> u64 {
+        self.known.load(Ordering::Relaxed)
+    }
+
+    /// Decides how `request` runs (its text parsed or not).
+    pub fn check(&self, request: &mut Request) -> Check {
+        let operation = request.operation_name.clone();
+        let found = {
+            let documents = self.documents.lock().expect("validated operations lock poisoned");
+            documents.get(request.query.as_str()).map(|operations| {
+                operations.iter().find(|(name, _)| *name == operation).map(|(_, arguments)| arguments.clone())
+            })
+        };
+        match found {
+            Some(Some(arguments)) if arguments.accept(&self.registry, &request.variables) => {
+                self.known.fetch_add(1, Ordering::Relaxed);
+                Check::Known
+            }
+            Some(Some(_)) => Check::Full,
+            Some(None) | None => {
+                let query: Arc<str> = request.query.as_str().into();
+                let Ok(document) = request.parsed_query() else { return Check::Full };
+                match variable_arguments(&self.registry, document, operation.as_deref()) {
+                    Some(arguments) => Check::New(Candidate { query, operation, arguments: ArgumentTypes(arguments) }),
+                    None => Check::Full,
+                }
+            }
+        }
+    }
+
+    /// Keeps a new operation if its response shows it passed validation:
+    /// every error, if any, comes from a field (validation errors, like
+    /// those of parsing or of picking the operation, have no path).
+    pub fn settle(&self, check: Check, response: &Response) {
+        let Check::New(Candidate { query, operation, arguments }) = check else { return };
+        if response.errors.iter().any(|error| error.path.is_empty()) {
+            return;
+        }
+        let arguments = Arc::new(arguments);
+        let mut documents = self.documents.lock().expect("validated operations lock poisoned");
+        match documents.get_mut(&*query) {
+            Some(operations) => {
+                if !operations.iter().any(|(name, _)| *name == operation) {
+                    operations.push((operation, arguments));
+                }
+            }
+            None => documents.insert(query, vec![(operation, arguments)]),
+        }
+    }
+}
+
+impl ArgumentTypes {
+    /// Whether every argument, filled in with `variables`, has a value of
+    /// its type. An argument whose variable is not given is left to
+    /// execution, as the validator leaves it.
+    fn accept(&self, registry: &Registry, variables: &Variables) -> bool {
+        self.0.iter().all(|argument| {
+            match argument.value.clone().into_const_with(|name| variables.get(&name).cloned().ok_or(())) {
+                Ok(value) => is_input_of_type(registry, &argument.ty, &value),
+                Err(()) => true,
+            }
+        })
+    }
+}
+
+/// Whether `value` is a valid input of type `ty`: the validator's rule for
+/// argument values (async-graphql's `is_valid_input_value`), answering
+/// only yes or no.
+fn is_input_of_type(registry: &Registry, ty: &str, value: &ConstValue) -> bool {
+    match MetaTypeName::create(ty) {
+        MetaTypeName::NonNull(inner) => !matches!(value, ConstValue::Null) && is_input_of_type(registry, inner, value),
+        MetaTypeName::List(item) => match value {
+            ConstValue::List(items) => items.iter().all(|value| is_input_of_type(registry, item, value)),
+            ConstValue::Null => true,
+            single => is_input_of_type(registry, item, single),
+        },
+        MetaTypeName::Named(name) => {
+            if matches!(value, ConstValue::Null) {
+                return true;
+            }
+            match registry.types.get(name) {
+                None => false,
+                Some(MetaType::Scalar { is_valid, .. }) => is_valid.as_ref().is_none_or(|is_valid| is_valid(value)),
+                Some(MetaType::Enum { enum_values, .. }) => match value {
+                    ConstValue::Enum(name) => enum_values.contains_key(name.as_str()),
+                    ConstValue::String(name) => enum_values.contains_key(name.as_str()),
+                    _ => false,
+                },
+                Some(MetaType::InputObject { input_fields, oneof, .. }) => {
+                    let ConstValue::Object(fields) = value else { return true };
+                    if *oneof && (fields.len() != 1 || fields.values().any(|v| matches!(v, ConstValue::Null))) {
+                        return false;
+                    }
+                    let known = fields.keys().all(|name| input_fields.contains_key(name.as_str()));
+                    known
+                        && input_fields.values().all(|field| match fields.get(field.name.as_str()) {
+                            Some(value) => is_input_of_type(registry, &field.ty, value),
+                            None => !MetaTypeName::create(&field.ty).is_non_null() || field.default_value.is_some(),
+                        })
+                }
+                Some(_) => true,
+            }
+        }
+    }
+}
+
+/// The arguments that use variables in the operation that runs (all of
+/// them when no name picks one) and in every fragment, with their types;
+/// None when the document has what this does not follow (a directive on an
+/// operation or a variable definition, a directive other than `@skip` and
+/// `@include`, a name the registry lacks, introspection), so that it is
+/// always validated in full.
+fn variable_arguments(
+    registry: &Registry,
+    document: &ExecutableDocument,
+    operation_name: Option<&str>,
+) -> Option<Vec<VariableArgument>> {
+    let mut found = Vec::new();
+    for fragment in document.fragments.values() {
+        let on = registry.types.get(fragment.node.type_condition.node.on.node.as_str())?;
+        walk(registry, on, &fragment.node.selection_set.node, &mut found)?;
+    }
+    for (name, operation) in document.operations.iter() {
+        if operation_name.zip(name).is_some_and(|(picked, name)| picked != name.as_str()) {
+            continue;
+        }
+        let operation = &operation.node;
+        if !operation.directives.is_empty()
+            || operation.variable_definitions.iter().any(|d| !d.node.directives.is_empty())
+        {
+            return None;
+        }
+        let root = match operation.ty {
+            OperationType::Query => Some(&registry.query_type),
+            OperationType::Mutation => registry.mutation_type.as_ref(),
+            OperationType::Subscription => None,
+        };
+        let root = registry.types.get(root?.as_str())?;
+        walk(registry, root, &operation.selection_set.node, &mut found)?;
+    }
+    Some(found)
+}
+
+fn walk(registry: &Registry, parent: &MetaType, set: &SelectionSet, found: &mut Vec<VariableArgument>) -> Option<()> {
+    for selection in &set.items {
+        match &selection.node {
+            Selection::Field(field) => {
+                let field = &field.node;
+                directive_arguments(&field.directives, found)?;
+                if field.name.node == "__typename" {
+                    continue;
+                }
+                let meta = parent.field_by_name(field.name.node.as_str())?;
+                for (name, value) in &field.arguments {
+                    let argument = meta.args.get(name.node.as_str())?;
+                    keep_if_variable(&argument.ty, &value.node, found);
+                }
+                if !field.selection_set.node.items.is_empty() {
+                    let child = registry.concrete_type_by_name(&meta.ty)?;
+                    walk(registry, child, &field.selection_set.node, found)?;
+                }
+            }
+            Selection::FragmentSpread(spread) => directive_arguments(&spread.node.directives, found)?,
+            Selection::InlineFragment(inline) => {
+                let inline = &inline.node;
+                directive_arguments(&inline.directives, found)?;
+                let on = match &inline.type_condition {
+                    Some(condition) => registry.types.get(condition.node.on.node.as_str())?,
+                    None => parent,
+                };
+                walk(registry, on, &inline.selection_set.node, found)?;
+            }
+        }
+    }
+    Some(())
+}
+
+/// `@skip(if:)` and `@include(if:)`; None for any other directive.
+fn directive_arguments(directives: &[Positioned<Directive>], found: &mut Vec<VariableArgument>) -> Option<()> {
+    for directive in directives {
+        let directive = &directive.node;
+        if !matches!(directive.name.node.as_str(), "skip" | "include") {
+            return None;
+        }
+        for (name, value) in &directive.arguments {
+            if name.node != "if" {
+                return None;
+            }
+            keep_if_variable("Boolean!", &value.node, found);
+        }
+    }
+    Some(())
+}
+
+fn keep_if_variable(ty: &str, value: &Value, found: &mut Vec<VariableArgument>) {
+    fn uses_variable(value: &Value) -> bool {
+        match value {
+            Value::Variable(_) => true,
+            Value::List(items) => items.iter().any(uses_variable),
+            Value::Object(fields) => fields.values().any(uses_variable),
+            _ => false,
+        }
+    }
+    if uses_variable(value) {
+        found.push(VariableArgument { ty: ty.to_string(), value: value.clone() });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    use async_graphql::{EmptySubscription, Enum, InputObject, Object, Schema, ValidationMode};
+
+    use super::{Check, ValidatedOperations};
+
+    #[derive(Enum, Clone, Copy, PartialEq, Eq)]
+    enum Colour {
+        Red,
+        Blue,
+    }
+
+    #[derive(InputObject)]
+    struct Order {
+        name: String,
+        #[graphql(default = 1)]
+        quantity: i32,
+        colour: Option<Colour>,
+        tags: Option<Vec<String>>,
+    }
+
+    struct Query;
+
+    #[Object]
+    impl Query {
+        async fn echo(&self, order: Order, times: Option<i32>) -> String {
+            format!("{} x{} {}", order.name, order.quantity * times.unwrap_or(1), order.tags.unwrap_or_default().len())
+        }
+
+        async fn shade(&self, colour: Colour) -> bool {
+            colour == Colour::Red
+        }
+    }
+
+    /// Adds up what the mutations added (shared by the two schemas of a
+    /// front end, as the app is in the server).
+    #[derive(Default)]
+    struct Mutation(Arc<AtomicU64>);
+
+    #[Object]
+    impl Mutation {
+        async fn add(&self, n: i32) -> u64 {
+            self.0.fetch_add(n as u64, Ordering::Relaxed) + n as u64
+        }
+    }
+
+    type TestSchema = Schema<Query, Mutation, EmptySubscription>;
+
+    /// The two schemas and the operations known, run as the HTTP front end
+    /// runs them.
+    struct Front {
+        full: TestSchema,
+        known: TestSchema,
+        validated: ValidatedOperations,
+    }
+
+    impl Front {
+        fn new() -> Front {
+            let total = Arc::new(AtomicU64::new(0));
+            let full = Schema::build(Query, Mutation(total.clone()), EmptySubscription).finish();
+            let known =
+                Schema::build(Query, Mutation(total), EmptySubscription).validation_mode(ValidationMode::Fast).finish();
+            Front { full, known, validated: ValidatedOperations::new::<Query, Mutation>(10) }
+        }
+
+        async fn run(&self, query: &str, name: Option<&str>, variables: serde_json::Value) -> serde_json::Value {
+            let mut request = request(query, name, variables);
+            let check = self.validated.check(&mut request);
+            let schema = if matches!(check, Check::Known) { &self.known } else { &self.full };
+            let response = schema.execute(request).await;
+            self.validated.settle(check, &response);
+            serde_json::to_value(response).unwrap()
+        }
+    }
+
+    fn request(query: &str, name: Option<&str>, variables: serde_json::Value) -> async_graphql::Request {
+        let mut request = async_graphql::Request::new(query).variables(async_graphql::Variables::from_json(variables));
+        if let Some(name) = name {
+            request = request.operation_name(name);
+        }
+        request
+    }
+
+    /// A fully validating schema, answering what the front end must answer.
+    async fn reference(query: &str, name: Option<&str>, variables: serde_json::Value) -> serde_json::Value {
+        let schema = Schema::build(Query, Mutation::default(), EmptySubscription).finish();
+        serde_json::to_value(schema.execute(request(query, name, variables)).await).unwrap()
+    }
+
+    const QUERY: &str = "query Q($order: Order!, $times: Int, $with: Boolean!, $c: Colour!) {
+        echo(order: $order, times: $times) @include(if: $with)
+        ...F
+    }
+    fragment F on Query { shade(colour: $c) }
+    query Other { shade(colour: RED) }";
+
+    /// Requests of an operation known to be valid, with good and bad
+    /// variables, are answered exactly as by a schema that validates every
+    /// request in full; only the good ones run as known.
+    #[tokio::test]
+    async fn a_known_operation_answers_as_a_validated_one_and_only_for_values_its_arguments_accept() {
+        let front = Front::new();
+        let good =
+            serde_json::json!({"order": {"name": "a", "tags": ["x", "y"]}, "times": 3, "with": true, "c": "RED"});
+        let first = front.run(QUERY, Some("Q"), good.clone()).await;
+        assert_eq!(first, reference(QUERY, Some("Q"), good.clone()).await);
+        assert_eq!(first["data"]["echo"], "a x3 2");
+        assert_eq!(front.validated.known(), 0, "the first request validates in full");
+
+        let cases = [
+            (true, serde_json::json!({"order": {"name": "b", "quantity": 2}, "with": false, "c": "BLUE"})),
+            (true, serde_json::json!({"order": {"name": "c", "tags": "one"}, "times": null, "with": true, "c": "RED"})),
+            // Validation does not look at an Int's range; execution refuses it.
+            (true, serde_json::json!({"order": {"name": "d"}, "times": 2147483648u64, "with": true, "c": "RED"})),
+            // A variable not given is left to execution by both.
+            (true, serde_json::json!({"order": {"name": "e"}, "c": "RED"})),
+            (false, serde_json::json!({"order": {"name": "e"}, "with": true, "c": "GREEN"})),
+            (false, serde_json::json!({"order": {"quantity": 2}, "with": true, "c": "RED"})),
+            (false, serde_json::json!({"order": {"name": "f", "size": 2}, "with": true, "c": "RED"})),
+            (false, serde_json::json!({"order": null, "with": true, "c": "RED"})),
+            (false, serde_json::json!({"order": {"name": "g", "tags": [1]}, "with": true, "c": "RED"})),
+            (false, serde_json::json!({"order": {"name": "h", "colour": "red"}, "with": "yes", "c": "RED"})),
+        ];
+        for (known, variables) in cases {
+            let before = front.validated.known();
+            let answer = front.run(QUERY, Some("Q"), variables.clone()).await;
+            assert_eq!(answer, reference(QUERY, Some("Q"), variables.clone()).await, "variables {variables}");
+            assert_eq!(front.validated.known() - before, known as u64, "variables {variables}: {answer}");
+            if !known {
+                assert_eq!(answer["data"], serde_json::Value::Null, "variables {variables}: nothing runs: {answer}");
+            }
+        }
+
+        // The other operation of the same text is kept apart.
+        let other = front.run(QUERY, Some("Other"), serde_json::json!({})).await;
+        assert_eq!(other["data"]["shade"], true);
+        let before = front.validated.known();
+        front.run(QUERY, Some("Other"), serde_json::json!({})).await;
+        assert_eq!(front.validated.known(), before + 1);
+    }
+
+    /// A mutation whose second field gets a bad value runs neither field,
+    /// known or not.
+    #[tokio::test]
+    async fn a_bad_value_for_a_known_mutation_runs_nothing() {
+        let front = Front::new();
+        let mutation = "mutation($a: Int!, $b: Int!) { first: add(n: $a) second: add(n: $b) }";
+        front.run(mutation, None, serde_json::json!({"a": 1, "b": 2})).await;
+        front.run(mutation, None, serde_json::json!({"a": 1, "b": 2})).await;
+        assert_eq!(front.validated.known(), 1);
+        let answer = front.run(mutation, None, serde_json::json!({"a": 5, "b": "x"})).await;
+        assert!(answer["errors"][0]["message"].as_str().unwrap().contains("Invalid value"), "{answer}");
+        let known = front.run(mutation, None, serde_json::json!({"a": 0, "b": 0})).await;
+        assert_eq!(known["data"]["second"], 6, "the known run adds on the fast schema's own root: {known}");
+        let full = front.run(mutation, None, serde_json::json!({"a": 1, "b": "y"})).await;
+        assert_eq!(full["data"], serde_json::Value::Null, "{full}");
+    }
+
+    /// A document that fails validation is never kept, nor one that asks
+    /// for what this does not follow.
+    #[tokio::test]
+    async fn documents_that_fail_validation_or_use_other_directives_are_not_kept() {
+        let front = Front::new();
+        for query in
+            ["{ shade(colour: RED) nope }", "{ shade(colour: RED) @deprecated }", "{ __schema { queryType { name } } }"]
+        {
+            for _ in 0..2 {
+                let answer = front.run(query, None, serde_json::json!({})).await;
+                assert_eq!(answer, reference(query, None, serde_json::json!({})).await);
+            }
+        }
+        assert_eq!(front.validated.known(), 0);
+    }
+}
