@@ -204,6 +204,10 @@ fn invalid_event_input_names_the_field() {
         (with_ticket("capacity", json!(1_000_001)), "capacity"),
         (with_ticket("perUserLimit", json!(0)), "perUserLimit"),
         (with_ticket("perUserLimit", json!(6)), "perUserLimit"),
+        // Past 32 bits: still the field's own range in the message.
+        (with_ticket("priceCents", json!(99_999_999_999i64)), "priceCents"),
+        (with_ticket("capacity", json!(-99_999_999_999i64)), "capacity"),
+        (with_ticket("perUserLimit", json!(99_999_999_999i64)), "perUserLimit"),
     ];
     for (variables, field) in cases {
         let response = server.gql(Some(&org), ADD_TICKET_TYPE, variables.clone());
@@ -268,6 +272,8 @@ fn listings_filter_and_paginate_in_start_order() {
     assert_eq!(empty["pageInfo"]["hasNextPage"], true);
     assert_eq!(error_code(&server.gql(None, EVENTS, json!({"first": 101}))), "BAD_USER_INPUT");
     assert_eq!(error_code(&server.gql(None, EVENTS, json!({"first": -1}))), "BAD_USER_INPUT");
+    let huge = server.gql(None, EVENTS, json!({"first": 99_999_999_999i64}));
+    assert!(error_message(&huge).starts_with("first: must be between 0 and 100"), "{huge}");
     assert_eq!(error_code(&server.gql(None, EVENTS, json!({"after": "garbage"}))), "BAD_USER_INPUT");
     let long_text = server.gql(None, EVENTS, json!({"filter": {"text": "x".repeat(201)}}));
     assert_eq!(error_code(&long_text), "BAD_USER_INPUT");

@@ -13,7 +13,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::readers::analytics::{self, EventSales, Sales};
 
 /// Longest bucket: a week.
-const BUCKET_MINUTES_MAX: i32 = 7 * 24 * 60;
+const BUCKET_MINUTES_MAX: i64 = 7 * 24 * 60;
 /// Most points salesOverTime returns.
 const SALES_POINTS_MAX: usize = 5_000;
 /// How long an answer waits for the reader to catch up with the writes
@@ -98,13 +98,13 @@ impl EventAnalyticsObject {
     /// `bucketMinutes` (1..10080) aligned to the epoch; empty buckets left out.
     async fn sales_over_time(
         &self,
-        #[graphql(default = 60)] bucket_minutes: Option<i32>,
+        #[graphql(default_with = "Some(60)")] bucket_minutes: Option<i64>,
     ) -> ApiResult<Vec<SalesPointObject>> {
         let bucket_minutes = bucket_minutes.unwrap_or(60);
         if !(1..=BUCKET_MINUTES_MAX).contains(&bucket_minutes) {
             return Err(ApiError::bad_input("bucketMinutes", format!("must be between 1 and {BUCKET_MINUTES_MAX}")));
         }
-        let points = analytics::sales_over_time(&self.sales, bucket_minutes.into());
+        let points = analytics::sales_over_time(&self.sales, bucket_minutes);
         if points.len() > SALES_POINTS_MAX {
             return Err(ApiError::bad_input(
                 "bucketMinutes",

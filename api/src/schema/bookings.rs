@@ -108,7 +108,7 @@ impl BookingObject {
 #[derive(InputObject)]
 pub struct BookInput {
     ticket_type_id: ID,
-    quantity: i32,
+    quantity: i64,
     /// Same user + same key + same input: the same booking back, never a second one.
     idempotency_key: String,
     /// true: HELD until expiresAt; false: CONFIRMED at once.

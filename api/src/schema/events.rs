@@ -141,7 +141,7 @@ impl EventObject {
     async fn friends_going(
         &self,
         ctx: &Context<'_>,
-        #[graphql(default = 20)] first: Option<i32>,
+        #[graphql(default_with = "Some(20)")] first: Option<i64>,
     ) -> ApiResult<Vec<UserObject>> {
         let first = page_size(first, 20)?;
         let Some(me) = viewer(ctx).user() else {
@@ -156,7 +156,7 @@ impl EventObject {
     async fn whos_going(
         &self,
         ctx: &Context<'_>,
-        #[graphql(default = 20)] first: Option<i32>,
+        #[graphql(default_with = "Some(20)")] first: Option<i64>,
     ) -> ApiResult<Vec<UserObject>> {
         let first = page_size(first, 20)?;
         let user = viewer(ctx).require()?;
@@ -250,10 +250,10 @@ pub struct UpdateEventInput {
 #[derive(InputObject)]
 pub struct TicketTypeInput {
     name: String,
-    price_cents: i32,
+    price_cents: i64,
     currency: String,
-    capacity: i32,
-    per_user_limit: Option<i32>,
+    capacity: i64,
+    per_user_limit: Option<i64>,
 }
 
 /// Absent: leave as is (`None`); null: clear (`Some(None)`); a value: set.
@@ -277,7 +277,7 @@ fn changes(input: UpdateEventInput) -> EventChanges {
 
 const TEXT_FILTER_CHARS_MAX: usize = 200;
 
-fn event_query(filter: Option<EventFilter>, first: Option<i32>, after: Option<String>) -> ApiResult<EventQuery> {
+fn event_query(filter: Option<EventFilter>, first: Option<i64>, after: Option<String>) -> ApiResult<EventQuery> {
     let filter = filter.unwrap_or_default();
     for (field, value) in [("filter.city", &filter.city), ("filter.tag", &filter.tag), ("filter.text", &filter.text)] {
         if value.as_ref().is_some_and(|v| v.chars().count() > TEXT_FILTER_CHARS_MAX) {
@@ -331,7 +331,7 @@ impl EventsQuery {
         &self,
         ctx: &Context<'_>,
         filter: Option<EventFilter>,
-        #[graphql(default = 20)] first: Option<i32>,
+        #[graphql(default_with = "Some(20)")] first: Option<i64>,
         after: Option<String>,
     ) -> ApiResult<EventConnection> {
         let query = event_query(filter, first, after)?;
@@ -342,7 +342,7 @@ impl EventsQuery {
     async fn my_events(
         &self,
         ctx: &Context<'_>,
-        #[graphql(default = 20)] first: Option<i32>,
+        #[graphql(default_with = "Some(20)")] first: Option<i64>,
         after: Option<String>,
     ) -> ApiResult<EventConnection> {
         let user = viewer(ctx).require_role(ORGANIZING, "myEvents")?;
@@ -362,11 +362,10 @@ impl EventsMutation {
         ctx: &Context<'_>,
         name: String,
         city: String,
-        capacity: Option<i32>,
+        capacity: Option<i64>,
     ) -> ApiResult<VenueObject> {
         let user = viewer(ctx).require_role(ORGANIZING, "createVenue")?.id;
         let app = app(ctx).clone();
-        let capacity = capacity.map(i64::from);
         blocking(move || Ok(VenueObject(app.graph.create_venue(user, &name, &city, capacity)?))).await
     }
 
@@ -423,10 +422,10 @@ impl EventsMutation {
         let event = managed_event(ctx, "eventId", &event_id, "addTicketType")?;
         let new = NewTicketType {
             name: input.name,
-            price_cents: input.price_cents.into(),
+            price_cents: input.price_cents,
             currency: input.currency,
-            capacity: input.capacity.into(),
-            per_user_limit: input.per_user_limit.map(i64::from),
+            capacity: input.capacity,
+            per_user_limit: input.per_user_limit,
         };
         let app = app(ctx).clone();
         blocking(move || Ok(TicketTypeObject(app.graph.add_ticket_type(event.id, new)?))).await

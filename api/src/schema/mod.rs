@@ -99,8 +99,8 @@ where
 }
 
 /// Checks a page size argument; null (an absent variable) means the default.
-fn page_size(first: Option<i32>, default: i32) -> ApiResult<usize> {
-    const FIRST_MAX: i32 = 100;
+fn page_size(first: Option<i64>, default: i64) -> ApiResult<usize> {
+    const FIRST_MAX: i64 = 100;
     let first = first.unwrap_or(default);
     if !(0..=FIRST_MAX).contains(&first) {
         return Err(ApiError::bad_input("first", format!("must be between 0 and {FIRST_MAX}")));

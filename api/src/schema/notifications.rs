@@ -44,7 +44,7 @@ impl NotificationsQuery {
     async fn notifications(
         &self,
         ctx: &Context<'_>,
-        #[graphql(default = 20)] first: Option<i32>,
+        #[graphql(default_with = "Some(20)")] first: Option<i64>,
         #[graphql(default_with = "Some(false)")] unread_only: Option<bool>,
     ) -> ApiResult<Vec<NotificationObject>> {
         let user = viewer(ctx).require()?.id;

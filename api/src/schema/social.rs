@@ -34,7 +34,7 @@ impl SocialQuery {
     async fn recommended_events(
         &self,
         ctx: &Context<'_>,
-        #[graphql(default = 10)] first: Option<i32>,
+        #[graphql(default_with = "Some(10)")] first: Option<i64>,
     ) -> ApiResult<Vec<EventObject>> {
         let first = page_size(first, 10)?;
         let Some(me) = viewer(ctx).user() else {

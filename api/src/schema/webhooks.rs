@@ -113,7 +113,7 @@ impl WebhooksQuery {
         &self,
         ctx: &Context<'_>,
         webhook_id: ID,
-        #[graphql(default = 20)] first: Option<i32>,
+        #[graphql(default_with = "Some(20)")] first: Option<i64>,
     ) -> ApiResult<Vec<WebhookDeliveryObject>> {
         let webhook = owned_webhook(ctx, &webhook_id, "webhookId")?;
         let first = page_size(first, 20)?;
