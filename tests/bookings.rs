@@ -128,6 +128,14 @@ fn check_in_once_by_the_organizer() {
     let again = server.gql(Some(&org), check_in, json!({"c": code}));
     assert_eq!(error_code(&again), "CONFLICT");
     assert!(error_message(&again).contains(&at), "message names the first check-in time {at}: {again}");
+    // Let in, the fan can no longer cancel (and so free the seat); the
+    // organizer still can.
+    let cancel = "mutation($id: ID!) { cancelBooking(id: $id) { status ticketType { sold } } }";
+    let refused = server.gql(Some(&fan), cancel, json!({"id": booking["id"]}));
+    assert_eq!(error_code(&refused), "CONFLICT");
+    assert!(error_message(&refused).contains(&at), "message names the check-in time {at}: {refused}");
+    let cancelled = data(server.gql(Some(&org), cancel, json!({"id": booking["id"]})));
+    assert_eq!(cancelled["cancelBooking"], json!({"status": "CANCELLED", "ticketType": {"sold": 0}}));
 }
 
 #[test]

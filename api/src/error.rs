@@ -108,6 +108,12 @@ impl From<ledger::Error> for ApiError {
                 let at = crate::schema::DateTime(at_ms).to_rfc3339();
                 ApiError::Conflict(format!("this ticket was already checked in at {at}"))
             }
+            ledger::Error::TicketUsed { at_ms } => {
+                let at = crate::schema::DateTime(at_ms).to_rfc3339();
+                ApiError::Conflict(format!(
+                    "a ticket of this booking was checked in at {at}; only the event's organizer or an admin may cancel it now"
+                ))
+            }
             ledger::Error::Graph(inner) => inner.into(),
         }
     }

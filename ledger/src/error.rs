@@ -35,6 +35,12 @@ pub enum Error {
         /// When the first check-in happened.
         at_ms: i64,
     },
+    /// Cancelling a booking whose ticket was used, at `at_ms` (unix ms), by
+    /// someone who may not (see [`crate::Ledger::cancel_logged`]).
+    TicketUsed {
+        /// When the booking's first ticket was checked in.
+        at_ms: i64,
+    },
     /// Storage failed underneath.
     Graph(graph::Error),
 }
@@ -57,6 +63,7 @@ impl fmt::Display for Error {
             Error::HoldExpired => f.write_str("the hold has expired and its seats were released"),
             Error::Conflict(why) => f.write_str(why),
             Error::AlreadyCheckedIn { at_ms } => write!(f, "already checked in at {at_ms} ms since the epoch"),
+            Error::TicketUsed { at_ms } => write!(f, "a ticket of it was checked in at {at_ms} ms since the epoch"),
             Error::Graph(error) => write!(f, "{error}"),
         }
     }

@@ -125,6 +125,16 @@ pub struct Outcomes {
     pub refused: AtomicU64,
 }
 
+/// Whether a cancellation may take a booking whose tickets were used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UsedTickets {
+    /// The event's organizer and admins may cancel it (a refund after the
+    /// door, say).
+    Allowed,
+    /// Its owner may not: they were let in.
+    Refused,
+}
+
 /// Booking by user and idempotency key (nested so lookups borrow the key).
 type KeyMap = HashMap<UserId, HashMap<String, BookingId>>;
 
@@ -271,9 +281,10 @@ impl Ledger {
         self.settle(logged)
     }
 
-    /// Cancels a booking; returns once durable. See [`Ledger::cancel_logged`].
+    /// Cancels a booking, used tickets or not; returns once durable. See
+    /// [`Ledger::cancel_logged`].
     pub fn cancel(&self, id: BookingId, now_ms: i64) -> Result<Arc<Booking>, Error> {
-        let logged = self.cancel_logged(id, now_ms)?;
+        let logged = self.cancel_logged(id, now_ms, UsedTickets::Allowed)?;
         self.settle(logged)
     }
 
@@ -410,8 +421,10 @@ impl Ledger {
         }
     }
 
-    /// Cancels a held or confirmed booking and returns its seats.
-    pub fn cancel_logged(&self, id: BookingId, now_ms: i64) -> Result<Logged<Arc<Booking>>, Error> {
+    /// Cancels a held or confirmed booking and returns its seats; a
+    /// cancelled booking is returned as it is. With [`UsedTickets::Refused`]
+    /// a booking with a checked-in ticket stays (`Error::TicketUsed`).
+    pub fn cancel_logged(&self, id: BookingId, now_ms: i64, used: UsedTickets) -> Result<Logged<Arc<Booking>>, Error> {
         let mut shard = self.shard_of_booking(id);
         self.expire_due(&mut shard, now_ms);
         let current = shard.bookings.get(&id).cloned().ok_or(Error::NotFound("booking"))?;
@@ -419,6 +432,11 @@ impl Ledger {
             BookingStatus::Cancelled => return Ok(Logged { value: current, seq: self.replay_seq() }),
             BookingStatus::Expired => return Err(Error::Conflict("the hold already expired".into())),
             BookingStatus::Held | BookingStatus::Confirmed => {}
+        }
+        // Decided under the shard's lock, so a check-in cannot slip between.
+        let first_used = current.tickets.iter().filter_map(|ticket| ticket.checked_in_at_ms).min();
+        if let (UsedTickets::Refused, Some(at_ms)) = (used, first_used) {
+            return Err(Error::TicketUsed { at_ms });
         }
         let (booking, seq) = self.cancel_locked(&mut shard, &current, now_ms);
         Ok(Logged { value: booking, seq })

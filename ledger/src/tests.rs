@@ -165,8 +165,15 @@ fn check_in_works_once_for_confirmed_tickets() {
     assert_eq!(checked.tickets[1].checked_in_at_ms, Some(77));
     assert!(matches!(f.ledger.check_in(&code, 78), Err(Error::AlreadyCheckedIn { at_ms: 77 })));
     assert!(matches!(f.ledger.check_in("nope", 78), Err(Error::NotFound("ticket"))));
+    // A used booking stays unless the caller may cancel used ones.
+    let refused = f.ledger.cancel_logged(booking.id, 79, crate::UsedTickets::Refused);
+    assert!(matches!(refused, Err(Error::TicketUsed { at_ms: 77 })), "{refused:?}");
+    assert_eq!(f.ledger.sold(f.ticket_type), 2);
     f.ledger.cancel(booking.id, 80).unwrap();
-    assert!(matches!(f.ledger.check_in(&booking.tickets[0].code, 81), Err(Error::Conflict(_))));
+    assert_eq!(f.ledger.sold(f.ticket_type), 0);
+    let unused = f.ledger.book(&request(2, f.ticket_type, 1, "u", false), 81).unwrap();
+    assert!(f.ledger.cancel_logged(unused.id, 82, crate::UsedTickets::Refused).is_ok());
+    assert!(matches!(f.ledger.check_in(&booking.tickets[0].code, 83), Err(Error::Conflict(_))));
 }
 
 #[test]

@@ -176,11 +176,18 @@ impl BookingsMutation {
         Ok(BookingObject(app.settle(logged).await?))
     }
 
-    /// Its owner, the event's organizer, ADMIN; seats return.
+    /// Its owner, the event's organizer, ADMIN; seats return. Once a ticket
+    /// of it was checked in, its owner may no longer.
     async fn cancel_booking(&self, ctx: &Context<'_>, id: ID) -> ApiResult<BookingObject> {
         let booking = accessible_booking(ctx, &id, true, "cancelBooking")?;
         let app = app(ctx);
-        let logged = app.ledger.cancel_logged(booking.id, graph::now_ms())?;
+        let user = viewer(ctx).require()?;
+        // Once a ticket was used at the door, only the event's side may
+        // cancel (and so put the seat back on sale).
+        let manages =
+            user.role == Role::Admin || app.graph.event(booking.event).is_some_and(|e| e.organizer == user.id);
+        let used = if manages { ledger::UsedTickets::Allowed } else { ledger::UsedTickets::Refused };
+        let logged = app.ledger.cancel_logged(booking.id, graph::now_ms(), used)?;
         Ok(BookingObject(app.settle(logged).await?))
     }
 
