@@ -286,17 +286,43 @@ pub fn inspect(request: &mut async_graphql::Request, limits: &QueryLimits) -> Re
             format!("the query is {} bytes, more than the {} allowed", request.query.len(), limits.query_bytes_max);
         return Err(TooComplex(why));
     }
-    let variables = serde_json::to_vec(&request.variables).map(|v| v.len()).unwrap_or(usize::MAX);
+    let mut size = JsonSize(0);
+    let variables = match serde_json::to_writer(&mut size, &request.variables) {
+        Ok(()) => size.0,
+        Err(_) => usize::MAX,
+    };
     if variables > limits.variables_bytes_max {
         let why = format!("the variables are {variables} bytes, more than the {} allowed", limits.variables_bytes_max);
         return Err(TooComplex(why));
     }
     let operation_name = request.operation_name.clone();
-    let variables = request.variables.clone();
-    let Ok(document) = request.parsed_query() else { return Ok(None) };
-    let cost = analyze(document, operation_name.as_deref(), &variables)?;
+    // Out of the request while its document is borrowed, and back after.
+    let variables = std::mem::take(&mut request.variables);
+    let cost = match request.parsed_query() {
+        Ok(document) => analyze(document, operation_name.as_deref(), &variables),
+        Err(_) => {
+            request.variables = variables;
+            return Ok(None);
+        }
+    };
+    request.variables = variables;
+    let cost = cost?;
     check(&cost, limits)?;
     Ok(Some(cost))
+}
+
+/// Counts the bytes of JSON written to it, keeping none.
+struct JsonSize(usize);
+
+impl std::io::Write for JsonSize {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 += bytes.len();
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Checks a measured operation against the limits.
@@ -453,6 +479,32 @@ mod tests {
     fn cost(query: &str, variables: serde_json::Value) -> Result<Cost, TooComplex> {
         let document = async_graphql::parser::parse_query(query).unwrap();
         analyze(&document, None, &Variables::from_json(variables))
+    }
+
+    /// The variables' size is their JSON's; the request keeps its
+    /// variables whatever the outcome.
+    #[test]
+    fn inspect_measures_the_variables_and_leaves_them_in_the_request() {
+        let limits = QueryLimits::default();
+        let query = "query($n: Int, $s: String) { events(first: $n) { nodes { id } } me { name } }";
+        let small = serde_json::json!({"n": 3, "s": "é\"x"});
+        let mut request = async_graphql::Request::new(query).variables(Variables::from_json(small.clone()));
+        let found = inspect(&mut request, &limits).unwrap().expect("the query parses");
+        assert_eq!(found.complexity, 1 + 3 * 2 + 2);
+        assert_eq!(request.variables, Variables::from_json(small));
+
+        let text = "x".repeat(limits.variables_bytes_max);
+        let large = Variables::from_json(serde_json::json!({ "s": text }));
+        let size = serde_json::to_vec(&large).unwrap().len();
+        let mut request = async_graphql::Request::new(query).variables(large.clone());
+        let TooComplex(why) = inspect(&mut request, &limits).unwrap_err();
+        assert!(why.starts_with(&format!("the variables are {size} bytes")), "{why}");
+        assert_eq!(request.variables, large);
+
+        let mut broken =
+            async_graphql::Request::new("{ me {").variables(Variables::from_json(serde_json::json!({"n": 1})));
+        assert!(inspect(&mut broken, &limits).unwrap().is_none());
+        assert_eq!(broken.variables, Variables::from_json(serde_json::json!({"n": 1})));
     }
 
     #[test]
