@@ -16,8 +16,12 @@
 --   MARQUEE_KEY_PREFIX   idempotency key prefix, unique per run
 --                        (default: the start time, so reruns never replay)
 --
--- Every request uses a new idempotency key (prefix-thread-counter) and the
--- next buyer token (round-robin, the threads interleaved). At the end it
+-- Every request uses a new idempotency key (prefix-thread-counter, the
+-- counter 12 digits wide) and the next buyer token (round-robin, the
+-- threads interleaved). Each token's request head is built once, so a
+-- request costs wrk about what a fixed one does (28-29 µs of CPU here,
+-- against 36-38 when every request went through wrk.format), CPU that the
+-- server, on the same two cores, would otherwise lose. At the end it
 -- prints one line:
 --   book.lua: requests=N confirmed=N sold_out=N other_errors=N non_200=N
 -- where other_errors counts any error but SOLD_OUT (all should be 0).
@@ -42,6 +46,7 @@ local tokens = {}
 local counter = 0
 local first_token = 0
 local body_head, body_tail
+local heads = {}
 confirmed, sold_out, other_errors, non_200 = 0, 0, 0, 0
 
 function init(args)
@@ -68,17 +73,23 @@ function init(args)
       .. '"ticketTypeId":"' .. ticket_type .. '","quantity":1,"hold":false,'
       .. '"idempotencyKey":"' .. key_prefix .. '-' .. thread_id .. '-'
    body_tail = '"}}}'
+   local sample = body_head .. string.format("%012d", 0) .. body_tail
+   for i, token in ipairs(tokens) do
+      local full = wrk.format("POST", nil, {
+         ["Content-Type"] = "application/json",
+         ["Authorization"] = "Bearer " .. token,
+      }, sample)
+      heads[i] = full:sub(1, #full - #sample)
+   end
 end
 
 function request()
    counter = counter + 1
-   -- Round-robin over the buyers' tokens.
+   -- Round-robin over the buyers' tokens; the head (request line and
+   -- headers, Content-Length included) is built once per token, and the
+   -- key's counter has a fixed width so that every body has one length.
    local index = (first_token + counter) % #tokens + 1
-   local headers = {
-      ["Content-Type"] = "application/json",
-      ["Authorization"] = "Bearer " .. tokens[index],
-   }
-   return wrk.format("POST", nil, headers, body_head .. counter .. body_tail)
+   return heads[index] .. body_head .. string.format("%012d", counter) .. body_tail
 end
 
 function response(status, headers, body)
