@@ -1,6 +1,7 @@
 //! Operations known to be valid. Clients send the same few documents over
-//! and over with other variables, and GraphQL validation was the costliest
-//! step of a small request (about a seventh of a booking's request thread).
+//! and over with other variables, and GraphQL validation was among the
+//! costliest steps of a small request (about a seventh of a booking's
+//! request thread, second only to the kernel's TCP send).
 //! A query text and operation name that passed the full validation once
 //! run next time on a second schema built with async-graphql's
 //! `ValidationMode::Fast` (which checks only fragment cycles, complexity
