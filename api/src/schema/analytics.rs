@@ -5,10 +5,9 @@ use std::time::Duration;
 
 use async_graphql::{Context, Object, ID};
 use graph::ids::EventId;
-use graph::model::Role;
 
 use super::events::{EventObject, TicketTypeObject};
-use super::{app, parse_id, viewer, DateTime};
+use super::{acts_for_event, app, parse_id, viewer, DateTime};
 use crate::error::{ApiError, ApiResult};
 use crate::readers::analytics::{self, EventSales, Sales};
 
@@ -130,7 +129,7 @@ impl AnalyticsQuery {
         let id: EventId = parse_id("eventId", &event_id)?;
         let app = app(ctx);
         let event = app.graph.event(id).ok_or_else(|| ApiError::NotFound("no such event".into()))?;
-        if event.organizer != user.id && user.role != Role::Admin {
+        if !acts_for_event(user, &event) {
             return Err(ApiError::Forbidden("eventAnalytics: only the event's organizer or an admin".into()));
         }
         let written = app.graph.store().durable_seq();

@@ -1,11 +1,11 @@
 //! Bookings: book, confirm, cancel, check in, and the viewer's bookings.
 
 use async_graphql::{Context, Enum, InputObject, Object, ID};
-use graph::ids::{BookingId, TicketTypeId};
+use graph::ids::{BookingId, EventId, TicketTypeId};
 use graph::model::{self, Role};
 
 use super::events::{EventObject, TicketTypeObject};
-use super::{app, parse_id, viewer, DateTime};
+use super::{acts_for_event, app, parse_id, viewer, DateTime};
 use crate::error::{ApiError, ApiResult};
 
 /// Where a booking is in its life.
@@ -116,21 +116,28 @@ pub struct BookInput {
     hold: Option<bool>,
 }
 
-/// The booking `id`, if the viewer may act on it as `action` allows.
+/// Whether `user` acts for the side of the event `id` (see [`acts_for_event`]).
+fn acts_for_event_id(ctx: &Context<'_>, user: &model::User, id: EventId) -> bool {
+    user.role == Role::Admin || app(ctx).graph.event(id).is_some_and(|event| acts_for_event(user, &event))
+}
+
+/// The booking `id`, if the viewer may act on it as `action` allows (its
+/// owner, an admin, or with `organizer_may` the event's organizer), and
+/// whether they act for the event's side.
 fn accessible_booking(
     ctx: &Context<'_>,
     id: &ID,
     organizer_may: bool,
     action: &str,
-) -> ApiResult<std::sync::Arc<model::Booking>> {
+) -> ApiResult<(std::sync::Arc<model::Booking>, bool)> {
     let user = viewer(ctx).require()?;
     let id: BookingId = parse_id("id", id)?;
     let booking = app(ctx).ledger.booking(id).ok_or_else(|| ApiError::NotFound("no such booking".into()))?;
-    let organizes = organizer_may && app(ctx).graph.event(booking.event).is_some_and(|e| e.organizer == user.id);
-    if booking.user != user.id && user.role != Role::Admin && !organizes {
+    let for_event = if organizer_may { acts_for_event_id(ctx, user, booking.event) } else { user.role == Role::Admin };
+    if booking.user != user.id && !for_event {
         return Err(ApiError::Forbidden(format!("{action}: not your booking")));
     }
-    Ok(booking)
+    Ok((booking, for_event))
 }
 
 #[derive(Default)]
@@ -170,7 +177,7 @@ impl BookingsMutation {
 
     /// Confirms the viewer's HELD booking: tickets are issued.
     async fn confirm_booking(&self, ctx: &Context<'_>, id: ID) -> ApiResult<BookingObject> {
-        let booking = accessible_booking(ctx, &id, false, "confirmBooking")?;
+        let (booking, _) = accessible_booking(ctx, &id, false, "confirmBooking")?;
         let app = app(ctx);
         let logged = app.ledger.confirm_logged(booking.id, graph::now_ms())?;
         Ok(BookingObject(app.settle(logged).await?))
@@ -179,28 +186,24 @@ impl BookingsMutation {
     /// Its owner, the event's organizer, ADMIN; seats return. Once a ticket
     /// of it was checked in, its owner may no longer.
     async fn cancel_booking(&self, ctx: &Context<'_>, id: ID) -> ApiResult<BookingObject> {
-        let booking = accessible_booking(ctx, &id, true, "cancelBooking")?;
+        let (booking, for_event) = accessible_booking(ctx, &id, true, "cancelBooking")?;
         let app = app(ctx);
-        let user = viewer(ctx).require()?;
         // Once a ticket was used at the door, only the event's side may
         // cancel (and so put the seat back on sale).
-        let manages =
-            user.role == Role::Admin || app.graph.event(booking.event).is_some_and(|e| e.organizer == user.id);
-        let used = if manages { ledger::UsedTickets::Allowed } else { ledger::UsedTickets::Refused };
+        let used = if for_event { ledger::UsedTickets::Allowed } else { ledger::UsedTickets::Refused };
         let logged = app.ledger.cancel_logged(booking.id, graph::now_ms(), used)?;
         Ok(BookingObject(app.settle(logged).await?))
     }
 
-    /// The event's organizer, ADMIN: admits a CONFIRMED ticket, once. As
-    /// everywhere else, the organizer is whoever made the event, whatever
-    /// their role now.
+    /// The event's organizer, ADMIN: admits a CONFIRMED ticket, once. The
+    /// organizer is whoever made the event, whatever their role now, as for
+    /// cancelling its bookings and reading its analytics.
     async fn check_in(&self, ctx: &Context<'_>, code: String) -> ApiResult<TicketObject> {
         let user = viewer(ctx).require()?;
         let app = app(ctx).clone();
         let not_found = || ApiError::NotFound("no ticket with this code".into());
         let (booking, _) = app.ledger.booking_of_ticket(&code).ok_or_else(not_found)?;
-        let organizes = app.graph.event(booking.event).is_some_and(|e| e.organizer == user.id);
-        if !organizes && user.role != Role::Admin {
+        if !acts_for_event_id(ctx, user, booking.event) {
             return Err(ApiError::Forbidden("checkIn: only the event's organizer or an admin may check in".into()));
         }
         let logged = app.ledger.check_in_logged(&code, graph::now_ms())?;

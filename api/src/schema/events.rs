@@ -8,7 +8,7 @@ use graph::model::{self, Role};
 use graph::{EventChanges, EventPage, EventQuery, NewEvent, NewTicketType};
 
 use super::identity::UserObject;
-use super::{app, blocking, page_size, parse_id, viewer, DateTime};
+use super::{acts_for_event, app, blocking, page_size, parse_id, viewer, DateTime};
 use crate::error::{ApiError, ApiResult};
 
 /// Where an event is in its life.
@@ -160,7 +160,7 @@ impl EventObject {
     ) -> ApiResult<Vec<UserObject>> {
         let first = page_size(first, 20)?;
         let user = viewer(ctx).require()?;
-        if user.id != self.0.organizer && user.role != Role::Admin {
+        if !acts_for_event(user, &self.0) {
             return Err(ApiError::Forbidden("whosGoing: only the event's organizer or an admin".into()));
         }
         let going = app(ctx).graph.social().whos_going(self.0.id, first).first;
@@ -302,7 +302,7 @@ fn managed_event(ctx: &Context<'_>, field: &str, id: &ID, action: &str) -> ApiRe
     let user = viewer(ctx).require_role(ORGANIZING, action)?;
     let id: EventId = parse_id(field, id)?;
     let event = app(ctx).graph.event(id).ok_or_else(|| ApiError::NotFound("no such event".into()))?;
-    if event.organizer != user.id && user.role != Role::Admin {
+    if !acts_for_event(user, &event) {
         return Err(ApiError::Forbidden(format!("{action}: only the event's organizer or an admin may do this")));
     }
     Ok(event)

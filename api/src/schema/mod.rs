@@ -81,6 +81,12 @@ fn viewer<'a>(ctx: &Context<'a>) -> &'a Viewer {
     ctx.data_opt::<Viewer>().unwrap_or(&Viewer::Anonymous)
 }
 
+/// Whether `user` acts for `event`'s side: an admin, or the event's
+/// organizer (whoever made it, whatever their role now).
+fn acts_for_event(user: &graph::model::User, event: &graph::model::Event) -> bool {
+    user.role == graph::model::Role::Admin || event.organizer == user.id
+}
+
 /// Parses a GraphQL ID into a typed id, naming the argument when it is not one.
 fn parse_id<T: FromStr>(field: &str, id: &ID) -> ApiResult<T> {
     id.as_str().parse().map_err(|_| ApiError::bad_input(field, "not a valid id"))
