@@ -298,15 +298,9 @@ pub fn inspect(request: &mut async_graphql::Request, limits: &QueryLimits) -> Re
     let operation_name = request.operation_name.clone();
     // Out of the request while its document is borrowed, and back after.
     let variables = std::mem::take(&mut request.variables);
-    let cost = match request.parsed_query() {
-        Ok(document) => analyze(document, operation_name.as_deref(), &variables),
-        Err(_) => {
-            request.variables = variables;
-            return Ok(None);
-        }
-    };
+    let cost = request.parsed_query().ok().map(|document| analyze(document, operation_name.as_deref(), &variables));
     request.variables = variables;
-    let cost = cost?;
+    let Some(cost) = cost.transpose()? else { return Ok(None) };
     check(&cost, limits)?;
     Ok(Some(cost))
 }
