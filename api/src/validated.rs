@@ -94,11 +94,11 @@ impl ValidatedOperations {
 
     /// Decides how `request` runs (its text parsed or not).
     pub fn check(&self, request: &mut Request) -> Check {
-        let operation = request.operation_name.clone();
         let found = {
             let documents = self.documents.lock().expect("validated operations lock poisoned");
             documents.get(request.query.as_str()).map(|operations| {
-                operations.iter().find(|(name, _)| *name == operation).map(|(_, arguments)| arguments.clone())
+                let operation = request.operation_name.as_deref();
+                operations.iter().find(|(name, _)| name.as_deref() == operation).map(|(_, arguments)| arguments.clone())
             })
         };
         match found {
@@ -109,6 +109,7 @@ impl ValidatedOperations {
             Some(Some(_)) => Check::Full,
             Some(None) | None => {
                 let query: Arc<str> = request.query.as_str().into();
+                let operation = request.operation_name.clone();
                 let Ok(document) = request.parsed_query() else { return Check::Full };
                 match variable_arguments(&self.registry, document, operation.as_deref()) {
                     Some(arguments) => Check::New(Candidate { query, operation, arguments: ArgumentTypes(arguments) }),
