@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use crate::log::Entry;
-use crate::store::{key, table};
+use crate::store::{key, table, RowWrite};
 use crate::{Error, Store};
 
 /// A stored row: its key and value.
@@ -20,34 +20,32 @@ pub struct ReaderRows<'a> {
     reader: u8,
 }
 
-/// Writes a reader makes together with its checkpoint.
+/// Writes a reader makes together with its checkpoint, in order (a later
+/// write of a row wins).
 #[derive(Default)]
 pub struct ReaderBatch {
-    batch: sled::Batch,
-    len: usize,
+    writes: Vec<RowWrite>,
 }
 
 impl ReaderBatch {
     /// Sets a row.
     pub fn put(&mut self, rows: &ReaderRows<'_>, key: &[u8], value: &[u8]) {
-        self.batch.insert(rows.key(key), value);
-        self.len += 1;
+        self.writes.push((rows.key(key), Some(value.to_vec())));
     }
 
     /// Removes a row.
     pub fn remove(&mut self, rows: &ReaderRows<'_>, key: &[u8]) {
-        self.batch.remove(rows.key(key));
-        self.len += 1;
+        self.writes.push((rows.key(key), None));
     }
 
     /// Writes in the batch.
     pub fn len(&self) -> usize {
-        self.len
+        self.writes.len()
     }
 
     /// Whether it writes nothing.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.writes.is_empty()
     }
 }
 
@@ -123,13 +121,16 @@ impl ReaderRows<'_> {
         self.store.replace_row(&self.key(key), old, new)
     }
 
-    /// Writes `batch` and, when given, the new checkpoint, atomically. Not
-    /// flushed: it becomes durable with the next group commit.
+    /// Writes `batch` and, when given, the new checkpoint, atomically, in
+    /// the store's next row batch: it waits for the row writer to end its
+    /// rest (25 ms between batches), and readers committing meanwhile share
+    /// that batch. Not flushed: it becomes durable with the next group
+    /// commit.
     pub fn commit(&self, batch: ReaderBatch, checkpoint: Option<u64>) -> Result<(), Error> {
-        let mut batch = batch.batch;
+        let mut writes = batch.writes;
         if let Some(seq) = checkpoint {
-            batch.insert(self.checkpoint_key(), &seq.to_be_bytes());
+            writes.push((self.checkpoint_key(), Some(seq.to_be_bytes().to_vec())));
         }
-        self.store.write_rows(batch)
+        self.store.write_reader_rows(writes)
     }
 }

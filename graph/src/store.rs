@@ -71,10 +71,13 @@ const BEHIND_QUEUE_ROUNDS: usize = 256;
 
 /// After writing a batch the row writer rests this long, so what queues
 /// meanwhile goes in one batch. Every sled batch seals and writes sled's
-/// I/O buffer (a synchronous disk write each): at a peak on-sale a row
-/// batch per group-commit round made about a third of those writes, and
-/// a group of 16 bookings was rewritten as each round added to it. Rows
-/// behind are read only at start-up, so a little more lag costs nothing.
+/// I/O buffer twice (a synchronous disk write each, and a wake-up of each
+/// of sled's seven idle I/O threads): at a peak on-sale a row batch per
+/// group-commit round made about a third of those writes, and a group of
+/// 16 bookings was rewritten as each round added to it. Rows behind are
+/// read only at start-up, so a little more lag costs nothing. The log's
+/// readers commit through the same writer, so this is also about as long
+/// as their commits wait, and how often each of them commits under load.
 const ROWS_BEHIND_PAUSE: std::time::Duration = std::time::Duration::from_millis(25);
 
 /// Under load (the round before made at least [`GATHER_AFTER_RECORDS`]
@@ -121,34 +124,55 @@ pub(crate) fn key(table: u8, rest: &[u8]) -> Vec<u8> {
 /// it).
 pub(crate) type Materialize = Box<dyn Fn(&Record, &[u8], &mut RoundWrites) + Send + Sync>;
 
-/// The tree writes of one group-commit round (or one commit), applied
-/// atomically. A round that writes one key, as a round of bookings does
-/// (its log segment; the booking rows go behind), is a plain sled insert:
-/// every sled batch seals and writes sled's I/O buffer twice (`apply_batch`
-/// pins the log), two synchronous disk writes that a single key, atomic on
-/// its own, does not need. Later writes of a key win, as in a batch.
+/// The tree writes of one group-commit round (or one commit). Every sled
+/// batch seals and writes sled's I/O buffer twice (`apply_batch` pins the
+/// log), two synchronous disk writes (each waking sled's seven idle I/O
+/// threads) that plain inserts do not cost, so a batch is used only where
+/// atomicity needs one:
+/// - a round that writes only log segments, as a round of bookings does
+///   (the booking rows go behind), inserts them one by one in seq order.
+///   sled recovers a contiguous prefix of what was written, so a crash
+///   between two of them leaves the log a gap-free prefix of itself, as a
+///   crash before the round would: records past it were never durable, so
+///   never acknowledged;
+/// - a single write is atomic on its own;
+/// - anything else (log segments with the rows they change) is a batch.
+///
+/// Later writes of a key win, as in a batch.
 #[derive(Default)]
 pub(crate) struct RoundWrites {
     writes: Vec<(sled::IVec, Option<sled::IVec>)>,
+    /// Whether it writes anything but log segments.
+    rows: bool,
 }
 
 impl RoundWrites {
     pub(crate) fn insert(&mut self, key: impl Into<sled::IVec>, value: impl Into<sled::IVec>) {
         self.writes.push((key.into(), Some(value.into())));
+        self.rows = true;
     }
 
     pub(crate) fn remove(&mut self, key: impl Into<sled::IVec>) {
         self.writes.push((key.into(), None));
+        self.rows = true;
     }
 
-    /// Writes them all or none.
-    pub(crate) fn apply(mut self, tree: &sled::Tree) -> sled::Result<()> {
-        if let [_] = self.writes[..] {
-            let (key, value) = self.writes.pop().expect("one write");
-            return match value {
-                Some(value) => tree.insert(key, value).map(drop),
-                None => tree.remove(key).map(drop),
-            };
+    /// Adds the log segment whose first entry has `first_seq`; segments are
+    /// added in seq order.
+    pub(crate) fn log_segment(&mut self, first_seq: u64, segment: Vec<u8>) {
+        self.writes.push((key(table::LOG, &first_seq.to_be_bytes()).into(), Some(segment.into())));
+    }
+
+    /// Writes them: all or none, or (log segments alone) in order.
+    pub(crate) fn apply(self, tree: &sled::Tree) -> sled::Result<()> {
+        if !self.rows || self.writes.len() == 1 {
+            for (key, value) in self.writes {
+                match value {
+                    Some(value) => tree.insert(key, value)?,
+                    None => tree.remove(key)?,
+                };
+            }
+            return Ok(());
         }
         let mut batch = sled::Batch::default();
         for (key, value) in self.writes {
@@ -167,10 +191,53 @@ struct RowsBehind {
     seq: u64,
 }
 
+/// One write of a row: a value, or `None` to remove it.
+pub(crate) type RowWrite = (Vec<u8>, Option<Vec<u8>>);
+
+/// A log reader's writes, to be written all or none, and where to say
+/// whether they were.
+struct ReaderCommit {
+    writes: Vec<RowWrite>,
+    done: std::sync::mpsc::SyncSender<Result<(), Error>>,
+}
+
+/// What the row writer is handed.
+enum RowWork {
+    Behind(RowsBehind),
+    Reader(ReaderCommit),
+}
+
+/// What the row writer writes in one sled batch.
+#[derive(Default)]
+struct RowBatch {
+    items: Vec<Item>,
+    /// The seq the rows behind are complete up to, when any were handed over.
+    behind_seq: Option<u64>,
+    readers: Vec<ReaderCommit>,
+    /// Rows it writes, items and readers' writes.
+    len: usize,
+}
+
+impl RowBatch {
+    fn add(&mut self, work: RowWork) {
+        match work {
+            RowWork::Behind(rows) => {
+                self.len += rows.items.len();
+                self.items.extend(rows.items);
+                self.behind_seq = Some(rows.seq);
+            }
+            RowWork::Reader(commit) => {
+                self.len += commit.writes.len();
+                self.readers.push(commit);
+            }
+        }
+    }
+}
+
 /// The row writer's queue, guarded by the apply lock so rows are handed
 /// over in log order.
 struct BehindQueue {
-    sender: Option<std::sync::mpsc::SyncSender<RowsBehind>>,
+    sender: Option<std::sync::mpsc::SyncSender<RowWork>>,
     /// The seq of the last hand-over.
     sent_seq: u64,
 }
@@ -213,6 +280,8 @@ struct Shared {
     behind_written_seq: AtomicU64,
     /// Batches the row writer has written.
     behind_batches: AtomicU64,
+    /// The log readers' way to the row writer (taken when the store closes).
+    reader_commits: Mutex<Option<std::sync::mpsc::SyncSender<RowWork>>>,
     /// The newest entries written to the tree, in seq order, at most
     /// [`RECENT_ENTRIES`].
     recent: Mutex<VecDeque<Entry>>,
@@ -274,6 +343,7 @@ impl Store {
             appender: Mutex::new(Appender { next_seq: head + 1, pending: Vec::new(), closing: false }),
             gathered: Condvar::new(),
             gather_micros: AtomicU64::new(GATHER.as_micros() as u64),
+            reader_commits: Mutex::new(Some(sender.clone())),
             apply_lock: Mutex::new(BehindQueue { sender: Some(sender), sent_seq: head }),
             behind_written_seq: AtomicU64::new(head),
             behind_batches: AtomicU64::new(0),
@@ -499,6 +569,21 @@ impl Store {
         self.shared.tree.apply_batch(batch).map_err(|e| self.shared.fail(e))
     }
 
+    /// Writes a log reader's rows (its checkpoint among them) all or none,
+    /// in the row writer's next batch, and returns once they are in the
+    /// tree. Readers that commit while the writer rests share that batch,
+    /// and the two I/O buffer writes every sled batch costs, with each
+    /// other and with the rows behind the log. Not flushed: they become
+    /// durable with the next group commit.
+    pub(crate) fn write_reader_rows(&self, writes: Vec<RowWrite>) -> Result<(), Error> {
+        self.shared.check_healthy()?;
+        let stopped = || Error::Storage("the row writer stopped".into());
+        let sender = self.shared.reader_commits.lock().expect("reader commits lock poisoned").clone();
+        let (done, outcome) = std::sync::mpsc::sync_channel(1);
+        sender.ok_or_else(stopped)?.send(RowWork::Reader(ReaderCommit { writes, done })).map_err(|_| stopped())?;
+        outcome.recv().map_err(|_| stopped())?
+    }
+
     /// Replaces one row's value, written outside the log like
     /// [`Store::write_rows`], only if it still holds `old`; false when it
     /// changed or is gone.
@@ -534,6 +619,7 @@ impl Drop for Store {
         }
         // The row writer stops once it has written everything handed over.
         self.shared.apply_lock.lock().expect("apply lock poisoned").sender = None;
+        self.shared.reader_commits.lock().expect("reader commits lock poisoned").take();
         if let Some(row_writer) = self.row_writer.take() {
             let _ = row_writer.join();
         }
@@ -667,38 +753,36 @@ impl Shared {
             return Ok(());
         }
         let sender = queue.sender.as_ref().expect("the row writer runs while the store is open");
-        if sender.send(RowsBehind { items: behind, seq: last }).is_err() {
+        if sender.send(RowWork::Behind(RowsBehind { items: behind, seq: last })).is_err() {
             return Err(self.fail_with(Error::Storage("the row writer stopped".into())));
         }
         queue.sent_seq = last;
         Ok(())
     }
 
-    /// The row writer thread: writes the items handed over, coalescing
-    /// whatever queued up meanwhile into one batch with its checkpoint,
-    /// then rests [`ROWS_BEHIND_PAUSE`] unless more is waiting than one
-    /// batch takes, until the store closes. They become durable with the
-    /// next flush.
-    fn run_row_writer(&self, queue: &std::sync::mpsc::Receiver<RowsBehind>) {
-        const BATCH_ITEMS_MAX: usize = 65_536;
+    /// The row writer thread: writes the items handed over and the log
+    /// readers' commits, coalescing whatever queued up meanwhile into one
+    /// batch (with the rows' checkpoint), then rests [`ROWS_BEHIND_PAUSE`]
+    /// unless more is waiting than one batch takes, until the store closes.
+    /// They become durable with the next flush.
+    fn run_row_writer(&self, queue: &std::sync::mpsc::Receiver<RowWork>) {
+        const BATCH_ROWS_MAX: usize = 65_536;
         while let Ok(first) = queue.recv() {
-            let mut seq = first.seq;
-            let mut items = first.items;
-            while items.len() < BATCH_ITEMS_MAX {
+            let mut work = RowBatch::default();
+            work.add(first);
+            while work.len < BATCH_ROWS_MAX {
                 let Ok(next) = queue.try_recv() else { break };
-                seq = next.seq;
-                items.extend(next.items);
+                work.add(next);
             }
-            let backlog = items.len() >= BATCH_ITEMS_MAX;
-            if self.check_healthy().is_ok() {
-                let mut batch = sled::Batch::default();
-                let written = behind::write(&self.tree, items, seq, &mut batch)
-                    .and_then(|()| self.tree.apply_batch(batch).map_err(Error::storage));
-                self.behind_batches.fetch_add(1, Ordering::Relaxed);
-                match written {
-                    Ok(()) => self.behind_written_seq.store(seq, Ordering::Release),
-                    Err(error) => drop(self.fail_with(error)),
-                }
+            let backlog = work.len >= BATCH_ROWS_MAX;
+            let written = self.check_healthy().and_then(|()| self.write_row_batch(&mut work));
+            for reader in work.readers {
+                let outcome = match &written {
+                    Ok(()) => Ok(()),
+                    Err(error) => Err(Error::Storage(error.to_string())),
+                };
+                // A reader that stopped waiting needs no answer.
+                let _ = reader.done.send(outcome);
             }
             {
                 let _state = self.flush.lock().expect("flush state lock poisoned");
@@ -708,6 +792,28 @@ impl Shared {
                 std::thread::sleep(ROWS_BEHIND_PAUSE);
             }
         }
+    }
+
+    /// Writes the rows of one row writer batch (taking them out of `work`,
+    /// which keeps the readers to answer); a failure fails the store.
+    fn write_row_batch(&self, work: &mut RowBatch) -> Result<(), Error> {
+        let mut batch = sled::Batch::default();
+        if let Some(seq) = work.behind_seq {
+            behind::write(&self.tree, std::mem::take(&mut work.items), seq, &mut batch)
+                .map_err(|e| self.fail_with(e))?;
+        }
+        for (key, value) in work.readers.iter_mut().flat_map(|reader| std::mem::take(&mut reader.writes)) {
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
+            }
+        }
+        self.behind_batches.fetch_add(1, Ordering::Relaxed);
+        self.tree.apply_batch(batch).map_err(|e| self.fail(e))?;
+        if let Some(seq) = work.behind_seq {
+            self.behind_written_seq.store(seq, Ordering::Release);
+        }
+        Ok(())
     }
 
     /// Adds consecutive records as log segments of about
@@ -731,7 +837,7 @@ impl Shared {
             bytes += value.len();
             values.push(value);
             if bytes >= SEGMENT_BYTES || index + 1 == pending.len() {
-                writes.insert(key(table::LOG, &segment_first.to_be_bytes()), crate::log::encode_segment(&values));
+                writes.log_segment(segment_first, crate::log::encode_segment(&values));
                 values.clear();
                 bytes = 0;
             }

@@ -319,6 +319,38 @@ fn the_row_writer_writes_what_queued_while_it_rested_in_one_batch() {
     assert_eq!(graph.bookings().unwrap().count(), 200);
 }
 
+/// Log readers commit through the row writer: readers that commit while
+/// it rests after a batch share its next batch (and the I/O buffer writes
+/// a sled batch costs) instead of writing one batch each, and each
+/// commit returns only once its rows and checkpoint are in the tree.
+#[test]
+fn readers_committing_while_the_row_writer_rests_share_one_batch() {
+    let dir = TempDir::new("reader-commits");
+    let graph = open(&dir);
+    let store = graph.store();
+    // A hand-over of rows behind: the writer writes it at once, then rests.
+    let held = booking_of(1, EventId(1), TicketTypeId(1), model::BookingStatus::Held);
+    store.commit(1, &[Record::BookingHeld(Arc::new(held))]).unwrap();
+    store.settle_rows_behind().unwrap();
+    let before = store.rows_behind_batches();
+    std::thread::scope(|scope| {
+        for reader in 20..24u8 {
+            scope.spawn(move || {
+                let rows = store.reader(reader);
+                let mut batch = readers::ReaderBatch::default();
+                batch.put(&rows, b"row", &[reader]);
+                rows.commit(batch, Some(u64::from(reader))).unwrap();
+                assert_eq!(rows.get(b"row").unwrap(), Some(vec![reader]), "in the tree once commit returns");
+                assert_eq!(rows.checkpoint().unwrap(), u64::from(reader));
+            });
+        }
+    });
+    // One batch when all four commits queue within the 25 ms rest; two on
+    // a machine too slow to start four threads in that time.
+    let batches = store.rows_behind_batches() - before;
+    assert!((1..=2).contains(&batches), "four reader commits took {batches} batches");
+}
+
 /// Appends `n` held bookings (ids from `first`) and asks for a flush.
 fn append_held(store: &Store, first: u64, n: u64) -> u64 {
     let mut last = 0;
@@ -499,8 +531,9 @@ fn recent_entries_read_the_same_as_the_stored_log() {
     assert_eq!(store.read_log(last - 5, 1_000).unwrap().len(), 6);
 }
 
-/// A round's writes land as written, one key (a plain sled insert or
-/// remove) or many (a batch), the later of two writes of a key winning.
+/// A round's writes land as written: one key (a plain sled insert or
+/// remove), log segments alone (inserted in seq order) or many (a batch),
+/// the later of two writes of a key winning.
 #[test]
 fn round_writes_apply_one_key_or_many_with_the_last_write_of_a_key_winning() {
     let tree = sled::Config::new().temporary(true).open().unwrap().open_tree("t").unwrap();
@@ -527,4 +560,19 @@ fn round_writes_apply_one_key_or_many_with_the_last_write_of_a_key_winning() {
 
     RoundWrites::default().apply(&tree).unwrap();
     assert_eq!(tree.len(), 2, "no writes change nothing");
+
+    // Log segments alone (a round of bookings) are inserted in seq order.
+    let mut segments = RoundWrites::default();
+    segments.log_segment(7, b"first".to_vec());
+    segments.log_segment(9, b"second".to_vec());
+    segments.apply(&tree).unwrap();
+    let log: Vec<(Vec<u8>, Vec<u8>)> =
+        tree.scan_prefix([table::LOG]).map(|row| row.unwrap()).map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+    assert_eq!(
+        log,
+        vec![
+            (key(table::LOG, &7u64.to_be_bytes()), b"first".to_vec()),
+            (key(table::LOG, &9u64.to_be_bytes()), b"second".to_vec())
+        ]
+    );
 }
