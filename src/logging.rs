@@ -57,6 +57,7 @@ impl Logs {
 }
 
 fn write_lines(receiver: &Receiver<Vec<u8>>, state: &State) {
+    graph::background::run_in_background();
     let mut stderr = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
     let mut reported_drops = 0;
     while let Ok(line) = receiver.recv() {

@@ -18,6 +18,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod background;
 mod behind;
 mod catalog;
 pub mod codec;

@@ -767,6 +767,7 @@ impl Shared {
     /// They become durable with the next flush.
     fn run_row_writer(&self, queue: &std::sync::mpsc::Receiver<RowWork>) {
         const BATCH_ROWS_MAX: usize = 65_536;
+        crate::background::run_in_background();
         while let Ok(first) = queue.recv() {
             let mut work = RowBatch::default();
             work.add(first);

@@ -108,6 +108,7 @@ impl LiveReader {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
         let thread = std::thread::Builder::new().name("reader-live".into()).spawn(move || {
+            graph::background::run_in_background();
             let store = graph.store();
             let mut at = store.durable_seq();
             while !stopping.load(Ordering::Acquire) {

@@ -102,6 +102,7 @@ pub fn spawn<R: Reader>(graph: Arc<Graph>, mut reader: R) -> Result<ReaderHandle
     let thread = std::thread::Builder::new()
         .name(format!("reader-{}", R::NAME))
         .spawn(move || {
+            graph::background::run_in_background();
             let mut at = start;
             while !stopping.load(Ordering::Acquire) {
                 match step(&graph, &mut reader, at) {
