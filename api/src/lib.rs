@@ -18,6 +18,7 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+pub mod durable;
 pub mod error;
 mod export;
 mod http;
@@ -215,18 +216,17 @@ pub struct App {
     /// Parsed queries by text.
     pub parsed: limits::ParsedQueries,
     lifecycle: http::Lifecycle,
-    /// The store's durable seq, as flushes announce it.
-    durable: tokio::sync::watch::Receiver<u64>,
+    /// Requests waiting for a flush, woken by the flushes that cover them.
+    durable: Arc<durable::DurableWaiters>,
 }
 
 impl App {
     /// Wires the app together and starts the log's readers; call from
     /// within a tokio runtime.
     pub fn new(graph: Arc<Graph>, ledger: Arc<ledger::Ledger>, settings: Settings) -> Result<App, String> {
-        let (announce, durable) = tokio::sync::watch::channel(graph.store().durable_seq());
-        graph.store().watch_durable(Box::new(move |seq| {
-            announce.send_replace(seq);
-        }));
+        let durable = Arc::new(durable::DurableWaiters::default());
+        let announce = durable.clone();
+        graph.store().watch_durable(Box::new(move |seq, healthy| announce.announce(seq, healthy)));
         let metrics = Arc::new(metrics::Metrics::default());
         let readers = Readers::start(&graph, &ledger, &settings, &metrics)?;
         let limits = RateLimits::new(&settings);
@@ -272,9 +272,7 @@ impl App {
         let store = self.graph.store();
         if store.durable_seq() < logged.seq {
             store.request_flush();
-            let mut durable = self.durable.clone();
-            let reached = durable.wait_for(|&seq| seq >= logged.seq || !store.is_healthy()).await;
-            if reached.is_err() || store.durable_seq() < logged.seq {
+            if !self.durable.wait_for(logged.seq).await || store.durable_seq() < logged.seq {
                 tracing::error!(seq = logged.seq, "a logged change could not be made durable");
                 return Err(ApiError::Internal);
             }

@@ -242,9 +242,9 @@ struct BehindQueue {
     sent_seq: u64,
 }
 
-/// Called with the new durable seq after every flush, and once more when
-/// the store fails (then [`Store::is_healthy`] is false).
-pub type DurableWatcher = Box<dyn Fn(u64) + Send + Sync>;
+/// Called with the new durable seq and whether the store is healthy after
+/// every flush, and once more when the store fails (healthy false).
+pub type DurableWatcher = Box<dyn Fn(u64, bool) + Send + Sync>;
 
 /// An open data directory: an exclusive lock, the sled database and the log.
 ///
@@ -442,9 +442,10 @@ impl Store {
         }
     }
 
-    /// Calls `watcher` with the durable seq after every flush.
+    /// Calls `watcher` with the durable seq and the store's health, now and
+    /// after every flush.
     pub fn watch_durable(&self, watcher: DurableWatcher) {
-        watcher(self.durable_seq());
+        watcher(self.durable_seq(), self.is_healthy());
         self.shared.watchers.lock().expect("watchers lock poisoned").push(watcher);
     }
 
@@ -712,8 +713,9 @@ impl Shared {
             self.flushed.notify_all();
         }
         let durable = self.durable_seq.load(Ordering::Acquire);
+        let healthy = !self.failed.load(Ordering::Acquire);
         for watcher in self.watchers.lock().expect("watchers lock poisoned").iter() {
-            watcher(durable);
+            watcher(durable, healthy);
         }
     }
 
