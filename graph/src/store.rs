@@ -563,8 +563,9 @@ impl Store {
     }
 
     /// Writes rows straight to the tree, outside the log (bulk import into
-    /// a new directory, log readers' own state). Becomes durable with the
-    /// next flush.
+    /// a new directory; log readers commit through the row writer instead,
+    /// see [`Store::write_reader_rows`]). Becomes durable with the next
+    /// flush.
     pub(crate) fn write_rows(&self, batch: sled::Batch) -> Result<(), Error> {
         self.shared.check_healthy()?;
         self.shared.tree.apply_batch(batch).map_err(|e| self.shared.fail(e))
