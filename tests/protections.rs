@@ -267,8 +267,13 @@ fn metrics_parse_and_move_with_traffic() {
             > value(&before, "marquee_store_flush_seconds_count", None)
     );
     assert!(value(&after, "process_resident_memory_bytes", None) > 0.0);
+    assert!(
+        value(&after, "marquee_store_rows_behind_lag", None) <= value(&after, "marquee_log_head_seq", None),
+        "the lag counts log entries"
+    );
     for name in [
         "marquee_log_reader_lag",
+        "marquee_store_rows_behind_lag",
         "marquee_websocket_connections",
         "marquee_subscriptions",
         "process_cpu_seconds_total",

@@ -184,6 +184,12 @@ impl Metrics {
         let store = app.graph.store();
         gauge(out, "marquee_log_head_seq", "Highest log seq written.", store.head_seq() as f64);
         gauge(out, "marquee_log_durable_seq", "Highest log seq known on disk.", store.durable_seq() as f64);
+        gauge(
+            out,
+            "marquee_store_rows_behind_lag",
+            "Log entries after the rows-behind checkpoint, which a start-up reads again.",
+            store.rows_behind_lag() as f64,
+        );
         let _ = writeln!(out, "# HELP marquee_log_reader_lag Durable log entries a reader has not processed yet.");
         let _ = writeln!(out, "# TYPE marquee_log_reader_lag gauge");
         let durable = store.durable_seq();

@@ -513,6 +513,15 @@ impl Store {
         self.shared.durable_seq.load(Ordering::Acquire)
     }
 
+    /// Log entries after the rows-behind checkpoint: what a start-up would
+    /// read again to bring the rows written behind the log up to date (see
+    /// the `behind` module). Stays small while the row writer keeps up; the
+    /// checkpoint moves with the rows it writes, and at least every
+    /// 10,000 entries when none of them has such rows.
+    pub fn rows_behind_lag(&self) -> u64 {
+        self.head_seq().saturating_sub(self.shared.behind_written_seq.load(Ordering::Acquire))
+    }
+
     /// How many flushes have run: with group commit, fewer than commits.
     pub fn flush_count(&self) -> u64 {
         self.shared.flush_count.load(Ordering::Relaxed)
