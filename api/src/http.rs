@@ -202,9 +202,10 @@ async fn read_body(body: hyper::body::Incoming, max: usize) -> Result<Bytes, Bod
 /// Serves HTTP on `listener` until `shutdown` completes. Then requests are
 /// answered 503 (`Connection: close`) and /readyz says not ready while the
 /// requests in flight finish; the listener stays open meanwhile, at least
-/// [`DRAIN_MIN`], so clients and load balancers learn to go elsewhere from
-/// an answer instead of a reset; WebSockets are closed with 1001 (going
-/// away); after the grace period nothing is waited for any longer.
+/// `DRAIN_MIN` (500 ms), so clients and load balancers learn to go
+/// elsewhere from an answer instead of a reset; WebSockets are closed with
+/// 1001 (going away); after the grace period nothing is waited for any
+/// longer.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Arc<App>,

@@ -38,11 +38,6 @@ impl ReaderBatch {
         self.writes.push((rows.key(key), None));
     }
 
-    /// Writes in the batch.
-    pub fn len(&self) -> usize {
-        self.writes.len()
-    }
-
     /// Whether it writes nothing.
     pub fn is_empty(&self) -> bool {
         self.writes.is_empty()

@@ -173,8 +173,9 @@ impl SocialGraph {
     }
 
     /// Chooses the notable threshold: the follower count of the user one
-    /// [`NOTABLE_SHARE`]th of the way down the ranking (ties make the share
-    /// a little larger), and lists every event's notable attendees anew.
+    /// 32nd (`NOTABLE_SHARE`) of the way down the ranking (ties make the
+    /// share a little larger), and lists every event's notable attendees
+    /// anew.
     pub fn choose_notable(&mut self) {
         let min = self.ranking.iter().nth(self.ranking.len() / NOTABLE_SHARE).map_or(0, |&(Reverse(f), _)| f);
         self.set_notable_min(min);

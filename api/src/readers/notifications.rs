@@ -12,7 +12,7 @@
 //! slots (u16, BE) in which the newest notification takes the oldest one's
 //! slot, so that a full inbox costs one write per notification and no scan;
 //! each value holds the notification in a compact binary form (see
-//! [`encode`]) with the log position that orders it (its id is `seq-k`).
+//! `encode`) with the log position that orders it (its id is `seq-k`).
 //! `h|event|group` the live bookings (who holds tickets) of an event whose
 //! ids share a group ([`BookingId::group`]: 16 bookings made one after
 //! another), as `(booking (8 bytes, BE) | user (8 bytes, BE))*` in booking
