@@ -87,20 +87,23 @@ impl Ws {
         }
     }
 
-    /// The error code of the next message, a refusal of subscription `id`:
-    /// an `error` message, or a result carrying errors (both are allowed
-    /// by graphql-transport-ws for errors raised while starting).
+    /// The error code of the next message, a result of subscription `id`
+    /// that carries errors (a field's error: the subscription ran).
     fn next_error_code(&mut self, id: &str) -> String {
-        let mut message = self.next();
-        while message["type"] == "complete" && message["id"] != id {
-            message = self.next();
-        }
-        assert_eq!(message["id"], id, "{message}");
-        let errors = match message["type"].as_str() {
-            Some("error") => message["payload"].clone(),
-            Some("next") => message["payload"]["errors"].clone(),
-            _ => panic!("expected a refusal, got {message}"),
-        };
+        let message = self.next();
+        assert_eq!((message["id"].as_str(), message["type"].as_str()), (Some(id), Some("next")), "{message}");
+        let errors = &message["payload"]["errors"];
+        errors[0]["extensions"]["code"].as_str().unwrap_or_else(|| panic!("no code in {message}")).to_string()
+    }
+
+    /// The error code of the next message, the refusal of subscription
+    /// `id` before it ran (graphql-transport-ws: an `error` message, after
+    /// which nothing more comes for it).
+    fn next_refusal_code(&mut self, id: &str) -> String {
+        let message = self.next();
+        assert_eq!((message["id"].as_str(), message["type"].as_str()), (Some(id), Some("error")), "{message}");
+        let errors = &message["payload"];
+        assert!(errors.as_array().is_some_and(|errors| !errors.is_empty()), "{message}");
         errors[0]["extensions"]["code"].as_str().unwrap_or_else(|| panic!("no code in {message}")).to_string()
     }
 
@@ -167,6 +170,7 @@ fn availability_follows_bookings_holds_expiries_and_cancellations() {
     ));
     assert_eq!(ws.next_data("1"), update(2));
 
+    // Nothing more comes for a subscription the client completed.
     ws.send(json!({"id": "1", "type": "complete"}));
     ws.subscribe("9", AVAILABILITY, json!({"e": "424242"}));
     assert_eq!(ws.next_error_code("9"), "NOT_FOUND");
@@ -248,9 +252,10 @@ fn subscriptions_enforce_auth_and_limits() {
     anonymous.subscribe("1", "subscription { notifications { kind } }", json!({}));
     assert_eq!(anonymous.next_error_code("1"), "UNAUTHENTICATED");
 
+    // graphql-transport-ws: a refused connection_init closes with 4403.
     let mut forged = Ws::connect(&server.addr, Some("mq_not-a-real-token"));
     let answer = forged.next();
-    assert_ne!(answer["type"], "connection_ack", "a bad token is not acknowledged: {answer}");
+    assert_eq!(answer, json!({"type": "closed", "code": 4403}), "a bad token is not acknowledged");
 
     let mut busy = Ws::connect(&server.addr, None).acknowledged();
     busy.subscribe("1", AVAILABILITY, json!({"e": stage.event}));
@@ -289,28 +294,57 @@ fn subscription_documents_are_validated_and_limited_with_codes() {
     let stage = stage(&server);
     let mut ws = Ws::connect(&server.addr, None).acknowledged();
     ws.subscribe("1", "subscription { nope }", json!({}));
-    assert_eq!(ws.next_error_code("1"), "BAD_USER_INPUT");
+    assert_eq!(ws.next_refusal_code("1"), "BAD_USER_INPUT");
     ws.subscribe("2", "subscription($e: ID!) { eventUpdated(eventId: $e) { id }", json!({"e": stage.event}));
-    assert_eq!(ws.next_error_code("2"), "BAD_USER_INPUT");
+    assert_eq!(ws.next_refusal_code("2"), "BAD_USER_INPUT");
     let aliases: String = (0..2_000).map(|i| format!("a{i}: id ")).collect();
     let wide = format!("subscription($e: ID!) {{ eventUpdated(eventId: $e) {{ {aliases} }} }}");
     ws.subscribe("3", &wide, json!({"e": stage.event}));
-    assert_eq!(ws.next_error_code("3"), "QUERY_TOO_COMPLEX");
+    assert_eq!(ws.next_refusal_code("3"), "QUERY_TOO_COMPLEX");
 
     let (buyer, _) = register(&server, "buyer@example.com", "ATTENDEE");
     ws.subscribe("4", AVAILABILITY, json!({"e": stage.event}));
     // Live once the server has read the subscribe message (nothing acknowledges it).
     std::thread::sleep(Duration::from_millis(300));
     book(&server, &buyer, &stage.ticket_type, 2, "k1", false);
-    let update = loop {
-        let message = ws.next();
-        if message["type"] == "complete" {
-            continue;
-        }
-        break message;
-    };
-    assert_eq!(update["id"], "4", "{update}");
+    // Nothing came after the refusals (no `complete` for 1-3).
+    let update = ws.next();
+    assert_eq!((update["id"].as_str(), update["type"].as_str()), (Some("4"), Some("next")), "{update}");
     assert_eq!(update["payload"]["data"]["availability"]["sold"], 2, "{update}");
+}
+
+/// Breaking graphql-transport-ws closes the connection with the protocol's
+/// codes: a subscribe reusing a running id (4409), a subscribe before the
+/// connection is acknowledged (4401), a message the protocol does not have
+/// (4400, its reason short enough for a close frame).
+#[test]
+fn protocol_violations_close_with_the_protocols_codes() {
+    let dir = TempDir::new("ws-protocol");
+    let server = Server::start(dir.path(), &[]);
+    let stage = stage(&server);
+    let mut ws = Ws::connect(&server.addr, None).acknowledged();
+    ws.subscribe("1", AVAILABILITY, json!({"e": stage.event}));
+    ws.subscribe("1", AVAILABILITY, json!({"e": stage.event}));
+    assert_eq!(ws.next(), json!({"type": "closed", "code": 4409}));
+
+    let mut early = Ws { socket: open(&server.addr, "graphql-transport-ws").unwrap(), legacy: false };
+    early.subscribe("1", AVAILABILITY, json!({"e": stage.event}));
+    assert_eq!(early.next(), json!({"type": "closed", "code": 4401}));
+
+    let mut odd = Ws::connect(&server.addr, None).acknowledged();
+    odd.send(json!({"type": "no-such-message", "payload": "x".repeat(300)}));
+    assert_eq!(odd.next(), json!({"type": "closed", "code": 4400}));
+
+    // A completed id may be used again, and nothing is sent for a
+    // subscription after the client completed it.
+    let mut again = Ws::connect(&server.addr, None).acknowledged();
+    again.subscribe("1", "subscription { nope }", json!({}));
+    assert_eq!(again.next_refusal_code("1"), "BAD_USER_INPUT");
+    again.subscribe("1", AVAILABILITY, json!({"e": stage.event}));
+    again.send(json!({"id": "1", "type": "complete"}));
+    again.subscribe("1", AVAILABILITY, json!({"e": stage.event}));
+    again.send(json!({"type": "ping"}));
+    assert_eq!(again.next(), json!({"type": "pong"}), "the connection is open and sent nothing else");
 }
 
 #[test]

@@ -27,6 +27,7 @@ use crate::error::ApiError;
 use crate::limits::{self, TooComplex};
 use crate::schema::{self, MarqueeSchema};
 use crate::validated::{Check, ValidatedOperations};
+use crate::ws_protocol::Conformance;
 use crate::{export, App};
 
 /// The least time the listener stays open after shutdown begins.
@@ -395,23 +396,38 @@ async fn serve_websocket(
     app.metrics.ws_connections.fetch_add(1, Ordering::Relaxed);
     let mut data = Data::default();
     data.insert(schema::SubscriptionBudget::new(app.settings.subscriptions_per_connection_max, app.metrics.clone()));
-    let (mut sink, stream) = socket.split();
+    // The subprotocol the upgrade chose, as GraphQLProtocol keeps it private.
+    let chosen = socket.protocol().and_then(|value| value.to_str().ok()?.parse().ok());
+    let conformance = Conformance::new(chosen);
+    let (sink, stream) = socket.split();
+    let outgoing = conformance.clone();
+    let mut sink = sink
+        .with_flat_map(move |message| async_graphql::futures_util::stream::iter(outgoing.outgoing(message).map(Ok)));
     let mut shutdown = app.shutdown_signal();
-    let input = stream.take_until(async move {
-        let _ = shutdown.wait_for(|&stopping| stopping).await;
-    });
+    let incoming = conformance.clone();
+    let input = stream
+        .take_while(move |message| {
+            std::future::ready(message.as_ref().map_or(true, |message| incoming.incoming(message)))
+        })
+        .take_until(async move {
+            let _ = shutdown.wait_for(|&stopping| stopping).await;
+        });
     let init_app = app.clone();
+    let init_conformance = conformance.clone();
     let executor = GuardedSchema { schema: state.schema.clone(), app: app.clone() };
     GraphQLWebSocket::new_with_pair(&mut sink, input, executor, protocol)
         .with_data(data)
         .on_connection_init(move |payload| async move {
+            let viewer = viewer_from_init(&init_app, &payload).inspect_err(|_| init_conformance.init_refused())?;
             let mut data = Data::default();
-            data.insert(viewer_from_init(&init_app, &payload)?);
+            data.insert(viewer);
             Ok(data)
         })
         .serve()
         .await;
-    if app.is_shutting_down() {
+    if let Some(broken) = conformance.closing() {
+        let _ = sink.send(Message::Close(Some(broken))).await;
+    } else if app.is_shutting_down() {
         let goodbye = CloseFrame { code: 1001, reason: "server shutting down".into() };
         let _ = sink.send(Message::Close(Some(goodbye))).await;
     }

@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod readers;
 pub mod schema;
 pub mod validated;
+mod ws_protocol;
 
 use std::sync::Arc;
 
