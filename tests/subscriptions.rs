@@ -316,7 +316,8 @@ fn subscription_documents_are_validated_and_limited_with_codes() {
 /// Breaking graphql-transport-ws closes the connection with the protocol's
 /// codes: a subscribe reusing a running id (4409), a subscribe before the
 /// connection is acknowledged (4401), a message the protocol does not have
-/// (4400, its reason short enough for a close frame).
+/// (4400, its reason short enough for a close frame), no connection_init
+/// within 10 s (4408).
 #[test]
 fn protocol_violations_close_with_the_protocols_codes() {
     let dir = TempDir::new("ws-protocol");
@@ -330,6 +331,11 @@ fn protocol_violations_close_with_the_protocols_codes() {
     let mut early = Ws { socket: open(&server.addr, "graphql-transport-ws").unwrap(), legacy: false };
     early.subscribe("1", AVAILABILITY, json!({"e": stage.event}));
     assert_eq!(early.next(), json!({"type": "closed", "code": 4401}));
+
+    // A socket that never sends connection_init gives its slot back: 4408
+    // after 10 s (checked last, on a socket opened first).
+    let mut silent = Ws { socket: open(&server.addr, "graphql-transport-ws").unwrap(), legacy: false };
+    let opened = std::time::Instant::now();
 
     let mut odd = Ws::connect(&server.addr, None).acknowledged();
     odd.send(json!({"type": "no-such-message", "payload": "x".repeat(300)}));
@@ -345,6 +351,9 @@ fn protocol_violations_close_with_the_protocols_codes() {
     again.subscribe("1", AVAILABILITY, json!({"e": stage.event}));
     again.send(json!({"type": "ping"}));
     assert_eq!(again.next(), json!({"type": "pong"}), "the connection is open and sent nothing else");
+
+    assert_eq!(silent.next(), json!({"type": "closed", "code": 4408}));
+    assert!(opened.elapsed() >= Duration::from_secs(10), "closed after {:?}", opened.elapsed());
 }
 
 #[test]

@@ -27,7 +27,7 @@ use crate::error::ApiError;
 use crate::limits::{self, TooComplex};
 use crate::schema::{self, MarqueeSchema};
 use crate::validated::{Check, ValidatedOperations};
-use crate::ws_protocol::Conformance;
+use crate::ws_protocol::{Conformance, CONNECTION_INIT_WAIT};
 use crate::{export, App};
 
 /// The least time the listener stays open after shutdown begins.
@@ -409,6 +409,7 @@ async fn serve_websocket(
         .take_while(move |message| {
             std::future::ready(message.as_ref().map_or(true, |message| incoming.incoming(message)))
         })
+        .take_until(conformance.clone().init_timeout(CONNECTION_INIT_WAIT))
         .take_until(async move {
             let _ = shutdown.wait_for(|&stopping| stopping).await;
         });

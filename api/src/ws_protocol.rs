@@ -15,6 +15,8 @@
 //!   was acknowledged, 4409 for a `subscribe` whose id is already running.
 //!   async-graphql closes with 1002, 1011 or, for a reused id, silently
 //!   replaces the running subscription;
+//! - (both protocols) a connection that sends no `connection_init` within
+//!   [`CONNECTION_INIT_WAIT`] closes with 4408;
 //! - (both protocols) a close frame's reason is cut to the 123 bytes a
 //!   close frame has room for.
 
@@ -33,6 +35,14 @@ const BAD_REQUEST: u16 = 4400;
 const UNAUTHORIZED: u16 = 4401;
 /// A `subscribe` whose id is already running.
 const SUBSCRIBER_EXISTS: u16 = 4409;
+/// No `connection_init` in time.
+const INIT_TIMEOUT: u16 = 4408;
+
+/// How long a connection may stay open without `connection_init` (either
+/// protocol): a socket that never sends it would hold one of the
+/// `--ws-connections-max` slots for good. Clients send it as soon as the
+/// socket opens (graphql-ws' own server waits 3 s).
+pub(crate) const CONNECTION_INIT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The longest reason a close frame can carry: its payload (the 2-byte code
 /// and the reason) must fit in 125 bytes, or clients drop the connection
@@ -57,6 +67,8 @@ struct State {
     /// Subscriptions the client completed while they ran: nothing more is
     /// sent for them (async-graphql answers with a `complete`).
     stopped: HashSet<String>,
+    /// Whether the client sent `connection_init`.
+    init_sent: bool,
     /// Whether `connection_init` was refused.
     init_refused: bool,
     /// The close the connection ends with after a client message broke
@@ -98,17 +110,22 @@ impl Conformance {
         self.state().init_refused = true;
     }
 
-    /// Looks at a client message on its way in: false when it breaks the
+    /// Looks at a client message on its way in (noting `connection_init`,
+    /// see [`Conformance::init_timeout`]): false when it breaks the
     /// protocol in a way async-graphql lets pass (a `subscribe` reusing a
     /// running id); the input then ends and [`Conformance::closing`] says
     /// how to close.
     pub(crate) fn incoming(&self, message: &Message) -> bool {
-        if !self.strict {
+        let Message::Text(text) = message else { return true };
+        if !self.strict && self.state().init_sent {
             return true;
         }
-        let Message::Text(text) = message else { return true };
-        let Ok(Head { kind, id: Some(id) }) = serde_json::from_str::<Head>(text) else { return true };
+        let Ok(Head { kind, id }) = serde_json::from_str::<Head>(text) else { return true };
         let mut state = self.state();
+        if kind == "connection_init" {
+            state.init_sent = true;
+        }
+        let Some(id) = id.filter(|_| self.strict) else { return true };
         match kind.as_str() {
             "subscribe" if !state.running.insert(id.clone()) => {
                 state.close = Some((SUBSCRIBER_EXISTS, format!("Subscriber for {id} already exists")));
@@ -179,6 +196,23 @@ impl Conformance {
                 Some(Message::Close(Some(CloseFrame { code, reason: frame.reason })))
             }
             other => Some(other),
+        }
+    }
+
+    /// Resolves when `wait` ([`CONNECTION_INIT_WAIT`]) has passed without
+    /// a `connection_init` (the input is then to end, and the connection to
+    /// close with 4408); never resolves once one came.
+    pub(crate) async fn init_timeout(self, wait: std::time::Duration) {
+        tokio::time::sleep(wait).await;
+        let init_sent = {
+            let mut state = self.state();
+            if !state.init_sent {
+                state.close = Some((INIT_TIMEOUT, "Connection initialisation timeout".into()));
+            }
+            state.init_sent
+        };
+        if init_sent {
+            std::future::pending::<()>().await;
         }
     }
 
@@ -305,6 +339,25 @@ mod tests {
                 Some(Message::Close(Some(frame))) => assert_eq!(frame.reason.as_str(), "x".repeat(122)),
                 other => panic!("expected a close, got {other:?}"),
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_without_connection_init_times_out() {
+        let wait = std::time::Duration::from_millis(20);
+        for protocol in [WebSocketProtocols::GraphQLWS, WebSocketProtocols::SubscriptionsTransportWS] {
+            let silent = Conformance::new(Some(protocol));
+            let started = std::time::Instant::now();
+            silent.clone().init_timeout(wait).await;
+            assert!(started.elapsed() >= wait);
+            let frame = silent.closing().expect("a close after the timeout");
+            assert_eq!((frame.code, frame.reason.as_str()), (4408, "Connection initialisation timeout"));
+
+            let polite = Conformance::new(Some(protocol));
+            assert!(polite.incoming(&text(serde_json::json!({"type": "connection_init"}))));
+            let waited = tokio::time::timeout(wait * 10, polite.clone().init_timeout(wait)).await;
+            assert!(waited.is_err(), "no timeout once connection_init came");
+            assert!(polite.closing().is_none());
         }
     }
 
