@@ -298,7 +298,7 @@ impl Connections {
             tracing::warn!(%peer, "connection limit reached; closing a new connection");
             return;
         };
-        let _ = stream.set_nodelay(true);
+        tune_accepted(&stream);
         let service = ConnectionService { state: self.state.clone(), router: self.router.clone(), peer: Peer(peer) };
         let io = hyper_util::rt::TokioIo::new(stream);
         let connection = self.builder.serve_connection_with_upgrades(io, service).into_owned();
@@ -381,6 +381,25 @@ async fn graphql_get(State(state): State<HttpState>, request: Request) -> Respon
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         .max_message_size(WS_MESSAGE_BYTES_MAX)
         .on_upgrade(move |socket| serve_websocket(state, socket, protocol, slot))
+}
+
+/// An idle connection is probed by TCP keepalive after this long.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// Between keepalive probes; Linux drops the connection after 9 probes go
+/// unanswered, about 2.5 minutes after the peer went silent.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Sets up an accepted connection: no Nagle delay on small answers, and
+/// TCP keepalive, so that a peer that vanished (a phone off the network, a
+/// host powered off) is found and its connection closed. A WebSocket with
+/// nothing to send would otherwise keep its `--ws-connections-max` slot,
+/// and a keep-alive HTTP connection its `--connections-max` one, for good.
+fn tune_accepted(stream: &tokio::net::TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new().with_time(KEEPALIVE_IDLE).with_interval(KEEPALIVE_INTERVAL);
+    if let Err(error) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(%error, "TCP keepalive not set");
+    }
 }
 
 /// Runs one subscription connection until the client leaves or the server
@@ -1107,5 +1126,20 @@ impl Lifecycle {
 
     pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn accepted_connections_keep_alive_and_send_without_delay() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (accepted, _client) = tokio::join!(listener.accept(), tokio::net::TcpStream::connect(address));
+        let (accepted, _) = accepted.unwrap();
+        assert!(!socket2::SockRef::from(&accepted).keepalive().unwrap(), "off until tuned");
+        super::tune_accepted(&accepted);
+        assert!(socket2::SockRef::from(&accepted).keepalive().unwrap());
+        assert!(accepted.nodelay().unwrap());
     }
 }
