@@ -1,6 +1,7 @@
 //! What the graphql-transport-ws protocol asks of a server beyond what
 //! async-graphql's WebSocket does, applied to the messages going in and out
-//! of a connection (the legacy `graphql-ws` protocol passes untouched):
+//! of a connection (the legacy `graphql-ws` protocol gets only the last two
+//! items):
 //!
 //! - a subscription refused before it runs (its document does not parse or
 //!   validate, or is over the query limits: errors without a path and no
@@ -71,8 +72,8 @@ struct State {
     init_sent: bool,
     /// Whether `connection_init` was refused.
     init_refused: bool,
-    /// The close the connection ends with after a client message broke
-    /// the protocol.
+    /// The close the connection ends with after the input was ended here
+    /// (see [`Conformance::closing`]).
     close: Option<(u16, String)>,
 }
 
@@ -216,7 +217,9 @@ impl Conformance {
         }
     }
 
-    /// The close to end with after a client message broke the protocol.
+    /// The close to end with when the input was ended here: a client
+    /// message broke the protocol, or `connection_init` did not come in
+    /// time.
     pub(crate) fn closing(&self) -> Option<CloseFrame> {
         let (code, reason) = self.state().close.take()?;
         Some(CloseFrame { code, reason: reason.into() })
