@@ -334,8 +334,8 @@ fn protocol_violations_close_with_the_protocols_codes() {
 
     // A socket that never sends connection_init gives its slot back: 4408
     // after 10 s (checked last, on a socket opened first).
-    let mut silent = Ws { socket: open(&server.addr, "graphql-transport-ws").unwrap(), legacy: false };
     let opened = std::time::Instant::now();
+    let mut silent = Ws { socket: open(&server.addr, "graphql-transport-ws").unwrap(), legacy: false };
 
     let mut odd = Ws::connect(&server.addr, None).acknowledged();
     odd.send(json!({"type": "no-such-message", "payload": "x".repeat(300)}));
