@@ -1,7 +1,8 @@
 //! `api` owns everything a client talks to: HTTP routing (axum on hyper),
-//! the GraphQL schema (async-graphql), authentication, and the mapping of
-//! domain errors to the contract's error codes. It calls `graph` and `ledger`
-//! and knows nothing of how they store data.
+//! the GraphQL schema (async-graphql), subscriptions over WebSockets (held
+//! to the graphql-transport-ws protocol), authentication, and the mapping
+//! of domain errors to the contract's error codes. It calls `graph` and
+//! `ledger` and knows nothing of how they store data.
 //!
 //! Promises: every GraphQL error carries an `extensions.code` from the
 //! contract; no client ever sees a panic message, storage error or stack
