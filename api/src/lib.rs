@@ -274,7 +274,7 @@ impl App {
         let store = self.graph.store();
         if store.durable_seq() < logged.seq {
             store.request_flush();
-            if !self.durable.wait_for(logged.seq).await || store.durable_seq() < logged.seq {
+            if !self.durable.wait_for(logged.seq).await {
                 tracing::error!(seq = logged.seq, "a logged change could not be made durable");
                 return Err(ApiError::Internal);
             }
