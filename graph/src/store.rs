@@ -175,12 +175,7 @@ impl RoundWrites {
             return Ok(());
         }
         let mut batch = sled::Batch::default();
-        for (key, value) in self.writes {
-            match value {
-                Some(value) => batch.insert(key, value),
-                None => batch.remove(key),
-            }
-        }
+        add_writes(&mut batch, self.writes);
         tree.apply_batch(batch)
     }
 }
@@ -193,6 +188,20 @@ struct RowsBehind {
 
 /// One write of a row: a value, or `None` to remove it.
 pub(crate) type RowWrite = (Vec<u8>, Option<Vec<u8>>);
+
+/// Adds writes (a value, or `None` to remove the key) to `batch`, in order.
+fn add_writes<K, V>(batch: &mut sled::Batch, writes: impl IntoIterator<Item = (K, Option<V>)>)
+where
+    K: Into<sled::IVec>,
+    V: Into<sled::IVec>,
+{
+    for (key, value) in writes {
+        match value {
+            Some(value) => batch.insert(key, value),
+            None => batch.remove(key),
+        }
+    }
+}
 
 /// A log reader's writes, to be written all or none, and where to say
 /// whether they were.
@@ -815,12 +824,7 @@ impl Shared {
             behind::write(&self.tree, std::mem::take(&mut work.items), seq, &mut batch)
                 .map_err(|e| self.fail_with(e))?;
         }
-        for (key, value) in work.readers.iter_mut().flat_map(|reader| std::mem::take(&mut reader.writes)) {
-            match value {
-                Some(value) => batch.insert(key, value),
-                None => batch.remove(key),
-            }
-        }
+        add_writes(&mut batch, work.readers.iter_mut().flat_map(|reader| std::mem::take(&mut reader.writes)));
         self.behind_batches.fetch_add(1, Ordering::Relaxed);
         self.tree.apply_batch(batch).map_err(|e| self.fail(e))?;
         if let Some(seq) = work.behind_seq {
