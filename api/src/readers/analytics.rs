@@ -6,7 +6,7 @@
 //! Rows (reader 1): `e|event` totals, `t|event|ticket type` totals,
 //! `m|event|minute` sales per minute; each value is three (or two) i64s.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 use graph::ids::{EventId, TicketTypeId};
@@ -44,6 +44,8 @@ pub type SalesBook = Arc<RwLock<HashMap<EventId, EventSales>>>;
 /// The analytics reader.
 pub struct Analytics {
     book: SalesBook,
+    /// Rows the current batch changed, written once by `finish`.
+    touched: Touched,
 }
 
 const TOTAL: u8 = b'e';
@@ -53,13 +55,13 @@ const MINUTE: u8 = b'm';
 impl Analytics {
     /// The reader over `book`, loaded from its rows.
     pub fn load(rows: &ReaderRows<'_>, book: SalesBook) -> Result<Analytics, graph::Error> {
-        let mut analytics = Analytics { book };
+        let mut analytics = Analytics { book, touched: Touched::default() };
         analytics.reload(rows)?;
         Ok(analytics)
     }
 
     /// Adds (sign 1) or takes away (-1) a confirmed booking's seats.
-    fn count(&self, booking: &Booking, sign: i64, touched: &mut Touched) {
+    fn count(&mut self, booking: &Booking, sign: i64) {
         let seats = i64::from(booking.quantity) * sign;
         let revenue = seats * i64::from(booking.unit_price_cents);
         let checked_in = booking.tickets.iter().filter(|t| t.checked_in_at_ms.is_some()).count() as i64 * sign;
@@ -76,27 +78,36 @@ impl Analytics {
         let bucket = event.by_minute.entry(minute).or_default();
         bucket.0 += seats;
         bucket.1 += revenue;
-        touched.mark(booking.event, booking.ticket_type, Some(minute));
+        drop(book);
+        self.touched.mark(booking.event, booking.ticket_type, Some(minute));
     }
 
-    fn check_in(&self, booking: &Booking, touched: &mut Touched) {
+    fn check_in(&mut self, booking: &Booking) {
         let mut book = self.book.write().expect("sales book lock poisoned");
         let event = book.entry(booking.event).or_default();
         event.total.checked_in += 1;
         event.by_ticket_type.entry(booking.ticket_type).or_default().checked_in += 1;
-        touched.mark(booking.event, booking.ticket_type, None);
+        drop(book);
+        self.touched.mark(booking.event, booking.ticket_type, None);
     }
 }
 
-/// Rows a batch changed, written once at the end of the batch.
+/// Rows a batch changed, written once at the end of the batch: an on-sale
+/// changes the same three rows with every booking.
 #[derive(Default)]
 struct Touched {
-    events: Vec<(EventId, TicketTypeId, Option<i64>)>,
+    totals: BTreeSet<EventId>,
+    ticket_types: BTreeSet<(EventId, TicketTypeId)>,
+    minutes: BTreeSet<(EventId, i64)>,
 }
 
 impl Touched {
     fn mark(&mut self, event: EventId, ticket_type: TicketTypeId, minute: Option<i64>) {
-        self.events.push((event, ticket_type, minute));
+        self.totals.insert(event);
+        self.ticket_types.insert((event, ticket_type));
+        if let Some(minute) = minute {
+            self.minutes.insert((event, minute));
+        }
     }
 }
 
@@ -124,39 +135,39 @@ impl Reader for Analytics {
     const ID: u8 = 1;
     const NAME: &'static str = "analytics";
 
-    fn apply(&mut self, rows: &ReaderRows<'_>, entry: &Entry, batch: &mut ReaderBatch) -> Result<(), graph::Error> {
-        let mut touched = Touched::default();
+    fn apply(&mut self, _rows: &ReaderRows<'_>, entry: &Entry, _batch: &mut ReaderBatch) -> Result<(), graph::Error> {
         match &entry.record {
-            Record::BookingConfirmed(booking) => self.count(booking, 1, &mut touched),
+            Record::BookingConfirmed(booking) => self.count(booking, 1),
             // A cancelled booking with tickets was confirmed until now.
-            Record::BookingCancelled(booking) if !booking.tickets.is_empty() => self.count(booking, -1, &mut touched),
-            Record::TicketCheckedIn(booking) => self.check_in(booking, &mut touched),
-            _ => return Ok(()),
+            Record::BookingCancelled(booking) if !booking.tickets.is_empty() => self.count(booking, -1),
+            Record::TicketCheckedIn(booking) => self.check_in(booking),
+            _ => {}
         }
+        Ok(())
+    }
+
+    fn finish(&mut self, rows: &ReaderRows<'_>, batch: &mut ReaderBatch) -> Result<(), graph::Error> {
+        let touched = std::mem::take(&mut self.touched);
         let book = self.book.read().expect("sales book lock poisoned");
-        for (event, ticket_type, minute) in touched.events {
-            let sales = &book[&event];
-            let total = sales.total;
-            batch.put(
-                rows,
-                &key(&[&[TOTAL], &event.to_key()]),
-                &encode(&[total.sold, total.revenue_cents, total.checked_in]),
-            );
-            let of_type = sales.by_ticket_type[&ticket_type];
-            batch.put(
-                rows,
-                &key(&[&[TICKET_TYPE], &event.to_key(), &ticket_type.to_key()]),
-                &encode(&[of_type.sold, of_type.revenue_cents, of_type.checked_in]),
-            );
-            if let Some(minute) = minute {
-                let (seats, revenue) = sales.by_minute[&minute];
-                batch.put(rows, &key(&[&[MINUTE], &event.to_key(), &minute.to_be_bytes()]), &encode(&[seats, revenue]));
-            }
+        for event in touched.totals {
+            let total = book[&event].total;
+            let value = encode(&[total.sold, total.revenue_cents, total.checked_in]);
+            batch.put(rows, &key(&[&[TOTAL], &event.to_key()]), &value);
+        }
+        for (event, ticket_type) in touched.ticket_types {
+            let of_type = book[&event].by_ticket_type[&ticket_type];
+            let value = encode(&[of_type.sold, of_type.revenue_cents, of_type.checked_in]);
+            batch.put(rows, &key(&[&[TICKET_TYPE], &event.to_key(), &ticket_type.to_key()]), &value);
+        }
+        for (event, minute) in touched.minutes {
+            let (seats, revenue) = book[&event].by_minute[&minute];
+            batch.put(rows, &key(&[&[MINUTE], &event.to_key(), &minute.to_be_bytes()]), &encode(&[seats, revenue]));
         }
         Ok(())
     }
 
     fn reload(&mut self, rows: &ReaderRows<'_>) -> Result<(), graph::Error> {
+        self.touched = Touched::default();
         let mut book: HashMap<EventId, EventSales> = HashMap::new();
         for (key, value) in rows.scan(&[TOTAL], false, usize::MAX)? {
             let v = decode(&value, 3)?;
