@@ -31,7 +31,7 @@ pub struct TicketTypeSalesObject {
     sales: Sales,
 }
 
-#[Object(name = "TicketTypeSales")]
+#[Object(name = "TicketTypeSales", serial)]
 impl TicketTypeSalesObject {
     async fn ticket_type(&self) -> &TicketTypeObject {
         &self.ticket_type
@@ -54,7 +54,7 @@ pub struct SalesPointObject {
     revenue_cents: i64,
 }
 
-#[Object(name = "SalesPoint")]
+#[Object(name = "SalesPoint", serial)]
 impl SalesPointObject {
     async fn at(&self) -> DateTime {
         DateTime(self.at_minute * 60_000)
@@ -67,7 +67,7 @@ impl SalesPointObject {
     }
 }
 
-#[Object(name = "EventAnalytics")]
+#[Object(name = "EventAnalytics", serial)]
 impl EventAnalyticsObject {
     async fn event(&self) -> &EventObject {
         &self.event

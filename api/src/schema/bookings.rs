@@ -46,7 +46,7 @@ pub struct TicketObject {
     ticket_type: TicketTypeId,
 }
 
-#[Object(name = "Ticket")]
+#[Object(name = "Ticket", serial)]
 impl TicketObject {
     async fn id(&self) -> ID {
         ID(self.ticket.id.to_string())
@@ -66,7 +66,7 @@ impl TicketObject {
 /// A booking.
 pub struct BookingObject(pub std::sync::Arc<model::Booking>);
 
-#[Object(name = "Booking")]
+#[Object(name = "Booking", serial)]
 impl BookingObject {
     async fn id(&self) -> ID {
         ID(self.0.id.to_string())

@@ -36,7 +36,7 @@ impl From<model::EventStatus> for EventStatus {
 /// A venue.
 pub struct VenueObject(Arc<model::Venue>);
 
-#[Object(name = "Venue")]
+#[Object(name = "Venue", serial)]
 impl VenueObject {
     async fn id(&self) -> ID {
         ID(self.0.id.to_string())
@@ -55,7 +55,7 @@ impl VenueObject {
 /// A ticket type.
 pub struct TicketTypeObject(pub Arc<model::TicketType>);
 
-#[Object(name = "TicketType")]
+#[Object(name = "TicketType", serial)]
 impl TicketTypeObject {
     async fn id(&self) -> ID {
         ID(self.0.id.to_string())
@@ -90,7 +90,7 @@ impl TicketTypeObject {
 /// An event.
 pub struct EventObject(pub Arc<model::Event>);
 
-#[Object(name = "Event")]
+#[Object(name = "Event", serial)]
 impl EventObject {
     async fn id(&self) -> ID {
         ID(self.0.id.to_string())

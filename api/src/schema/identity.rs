@@ -64,7 +64,7 @@ impl UserObject {
     }
 }
 
-#[Object(name = "User")]
+#[Object(name = "User", serial)]
 impl UserObject {
     async fn id(&self) -> ID {
         ID(self.user.id.to_string())

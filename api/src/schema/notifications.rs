@@ -12,7 +12,7 @@ const MARK_IDS_MAX: usize = notifications::INBOX_MAX;
 /// A notification.
 pub struct NotificationObject(pub Notification);
 
-#[Object(name = "Notification")]
+#[Object(name = "Notification", serial)]
 impl NotificationObject {
     async fn id(&self) -> ID {
         ID(self.0.id.clone())

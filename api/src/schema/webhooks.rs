@@ -13,7 +13,7 @@ const HOOKING: &[Role] = &[Role::Organizer, Role::Admin, Role::Partner];
 /// A webhook (its secret is shown only once, at creation).
 pub struct WebhookObject(Webhook);
 
-#[Object(name = "Webhook")]
+#[Object(name = "Webhook", serial)]
 impl WebhookObject {
     async fn id(&self) -> ID {
         ID(self.0.id.to_string())
@@ -41,7 +41,7 @@ pub struct WebhookCreated {
 /// One delivery of a webhook.
 pub struct WebhookDeliveryObject(Delivery);
 
-#[Object(name = "WebhookDelivery")]
+#[Object(name = "WebhookDelivery", serial)]
 impl WebhookDeliveryObject {
     /// The same on every attempt (X-Marquee-Delivery).
     async fn id(&self) -> ID {
