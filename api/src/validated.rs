@@ -146,6 +146,12 @@ impl ArgumentTypes {
     /// execution, as the validator leaves it.
     fn accept(&self, registry: &Registry, variables: &Variables) -> bool {
         self.0.iter().all(|argument| {
+            // The usual argument is one variable: its value is checked where
+            // it is, not copied (a booking's input, copied, cost as much as
+            // the check itself).
+            if let Value::Variable(name) = &argument.value {
+                return variables.get(name).is_none_or(|value| is_input_of_type(registry, &argument.ty, value));
+            }
             match argument.value.clone().into_const_with(|name| variables.get(&name).cloned().ok_or(())) {
                 Ok(value) => is_input_of_type(registry, &argument.ty, &value),
                 Err(()) => true,
