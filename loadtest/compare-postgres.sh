@@ -238,18 +238,6 @@ done
 [[ -n $url ]] || die "marquee did not announce itself within 30 s"
 echo "  listening on $url"
 
-# gql QUERY VARIABLES_JSON [TOKEN]: the response's `data`; fails on any error.
-gql() {
-  local body response
-  body=$(jq -cn --arg q "$1" --argjson v "$2" '{query: $q, variables: $v}')
-  response=$(curl -sS --max-time 30 -H 'Content-Type: application/json' \
-    ${3:+-H "Authorization: Bearer $3"} --data-binary "$body" "$url/graphql") || die "request failed: $1"
-  if ! jq -e '.errors == null and .data != null' >/dev/null <<<"$response"; then
-    die "GraphQL error for \"$1\": $response"
-  fi
-  jq -c '.data' <<<"$response"
-}
-
 run_id=$(date +%s)
 REGISTER='mutation($email: String!, $password: String!, $name: String!, $role: Role) { register(email: $email, password: $password, name: $name, role: $role) { token } }'
 organizer=$(gql "$REGISTER" '{"email":"organizer@compare.example","password":"compare-password","name":"Organizer","role":"ORGANIZER"}' | jq -r .register.token)

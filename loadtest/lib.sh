@@ -1,7 +1,8 @@
 # lib.sh: process helpers shared by the load and comparison scripts (sourced,
 # not run). Each script sets what a helper reads: the PostgreSQL helpers use
 # $pg_started, $run_pg (prefix running a command as the postgres user),
-# $PG_BIN, $pg_data and $tmp (the server's directory is $tmp/pg), and die().
+# $PG_BIN, $pg_data and $tmp (the server's directory is $tmp/pg), and die();
+# gql uses $url (Marquee's base URL), die() and $GQL_TIMEOUT.
 
 # stop_pid PID: TERM, wait up to 15 s, then KILL; reaps it.
 stop_pid() {
@@ -94,4 +95,18 @@ start_stack_ceiling() {
     sleep 0.1
   done
   die "stack_ceiling did not announce itself within 10 s"
+}
+
+# gql QUERY VARIABLES_JSON [TOKEN]: the response's `data` from Marquee at
+# $url; dies on any GraphQL error. Each request is bounded by $GQL_TIMEOUT
+# seconds (default 30).
+gql() {
+  local body response
+  body=$(jq -cn --arg q "$1" --argjson v "$2" '{query: $q, variables: $v}')
+  response=$(curl -sS --max-time "${GQL_TIMEOUT:-30}" -H 'Content-Type: application/json' \
+    ${3:+-H "Authorization: Bearer $3"} --data-binary "$body" "$url/graphql") || die "request failed: $1"
+  if ! jq -e '.errors == null and .data != null' >/dev/null <<<"$response"; then
+    die "GraphQL error for \"$1\": $response"
+  fi
+  jq -c '.data' <<<"$response"
 }
