@@ -172,8 +172,8 @@ impl Reader for Outbox {
             return Ok(());
         }
         // Most records have no subscriber: the payload is built only for
-        // one (at a peak on-sale, building it for every booking was a
-        // third of this reader's work).
+        // one (at a peak on-sale, building it for every booking was most
+        // of this reader's work).
         let webhooks = self.graph.webhooks_for(name);
         if webhooks.is_empty() {
             return Ok(());
