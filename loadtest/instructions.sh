@@ -45,7 +45,7 @@ step() { echo "--- $*"; }
 [[ $BUYERS =~ ^[0-9]+$ && $BUYERS -ge 1 ]] || die "BUYERS must be a positive integer"
 [[ $TOP =~ ^[0-9]+$ ]] || die "TOP must be a whole number"
 [[ -x $MARQUEE_BIN ]] || die "no executable at $MARQUEE_BIN (build the release binary first)"
-for tool in valgrind callgrind_control callgrind_annotate wrk curl jq timeout; do
+for tool in valgrind callgrind_control callgrind_annotate wrk curl jq timeout pgrep; do
   command -v "$tool" >/dev/null || die "$tool not found"
 done
 
@@ -94,7 +94,6 @@ measure() {
   counted=$(pgrep -P "$server_pid" | head -n1)
   [[ -n $counted ]] || die "no valgrind process under $server_pid ($name)"
   callgrind_control --zero "$counted" >/dev/null 2>&1 || die "callgrind_control could not zero $counted ($name)"
-
   timeout --kill-after=10 $((DURATION + 60)) wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" -s "$lua" "$url/graphql" \
     >"$tmp/$name.wrk" 2>&1 || { cat "$tmp/$name.wrk" >&2; die "wrk ($name) failed"; }
   callgrind_control --dump "$counted" >/dev/null 2>&1 || die "callgrind_control could not dump $counted ($name)"
