@@ -255,14 +255,7 @@ timeout --kill-after=10 $((SETUP_TIMEOUT + 8 * BOUND)) \
   "$MQ" serve --listen 127.0.0.1:0 --data-dir "$tmp/marquee" --cache-mb 512 \
   --rate-limit-token 0 --rate-limit-ip 0 --rate-limit-credentials 0 >"$tmp/serve.out" 2>"$tmp/serve.log" &
 server_pid=$!
-url=""
-for _ in $(seq 6000); do
-  url=$(sed -n 's/^marquee listening on \(http:\/\/[0-9.:]*\).*/\1/p' "$tmp/serve.out" | head -n1)
-  [[ -n $url ]] && break
-  kill -0 "$server_pid" 2>/dev/null || { cat "$tmp/serve.log" >&2; die "marquee exited at start-up"; }
-  sleep 0.1
-done
-[[ -n $url ]] || die "marquee did not announce itself within 600 s"
+wait_for_marquee "$tmp/serve.out" "$tmp/serve.log" 600
 serve_s=$(since "$started")
 info "Marquee     import $import_s s; tokens for $(wc -l <"$tmp/token_ids.txt") users $tokens_s s; serve until listening $serve_s s"
 

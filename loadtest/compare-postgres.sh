@@ -228,14 +228,7 @@ timeout --kill-after=10 $((6 * BOUND + 300)) \
   --rate-limit-token 0 --rate-limit-ip 0 --rate-limit-credentials 0 \
   >"$tmp/marquee.out" 2>"$tmp/marquee.log" &
 server_pid=$!
-url=""
-for _ in $(seq 300); do
-  url=$(sed -n 's/^marquee listening on \(http:\/\/[0-9.:]*\).*/\1/p' "$tmp/marquee.out" | head -n1)
-  [[ -n $url ]] && break
-  kill -0 "$server_pid" 2>/dev/null || { cat "$tmp/marquee.out" "$tmp/marquee.log" >&2; die "marquee exited at start-up"; }
-  sleep 0.1
-done
-[[ -n $url ]] || die "marquee did not announce itself within 30 s"
+wait_for_marquee "$tmp/marquee.out" "$tmp/marquee.log" 30
 echo "  listening on $url"
 
 run_id=$(date +%s)

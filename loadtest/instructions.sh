@@ -67,14 +67,7 @@ start_server() {
     "$MARQUEE_BIN" serve --listen 127.0.0.1:0 --data-dir "$tmp/$1.data" \
     --rate-limit-token 0 --rate-limit-ip 0 --rate-limit-credentials 0 >"$out" 2>"$tmp/$1.log" &
   server_pid=$!
-  url=""
-  for _ in $(seq 1200); do
-    url=$(sed -n 's/^marquee listening on \(http:\/\/[0-9.:]*\).*/\1/p' "$out" | head -n1)
-    [[ -n $url ]] && return 0
-    kill -0 "$server_pid" 2>/dev/null || { cat "$out" "$tmp/$1.log" >&2; die "marquee exited at start-up"; }
-    sleep 0.1
-  done
-  die "marquee did not announce itself within 120 s under valgrind"
+  wait_for_marquee "$out" "$tmp/$1.log" 120
 }
 
 # Under valgrind a registration (argon2id) takes seconds.

