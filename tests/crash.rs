@@ -2,8 +2,9 @@
 //! cancelling load, is killed with SIGKILL at random moments (some of them
 //! during start-up) and restarted on the same data directory. Afterwards
 //! every acknowledged booking is there in the state it was acknowledged in,
-//! sold equals the seats of the live bookings, and replaying an acknowledged
-//! idempotency key returns the same booking.
+//! sold equals the seats of the live bookings, replaying an acknowledged
+//! idempotency key returns the same booking, and every buyer's inbox holds
+//! each notification once.
 
 mod common;
 
@@ -153,6 +154,48 @@ fn verify(server: &Server, shop: &Shop, acked: &[Acked]) {
             json!({"input": {"ticketTypeId": shop.ticket_type, "quantity": ack.quantity, "idempotencyKey": ack.key}});
         let replay = data(server.gql(Some(&shop.buyers[ack.buyer]), BOOK, input));
         assert_eq!(replay["bookTickets"]["id"], ack.id.as_str(), "replaying {ack:?} returns the same booking");
+    }
+    verify_inboxes(server, shop, acked);
+}
+
+/// Once the notifications reader has caught up, each buyer's newest
+/// notifications are in strictly decreasing log order (a notification
+/// written twice, by entries applied again after a crash, would show
+/// twice) and there are as many as the buyer was sent, up to a page.
+fn verify_inboxes(server: &Server, shop: &Shop, acked: &[Acked]) {
+    const PAGE: usize = 100;
+    let lag_line = "marquee_log_reader_lag{reader=\"notifications\"} ";
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let metrics = http(&server.addr, "GET", "/metrics", &[], b"").text();
+        let lag = metrics.lines().find_map(|line| line.strip_prefix(lag_line)).expect("the notifications reader's lag");
+        if lag == "0" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the notifications reader is still {lag} entries behind");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (buyer, token) in shop.buyers.iter().enumerate() {
+        let mine = acked.iter().filter(|a| a.buyer == buyer);
+        // A confirmation for each booking, a notice for each cancel.
+        let sent = mine.map(|a| 1 + usize::from(a.cancel == Cancel::Acknowledged)).sum::<usize>();
+        let inbox =
+            data(server.gql(Some(token), "query($n: Int) { notifications(first: $n) { id } }", json!({"n": PAGE})));
+        let order: Vec<(u64, u64)> = inbox["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                let (seq, k) = n["id"].as_str().unwrap().split_once('-').unwrap();
+                (seq.parse().unwrap(), k.parse().unwrap())
+            })
+            .collect();
+        assert!(order.windows(2).all(|w| w[0] > w[1]), "buyer {buyer}'s inbox, newest first, each once: {order:?}");
+        assert!(
+            order.len() >= sent.min(PAGE),
+            "buyer {buyer} was sent {sent} notifications, {} are listed",
+            order.len()
+        );
     }
 }
 

@@ -1,9 +1,11 @@
 //! Storage for the log's readers (analytics, notifications, webhook
 //! outbox, ...): each reader follows the log from a durable checkpoint of
 //! its own and keeps rows of its own, and writes both in one atomic batch,
-//! so after a crash it resumes exactly where its state says it is. Readers
-//! see only durable entries, so nothing they derive or send can outrun
-//! what was acknowledged. Keys and values are the reader's own bytes.
+//! so after a crash it resumes exactly where its state says it is (rows a
+//! reader can recognise on reload may go ahead of the batch: see
+//! [`ReaderBatch::put_ahead`]). Readers see only durable entries, so
+//! nothing they derive or send can outrun what was acknowledged. Keys and
+//! values are the reader's own bytes.
 
 use std::time::Duration;
 
@@ -21,10 +23,12 @@ pub struct ReaderRows<'a> {
 }
 
 /// Writes a reader makes together with its checkpoint, in order (a later
-/// write of a row wins).
+/// write of a row wins), and rows it writes ahead of them.
 #[derive(Default)]
 pub struct ReaderBatch {
     writes: Vec<RowWrite>,
+    /// Rows set ahead of the batch, in order.
+    ahead: Vec<KeyValue>,
 }
 
 impl ReaderBatch {
@@ -38,9 +42,25 @@ impl ReaderBatch {
         self.writes.push((rows.key(key), None));
     }
 
+    /// Sets a row ahead of the batch: one plain insert each, in the order
+    /// they were put, before the batch and its checkpoint are written, and
+    /// without waiting for the row writer. Keeps the batch (whose sled
+    /// write lock stops every other write to the tree while it is applied)
+    /// short when a reader writes many rows, as the inbox of every buyer in
+    /// an on-sale is.
+    ///
+    /// A crash can keep rows put ahead without the checkpoint they belong
+    /// to: sled recovers a prefix of its writes, so they are a prefix of
+    /// those put, and the entries that put them are applied again. Only a
+    /// reader that can tell such rows apart on reload (notifications carry
+    /// their log position) and skips rewriting them may use this.
+    pub fn put_ahead(&mut self, rows: &ReaderRows<'_>, key: &[u8], value: &[u8]) {
+        self.ahead.push((rows.key(key), value.to_vec()));
+    }
+
     /// Whether it writes nothing.
     pub fn is_empty(&self) -> bool {
-        self.writes.is_empty()
+        self.writes.is_empty() && self.ahead.is_empty()
     }
 }
 
@@ -116,12 +136,19 @@ impl ReaderRows<'_> {
         self.store.replace_row(&self.key(key), old, new)
     }
 
-    /// Writes `batch` and, when given, the new checkpoint, atomically, in
-    /// the store's next row batch: it waits for the row writer to end its
-    /// rest (25 ms between batches), and readers committing meanwhile share
-    /// that batch. Not flushed: it becomes durable with the next group
-    /// commit.
-    pub fn commit(&self, batch: ReaderBatch, checkpoint: Option<u64>) -> Result<(), Error> {
+    /// Writes the rows `batch` puts ahead now, taking them out of it
+    /// ([`ReaderRows::commit`] does this first).
+    pub fn write_ahead(&self, batch: &mut ReaderBatch) -> Result<(), Error> {
+        self.store.insert_rows(std::mem::take(&mut batch.ahead))
+    }
+
+    /// Writes the rows `batch` puts ahead, then its other writes and, when
+    /// given, the new checkpoint, atomically, in the store's next row
+    /// batch: it waits for the row writer to end its rest (25 ms between
+    /// batches), and readers committing meanwhile share that batch. Not
+    /// flushed: it becomes durable with the next group commit.
+    pub fn commit(&self, mut batch: ReaderBatch, checkpoint: Option<u64>) -> Result<(), Error> {
+        self.write_ahead(&mut batch)?;
         let mut writes = batch.writes;
         if let Some(seq) = checkpoint {
             writes.push((self.checkpoint_key(), Some(seq.to_be_bytes().to_vec())));

@@ -604,6 +604,20 @@ impl Store {
         outcome.recv().map_err(|_| stopped())?
     }
 
+    /// Inserts rows one by one, in order, outside the log and outside any
+    /// batch (see [`crate::readers::ReaderBatch::put_ahead`]). Not flushed:
+    /// they become durable with the next group commit.
+    pub(crate) fn insert_rows(&self, rows: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), Error> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.shared.check_healthy()?;
+        for (key, value) in rows {
+            self.shared.tree.insert(key, value).map_err(|e| self.shared.fail(e))?;
+        }
+        Ok(())
+    }
+
     /// Replaces one row's value, written outside the log like
     /// [`Store::write_rows`], only if it still holds `old`; false when it
     /// changed or is gone.

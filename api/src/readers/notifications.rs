@@ -13,6 +13,11 @@
 //! slot, so that a full inbox costs one write per notification and no scan;
 //! each value holds the notification in a compact binary form (see
 //! `encode`) with the log position that orders it (its id is `seq-k`).
+//! Inbox rows are put ahead of the reader's batch (an on-sale writes one
+//! per buyer, most of the rows the readers write), so a crash may keep some
+//! of them without the checkpoint: on reload the reader notes, per user,
+//! the newest stored notification past the checkpoint, and when it applies
+//! those entries again it skips the notifications up to it.
 //! `h|event|group` the live bookings (who holds tickets) of an event whose
 //! ids share a group ([`BookingId::group`]: 16 bookings made one after
 //! another), as `(booking (8 bytes, BE) | user (8 bytes, BE))*` in booking
@@ -79,6 +84,10 @@ pub struct Notifications {
     /// The slot each inbox's next notification takes (users with none
     /// yet are not here).
     next_slots: HashMap<UserId, u16>,
+    /// Per user, the newest stored notification from past the checkpoint
+    /// (put ahead of a batch that a crash lost): entries up to it are
+    /// applied again without writing their notifications a second time.
+    stored_ahead: HashMap<UserId, (u64, u16)>,
     /// Created in the current batch, published once it is committed.
     created: Vec<Notification>,
     live: tokio::sync::broadcast::Sender<Arc<Notification>>,
@@ -97,6 +106,7 @@ impl Notifications {
             changed_holders: BTreeSet::new(),
             stale_holder_rows: Vec::new(),
             next_slots: HashMap::new(),
+            stored_ahead: HashMap::new(),
             created: Vec::new(),
             live,
         };
@@ -108,9 +118,11 @@ impl Notifications {
         let Note { users, kind, message, event } = note;
         for (k, user) in users.into_iter().enumerate() {
             let k = u16::try_from(k).unwrap_or(u16::MAX);
-            // Rows, checkpoint and so ring positions are written in one
-            // batch, so an entry after the checkpoint (a replay after a
-            // crash included) takes the same slot it took the first time.
+            if self.stored_ahead.get(&user).is_some_and(|&stored| (entry.seq, k) <= stored) {
+                continue;
+            }
+            // Rows are put in order, so an entry after the checkpoint (a
+            // replay after a crash) takes the slot it took the first time.
             let next = self.next_slots.entry(user).or_default();
             let slot = *next;
             *next = (slot + 1) % SLOTS;
@@ -123,7 +135,7 @@ impl Notifications {
                 created_at_ms: entry.at_ms,
                 read: false,
             };
-            batch.put(rows, &inbox_key(user, slot), &encode(entry.seq, k, &notification));
+            batch.put_ahead(rows, &inbox_key(user, slot), &encode(entry.seq, k, &notification));
             self.created.push(notification);
         }
     }
@@ -259,7 +271,10 @@ impl Reader for Notifications {
         Ok(())
     }
 
-    fn committed(&mut self, _checkpoint: u64) {
+    fn committed(&mut self, checkpoint: u64) {
+        if !self.stored_ahead.is_empty() {
+            self.stored_ahead.retain(|_, &mut (seq, _)| seq > checkpoint);
+        }
         for notification in self.created.drain(..) {
             // No subscriber is not an error.
             let _ = self.live.send(Arc::new(notification));
@@ -300,6 +315,8 @@ impl Reader for Notifications {
             }
         }
         self.next_slots.clear();
+        self.stored_ahead.clear();
+        let checkpoint = rows.checkpoint()?;
         let mut relaid = ReaderBatch::default();
         let stored = rows.scan(&[INBOX], false, usize::MAX)?;
         for user_rows in stored.chunk_by(|a, b| a.0.get(..9) == b.0.get(..9)) {
@@ -314,7 +331,12 @@ impl Reader for Notifications {
                         newest = Some((order, slot));
                     }
                 }
-                self.next_slots.insert(user, newest.map_or(0, |(_, slot)| (slot + 1) % SLOTS));
+                if let Some((order, slot)) = newest {
+                    self.next_slots.insert(user, (slot + 1) % SLOTS);
+                    if order.0 > checkpoint {
+                        self.stored_ahead.insert(user, order);
+                    }
+                }
             } else {
                 // Rows of the layout before rings (`n|user|seq|k`, JSON
                 // values): the newest INBOX_MAX go to slots 0.. in order.
@@ -657,6 +679,52 @@ mod tests {
         let keys = rows.scan(&[INBOX], false, usize::MAX).unwrap();
         assert!(keys.iter().all(|(row, _)| ring_slot(row).is_some()), "only ring rows");
         assert_eq!(keys.len(), 2 * INBOX_MAX, "one row per kept notification");
+    }
+
+    /// A crash can keep inbox rows put ahead of a batch without the
+    /// batch's checkpoint (a prefix of them: none, some, enough to wrap a
+    /// ring, all). Applying those entries again after a reload writes none
+    /// of them twice, and every inbox ends as if there had been no crash.
+    #[test]
+    fn inbox_rows_kept_without_their_checkpoint_are_not_written_twice() {
+        const COMMITTED: u64 = 50;
+        const LAST: u64 = 400;
+        let users = [UserId(7), UserId(8)];
+        // Mostly user 7 (so the lost part wraps its ring); every third to 8.
+        let user_of = |seq: u64| users[usize::from(seq % 3 == 2)];
+        let entry = |seq: u64| booking_entry(seq, seq, user_of(seq).0, 1, BookingStatus::Confirmed);
+        let entries = |seqs: std::ops::RangeInclusive<u64>| -> Vec<Entry> { seqs.map(entry).collect() };
+        for kept_up_to in [COMMITTED, COMMITTED + 1, 120, 300, LAST] {
+            let (_dir, graph, live) = scratch(&format!("inbox-ahead-{kept_up_to}"));
+            let rows = graph.store().reader(Notifications::ID);
+            let mut reader = Notifications::load(graph.clone(), &rows, live.clone()).unwrap();
+            apply_and_commit(&mut reader, &rows, &entries(1..=COMMITTED)).unwrap();
+            // The crashed run: it put the rows of the entries up to
+            // `kept_up_to` ahead, and its batch and checkpoint were lost.
+            let mut lost = ReaderBatch::default();
+            for entry in entries(COMMITTED + 1..=kept_up_to) {
+                reader.apply(&rows, &entry, &mut lost).unwrap();
+            }
+            reader.finish(&rows, &mut lost).unwrap();
+            rows.write_ahead(&mut lost).unwrap();
+            drop((lost, reader));
+            assert_eq!(rows.checkpoint().unwrap(), COMMITTED);
+
+            let mut reader = Notifications::load(graph.clone(), &rows, live.clone()).unwrap();
+            apply_and_commit(&mut reader, &rows, &entries(COMMITTED + 1..=LAST)).unwrap();
+            reader.committed(LAST);
+            assert!(reader.stored_ahead.is_empty(), "nothing left to skip past the checkpoint");
+            // And one more each, into the slot after the newest.
+            apply_and_commit(&mut reader, &rows, &entries(LAST + 1..=LAST + 2)).unwrap();
+            let mut kept = 0;
+            for user in users {
+                let sent = (1..=LAST + 2).rev().filter(|&seq| user_of(seq) == user);
+                let newest: Vec<String> = sent.take(INBOX_MAX).map(|seq| format!("{seq}-0")).collect();
+                assert_eq!(ids(&graph, user), newest, "user {user}, rows kept up to entry {kept_up_to}");
+                kept += newest.len();
+            }
+            assert_eq!(rows.scan(&[INBOX], false, usize::MAX).unwrap().len(), kept, "one row per notification kept");
+        }
     }
 
     /// Inboxes stored one row per notification with JSON values (the
