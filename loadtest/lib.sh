@@ -27,18 +27,28 @@ start_postgres() {
   local name=$1 settings=$2
   timeout 300 "${run_pg[@]}" "$PG_BIN/initdb" -D "$pg_data" -U bench --auth=trust -E UTF8 --locale=C \
     --no-instructions >"$tmp/initdb.log" 2>&1 || { cat "$tmp/initdb.log" >&2; die "initdb failed"; }
-  pg_port=$(free_port) || die "no free port for postgres"
   {
     echo
     echo "# --- $name"
     echo "listen_addresses = '127.0.0.1'"
-    echo "port = $pg_port"
     echo "unix_socket_directories = '$tmp/pg'"
     echo "$settings"
   } >>"$pg_data/postgresql.conf"
-  timeout 120 "${run_pg[@]}" "$PG_BIN/pg_ctl" -D "$pg_data" -l "$tmp/pg/server.log" -w -t 60 start >/dev/null \
-    || { cat "$tmp/pg/server.log" >&2; die "postgres did not start"; }
-  pg_started=true
+  # A port free when picked can be taken before postgres binds it (a
+  # client's connection gets it): then another port, up to three times.
+  local attempt
+  for attempt in 1 2 3; do
+    pg_port=$(free_port) || die "no free port for postgres"
+    echo "port = $pg_port" >>"$pg_data/postgresql.conf" # the last one counts
+    if timeout 120 "${run_pg[@]}" "$PG_BIN/pg_ctl" -D "$pg_data" -l "$tmp/pg/server.log" -w -t 60 start >/dev/null; then
+      pg_started=true
+      return 0
+    fi
+    grep -q 'could not create any TCP/IP sockets' "$tmp/pg/server.log" || break
+    echo "  postgres could not bind port $pg_port (attempt $attempt); trying another" >&2
+  done
+  cat "$tmp/pg/server.log" >&2
+  die "postgres did not start"
 }
 
 # stop_postgres: a fast shutdown, bounded; the postmaster is killed if that hangs.
@@ -53,13 +63,15 @@ stop_postgres() {
   fi
 }
 
-# free_port: a TCP port nobody listens on (postgres and FalkorDB cannot be
+# free_port: a TCP port no socket uses (postgres and FalkorDB cannot be
 # told to pick one themselves).
 free_port() {
   local port
   for _ in $(seq 200); do
     port=$((20000 + RANDOM % 40000))
-    if [[ -z $(ss -Htln "sport = :$port") ]]; then
+    # Any socket on the port, not only listeners: a connection's local
+    # port (ephemeral ports start at 32768) blocks a bind as well.
+    if [[ -z $(ss -Htan "sport = :$port") ]]; then
       echo "$port"
       return 0
     fi
