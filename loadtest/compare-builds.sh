@@ -60,16 +60,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-REGISTER='mutation($email: String!, $password: String!, $name: String!, $role: Role) { register(email: $email, password: $password, name: $name, role: $role) { token } }'
-register_buyer() {
-  jq -cn --arg q "$REGISTER" --arg e "buyer-$1@builds.example" --arg n "Buyer $1" \
-    '{query: $q, variables: {email: $e, password: "compare-password", name: $n}}' \
-    | curl -sS --max-time 30 -H 'Content-Type: application/json' --data-binary @- "$url/graphql" \
-    | jq -r '.data.register.token // empty'
-}
-export -f register_buyer
-export REGISTER
-
 # Upper bound on the whole run, for the servers' own timeout.
 BOUND=$((ROUNDS * 2 * (DURATION + 20) + 600))
 
@@ -85,17 +75,14 @@ for build in A B; do
   PID[$build]=$server_pid
   wait_for_marquee "$tmp/$build.out" "$tmp/$build.log" 30
   URL[$build]=$url
-  ORGANIZER[$build]=$(gql "$REGISTER" \
+  ORGANIZER[$build]=$(gql "$MARQUEE_REGISTER" \
     '{"email":"organizer@builds.example","password":"compare-password","name":"Organizer","role":"ORGANIZER"}' \
     | jq -r .register.token)
   EVENT[$build]=$(gql 'mutation($i: CreateEventInput!) { createEvent(input: $i) { id } }' \
     '{"i":{"title":"Hot event","startsAt":"2027-06-01T20:00:00Z","city":"Berlin"}}' "${ORGANIZER[$build]}" \
     | jq -r .createEvent.id)
   gql 'mutation($id: ID!) { publishEvent(id: $id) { id } }' "{\"id\":\"${EVENT[$build]}\"}" "${ORGANIZER[$build]}" >/dev/null
-  export url
-  seq 1 "$BUYERS" | xargs -P 4 -I{} bash -c 'register_buyer {}' >"$tmp/$build.tokens"
-  tokens=$(grep -c . "$tmp/$build.tokens" || true)
-  [[ $tokens -eq $BUYERS ]] || die "$build: registered only $tokens of $BUYERS buyers"
+  register_buyers "$BUYERS" "$build" "$tmp/$build.tokens"
 done
 
 # wrk prints latencies as 812.00us, 1.23ms or 1.02s; this gives milliseconds.

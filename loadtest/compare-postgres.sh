@@ -232,8 +232,7 @@ wait_for_marquee "$tmp/marquee.out" "$tmp/marquee.log" 30
 echo "  listening on $url"
 
 run_id=$(date +%s)
-REGISTER='mutation($email: String!, $password: String!, $name: String!, $role: Role) { register(email: $email, password: $password, name: $name, role: $role) { token } }'
-organizer=$(gql "$REGISTER" '{"email":"organizer@compare.example","password":"compare-password","name":"Organizer","role":"ORGANIZER"}' | jq -r .register.token)
+organizer=$(gql "$MARQUEE_REGISTER" '{"email":"organizer@compare.example","password":"compare-password","name":"Organizer","role":"ORGANIZER"}' | jq -r .register.token)
 event_id=$(gql 'mutation($i: CreateEventInput!) { createEvent(input: $i) { id } }' \
   '{"i":{"title":"Hot event","startsAt":"2027-06-01T20:00:00Z","city":"Berlin"}}' "$organizer" | jq -r .createEvent.id)
 add_ticket_type() {
@@ -255,17 +254,7 @@ stock() {
 }
 
 step "Marquee: registering $BUYERS buyers (4 at a time; argon2id makes each one cost tens of ms)"
-register_buyer() {
-  jq -cn --arg q "$REGISTER" --arg e "buyer-$1-$run_id@compare.example" --arg n "Buyer $1" \
-    '{query: $q, variables: {email: $e, password: "compare-password", name: $n}}' \
-    | curl -sS --max-time 30 -H 'Content-Type: application/json' --data-binary @- "$url/graphql" \
-    | jq -r '.data.register.token // empty'
-}
-export -f register_buyer
-export REGISTER url run_id
-seq 1 "$BUYERS" | xargs -P 4 -I{} bash -c 'register_buyer {}' >"$tmp/tokens.txt"
-tokens=$(grep -c . "$tmp/tokens.txt" || true)
-[[ $tokens -eq $BUYERS ]] || die "registered only $tokens of $BUYERS buyers"
+register_buyers "$BUYERS" "$run_id" "$tmp/tokens.txt"
 
 # ------------------------------------------------------------ (b) wrk
 

@@ -132,8 +132,7 @@ echo "  $requests requests, $ir instructions each ($path_ir in the request's own
 
 step "bookTickets (registering $BUYERS buyers; argon2id under valgrind takes seconds each)"
 start_server book
-REGISTER='mutation($email: String!, $password: String!, $name: String!, $role: Role) { register(email: $email, password: $password, name: $name, role: $role) { token } }'
-organizer=$(gql "$REGISTER" '{"email":"organizer@instructions.example","password":"count-password","name":"Organizer","role":"ORGANIZER"}' | jq -r .register.token)
+organizer=$(gql "$MARQUEE_REGISTER" '{"email":"organizer@instructions.example","password":"count-password","name":"Organizer","role":"ORGANIZER"}' | jq -r .register.token)
 event_id=$(gql 'mutation($i: CreateEventInput!) { createEvent(input: $i) { id } }' \
   '{"i":{"title":"Counted event","startsAt":"2027-06-01T20:00:00Z","city":"Berlin"}}' "$organizer" | jq -r .createEvent.id)
 ticket_type=$(gql 'mutation($e: ID!, $t: TicketTypeInput!) { addTicketType(eventId: $e, input: $t) { id } }' \
@@ -141,7 +140,7 @@ ticket_type=$(gql 'mutation($e: ID!, $t: TicketTypeInput!) { addTicketType(event
   "$organizer" | jq -r .addTicketType.id)
 gql 'mutation($id: ID!) { publishEvent(id: $id) { id } }' "{\"id\":\"$event_id\"}" "$organizer" >/dev/null
 for buyer in $(seq 1 "$BUYERS"); do
-  gql "$REGISTER" "{\"email\":\"buyer-$buyer@instructions.example\",\"password\":\"count-password\",\"name\":\"Buyer $buyer\"}" \
+  gql "$MARQUEE_REGISTER" "{\"email\":\"buyer-$buyer@instructions.example\",\"password\":\"count-password\",\"name\":\"Buyer $buyer\"}" \
     | jq -r .register.token >>"$tmp/tokens.txt"
 done
 export MARQUEE_TOKENS_FILE=$tmp/tokens.txt MARQUEE_TICKET_TYPE=$ticket_type MARQUEE_KEY_PREFIX=count-$(date +%s)

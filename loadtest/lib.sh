@@ -2,8 +2,9 @@
 # not run). Each script sets what a helper reads: the PostgreSQL helpers use
 # $pg_started, $run_pg (prefix running a command as the postgres user),
 # $PG_BIN, $pg_data and $tmp (the server's directory is $tmp/pg), and die();
-# wait_for_marquee uses $server_pid and die(), and sets $url; gql uses $url
-# (Marquee's base URL), die() and $GQL_TIMEOUT.
+# wait_for_marquee uses $server_pid and die(), and sets $url; gql and
+# register_buyers use $url (Marquee's base URL) and die(), gql also
+# $GQL_TIMEOUT.
 
 # stop_pid PID: TERM, wait up to 15 s, then KILL; reaps it.
 stop_pid() {
@@ -138,4 +139,29 @@ gql() {
     die "GraphQL error for \"$1\": $response"
   fi
   jq -c '.data' <<<"$response"
+}
+
+# The register mutation (variables email, password, name and role).
+MARQUEE_REGISTER='mutation($email: String!, $password: String!, $name: String!, $role: Role) { register(email: $email, password: $password, name: $name, role: $role) { token } }'
+
+# register_buyers COUNT TAG OUT: registers COUNT attendees with Marquee at
+# $url (emails buyer-N-TAG@load.example), four at a time since argon2id
+# makes each one cost tens of ms, and writes their tokens to OUT, one a
+# line; dies unless every one got a token.
+register_buyers() {
+  local count=$1 tag=$2 out=$3 tokens
+  export MARQUEE_REGISTER url
+  export -f register_one_buyer
+  seq 1 "$count" | MARQUEE_BUYER_TAG=$tag xargs -P 4 -I{} bash -c 'register_one_buyer {}' >"$out"
+  tokens=$(grep -c . "$out" || true)
+  [[ $tokens -eq $count ]] || die "registered only $tokens of $count buyers"
+}
+
+# register_one_buyer N: buyer N of register_buyers (run by xargs); prints
+# its token, or nothing.
+register_one_buyer() {
+  jq -cn --arg q "$MARQUEE_REGISTER" --arg e "buyer-$1-$MARQUEE_BUYER_TAG@load.example" --arg n "Buyer $1" \
+    '{query: $q, variables: {email: $e, password: "load-password", name: $n}}' \
+    | curl -sS --max-time 30 -H 'Content-Type: application/json' --data-binary @- "$url/graphql" \
+    | jq -r '.data.register.token // empty'
 }
