@@ -46,6 +46,34 @@ fn assert_serving(server: &Server) {
     assert!(response.json()["data"]["events"]["totalCount"].is_number());
 }
 
+/// A client still sending an oversized body when the server has decided to
+/// refuse it gets to send the rest and reads the 413, instead of a reset
+/// connection (or a broken pipe as it writes).
+#[test]
+fn an_oversized_body_sent_in_two_parts_is_answered_413() {
+    use std::io::{Read, Write};
+    let dir = TempDir::new("oversized");
+    let server = Server::start(dir.path(), &["--body-bytes-max", "1024"]);
+    let body = vec![b' '; 4 << 20];
+    let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let head = format!(
+        "POST /graphql HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        server.addr,
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&body[..8 * 1024]).unwrap();
+    // Past the limit: the server has refused by now, and is still reading.
+    std::thread::sleep(Duration::from_millis(300));
+    stream.write_all(&body[8 * 1024..]).expect("the rest of the body is read, not reset");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("the answer arrives");
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("BAD_USER_INPUT"), "{text}");
+}
+
 #[test]
 fn hostile_input_gets_clear_errors_and_honest_requests_keep_working() {
     let dir = TempDir::new("hostile");

@@ -190,14 +190,37 @@ enum BodyError {
     Unreadable,
 }
 
-/// The whole body, refused once it grows past `max` bytes.
-async fn read_body(body: hyper::body::Incoming, max: usize) -> Result<Bytes, BodyError> {
+/// Most bytes of an oversized body read past the limit, and dropped, before
+/// it is refused. A client still sending when the connection closed with
+/// its body unread would get a reset instead of the 413 (and, writing, a
+/// broken pipe); read to the end, it reads the answer.
+const OVERSIZED_DRAIN_MAX: usize = 16 << 20;
+
+/// The whole body, refused once it grows past `max` bytes (after reading
+/// the rest of it, up to [`OVERSIZED_DRAIN_MAX`] more).
+async fn read_body(mut body: hyper::body::Incoming, max: usize) -> Result<Bytes, BodyError> {
     use http_body_util::BodyExt;
-    match http_body_util::Limited::new(body, max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
-        Err(_) => Err(BodyError::Unreadable),
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut length = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(|_| BodyError::Unreadable)?.into_data() else { continue };
+        length = length.saturating_add(data.len());
+        if length <= max {
+            chunks.push(data);
+        } else if length > max.saturating_add(OVERSIZED_DRAIN_MAX) {
+            return Err(BodyError::TooLarge);
+        } else {
+            chunks.clear();
+        }
     }
+    if length > max {
+        return Err(BodyError::TooLarge);
+    }
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().expect("one chunk"),
+        _ => chunks.concat().into(),
+    })
 }
 
 /// Serves HTTP on `listener` until `shutdown` completes. Then requests are
