@@ -75,24 +75,11 @@ for build in A B; do
   PID[$build]=$server_pid
   wait_for_marquee "$tmp/$build.out" "$tmp/$build.log" 30
   URL[$build]=$url
-  ORGANIZER[$build]=$(gql "$MARQUEE_REGISTER" \
-    '{"email":"organizer@builds.example","password":"compare-password","name":"Organizer","role":"ORGANIZER"}' \
-    | jq -r .register.token)
-  EVENT[$build]=$(gql 'mutation($i: CreateEventInput!) { createEvent(input: $i) { id } }' \
-    '{"i":{"title":"Hot event","startsAt":"2027-06-01T20:00:00Z","city":"Berlin"}}' "${ORGANIZER[$build]}" \
-    | jq -r .createEvent.id)
-  gql 'mutation($id: ID!) { publishEvent(id: $id) { id } }' "{\"id\":\"${EVENT[$build]}\"}" "${ORGANIZER[$build]}" >/dev/null
+  open_hot_event organizer@builds.example "Hot event"
+  ORGANIZER[$build]=$organizer
+  EVENT[$build]=$event_id
   register_buyers "$BUYERS" "$build" "$tmp/$build.tokens"
 done
-
-# wrk prints latencies as 812.00us, 1.23ms or 1.02s; this gives milliseconds.
-wrk_ms() {
-  awk -v p="$1%" '$1 == p { v = $2
-    if (v ~ /us$/) { sub(/us$/, "", v); print v / 1000 }
-    else if (v ~ /ms$/) { sub(/ms$/, "", v); print v + 0 }
-    else if (v ~ /s$/) { sub(/s$/, "", v); print v * 1000 }
-    exit }' "$2"
-}
 
 echo
 printf '%-5s %-5s %12s %9s %9s\n' round build bookings/s p50_ms p99_ms
@@ -101,22 +88,18 @@ for round in $(seq 1 "$ROUNDS"); do
   order="A B"
   ((round % 2 == 0)) && order="B A"
   for build in $order; do
-    url=${URL[$build]}
-    ticket_type=$(gql 'mutation($e: ID!, $t: TicketTypeInput!) { addTicketType(eventId: $e, input: $t) { id } }' \
-      "$(jq -cn --arg e "${EVENT[$build]}" --arg n "GA $round" \
-        '{e: $e, t: {name: $n, priceCents: 4900, currency: "EUR", capacity: 1000000, perUserLimit: null}}')" \
-      "${ORGANIZER[$build]}" | jq -r .addTicketType.id)
+    url=${URL[$build]} organizer=${ORGANIZER[$build]} event_id=${EVENT[$build]}
+    ticket_type=$(add_hot_ticket_type "GA $round")
     MARQUEE_TOKENS_FILE=$tmp/$build.tokens MARQUEE_TICKET_TYPE=$ticket_type MARQUEE_KEY_PREFIX=r$round \
       timeout --kill-after=10 $((DURATION + 60)) wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency \
       -s "$here/book.lua" "$url/graphql" >"$tmp/wrk.out" 2>&1 || { cat "$tmp/wrk.out" >&2; die "wrk failed"; }
     summary=$(grep -E '^book.lua:' "$tmp/wrk.out" || true)
     [[ $summary =~ sold_out=0\ other_errors=0\ non_200=0 ]] || die "$build refused bookings in round $round: $summary"
-    sold=$(gql 'query($id: ID!) { event(id: $id) { ticketTypes { id sold } } }' "{\"id\":\"${EVENT[$build]}\"}" \
-      "${ORGANIZER[$build]}" | jq -r --arg t "$ticket_type" '.event.ticketTypes[] | select(.id == $t) | .sold')
-    [[ $sold =~ ^[1-9][0-9]*$ ]] || die "$build sold nothing in round $round"
+    sold=$(stock "$ticket_type" sold)
+    [[ $sold -gt 0 ]] || die "$build sold nothing in round $round"
     rate=$(awk -v s="$sold" -v d="$DURATION" 'BEGIN { printf "%.0f", s / d }')
-    p50=$(wrk_ms 50 "$tmp/wrk.out")
-    p99=$(wrk_ms 99 "$tmp/wrk.out")
+    p50=$(wrk_percentile 50 "$tmp/wrk.out")
+    p99=$(wrk_percentile 99 "$tmp/wrk.out")
     printf '%-5s %-5s %12s %9.2f %9.2f\n' "$round" "$build" "$rate" "$p50" "$p99"
     echo "$round $build $rate $p99" >>"$tmp/runs"
   done

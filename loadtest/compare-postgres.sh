@@ -99,24 +99,6 @@ percentile() {
     print v[i] }' "$2"
 }
 
-# wrk prints latencies as 812.00us, 1.23ms or 1.02s; this gives milliseconds.
-to_ms() {
-  awk -v v="$1" 'BEGIN {
-    if (v ~ /us$/) { sub(/us$/, "", v); print v / 1000 }
-    else if (v ~ /ms$/) { sub(/ms$/, "", v); print v + 0 }
-    else if (v ~ /m$/) { sub(/m$/, "", v); print v * 60000 }
-    else if (v ~ /s$/) { sub(/s$/, "", v); print v * 1000 }
-    else { print "nan" } }'
-}
-
-# wrk_percentile P FILE: the P% line of wrk's --latency distribution, in ms.
-wrk_percentile() {
-  local raw
-  raw=$(awk -v p="$1%" '$1 == p { print $2; exit }' "$2")
-  [[ -n $raw ]] || die "no $1% latency line in $2"
-  to_ms "$raw"
-}
-
 # calc EXPR: floating-point arithmetic.
 calc() { awk "BEGIN { print $1 }"; }
 
@@ -232,26 +214,9 @@ wait_for_marquee "$tmp/marquee.out" "$tmp/marquee.log" 30
 echo "  listening on $url"
 
 run_id=$(date +%s)
-organizer=$(gql "$MARQUEE_REGISTER" '{"email":"organizer@compare.example","password":"compare-password","name":"Organizer","role":"ORGANIZER"}' | jq -r .register.token)
-event_id=$(gql 'mutation($i: CreateEventInput!) { createEvent(input: $i) { id } }' \
-  '{"i":{"title":"Hot event","startsAt":"2027-06-01T20:00:00Z","city":"Berlin"}}' "$organizer" | jq -r .createEvent.id)
-add_ticket_type() {
-  gql 'mutation($e: ID!, $t: TicketTypeInput!) { addTicketType(eventId: $e, input: $t) { id } }' \
-    "$(jq -cn --arg e "$event_id" --arg n "$1" '{e: $e, t: {name: $n, priceCents: 4900, currency: "EUR", capacity: 1000000, perUserLimit: null}}')" \
-    "$organizer" | jq -r .addTicketType.id
-}
-tt_wrk=$(add_ticket_type "GA (wrk)")
-tt_k6=$(add_ticket_type "GA (k6)")
-gql 'mutation($id: ID!) { publishEvent(id: $id) { id } }' "{\"id\":\"$event_id\"}" "$organizer" >/dev/null
-
-# stock TICKET_TYPE_ID FIELD: the ticket type's `sold` or `available`, from the server.
-stock() {
-  local value
-  value=$(gql 'query($id: ID!) { event(id: $id) { ticketTypes { id sold available } } }' "{\"id\":\"$event_id\"}" "$organizer" \
-    | jq -r --arg t "$1" --arg f "$2" '.event.ticketTypes[] | select(.id == $t) | .[$f]')
-  [[ $value =~ ^[0-9]+$ ]] || die "no $2 for ticket type $1"
-  echo "$value"
-}
+open_hot_event organizer@compare.example "Hot event"
+tt_wrk=$(add_hot_ticket_type "GA (wrk)")
+tt_k6=$(add_hot_ticket_type "GA (k6)")
 
 step "Marquee: registering $BUYERS buyers (4 at a time; argon2id makes each one cost tens of ms)"
 register_buyers "$BUYERS" "$run_id" "$tmp/tokens.txt"

@@ -132,13 +132,8 @@ echo "  $requests requests, $ir instructions each ($path_ir in the request's own
 
 step "bookTickets (registering $BUYERS buyers; argon2id under valgrind takes seconds each)"
 start_server book
-organizer=$(gql "$MARQUEE_REGISTER" '{"email":"organizer@instructions.example","password":"count-password","name":"Organizer","role":"ORGANIZER"}' | jq -r .register.token)
-event_id=$(gql 'mutation($i: CreateEventInput!) { createEvent(input: $i) { id } }' \
-  '{"i":{"title":"Counted event","startsAt":"2027-06-01T20:00:00Z","city":"Berlin"}}' "$organizer" | jq -r .createEvent.id)
-ticket_type=$(gql 'mutation($e: ID!, $t: TicketTypeInput!) { addTicketType(eventId: $e, input: $t) { id } }' \
-  "$(jq -cn --arg e "$event_id" '{e: $e, t: {name: "GA", priceCents: 4900, currency: "EUR", capacity: 1000000}}')" \
-  "$organizer" | jq -r .addTicketType.id)
-gql 'mutation($id: ID!) { publishEvent(id: $id) { id } }' "{\"id\":\"$event_id\"}" "$organizer" >/dev/null
+open_hot_event organizer@instructions.example "Counted event"
+ticket_type=$(add_hot_ticket_type GA)
 for buyer in $(seq 1 "$BUYERS"); do
   gql "$MARQUEE_REGISTER" "{\"email\":\"buyer-$buyer@instructions.example\",\"password\":\"count-password\",\"name\":\"Buyer $buyer\"}" \
     | jq -r .register.token >>"$tmp/tokens.txt"

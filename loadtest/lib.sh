@@ -2,9 +2,9 @@
 # not run). Each script sets what a helper reads: the PostgreSQL helpers use
 # $pg_started, $run_pg (prefix running a command as the postgres user),
 # $PG_BIN, $pg_data and $tmp (the server's directory is $tmp/pg), and die();
-# wait_for_marquee uses $server_pid and die(), and sets $url; gql and
-# register_buyers use $url (Marquee's base URL) and die(), gql also
-# $GQL_TIMEOUT.
+# wait_for_marquee uses $server_pid and die(), and sets $url; gql and the
+# helpers built on it use $url (Marquee's base URL) and die(), gql also
+# $GQL_TIMEOUT; wrk_percentile uses die().
 
 # stop_pid PID: TERM, wait up to 15 s, then KILL; reaps it.
 stop_pid() {
@@ -164,4 +164,54 @@ register_one_buyer() {
     '{query: $q, variables: {email: $e, password: "load-password", name: $n}}' \
     | curl -sS --max-time 30 -H 'Content-Type: application/json' --data-binary @- "$url/graphql" \
     | jq -r '.data.register.token // empty'
+}
+
+# wrk prints latencies as 812.00us, 1.23ms or 1.02s; this gives milliseconds.
+to_ms() {
+  awk -v v="$1" 'BEGIN {
+    if (v ~ /us$/) { sub(/us$/, "", v); print v / 1000 }
+    else if (v ~ /ms$/) { sub(/ms$/, "", v); print v + 0 }
+    else if (v ~ /m$/) { sub(/m$/, "", v); print v * 60000 }
+    else if (v ~ /s$/) { sub(/s$/, "", v); print v * 1000 }
+    else { print "nan" } }'
+}
+
+# wrk_percentile P FILE: the P% line of wrk's --latency distribution, in ms.
+wrk_percentile() {
+  local raw
+  raw=$(awk -v p="$1%" '$1 == p { print $2; exit }' "$2")
+  [[ -n $raw ]] || die "no $1% latency line in $2"
+  to_ms "$raw"
+}
+
+# open_hot_event EMAIL TITLE: registers an organizer with Marquee at $url
+# and creates and publishes an event; sets $organizer (its token) and
+# $event_id.
+open_hot_event() {
+  organizer=$(gql "$MARQUEE_REGISTER" \
+    "$(jq -cn --arg e "$1" '{email: $e, password: "load-password", name: "Organizer", role: "ORGANIZER"}')" \
+    | jq -r .register.token)
+  event_id=$(gql 'mutation($i: CreateEventInput!) { createEvent(input: $i) { id } }' \
+    "$(jq -cn --arg t "$2" '{i: {title: $t, startsAt: "2027-06-01T20:00:00Z", city: "Berlin"}}')" "$organizer" \
+    | jq -r .createEvent.id)
+  gql 'mutation($id: ID!) { publishEvent(id: $id) { id } }' "{\"id\":\"$event_id\"}" "$organizer" >/dev/null
+}
+
+# add_hot_ticket_type NAME: a ticket type of $event_id (as $organizer) with
+# 1,000,000 seats and no per-user limit; prints its id.
+add_hot_ticket_type() {
+  gql 'mutation($e: ID!, $t: TicketTypeInput!) { addTicketType(eventId: $e, input: $t) { id } }' \
+    "$(jq -cn --arg e "$event_id" --arg n "$1" \
+      '{e: $e, t: {name: $n, priceCents: 4900, currency: "EUR", capacity: 1000000, perUserLimit: null}}')" \
+    "$organizer" | jq -r .addTicketType.id
+}
+
+# stock TICKET_TYPE_ID FIELD: the ticket type's `sold` or `available`, from
+# the server (of $event_id, asked as $organizer).
+stock() {
+  local value
+  value=$(gql 'query($id: ID!) { event(id: $id) { ticketTypes { id sold available } } }' "{\"id\":\"$event_id\"}" "$organizer" \
+    | jq -r --arg t "$1" --arg f "$2" '.event.ticketTypes[] | select(.id == $t) | .[$f]')
+  [[ $value =~ ^[0-9]+$ ]] || die "no $2 for ticket type $1"
+  echo "$value"
 }
