@@ -627,7 +627,7 @@ impl Store {
     /// Inserts rows one by one, in order, outside the log and outside any
     /// batch (see [`crate::readers::ReaderBatch::put_ahead`]). Not flushed:
     /// they become durable with the next group commit.
-    pub(crate) fn insert_rows(&self, rows: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), Error> {
+    pub(crate) fn insert_rows(&self, rows: Vec<crate::readers::KeyValue>) -> Result<(), Error> {
         if rows.is_empty() {
             return Ok(());
         }
