@@ -164,11 +164,10 @@ fn verify(server: &Server, shop: &Shop, acked: &[Acked]) {
 /// twice) and there are as many as the buyer was sent, up to a page.
 fn verify_inboxes(server: &Server, shop: &Shop, acked: &[Acked]) {
     const PAGE: usize = 100;
-    let lag_line = "marquee_log_reader_lag{reader=\"notifications\"} ";
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let metrics = http(&server.addr, "GET", "/metrics", &[], b"").text();
-        let lag = metrics.lines().find_map(|line| line.strip_prefix(lag_line)).expect("the notifications reader's lag");
+        let lag =
+            metric(server, "marquee_log_reader_lag{reader=\"notifications\"}").expect("the notifications reader's lag");
         if lag == "0" {
             break;
         }

@@ -34,9 +34,7 @@ fn code_of(response: &HttpResponse) -> String {
 }
 
 fn resident_bytes(server: &Server) -> f64 {
-    let text = http(&server.addr, "GET", "/metrics", &[], b"").text();
-    let line = text.lines().find(|l| l.starts_with("process_resident_memory_bytes ")).expect("an RSS gauge");
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    metric(server, "process_resident_memory_bytes").expect("an RSS gauge").parse().unwrap()
 }
 
 /// Asserts the server still answers an honest request.

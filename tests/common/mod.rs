@@ -191,6 +191,14 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     }
 }
 
+/// The value of the series `series` (a metric's name, with its labels if
+/// it has any) in the server's /metrics now; None when it is not there.
+pub fn metric(server: &Server, series: &str) -> Option<String> {
+    let text = http(&server.addr, "GET", "/metrics", &[], b"").text();
+    let value = text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))?;
+    Some(value.to_string())
+}
+
 /// POSTs a GraphQL request and returns the JSON response (any status).
 pub fn gql(addr: &str, token: Option<&str>, query: &str, variables: Value) -> Value {
     try_gql(addr, token, query, variables).unwrap_or_else(|e| panic!("POST /graphql on {addr} failed: {e}"))
