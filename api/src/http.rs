@@ -828,10 +828,12 @@ fn prepare(
         if !app.settings.introspection {
             *request = std::mem::replace(request, GqlRequest::new("")).disable_introspection();
         }
-        if request.query.len() <= limits.query_bytes_max {
-            app.parsed.attach(request);
+        let known = if request.query.len() <= limits.query_bytes_max { app.parsed.attach(request) } else { None };
+        let measured_now = known.is_none();
+        let Some(cost) = limits::inspect(request, limits, known).map_err(Refusal::TooComplex)? else { continue };
+        if measured_now {
+            app.parsed.remember(request, &cost);
         }
-        let Some(cost) = limits::inspect(request, limits).map_err(Refusal::TooComplex)? else { continue };
         if method == Method::Get && (cost.mutation || cost.subscription) {
             return Err(Refusal::NotOverGet);
         }
@@ -985,7 +987,7 @@ struct GuardedSchema {
 impl GuardedSchema {
     /// The refusal of a document over the limits, if it is.
     fn check(&self, request: &mut GqlRequest) -> Option<GqlResponse> {
-        let TooComplex(why) = limits::inspect(request, &self.app.settings.query_limits).err()?;
+        let TooComplex(why) = limits::inspect(request, &self.app.settings.query_limits, None).err()?;
         self.app.metrics.error("QUERY_TOO_COMPLEX");
         let error = ApiError::TooComplex(why);
         Some(GqlResponse::from_errors(vec![coded_error(error.message(), error.code())]))

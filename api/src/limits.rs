@@ -4,6 +4,7 @@
 //! (depth, complexity weighted by page sizes, aliases, root fields, batch
 //! size, query and variables size), plus automatic persisted queries.
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, Hash};
 use std::sync::{Arc, Mutex};
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use async_graphql::parser::types::{ExecutableDocument, Field, OperationType, Selection, SelectionSet};
 use async_graphql::{Positioned, Value, Variables};
+use async_graphql_value::ConstValue;
 
 /// A rate: `per_second` sustained, bursts up to `burst`. Zero: unlimited.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -148,6 +150,9 @@ pub struct Cost {
     pub root_names: Vec<String>,
     /// The operation's name, when it has one.
     pub operation_name: Option<String>,
+    /// Whether a variable gave a page size: then the measure holds for
+    /// these variables only, otherwise for any request of the operation.
+    pub reads_variables: bool,
 }
 
 /// Page sizes of list fields: (field, argument holding the page size,
@@ -187,7 +192,14 @@ pub fn analyze(
     };
     // An unknown or missing operation is for validation to report.
     let Some((name, operation)) = operation else { return Ok(Cost::default()) };
-    let mut walker = Walker { document, variables, aliases: 0, measured: 0, visiting: HashSet::new() };
+    let mut walker = Walker {
+        document,
+        variables,
+        aliases: 0,
+        measured: 0,
+        visiting: HashSet::new(),
+        read_variables: Cell::new(false),
+    };
     let root = walker.fields(&operation.node.selection_set)?;
     let mut cost = Cost {
         mutation: operation.node.ty == OperationType::Mutation,
@@ -203,16 +215,32 @@ pub fn analyze(
         cost.complexity = cost.complexity.saturating_add(complexity);
     }
     cost.aliases = walker.aliases;
+    cost.reads_variables = walker.read_variables.get();
     Ok(cost)
 }
 
 /// Parsed queries by their text: clients send the same few queries over and
 /// over with other variables, and parsing is the costliest step of a small
 /// request. Bounded; the oldest go first.
+///
+/// Each keeps the measures of its operations that no variable changes, so
+/// a known operation is not measured again (about 1,800 instructions of a
+/// booking's 126,000).
 pub struct ParsedQueries {
     /// Documents by text.
-    inner: Mutex<Bounded<Arc<str>, ExecutableDocument>>,
+    inner: Mutex<Bounded<Arc<str>, Parsed>>,
 }
+
+/// A parsed query and the measures that hold for any of its requests.
+struct Parsed {
+    document: ExecutableDocument,
+    /// By operation name (`None`: the request named none).
+    costs: Vec<(Option<String>, Arc<Cost>)>,
+}
+
+/// Measures kept per document, at most (a document holds few operations;
+/// a client naming ever new ones that do not exist gets no more).
+const COSTS_PER_DOCUMENT_MAX: usize = 8;
 
 /// A map of at most a given number of entries: adding one more drops the
 /// oldest.
@@ -264,45 +292,122 @@ impl ParsedQueries {
     }
 
     /// Gives `request` its parsed query from the cache, or parses it and
-    /// keeps the result (queries that do not parse are not kept).
-    pub fn attach(&self, request: &mut async_graphql::Request) {
-        if let Some(document) = self.inner.lock().expect("parsed queries lock poisoned").get(request.query.as_str()) {
-            request.set_parsed_query(document.clone());
+    /// keeps the result (queries that do not parse are not kept). Returns
+    /// the measure of the request's operation when one is kept (see
+    /// [`ParsedQueries::remember`]).
+    pub fn attach(&self, request: &mut async_graphql::Request) -> Option<Arc<Cost>> {
+        if let Some(parsed) = self.inner.lock().expect("parsed queries lock poisoned").get(request.query.as_str()) {
+            request.set_parsed_query(parsed.document.clone());
+            let name = request.operation_name.as_deref();
+            return parsed.costs.iter().find(|(n, _)| n.as_deref() == name).map(|(_, cost)| cost.clone());
+        }
+        let Ok(document) = request.parsed_query() else { return None };
+        let parsed = Parsed { document: document.clone(), costs: Vec::new() };
+        let text: Arc<str> = request.query.as_str().into();
+        self.inner.lock().expect("parsed queries lock poisoned").insert(text, parsed);
+        None
+    }
+
+    /// Keeps `cost`, measured on `request`, for the next requests of its
+    /// document and operation, unless a variable went into it.
+    pub fn remember(&self, request: &async_graphql::Request, cost: &Arc<Cost>) {
+        if cost.reads_variables {
             return;
         }
-        let Ok(document) = request.parsed_query() else { return };
-        let document = document.clone();
-        let text: Arc<str> = request.query.as_str().into();
-        self.inner.lock().expect("parsed queries lock poisoned").insert(text, document);
+        let mut inner = self.inner.lock().expect("parsed queries lock poisoned");
+        let Some(parsed) = inner.get_mut(request.query.as_str()) else { return };
+        let name = request.operation_name.as_deref();
+        if parsed.costs.len() < COSTS_PER_DOCUMENT_MAX && !parsed.costs.iter().any(|(n, _)| n.as_deref() == name) {
+            parsed.costs.push((request.operation_name.clone(), cost.clone()));
+        }
     }
 }
 
 /// Checks one request before it runs: query text and variables within
-/// their bounds, then its operation measured and checked. A query that does
+/// their bounds, then its operation measured (unless `known` is its
+/// measure, from [`ParsedQueries::attach`]) and checked. A query that does
 /// not parse passes (execution reports the syntax error with its position).
-pub fn inspect(request: &mut async_graphql::Request, limits: &QueryLimits) -> Result<Option<Cost>, TooComplex> {
+pub fn inspect(
+    request: &mut async_graphql::Request,
+    limits: &QueryLimits,
+    known: Option<Arc<Cost>>,
+) -> Result<Option<Arc<Cost>>, TooComplex> {
     if request.query.len() > limits.query_bytes_max {
         let why =
             format!("the query is {} bytes, more than the {} allowed", request.query.len(), limits.query_bytes_max);
         return Err(TooComplex(why));
     }
-    let mut size = JsonSize(0);
-    let variables = match serde_json::to_writer(&mut size, &request.variables) {
-        Ok(()) => size.0,
-        Err(_) => usize::MAX,
-    };
-    if variables > limits.variables_bytes_max {
+    if let Some(variables) = variables_over(&request.variables, limits.variables_bytes_max) {
         let why = format!("the variables are {variables} bytes, more than the {} allowed", limits.variables_bytes_max);
         return Err(TooComplex(why));
     }
-    let operation_name = request.operation_name.clone();
-    // Out of the request while its document is borrowed, and back after.
-    let variables = std::mem::take(&mut request.variables);
-    let cost = request.parsed_query().ok().map(|document| analyze(document, operation_name.as_deref(), &variables));
-    request.variables = variables;
-    let Some(cost) = cost.transpose()? else { return Ok(None) };
+    let cost = match known {
+        Some(cost) => cost,
+        None => {
+            let operation_name = request.operation_name.clone();
+            // Out of the request while its document is borrowed, and back after.
+            let variables = std::mem::take(&mut request.variables);
+            let cost =
+                request.parsed_query().ok().map(|document| analyze(document, operation_name.as_deref(), &variables));
+            request.variables = variables;
+            let Some(cost) = cost.transpose()? else { return Ok(None) };
+            Arc::new(cost)
+        }
+    };
     check(&cost, limits)?;
     Ok(Some(cost))
+}
+
+/// The size of `variables` as JSON when it is more than `max` bytes.
+///
+/// Writing them out to count (about 1,300 instructions for a booking's
+/// input) is needed only when a cheap upper bound is over `max`: the bound
+/// never undercounts, so a request under it is under `max` too.
+fn variables_over(variables: &Variables, max: usize) -> Option<usize> {
+    let bound = variables.iter().fold(2usize, |bytes, (name, value)| {
+        bytes.saturating_add(quoted_at_most(name)).saturating_add(2).saturating_add(json_bytes_at_most(value))
+    });
+    if bound <= max {
+        return None;
+    }
+    let exact = json_bytes(&**variables);
+    (exact > max).then_some(exact)
+}
+
+/// An upper bound of the bytes serde_json writes for `value`, with its
+/// separators (a comma after every item, where JSON has one fewer).
+fn json_bytes_at_most(value: &ConstValue) -> usize {
+    match value {
+        ConstValue::Null => 4,
+        ConstValue::Boolean(_) => 5,
+        ConstValue::String(text) => quoted_at_most(text),
+        ConstValue::Enum(name) => quoted_at_most(name),
+        ConstValue::List(items) => {
+            items.iter().fold(2usize, |bytes, item| bytes.saturating_add(json_bytes_at_most(item)).saturating_add(1))
+        }
+        ConstValue::Object(fields) => fields.iter().fold(2usize, |bytes, (name, value)| {
+            bytes.saturating_add(quoted_at_most(name)).saturating_add(2).saturating_add(json_bytes_at_most(value))
+        }),
+        // A number's length depends on its digits: written out (itoa or
+        // ryu, a few dozen instructions); bytes never come from JSON.
+        ConstValue::Number(_) | ConstValue::Binary(_) => json_bytes(value),
+    }
+}
+
+/// An upper bound of a quoted JSON string's bytes: the quotes, and each
+/// byte at most six (a control character as `\u00XX`; other characters
+/// are written as they are, or escaped in two).
+fn quoted_at_most(text: &str) -> usize {
+    text.len().saturating_mul(6).saturating_add(2)
+}
+
+/// The bytes serde_json writes for `value` (`usize::MAX` if it cannot).
+fn json_bytes<T: serde::Serialize + ?Sized>(value: &T) -> usize {
+    let mut size = JsonSize(0);
+    match serde_json::to_writer(&mut size, value) {
+        Ok(()) => size.0,
+        Err(_) => usize::MAX,
+    }
 }
 
 /// Counts the bytes of JSON written to it, keeping none.
@@ -355,6 +460,8 @@ struct Walker<'a> {
     measured: usize,
     /// Fragments being expanded (a cycle is refused, not followed).
     visiting: HashSet<&'a str>,
+    /// Whether a variable gave a page size.
+    read_variables: Cell<bool>,
 }
 
 impl<'a> Walker<'a> {
@@ -425,8 +532,14 @@ impl<'a> Walker<'a> {
         let Some(&(_, argument, default)) = LIST_WEIGHTS.iter().find(|(n, _, _)| *n == name) else { return 1 };
         let Some(argument) = argument else { return default };
         let given = field.arguments.iter().find(|(n, _)| n.node.as_str() == argument).map(|(_, v)| &v.node);
-        let value =
-            given.and_then(|v| v.clone().into_const_with(|name| self.variables.get(&name).cloned().ok_or(())).ok());
+        let value = given.and_then(|v| {
+            v.clone()
+                .into_const_with(|name| {
+                    self.read_variables.set(true);
+                    self.variables.get(&name).cloned().ok_or(())
+                })
+                .ok()
+        });
         // A page size beyond the API's maximum is refused by the field
         // itself with a clearer message; here it weighs as the maximum.
         match value {
@@ -483,7 +596,7 @@ mod tests {
         let query = "query($n: Int, $s: String) { events(first: $n) { nodes { id } } me { name } }";
         let small = serde_json::json!({"n": 3, "s": "é\"x"});
         let mut request = async_graphql::Request::new(query).variables(Variables::from_json(small.clone()));
-        let found = inspect(&mut request, &limits).unwrap().expect("the query parses");
+        let found = inspect(&mut request, &limits, None).unwrap().expect("the query parses");
         assert_eq!(found.complexity, 1 + 3 * 2 + 2);
         assert_eq!(request.variables, Variables::from_json(small));
 
@@ -491,14 +604,91 @@ mod tests {
         let large = Variables::from_json(serde_json::json!({ "s": text }));
         let size = serde_json::to_vec(&large).unwrap().len();
         let mut request = async_graphql::Request::new(query).variables(large.clone());
-        let TooComplex(why) = inspect(&mut request, &limits).unwrap_err();
+        let TooComplex(why) = inspect(&mut request, &limits, None).unwrap_err();
         assert!(why.starts_with(&format!("the variables are {size} bytes")), "{why}");
         assert_eq!(request.variables, large);
 
         let mut broken =
             async_graphql::Request::new("{ me {").variables(Variables::from_json(serde_json::json!({"n": 1})));
-        assert!(inspect(&mut broken, &limits).unwrap().is_none());
+        assert!(inspect(&mut broken, &limits, None).unwrap().is_none());
         assert_eq!(broken.variables, Variables::from_json(serde_json::json!({"n": 1})));
+    }
+
+    /// The cheap bound of the variables' size never counts fewer bytes than
+    /// serde_json writes, so the check refuses exactly what writing them
+    /// out would refuse.
+    #[test]
+    fn the_variables_bound_never_undercounts() {
+        let samples = [
+            serde_json::json!({}),
+            serde_json::json!({"a": null, "b": true, "c": false}),
+            serde_json::json!({"s": "plain", "q": "\"quoted\" \\ back", "u": "é ü 🎟 日本"}),
+            serde_json::json!({"control": "\u{0}\u{1}\u{1f}\n\t\r\u{8}\u{c}\u{7f}"}),
+            serde_json::json!({"n": [0, -1, 18446744073709551615u64, -9223372036854775808i64, 1.5, -2.2250738585072014e-308, 1e300]}),
+            serde_json::json!({"input": {"ticketTypeId": "12", "quantity": 1, "hold": false, "idempotencyKey": "k-1-000000000042"}}),
+            serde_json::json!({"deep": [[[], {}], {"x": [{"y": []}]}], "empty": "", "\u{1}key\"": 1}),
+        ];
+        let mut variables: Vec<Variables> = samples.into_iter().map(Variables::from_json).collect();
+        let mut with_enum = Variables::default();
+        with_enum.insert(async_graphql::Name::new("role"), ConstValue::Enum(async_graphql::Name::new("ORGANIZER")));
+        with_enum.insert(async_graphql::Name::new("bytes"), ConstValue::Binary(vec![0u8, 7, 255].into()));
+        variables.push(with_enum);
+        for variables in &variables {
+            let exact = serde_json::to_vec(variables).unwrap().len();
+            for max in exact.saturating_sub(3)..exact + 3 {
+                let over = variables_over(variables, max);
+                assert_eq!(over, (exact > max).then_some(exact), "{variables:?} with max {max}");
+            }
+        }
+    }
+
+    /// A measure that no variable changes is kept with the parsed query
+    /// and served for its operation again, one per operation name; one that
+    /// a variable gave a page size to is measured on every request; and a
+    /// kept measure is still held to the limits.
+    #[test]
+    fn a_measure_no_variable_changes_is_kept_per_operation() {
+        let limits = QueryLimits::default();
+        let parsed = ParsedQueries::new(16);
+        let query = "query Fixed { events(first: 5) { nodes { id } } } \
+                     query Paged($n: Int) { events(first: $n) { nodes { id } } } \
+                     query Deep { me { id } }";
+        let request = |operation: &str, n: u64| {
+            async_graphql::Request::new(query)
+                .operation_name(operation)
+                .variables(Variables::from_json(serde_json::json!({ "n": n })))
+        };
+        let run = |operation: &str, n: u64, limits: &QueryLimits| {
+            let mut request = request(operation, n);
+            let known = parsed.attach(&mut request);
+            let was_known = known.is_some();
+            let cost = inspect(&mut request, limits, known)?.expect("the query parses");
+            if !was_known {
+                parsed.remember(&request, &cost);
+            }
+            Ok::<_, TooComplex>((cost, was_known))
+        };
+
+        let (first, was_known) = run("Fixed", 1, &limits).unwrap();
+        assert!(!was_known && !first.reads_variables);
+        assert_eq!(first.complexity, 1 + 5 * 2);
+        let (again, was_known) = run("Fixed", 2, &limits).unwrap();
+        assert!(was_known, "measured once, then kept");
+        assert!(Arc::ptr_eq(&first, &again));
+
+        let (paged, was_known) = run("Paged", 3, &limits).unwrap();
+        assert!(!was_known && paged.reads_variables);
+        assert_eq!(paged.complexity, 1 + 3 * 2);
+        let (paged, was_known) = run("Paged", 7, &limits).unwrap();
+        assert!(!was_known, "a page size from a variable is measured each time");
+        assert_eq!(paged.complexity, 1 + 7 * 2);
+
+        let (deep, was_known) = run("Deep", 0, &limits).unwrap();
+        assert!(!was_known && deep.depth == 2, "another operation of the same query has its own measure");
+        assert!(run("Deep", 0, &limits).unwrap().1);
+        let strict = QueryLimits { depth_max: 1, ..QueryLimits::default() };
+        let TooComplex(why) = run("Deep", 0, &strict).unwrap_err();
+        assert!(why.starts_with("query depth is 2"), "{why}");
     }
 
     #[test]

@@ -16,7 +16,7 @@ fuzz_target!(|bytes: &[u8]| {
         BatchRequest::Batch(requests) => requests,
     };
     for mut request in requests.into_iter().take(limits.batch_max) {
-        if let Ok(Some(cost)) = inspect(&mut request, &limits) {
+        if let Ok(Some(cost)) = inspect(&mut request, &limits, None) {
             assert!(cost.depth <= limits.depth_max);
             assert!(cost.complexity <= limits.complexity_max);
         }
@@ -24,6 +24,6 @@ fuzz_target!(|bytes: &[u8]| {
     // The query text alone, as the parser sees it.
     if let Ok(text) = std::str::from_utf8(bytes) {
         let mut request = async_graphql::Request::new(text);
-        let _ = inspect(&mut request, &limits);
+        let _ = inspect(&mut request, &limits, None);
     }
 });
