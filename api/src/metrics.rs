@@ -21,7 +21,7 @@ const OPERATION_NAMES_MAX: usize = 100;
 /// Counters the request path and the readers update.
 pub struct Metrics {
     started: Instant,
-    requests: Mutex<HashMap<(String, &'static str), Arc<Histogram>>>,
+    requests: Mutex<RequestSeries>,
     errors: Mutex<BTreeMap<String, u64>>,
     rate_limited: Mutex<BTreeMap<&'static str, u64>>,
     /// WebSocket connections open now.
@@ -53,27 +53,56 @@ impl Default for Metrics {
 }
 
 /// An operation name fit for a label: what clients send, bounded.
-fn operation_label(name: Option<&str>) -> String {
+fn operation_label(name: Option<&str>) -> &str {
     match name {
-        None => "anonymous".into(),
+        None => "anonymous",
         Some(name)
             if !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
         {
-            name.to_string()
+            name
         }
-        Some(_) => "other".into(),
+        Some(_) => "other",
+    }
+}
+
+/// Request latency histograms by operation label, then outcome. Found by
+/// the label as borrowed from the request: a request allocates nothing to
+/// be counted once its series exists.
+#[derive(Default)]
+struct RequestSeries {
+    by_operation: HashMap<String, Vec<(&'static str, Arc<Histogram>)>>,
+    /// (operation, outcome) pairs held, at most `OPERATION_NAMES_MAX * 4`
+    /// before new ones count as `other`.
+    count: usize,
+}
+
+impl RequestSeries {
+    fn find(&self, label: &str, outcome: &str) -> Option<&Arc<Histogram>> {
+        self.by_operation.get(label)?.iter().find(|(o, _)| *o == outcome).map(|(_, histogram)| histogram)
+    }
+
+    /// The histogram of a pair, made if new (as `other` once there are as
+    /// many as are kept).
+    fn series(&mut self, label: &str, outcome: &'static str) -> Arc<Histogram> {
+        if let Some(histogram) = self.find(label, outcome) {
+            return histogram.clone();
+        }
+        let label = if self.count >= OPERATION_NAMES_MAX * 4 { "other" } else { label };
+        if let Some(histogram) = self.find(label, outcome) {
+            return histogram.clone();
+        }
+        let histogram = Arc::new(Histogram::new(SECONDS_BUCKETS));
+        self.by_operation.entry(label.to_string()).or_default().push((outcome, histogram.clone()));
+        self.count += 1;
+        histogram
     }
 }
 
 impl Metrics {
     /// Records one request: its operation, outcome and duration.
     pub fn request(&self, operation: Option<&str>, outcome: &'static str, seconds: f64) {
-        let mut requests = self.requests.lock().expect("metrics lock poisoned");
-        let mut label = operation_label(operation);
-        if !requests.contains_key(&(label.clone(), outcome)) && requests.len() >= OPERATION_NAMES_MAX * 4 {
-            label = "other".into();
-        }
-        let histogram = requests.entry((label, outcome)).or_insert_with(|| Arc::new(Histogram::new(SECONDS_BUCKETS)));
+        let label = operation_label(operation);
+        let histogram = self.requests.lock().expect("metrics lock poisoned").series(label, outcome);
         histogram.observe(seconds);
     }
 
@@ -165,7 +194,13 @@ impl Metrics {
     fn render_requests(&self, out: &mut String) {
         let requests: Vec<((String, &'static str), HistogramSnapshot)> = {
             let requests = self.requests.lock().expect("metrics lock poisoned");
-            let mut all: Vec<_> = requests.iter().map(|(k, h)| (k.clone(), h.snapshot())).collect();
+            let mut all: Vec<_> = requests
+                .by_operation
+                .iter()
+                .flat_map(|(operation, outcomes)| {
+                    outcomes.iter().map(move |(outcome, h)| ((operation.clone(), *outcome), h.snapshot()))
+                })
+                .collect();
             all.sort_by(|a, b| a.0.cmp(&b.0));
             all
         };
@@ -288,4 +323,46 @@ fn histogram_lines(out: &mut String, name: &str, labels: &str, snapshot: &Histog
 /// Escapes a label value.
 fn escape(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(metrics: &Metrics, label: &str, outcome: &str) -> u64 {
+        let requests = metrics.requests.lock().unwrap();
+        requests.find(label, outcome).map_or(0, |histogram| histogram.snapshot().count)
+    }
+
+    /// Requests count under their operation's name (or `anonymous`, or
+    /// `other` for a name unfit for a label) and outcome; once as many
+    /// series exist as are kept, a new pair counts as `other` while the
+    /// existing ones go on counting.
+    #[test]
+    fn requests_count_by_operation_and_outcome_up_to_the_cap() {
+        let metrics = Metrics::default();
+        metrics.request(Some("Buy"), "ok", 0.001);
+        metrics.request(Some("Buy"), "ok", 0.002);
+        metrics.request(Some("Buy"), "error", 0.001);
+        metrics.request(None, "ok", 0.001);
+        metrics.request(Some("not-a-label"), "ok", 0.001);
+        metrics.request(Some(&"x".repeat(65)), "ok", 0.001);
+        assert_eq!(count(&metrics, "Buy", "ok"), 2);
+        assert_eq!(count(&metrics, "Buy", "error"), 1);
+        assert_eq!(count(&metrics, "anonymous", "ok"), 1);
+        assert_eq!(count(&metrics, "other", "ok"), 2);
+
+        let held = metrics.requests.lock().unwrap().count;
+        for n in held..OPERATION_NAMES_MAX * 4 {
+            metrics.request(Some(&format!("Op{n}")), "ok", 0.001);
+        }
+        assert_eq!(metrics.requests.lock().unwrap().count, OPERATION_NAMES_MAX * 4);
+        metrics.request(Some("Late"), "ok", 0.001);
+        metrics.request(Some("Late"), "refused", 0.001);
+        metrics.request(Some("Buy"), "ok", 0.001);
+        assert_eq!(count(&metrics, "Late", "ok"), 0, "past the cap a new pair is not kept");
+        assert_eq!(count(&metrics, "other", "ok"), 3);
+        assert_eq!(count(&metrics, "other", "refused"), 1);
+        assert_eq!(count(&metrics, "Buy", "ok"), 3, "existing series go on counting");
+    }
 }
