@@ -1037,3 +1037,35 @@ fn cli_token_works_as_a_bearer_token() {
     assert_eq!(error_code(&server.gql(Some(&forged), "{ me { id } }", json!({}))), "UNAUTHENTICATED");
     assert_eq!(server.stop(), Some(0));
 }
+
+/// The server turns transparent huge pages off for itself (their first
+/// touch stalls whichever thread makes it, the group commit's included),
+/// unless `MIMALLOC_ALLOW_THP` is set: then the process keeps what it
+/// inherited. Kernels before 5.0 show no `THP_enabled` line; there the
+/// test has nothing to read.
+#[cfg(target_os = "linux")]
+#[test]
+fn transparent_huge_pages_are_off_unless_mimalloc_is_told_otherwise() {
+    fn thp_enabled(pid: &str) -> Option<String> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status.lines().find_map(|line| line.strip_prefix("THP_enabled:")).map(|value| value.trim().to_string())
+    }
+    let Some(inherited) = thp_enabled("self") else { return };
+    let dir = TempDir::new("thp");
+    let start = |allow: Option<&str>| {
+        let mut command = serve(dir.path(), &["--listen", "127.0.0.1:0"]);
+        command.env_remove("MIMALLOC_ALLOW_THP").stdout(Stdio::piped());
+        if let Some(allow) = allow {
+            command.env("MIMALLOC_ALLOW_THP", allow);
+        }
+        Server::spawn(command)
+    };
+
+    let server = start(None);
+    assert_eq!(thp_enabled(&server.child.id().to_string()).as_deref(), Some("0"));
+    assert_eq!(server.stop(), Some(0));
+
+    let server = start(Some("1"));
+    assert_eq!(thp_enabled(&server.child.id().to_string()), Some(inherited));
+    assert_eq!(server.stop(), Some(0));
+}
