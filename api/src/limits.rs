@@ -364,10 +364,7 @@ pub fn inspect(
 /// input) is needed only when a cheap upper bound is over `max`: the bound
 /// never undercounts, so a request under it is under `max` too.
 fn variables_over(variables: &Variables, max: usize) -> Option<usize> {
-    let bound = variables.iter().fold(2usize, |bytes, (name, value)| {
-        bytes.saturating_add(quoted_at_most(name)).saturating_add(2).saturating_add(json_bytes_at_most(value))
-    });
-    if bound <= max {
+    if object_bytes_at_most(variables.iter()) <= max {
         return None;
     }
     let exact = json_bytes(&**variables);
@@ -385,13 +382,19 @@ fn json_bytes_at_most(value: &ConstValue) -> usize {
         ConstValue::List(items) => {
             items.iter().fold(2usize, |bytes, item| bytes.saturating_add(json_bytes_at_most(item)).saturating_add(1))
         }
-        ConstValue::Object(fields) => fields.iter().fold(2usize, |bytes, (name, value)| {
-            bytes.saturating_add(quoted_at_most(name)).saturating_add(2).saturating_add(json_bytes_at_most(value))
-        }),
+        ConstValue::Object(fields) => object_bytes_at_most(fields.iter()),
         // A number's length depends on its digits: written out (itoa or
         // ryu, a few dozen instructions); bytes never come from JSON.
         ConstValue::Number(_) | ConstValue::Binary(_) => json_bytes(value),
     }
+}
+
+/// An upper bound of a JSON object's bytes: its braces, and per field its
+/// quoted name, a colon, its value and a comma.
+fn object_bytes_at_most<'a>(fields: impl Iterator<Item = (&'a async_graphql::Name, &'a ConstValue)>) -> usize {
+    fields.fold(2usize, |bytes, (name, value)| {
+        bytes.saturating_add(quoted_at_most(name)).saturating_add(2).saturating_add(json_bytes_at_most(value))
+    })
 }
 
 /// An upper bound of a quoted JSON string's bytes: the quotes, and each
