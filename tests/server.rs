@@ -331,6 +331,103 @@ fn graphql_errors_all_carry_a_code() {
 /// otherwise (200 for every well-formed request); a request error never
 /// carries `data`, a field error keeps it.
 #[test]
+fn failed_fields_are_null_and_a_null_moves_up_to_the_nearest_nullable_field() {
+    let dir = TempDir::new("nulls");
+    let server = Server::start(dir.path(), &[]);
+    let (org, _) = register(&server, "org@nulls.example", "ORGANIZER");
+    let (attendee, _) = register(&server, "fan@nulls.example", "ATTENDEE");
+    let (event, _) =
+        event_with_tickets(&server, &org, "Nulls", "2027-06-01T20:00:00Z", general_admission(1000, 10), true);
+
+    // A nullable field that fails is there, as null, in its place.
+    let response = server.gql(
+        Some(&attendee),
+        "query($e: ID!) { __typename a: event(id: $e) { id } b: event(id: \"x\") { id } c: __typename }",
+        json!({"e": event}),
+    );
+    assert_eq!(response["data"]["b"], Value::Null, "{response}");
+    assert_eq!(response["data"]["a"]["id"], event.as_str(), "{response}");
+    assert_eq!(error_code(&response), "BAD_USER_INPUT");
+    assert_eq!(response["errors"][0]["path"], json!(["b"]));
+    let body =
+        serde_json::to_string(&json!({"query": "{ __typename b: event(id: \"x\") { id } c: __typename }"})).unwrap();
+    let text = post_graphql(&server.addr, Some("application/json"), body.as_bytes()).text();
+    assert!(text.contains(r#""data":{"__typename":"Query","b":null,"c":"Query"}"#), "in the selection's order: {text}");
+
+    // A non-null field that fails takes its nullable parent with it:
+    // whosGoing is [User!]! (organizers only), event is nullable.
+    let response = server.gql(
+        Some(&attendee),
+        "query($e: ID!) { event(id: $e) { id title whosGoing { id } } me { id } }",
+        json!({"e": event}),
+    );
+    assert_eq!(response["data"]["event"], Value::Null, "{response}");
+    assert!(response["data"]["me"]["id"].is_string(), "{response}");
+    assert_eq!(error_code(&response), "FORBIDDEN");
+    assert_eq!(response["errors"][0]["path"], json!(["event", "whosGoing"]));
+
+    // With no nullable field above it, the null takes data: eventAnalytics
+    // is EventAnalytics!.
+    let response = server.gql(
+        Some(&attendee),
+        "query($e: ID!) { __typename eventAnalytics(eventId: $e) { sold } }",
+        json!({"e": event}),
+    );
+    assert_eq!(response["data"], Value::Null, "{response}");
+    assert_eq!(error_code(&response), "FORBIDDEN");
+    assert_eq!(server.stop(), Some(0));
+}
+
+#[test]
+fn a_required_variable_that_was_not_sent_refuses_the_whole_request() {
+    let dir = TempDir::new("variables");
+    let server = Server::start(dir.path(), &[]);
+    let (org, _) = register(&server, "org@variables.example", "ORGANIZER");
+    let (attendee, _) = register(&server, "fan@variables.example", "ATTENDEE");
+    let (event, ticket_type) =
+        event_with_tickets(&server, &org, "Variables", "2027-06-01T20:00:00Z", general_admission(1000, 10), true);
+    let query = format!(
+        "mutation($id: ID!) {{ a: bookTickets(input: {{ticketTypeId: \"{ticket_type}\", quantity: 1, idempotencyKey: \"v1\"}}) {{ id }} b: cancelBooking(id: $id) {{ id }} }}"
+    );
+    let auth = format!("Bearer {attendee}");
+    for (variables, says) in [
+        (None, "Variable \"$id\" of required type \"ID!\" was not provided."),
+        (Some(json!({"id": null})), "Variable \"$id\" of non-null type \"ID!\" must not be null."),
+    ] {
+        let mut request = json!({"query": query});
+        if let Some(variables) = variables {
+            request["variables"] = variables;
+        }
+        let body = serde_json::to_vec(&request).unwrap();
+        let headers = [
+            ("Content-Type", "application/json"),
+            ("Accept", "application/graphql-response+json"),
+            ("Authorization", auth.as_str()),
+        ];
+        let response = http(&server.addr, "POST", "/graphql", &headers, &body);
+        assert_eq!(response.status, 400, "a request error: {}", response.text());
+        let body = response.json();
+        assert!(body.get("data").is_none(), "nothing ran: {body}");
+        assert_eq!(error_message(&body), says);
+        assert_eq!(error_code(&body), "BAD_USER_INPUT");
+        assert_eq!(body["errors"][0]["locations"], json!([{"line": 1, "column": 10}]), "{body}");
+    }
+    // Neither request booked anything.
+    let stock =
+        server.gql(Some(&org), "query($e: ID!) { event(id: $e) { ticketTypes { sold } } }", json!({"e": event}));
+    assert_eq!(data(stock)["event"]["ticketTypes"][0]["sold"], 0);
+    // With the variable, the same request runs: the booking is made, and
+    // cancelBooking (Booking!, a root field) fails, which nulls data.
+    let ran = server.gql(Some(&attendee), &query, json!({"id": "999999"}));
+    assert_eq!(ran["data"], Value::Null, "{ran}");
+    assert_eq!(error_code(&ran), "NOT_FOUND");
+    let stock =
+        server.gql(Some(&org), "query($e: ID!) { event(id: $e) { ticketTypes { sold } } }", json!({"e": event}));
+    assert_eq!(data(stock)["event"]["ticketTypes"][0]["sold"], 1);
+    assert_eq!(server.stop(), Some(0));
+}
+
+#[test]
 fn graphql_response_media_type_follows_accept() {
     let dir = TempDir::new("media");
     let server = Server::start(dir.path(), &[]);

@@ -313,6 +313,80 @@ fn subscription_documents_are_validated_and_limited_with_codes() {
     assert_eq!(update["payload"]["data"]["availability"]["sold"], 2, "{update}");
 }
 
+/// A socket is held to what `POST /graphql` holds a request to: a missing
+/// required variable refuses the operation before it runs, a failed
+/// non-null field nulls its parent, and introspection is served only when
+/// configured.
+#[test]
+fn websocket_operations_meet_the_rules_of_http_requests() {
+    let dir = TempDir::new("ws-rules");
+    let server = Server::start(dir.path(), &["--introspection", "false"]);
+    let stage = stage(&server);
+    let (fan, _) = register(&server, "fan@example.com", "ATTENDEE");
+    let mut ws = Ws::connect(&server.addr, Some(&fan)).acknowledged();
+
+    ws.subscribe("1", "subscription($e: ID!) { eventUpdated(eventId: $e) { id } }", json!({}));
+    let refusal = ws.next();
+    assert_eq!((refusal["id"].as_str(), refusal["type"].as_str()), (Some("1"), Some("error")), "{refusal}");
+    assert_eq!(refusal["payload"][0]["message"], "Variable \"$e\" of required type \"ID!\" was not provided.");
+    assert_eq!(refusal["payload"][0]["extensions"]["code"], "BAD_USER_INPUT");
+
+    ws.subscribe("2", "{ __schema { queryType { name } } }", json!({}));
+    let over_ws = ws.next();
+    assert_eq!(over_ws["type"], "next", "{over_ws}");
+    let over_http = server.gql(None, "{ __schema { queryType { name } } }", json!({}));
+    assert_eq!(over_ws["payload"]["data"], over_http["data"], "introspection is off on both: {over_ws} {over_http}");
+    assert_eq!(over_ws["payload"]["data"]["__schema"], Value::Null, "{over_ws}");
+    assert_eq!(ws.next()["type"], "complete");
+
+    // whosGoing ([User!]!) is the organizer's; eventUpdated is Event!, so
+    // the attendee's update carries data null and the error.
+    ws.subscribe(
+        "3",
+        "subscription($e: ID!) { eventUpdated(eventId: $e) { id whosGoing { id } } }",
+        json!({"e": stage.event}),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    data(server.gql(
+        Some(&stage.org),
+        "mutation($id: ID!, $input: UpdateEventInput!) { updateEvent(id: $id, input: $input) { id } }",
+        json!({"id": stage.event, "input": {"title": "Renamed"}}),
+    ));
+    let update = ws.next();
+    assert_eq!((update["id"].as_str(), update["type"].as_str()), (Some("3"), Some("next")), "{update}");
+    assert_eq!(update["payload"]["data"], Value::Null, "{update}");
+    assert_eq!(update["payload"]["errors"][0]["extensions"]["code"], "FORBIDDEN");
+    assert_eq!(update["payload"]["errors"][0]["path"], json!(["eventUpdated", "whosGoing"]));
+}
+
+/// A client offering both subprotocols is answered in the one the server
+/// then speaks: its first choice.
+#[test]
+fn the_handshake_names_the_subprotocol_spoken() {
+    let dir = TempDir::new("ws-offer");
+    let server = Server::start(dir.path(), &[]);
+    for (offered, spoken, ack) in [
+        ("graphql-ws, graphql-transport-ws", "graphql-ws", "connection_ack"),
+        ("graphql-transport-ws, graphql-ws", "graphql-transport-ws", "connection_ack"),
+    ] {
+        let mut request = format!("ws://{}/graphql", server.addr).into_client_request().unwrap();
+        request.headers_mut().insert("Sec-WebSocket-Protocol", offered.parse().unwrap());
+        let stream = TcpStream::connect(&server.addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let (socket, response) = tungstenite::client(request, stream).expect("the upgrade is accepted");
+        let chosen = response.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok());
+        assert_eq!(chosen, Some(spoken), "offered {offered}");
+        let mut ws = Ws { socket, legacy: spoken == "graphql-ws" };
+        ws.send(json!({"type": "connection_init", "payload": {}}));
+        assert_eq!(ws.next()["type"], ack);
+        ws.subscribe("1", "{ __typename }", json!({}));
+        let kind = if ws.legacy { "data" } else { "next" };
+        let result = ws.next();
+        assert_eq!(result["type"], kind, "{offered}: {result}");
+        assert_eq!(result["payload"]["data"]["__typename"], "Query");
+    }
+}
+
 /// Breaking graphql-transport-ws closes the connection with the protocol's
 /// codes: a subscribe reusing a running id (4409), a subscribe before the
 /// connection is acknowledged (4401), a message the protocol does not have

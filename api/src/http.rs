@@ -23,6 +23,7 @@ use axum::routing::get;
 use axum::{Extension, Router};
 
 use crate::auth::{self, Viewer};
+use crate::completion::{unusable_variable, FieldTypes};
 use crate::error::ApiError;
 use crate::limits::{self, TooComplex};
 use crate::schema::{self, MarqueeSchema};
@@ -48,6 +49,8 @@ pub(crate) struct HttpState {
     known_schema: MarqueeSchema,
     /// Which operations are known to be valid.
     validated: Arc<ValidatedOperations>,
+    /// The fields' types, to give failed fields their nulls.
+    field_types: Arc<FieldTypes>,
     /// WebSocket connections open now.
     ws_open: Arc<AtomicUsize>,
 }
@@ -66,6 +69,7 @@ fn router_and_state(app: Arc<App>) -> (Router, HttpState) {
         schema: schema::build(app.clone()),
         known_schema: schema::build_for_known_operations(app.clone()),
         validated: Arc::new(schema::validated_operations()),
+        field_types: Arc::new(FieldTypes::of_schema()),
         app,
         ws_open: Arc::new(AtomicUsize::new(0)),
     };
@@ -389,6 +393,11 @@ async fn graphql_get(State(state): State<HttpState>, request: Request) -> Respon
         let message = "Sec-WebSocket-Protocol must be graphql-transport-ws (or the legacy graphql-ws)";
         return error_response(StatusCode::BAD_REQUEST, &ApiError::BadUserInput(message.into()));
     };
+    // The protocol spoken is the first the client offers (GraphQLProtocol's
+    // choice); the handshake must name that one, not the first of ours.
+    let Some(spoken) = first_offered_protocol(&parts.headers) else {
+        return error_response(StatusCode::BAD_REQUEST, &ApiError::BadUserInput("no GraphQL subprotocol".into()));
+    };
     let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
@@ -401,9 +410,16 @@ async fn graphql_get(State(state): State<HttpState>, request: Request) -> Respon
         return error_response(StatusCode::SERVICE_UNAVAILABLE, &ApiError::Unavailable(message.into()));
     };
     upgrade
-        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .protocols([spoken])
         .max_message_size(WS_MESSAGE_BYTES_MAX)
         .on_upgrade(move |socket| serve_websocket(state, socket, protocol, slot))
+}
+
+/// The first GraphQL subprotocol the client offers, as GraphQLProtocol
+/// picks it.
+fn first_offered_protocol(headers: &HeaderMap) -> Option<&'static str> {
+    let offered = headers.get(header::SEC_WEBSOCKET_PROTOCOL)?.to_str().ok()?;
+    offered.split(',').map(str::trim).find_map(|name| ALL_WEBSOCKET_PROTOCOLS.into_iter().find(|known| *known == name))
 }
 
 /// An idle connection is probed by TCP keepalive after this long.
@@ -457,7 +473,8 @@ async fn serve_websocket(
         });
     let init_app = app.clone();
     let init_conformance = conformance.clone();
-    let executor = GuardedSchema { schema: state.schema.clone(), app: app.clone() };
+    let executor =
+        GuardedSchema { schema: state.schema.clone(), app: app.clone(), field_types: state.field_types.clone() };
     GraphQLWebSocket::new_with_pair(&mut sink, input, executor, protocol)
         .with_data(data)
         .on_connection_init(move |payload| async move {
@@ -725,7 +742,24 @@ async fn execute(
     // connection or a leaked message. (Caught here rather than by running
     // the request as a task of its own: handing every request to another
     // task costs a wake-up on a second thread.)
-    let task = AssertUnwindSafe(schema.execute_batch(batch.data(viewer))).catch_unwind();
+    let field_types = &*state.field_types;
+    let run = async move {
+        match batch {
+            BatchRequest::Single(request) => {
+                BatchResponse::Single(run_completed(schema, field_types, request.data(viewer)).await)
+            }
+            BatchRequest::Batch(requests) => BatchResponse::Batch(
+                async_graphql::futures_util::stream::FuturesOrdered::from_iter(
+                    requests
+                        .into_iter()
+                        .map(|request| run_completed(schema, field_types, request.data(viewer.clone()))),
+                )
+                .collect()
+                .await,
+            ),
+        }
+    };
+    let task = AssertUnwindSafe(run).catch_unwind();
     let timeout = Duration::from_millis(app.settings.request_timeout_ms);
     match tokio::time::timeout(timeout, task).await {
         Ok(Ok(mut response)) => {
@@ -763,6 +797,44 @@ async fn execute(
             );
             (error_response_as(StatusCode::SERVICE_UNAVAILABLE, &ApiError::Unavailable(message), media), "timeout")
         }
+    }
+}
+
+/// Runs one request the way the GraphQL spec has it, where async-graphql
+/// departs from it (see [`crate::completion`]): refused as a whole when a
+/// required variable has no value, and with every failed field given its
+/// null.
+async fn run_completed(schema: &MarqueeSchema, field_types: &FieldTypes, mut request: GqlRequest) -> GqlResponse {
+    let operation_name = request.operation_name.clone();
+    // The document is parsed by now for nearly every request (the parsed
+    // queries' cache attached it). async-graphql then reads only the
+    // document, so the text can leave the request, to be parsed again only
+    // should the response have failed fields.
+    let query = match request.parsed_query() {
+        Ok(_) => std::mem::take(&mut request.query),
+        Err(_) => return schema.execute(request).await,
+    };
+    let variables = std::mem::take(&mut request.variables);
+    let unusable = request
+        .parsed_query()
+        .ok()
+        .and_then(|document| unusable_variable(document, operation_name.as_deref(), &variables));
+    if let Some(error) = unusable {
+        return GqlResponse::from_errors(vec![error]);
+    }
+    request.variables = variables;
+    let mut response = schema.execute(request).await;
+    complete(field_types, &query, operation_name.as_deref(), &mut response);
+    response
+}
+
+/// Gives the failed fields of `response` (which ran `query`) their nulls.
+fn complete(field_types: &FieldTypes, query: &str, operation_name: Option<&str>, response: &mut GqlResponse) {
+    if response.errors.iter().all(|error| error.path.is_empty()) {
+        return;
+    }
+    if let Ok(document) = async_graphql::parser::parse_query(query) {
+        field_types.complete(&document, operation_name, response);
     }
 }
 
@@ -975,22 +1047,39 @@ fn add_missing_code(response: &mut GqlResponse) {
     }
 }
 
-/// The schema as WebSocket connections run it: the query limits of
-/// `POST /graphql` apply to each subscription's document (over them:
-/// `QUERY_TOO_COMPLEX`, nothing runs), and every error carries a code.
+/// The schema as WebSocket connections run it, with what `POST /graphql`
+/// holds every request to: the query limits (over them:
+/// `QUERY_TOO_COMPLEX`, nothing runs), introspection as configured,
+/// required variables, failed fields given their nulls, and a code on
+/// every error.
 #[derive(Clone)]
 struct GuardedSchema {
     schema: MarqueeSchema,
     app: Arc<App>,
+    field_types: Arc<FieldTypes>,
 }
 
 impl GuardedSchema {
-    /// The refusal of a document over the limits, if it is.
+    /// Readies `request`; its refusal, if it is refused before it runs.
     fn check(&self, request: &mut GqlRequest) -> Option<GqlResponse> {
-        let TooComplex(why) = limits::inspect(request, &self.app.settings.query_limits, None).err()?;
-        self.app.metrics.error("QUERY_TOO_COMPLEX");
-        let error = ApiError::TooComplex(why);
-        Some(GqlResponse::from_errors(vec![coded_error(error.message(), error.code())]))
+        if !self.app.settings.introspection {
+            *request = std::mem::replace(request, GqlRequest::new("")).disable_introspection();
+        }
+        if let Err(TooComplex(why)) = limits::inspect(request, &self.app.settings.query_limits, None) {
+            self.app.metrics.error("QUERY_TOO_COMPLEX");
+            let error = ApiError::TooComplex(why);
+            return Some(GqlResponse::from_errors(vec![coded_error(error.message(), error.code())]));
+        }
+        let operation_name = request.operation_name.clone();
+        let variables = std::mem::take(&mut request.variables);
+        let unusable = request
+            .parsed_query()
+            .ok()
+            .and_then(|document| unusable_variable(document, operation_name.as_deref(), &variables));
+        request.variables = variables;
+        let mut refused = GqlResponse::from_errors(vec![unusable?]);
+        add_missing_code(&mut refused);
+        Some(refused)
     }
 }
 
@@ -998,11 +1087,12 @@ impl async_graphql::Executor for GuardedSchema {
     fn execute(&self, mut request: GqlRequest) -> impl Future<Output = GqlResponse> + Send {
         let refused = self.check(&mut request);
         let schema = self.schema.clone();
+        let field_types = self.field_types.clone();
         async move {
             if let Some(refused) = refused {
                 return refused;
             }
-            let mut response = schema.execute(request).await;
+            let mut response = run_completed(&schema, &field_types, request).await;
             add_missing_code(&mut response);
             response
         }
@@ -1016,8 +1106,13 @@ impl async_graphql::Executor for GuardedSchema {
         if let Some(refused) = self.check(&mut request) {
             return async_graphql::futures_util::stream::once(async move { refused }).boxed();
         }
+        let operation_name = request.operation_name.clone();
+        // As in `run_completed`: the parsed document is what runs.
+        let query = if request.parsed_query().is_ok() { std::mem::take(&mut request.query) } else { String::new() };
+        let field_types = self.field_types.clone();
         async_graphql::Executor::execute_stream(&self.schema, request, session_data)
-            .map(|mut response| {
+            .map(move |mut response| {
+                complete(&field_types, &query, operation_name.as_deref(), &mut response);
                 add_missing_code(&mut response);
                 response
             })

@@ -19,6 +19,7 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+mod completion;
 pub mod durable;
 pub mod error;
 mod export;
