@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
+use tungstenite::client::IntoClientRequest;
 
 fn post(server: &Server, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
     let mut all = vec![("Content-Type", "application/json")];
@@ -207,6 +208,69 @@ fn rate_limits_answer_429_recover_and_isolate_clients() {
     assert_eq!(as_user(&quiet).status, 200, "one noisy client does not block another");
     std::thread::sleep(Duration::from_secs(retry_after));
     assert_eq!(as_user(&noisy).status, 200, "the budget comes back");
+}
+
+/// Each `login` and `register` pays the address's sign-in budget, however
+/// many one request holds (aliases) and whether it comes over HTTP or a
+/// WebSocket; a refusal's message and Retry-After name the same wait.
+#[test]
+fn every_sign_in_pays_the_budget_aliased_or_over_a_websocket() {
+    let dir = TempDir::new("aliases");
+    let server = Server::start(dir.path(), &["--trust-proxy-headers", "--rate-limit-credentials", "10"]);
+    let aliased = |from: usize, to: usize| {
+        let fields: String = (from..to)
+            .map(|n| format!("r{n}: register(email: \"alias{n}@example.com\", password: \"password123\", name: \"A\") {{ token }} "))
+            .collect();
+        json!({"query": format!("mutation {{ {fields} }}")}).to_string()
+    };
+    let from = |ip: &str, body: &str| post(&server, &[("X-Forwarded-For", ip)], body.as_bytes());
+    let three = from("203.0.113.9", &aliased(0, 3));
+    assert_eq!(three.status, 200, "{}", three.text());
+    assert_eq!(three.json()["data"].as_object().map(|fields| fields.len()), Some(3));
+    let eight = from("203.0.113.9", &aliased(3, 11));
+    assert_eq!(eight.status, 429, "3 + 8 sign-ins are over a budget of 10: {}", eight.text());
+    assert_eq!(code_of(&eight), "RATE_LIMITED");
+    let retry_after = eight.header("retry-after").expect("Retry-After").to_string();
+    let message = eight.json()["errors"][0]["message"].as_str().unwrap().to_string();
+    assert!(message.ends_with(&format!("retry in {retry_after} s")), "{message} / Retry-After {retry_after}");
+    let twelve = from("198.51.100.9", &aliased(11, 23));
+    assert_eq!(twelve.status, 429, "12 sign-ins in one request are over a budget of 10");
+    // Nothing of a refused request ran.
+    let refused_account =
+        json!({"query": "mutation { login(email: \"alias5@example.com\", password: \"password123\") { token } }"});
+    let tried = from("192.0.2.50", &refused_account.to_string());
+    assert_eq!(code_of(&tried), "UNAUTHENTICATED", "{}", tried.text());
+
+    // Over a WebSocket (from 127.0.0.1): refused by the eleventh.
+    let mut request = format!("ws://{}/graphql", server.addr).into_client_request().unwrap();
+    request.headers_mut().insert("Sec-WebSocket-Protocol", "graphql-transport-ws".parse().unwrap());
+    let stream = std::net::TcpStream::connect(&server.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let (mut socket, _) = tungstenite::client(request, stream).expect("upgrade");
+    let mut send = |message: Value| socket.send(tungstenite::Message::text(message.to_string())).unwrap();
+    send(json!({"type": "connection_init", "payload": {}}));
+    let mut codes = Vec::new();
+    for n in 0..11 {
+        let query = format!(
+            "mutation {{ register(email: \"ws{n}@example.com\", password: \"password123\", name: \"W\") {{ token }} }}"
+        );
+        send(json!({"id": n.to_string(), "type": "subscribe", "payload": {"query": query}}));
+    }
+    while codes.len() < 11 {
+        let tungstenite::Message::Text(text) = socket.read().unwrap() else { continue };
+        let message: Value = serde_json::from_str(&text).unwrap();
+        match message["type"].as_str() {
+            Some("next") => {
+                codes.push(message["payload"]["errors"][0]["extensions"]["code"].as_str().unwrap_or("ok").to_string())
+            }
+            Some("error") => {
+                codes.push(message["payload"][0]["extensions"]["code"].as_str().unwrap_or("?").to_string())
+            }
+            _ => {}
+        }
+    }
+    assert!(codes.iter().any(|code| code == "RATE_LIMITED"), "11 sign-ins over one socket: {codes:?}");
+    assert_eq!(codes.iter().filter(|code| *code == "ok").count(), 10, "{codes:?}");
 }
 
 #[test]

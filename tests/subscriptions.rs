@@ -359,6 +359,67 @@ fn websocket_operations_meet_the_rules_of_http_requests() {
     assert_eq!(update["payload"]["errors"][0]["path"], json!(["eventUpdated", "whosGoing"]));
 }
 
+/// An open socket acts as its token stands now, not as it stood at
+/// connection_init: after logout its operations are signed out and its
+/// running subscriptions end; after a role change its operations have the
+/// new role and its running subscriptions end.
+#[test]
+fn an_open_socket_acts_as_its_token_stands_now() {
+    let dir = TempDir::new("ws-identity");
+    create_admin(dir.path(), "root@example.com");
+    let server = Server::start(dir.path(), &[]);
+    let stage = stage(&server);
+    let admin = login(&server, "root@example.com", "admin-password");
+    let (fan, _) = register(&server, "fan@example.com", "ATTENDEE");
+    let (second_org, second_org_id) = register(&server, "second@example.com", "ORGANIZER");
+
+    let mut fan_ws = Ws::connect(&server.addr, Some(&fan)).acknowledged();
+    fan_ws.subscribe("n", "subscription { notifications { kind } }", json!({}));
+    let mut org_ws = Ws::connect(&server.addr, Some(&second_org)).acknowledged();
+    org_ws.subscribe("e", "subscription($e: ID!) { eventUpdated(eventId: $e) { title } }", json!({"e": stage.event}));
+    std::thread::sleep(Duration::from_millis(300));
+    book(&server, &fan, &stage.ticket_type, 1, "before", false);
+    assert_eq!(fan_ws.next_data("n")["notifications"]["kind"], "booking.confirmed");
+
+    // Logout over HTTP: the socket's next operation is signed out, and the
+    // running subscription ends instead of delivering the next notification.
+    data(server.gql(Some(&fan), "mutation { logout }", json!({})));
+    let booking = "mutation($i: BookInput!) { bookTickets(input: $i) { id } }";
+    let input = json!({"i": {"ticketTypeId": stage.ticket_type, "quantity": 1, "idempotencyKey": "after"}});
+    fan_ws.subscribe("b", booking, input);
+    assert_eq!(fan_ws.next_error_code("b"), "UNAUTHENTICATED");
+    assert_eq!(fan_ws.next()["type"], "complete");
+
+    // A role taken away: the next operation has the new role.
+    let org_event = "mutation($i: CreateEventInput!) { createEvent(input: $i) { id } }";
+    let event_input = json!({"i": {"title": "Mine", "startsAt": "2027-06-01T20:00:00Z", "city": "Oslo"}});
+    org_ws.subscribe("c1", org_event, event_input.clone());
+    assert!(org_ws.next_data("c1")["createEvent"]["id"].is_string());
+    assert_eq!(org_ws.next()["type"], "complete");
+    let set_role = "mutation($id: ID!, $r: Role!) { setRole(userId: $id, role: $r) { role } }";
+    data(server.gql(Some(&admin), set_role, json!({"id": second_org_id, "r": "ATTENDEE"})));
+    org_ws.subscribe("c2", org_event, event_input);
+    assert_eq!(org_ws.next_error_code("c2"), "FORBIDDEN");
+    assert_eq!(org_ws.next()["type"], "complete");
+
+    // Both running subscriptions end at their next result, which they do
+    // not get: the event's cancellation.
+    data(server.gql(
+        Some(&stage.org),
+        "mutation($id: ID!) { cancelEvent(id: $id) { id } }",
+        json!({"id": stage.event}),
+    ));
+    assert_eq!(fan_ws.next_error_code("n"), "UNAUTHENTICATED", "{}", "no notification for a signed-out socket");
+    let ended = fan_ws.next();
+    assert_eq!((ended["id"].as_str(), ended["type"].as_str()), (Some("n"), Some("complete")), "{ended}");
+    // Ending before its first result, the subscription gets graphql-transport-ws's
+    // `error` message (nothing follows it); the fan's got `next` then `complete`.
+    assert_eq!(org_ws.next_refusal_code("e"), "FORBIDDEN");
+    org_ws.subscribe("t", "{ __typename }", json!({}));
+    let after = org_ws.next();
+    assert_eq!((after["id"].as_str(), after["type"].as_str()), (Some("t"), Some("next")), "nothing more for e: {after}");
+}
+
 /// A client offering both subprotocols is answered in the one the server
 /// then speaks: its first choice.
 #[test]

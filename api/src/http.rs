@@ -2,6 +2,7 @@
 //! shutdown), routes, the GraphQL endpoint with its protections, WebSocket
 //! subscriptions, health, readiness, metrics and the bundled IDE.
 
+use std::any::TypeId;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::panic::AssertUnwindSafe;
@@ -405,6 +406,7 @@ async fn graphql_get(State(state): State<HttpState>, request: Request) -> Respon
     if state.app.is_shutting_down() {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, &ApiError::Unavailable("shutting down".into()));
     }
+    let ip = client_ip(&state.app, parts.extensions.get::<Peer>().copied(), &parts.headers);
     let Some(slot) = ConnectionSlot::take(&state.ws_open, state.app.settings.ws_connections_max) else {
         let message = "too many WebSocket connections; retry later";
         return error_response(StatusCode::SERVICE_UNAVAILABLE, &ApiError::Unavailable(message.into()));
@@ -412,7 +414,7 @@ async fn graphql_get(State(state): State<HttpState>, request: Request) -> Respon
     upgrade
         .protocols([spoken])
         .max_message_size(WS_MESSAGE_BYTES_MAX)
-        .on_upgrade(move |socket| serve_websocket(state, socket, protocol, slot))
+        .on_upgrade(move |socket| serve_websocket(state, socket, protocol, slot, ip))
 }
 
 /// The first GraphQL subprotocol the client offers, as GraphQLProtocol
@@ -448,6 +450,7 @@ async fn serve_websocket(
     socket: axum::extract::ws::WebSocket,
     protocol: GraphQLProtocol,
     slot: ConnectionSlot,
+    ip: IpAddr,
 ) {
     let _slot = slot;
     let app = state.app.clone();
@@ -474,7 +477,7 @@ async fn serve_websocket(
     let init_app = app.clone();
     let init_conformance = conformance.clone();
     let executor =
-        GuardedSchema { schema: state.schema.clone(), app: app.clone(), field_types: state.field_types.clone() };
+        GuardedSchema { schema: state.schema.clone(), app: app.clone(), field_types: state.field_types.clone(), ip };
     GraphQLWebSocket::new_with_pair(&mut sink, input, executor, protocol)
         .with_data(data)
         .on_connection_init(move |payload| async move {
@@ -870,6 +873,19 @@ fn check_request_rate(app: &App, viewer: &Viewer, ip: IpAddr) -> Result<(), Dura
     })
 }
 
+/// Charges the client's address one sign-in attempt for each `login` and
+/// `register` a mutation holds: aliases let one request hold many, and
+/// each costs a password hash.
+fn charge_credentials(app: &App, ip: IpAddr, cost: &limits::Cost) -> Result<(), Duration> {
+    if !cost.mutation {
+        return Ok(());
+    }
+    for _ in cost.root_names.iter().filter(|name| *name == "login" || *name == "register") {
+        app.limits.credentials_per_ip.check(ip).inspect_err(|_| app.metrics.rate_limited("credentials"))?;
+    }
+    Ok(())
+}
+
 /// Applies persisted queries and the query limits to every operation of
 /// the batch; returns it ready to run, with the first operation's name.
 fn prepare(
@@ -909,12 +925,7 @@ fn prepare(
         if method == Method::Get && (cost.mutation || cost.subscription) {
             return Err(Refusal::NotOverGet);
         }
-        if cost.mutation && cost.root_names.iter().any(|n| n == "login" || n == "register") {
-            app.limits.credentials_per_ip.check(ip).map_err(|wait| {
-                app.metrics.rate_limited("credentials");
-                Refusal::RateLimited(wait)
-            })?;
-        }
+        charge_credentials(app, ip, &cost).map_err(Refusal::RateLimited)?;
         first_name = first_name.or(cost.operation_name.clone().or_else(|| cost.root_names.first().cloned()));
     }
     let batch =
@@ -961,15 +972,20 @@ fn coded_error(message: &str, code: &str) -> async_graphql::ServerError {
 }
 
 fn rate_limited_response(wait: Duration, media: Media) -> Response {
-    let message = format!("too many requests; retry in {} s", wait.as_secs().max(1));
+    let message = format!("too many requests; retry in {} s", retry_seconds(wait));
     let mut response = error_response_as(StatusCode::TOO_MANY_REQUESTS, &ApiError::RateLimited(message), media);
     set_retry_after(&mut response, wait);
     response
 }
 
 fn set_retry_after(response: &mut Response, wait: Duration) {
-    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_seconds(wait)));
+}
+
+/// Whole seconds to wait before a retry can pass: `wait` rounded up, at
+/// least 1 (the message and the Retry-After header say the same).
+fn retry_seconds(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
 /// The responses of a batch (one for a single request).
@@ -1015,7 +1031,12 @@ pub(crate) fn resolve_viewer(app: &App, headers: &HeaderMap) -> Result<Viewer, A
 
 /// Who a bearer token acts as.
 fn viewer_of_token(app: &App, token: &str) -> Result<Viewer, ApiError> {
-    let token_hash = auth::token_hash(token);
+    viewer_of_token_hash(app, auth::token_hash(token))
+}
+
+/// The viewer a token (by its hash) stands for now: its user as stored
+/// now, or [`Viewer::BadToken`] once it is revoked or expired.
+fn viewer_of_token_hash(app: &App, token_hash: [u8; 32]) -> Result<Viewer, ApiError> {
     let Some(session) = app.graph.session(&token_hash)? else {
         return Ok(Viewer::BadToken);
     };
@@ -1049,26 +1070,50 @@ fn add_missing_code(response: &mut GqlResponse) {
 
 /// The schema as WebSocket connections run it, with what `POST /graphql`
 /// holds every request to: the query limits (over them:
-/// `QUERY_TOO_COMPLEX`, nothing runs), introspection as configured,
-/// required variables, failed fields given their nulls, and a code on
-/// every error.
+/// `QUERY_TOO_COMPLEX`, nothing runs), the rate limits, introspection as
+/// configured, required variables, failed fields given their nulls, and a
+/// code on every error. Each operation acts as its connection's token
+/// stands when it starts, and a subscription ends once that changes.
 #[derive(Clone)]
 struct GuardedSchema {
     schema: MarqueeSchema,
     app: Arc<App>,
     field_types: Arc<FieldTypes>,
+    /// The client's address, for the rate limits of callers without a token
+    /// and of sign-ins.
+    ip: IpAddr,
 }
 
 impl GuardedSchema {
-    /// Readies `request`; its refusal, if it is refused before it runs.
-    fn check(&self, request: &mut GqlRequest) -> Option<GqlResponse> {
-        if !self.app.settings.introspection {
+    /// Readies `request` of `viewer`; its refusal, if it is refused before
+    /// it runs.
+    fn check(&self, request: &mut GqlRequest, viewer: &Viewer) -> Option<GqlResponse> {
+        let app = &self.app;
+        if !app.settings.introspection {
             *request = std::mem::replace(request, GqlRequest::new("")).disable_introspection();
         }
-        if let Err(TooComplex(why)) = limits::inspect(request, &self.app.settings.query_limits, None) {
-            self.app.metrics.error("QUERY_TOO_COMPLEX");
-            let error = ApiError::TooComplex(why);
-            return Some(GqlResponse::from_errors(vec![coded_error(error.message(), error.code())]));
+        let refusal = |error: ApiError| {
+            let mut refused = GqlResponse::from_errors(vec![coded_error(error.message(), error.code())]);
+            add_missing_code(&mut refused);
+            Some(refused)
+        };
+        let rate_limited = |wait: Duration| {
+            refusal(ApiError::RateLimited(format!("too many requests; retry in {} s", retry_seconds(wait))))
+        };
+        if let Err(wait) = check_request_rate(app, viewer, self.ip) {
+            return rate_limited(wait);
+        }
+        let cost = match limits::inspect(request, &app.settings.query_limits, None) {
+            Ok(cost) => cost,
+            Err(TooComplex(why)) => {
+                app.metrics.error("QUERY_TOO_COMPLEX");
+                return refusal(ApiError::TooComplex(why));
+            }
+        };
+        if let Some(cost) = &cost {
+            if let Err(wait) = charge_credentials(app, self.ip, cost) {
+                return rate_limited(wait);
+            }
         }
         let operation_name = request.operation_name.clone();
         let variables = std::mem::take(&mut request.variables);
@@ -1081,11 +1126,25 @@ impl GuardedSchema {
         add_missing_code(&mut refused);
         Some(refused)
     }
+
+    /// The viewer the connection's token stands for now (see
+    /// [`viewer_of_token_hash`]), from the viewer of its connection_init.
+    fn current(&self, signed_in: Option<&Viewer>) -> Viewer {
+        match signed_in {
+            Some(Viewer::User { token_hash, .. }) => {
+                viewer_of_token_hash(&self.app, *token_hash).unwrap_or(Viewer::BadToken)
+            }
+            Some(other) => other.clone(),
+            None => Viewer::Anonymous,
+        }
+    }
 }
 
 impl async_graphql::Executor for GuardedSchema {
     fn execute(&self, mut request: GqlRequest) -> impl Future<Output = GqlResponse> + Send {
-        let refused = self.check(&mut request);
+        let viewer = self.current(request.data.get(&TypeId::of::<Viewer>()).and_then(|v| v.downcast_ref::<Viewer>()));
+        let refused = self.check(&mut request, &viewer);
+        request.data.insert(viewer);
         let schema = self.schema.clone();
         let field_types = self.field_types.clone();
         async move {
@@ -1103,18 +1162,48 @@ impl async_graphql::Executor for GuardedSchema {
         mut request: GqlRequest,
         session_data: Option<Arc<Data>>,
     ) -> async_graphql::futures_util::stream::BoxStream<'static, GqlResponse> {
-        if let Some(refused) = self.check(&mut request) {
+        // The connection signed in once, at connection_init; each operation
+        // acts as its token stands now (revoked, or the user's role changed).
+        let signed_in = session_data.as_deref().and_then(|data| data.get(&TypeId::of::<Viewer>()));
+        let viewer = self.current(signed_in.and_then(|viewer| viewer.downcast_ref::<Viewer>()));
+        if let Some(refused) = self.check(&mut request, &viewer) {
             return async_graphql::futures_util::stream::once(async move { refused }).boxed();
         }
+        let watched = match &viewer {
+            Viewer::User { user, token_hash } => Some((*token_hash, user.role)),
+            _ => None,
+        };
+        request.data.insert(viewer);
         let operation_name = request.operation_name.clone();
         // As in `run_completed`: the parsed document is what runs.
         let query = if request.parsed_query().is_ok() { std::mem::take(&mut request.query) } else { String::new() };
         let field_types = self.field_types.clone();
+        let app = self.app.clone();
         async_graphql::Executor::execute_stream(&self.schema, request, session_data)
             .map(move |mut response| {
-                complete(&field_types, &query, operation_name.as_deref(), &mut response);
+                // A subscription runs as its viewer was when it started: it
+                // ends, in place of its next result, once that changed.
+                let changed = watched.and_then(|(token_hash, role)| {
+                    match viewer_of_token_hash(&app, token_hash).unwrap_or(Viewer::BadToken) {
+                        Viewer::User { user, .. } if user.role == role => None,
+                        Viewer::User { .. } => Some(ApiError::Forbidden(
+                            "the account's role changed since this subscription started; subscribe again".into(),
+                        )),
+                        _ => Some(auth::bad_token()),
+                    }
+                });
+                if let Some(error) = &changed {
+                    response = GqlResponse::from_errors(vec![coded_error(error.message(), error.code())]);
+                } else {
+                    complete(&field_types, &query, operation_name.as_deref(), &mut response);
+                }
                 add_missing_code(&mut response);
-                response
+                (response, changed.is_some())
+            })
+            .scan(false, |ended, (response, last)| {
+                let next = (!*ended).then_some(response);
+                *ended = last;
+                std::future::ready(next)
             })
             .boxed()
     }
