@@ -211,3 +211,58 @@ fn analytics_equal_a_recomputation_from_the_bookings_across_a_restart() {
         404
     );
 }
+
+/// Money past the 32 bits of a GraphQL `Int` is never served as one: a
+/// seat's price is bounded so that a booking's total fits, and a revenue
+/// past 2^31 cents is a field error on `revenueCents` while
+/// `revenueCentsExact` gives it as a decimal string.
+#[test]
+fn money_past_32_bits_is_served_exactly_and_never_as_an_overflowing_int() {
+    let dir = TempDir::new("big-money");
+    let server = Server::start(dir.path(), &[]);
+    let (org, _) = register(&server, "org@big.example", "ORGANIZER");
+    let (fan, _) = register(&server, "fan@big.example", "ATTENDEE");
+    let too_dear = json!({"name": "Gold", "priceCents": 42_949_673, "currency": "EUR", "capacity": 100});
+    let created = data(server.gql(
+        Some(&org),
+        "mutation($i: CreateEventInput!) { createEvent(input: $i) { id } }",
+        json!({"i": {"title": "Gala", "startsAt": "2027-06-01T20:00:00Z", "city": "Oslo"}}),
+    ));
+    let refused = server.gql(
+        Some(&org),
+        "mutation($e: ID!, $t: TicketTypeInput!) { addTicketType(eventId: $e, input: $t) { id } }",
+        json!({"e": created["createEvent"]["id"], "t": too_dear}),
+    );
+    assert_eq!(error_code(&refused), "BAD_USER_INPUT", "{refused}");
+    assert!(error_message(&refused).starts_with("priceCents"), "{refused}");
+
+    let dearest = general_admission(42_949_672, 100);
+    let (event, ticket_type) = event_with_tickets(&server, &org, "Gala", "2027-06-01T20:00:00Z", dearest, true);
+    let book = "mutation($i: BookInput!) { bookTickets(input: $i) { totalCents totalCentsExact } }";
+    for key in ["a", "b"] {
+        let input = json!({"i": {"ticketTypeId": ticket_type, "quantity": 50, "idempotencyKey": key}});
+        let booked = data(server.gql(Some(&fan), book, input))["bookTickets"].clone();
+        assert_eq!(booked, json!({"totalCents": 2_147_483_600, "totalCentsExact": "2147483600"}));
+    }
+    let exact =
+        "query($e: ID!) { eventAnalytics(eventId: $e) { revenueCentsExact byTicketType { revenueCentsExact } } }";
+    let wait_for_reader = std::time::Instant::now();
+    let figures = loop {
+        let figures = data(server.gql(Some(&org), exact, json!({"e": event})))["eventAnalytics"].clone();
+        if figures["revenueCentsExact"] == "4294967200" || wait_for_reader.elapsed().as_secs() > 10 {
+            break figures;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(
+        figures,
+        json!({"revenueCentsExact": "4294967200", "byTicketType": [{"revenueCentsExact": "4294967200"}]})
+    );
+    let as_int =
+        server.gql(Some(&org), "query($e: ID!) { eventAnalytics(eventId: $e) { revenueCents } }", json!({"e": event}));
+    assert_eq!(as_int["data"], Value::Null, "revenueCents is Int!, under EventAnalytics!: {as_int}");
+    assert_eq!(error_code(&as_int), "CONFLICT");
+    assert!(error_message(&as_int).contains("revenueCentsExact"), "{as_int}");
+    assert_eq!(as_int["errors"][0]["path"], json!(["eventAnalytics", "revenueCents"]));
+    assert_eq!(server.stop(), Some(0));
+}

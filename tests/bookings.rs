@@ -68,7 +68,10 @@ fn booking_rules_and_error_codes() {
     for quantity in [0, -1, 51, 99_999_999_999, i64::MIN] {
         let refused = book(&server, &fan, &ticket_type, quantity, "q", false);
         assert_eq!(error_code(&refused), "BAD_USER_INPUT");
-        assert!(error_message(&refused).starts_with("quantity: must be between 1 and 50"), "{quantity}: {refused}");
+        assert!(
+            error_message(&refused).starts_with("input.quantity: must be between 1 and 50"),
+            "{quantity}: {refused}"
+        );
     }
     assert_eq!(error_code(&book(&server, &fan, "999", 1, "nf", false)), "NOT_FOUND");
 

@@ -150,8 +150,17 @@ fn hostile_input_gets_clear_errors_and_honest_requests_keep_working() {
                 .to_string()
                 .into_bytes(),
             400,
-            "QUERY_TOO_COMPLEX",
+            "BAD_USER_INPUT",
         ),
+        (
+            "a persisted query hash not of the query sent",
+            json!({"query": "{ __typename }", "extensions": {"persistedQuery": {"version": 1, "sha256Hash": "ab".repeat(32)}}})
+                .to_string()
+                .into_bytes(),
+            400,
+            "BAD_USER_INPUT",
+        ),
+        ("an empty batch", b"[]".to_vec(), 400, "BAD_USER_INPUT"),
     ];
     for _round in 0..3 {
         for (name, body, status, code) in &cases {

@@ -564,6 +564,16 @@ fn queries_run_over_get_and_mutations_do_not() {
     let ide = http(addr, "GET", "/graphql", &[("Accept", "text/html")], b"");
     assert_eq!(ide.status, 200);
     assert!(ide.header("content-type").is_some_and(|t| t.starts_with("text/html")), "{:?}", ide.headers);
+    // A client that is not a browser gets the error of a request with no
+    // query, not the IDE's page.
+    for accept in [&[("Accept", "application/json")][..], &[("Accept", "*/*")], &[]] {
+        let response = http(addr, "GET", "/graphql", accept, b"");
+        assert_request_error(&response, 400, "BAD_USER_INPUT");
+        assert!(error_message(&response.json()).contains("no query"), "{}", response.text());
+    }
+    let response = http(addr, "GET", "/graphql", &[("Accept", "application/graphql-response+json")], b"");
+    assert_eq!(response.status, 400, "{}", response.text());
+    assert_eq!(response.header("content-type"), Some("application/graphql-response+json"));
     assert_eq!(server.stop(), Some(0));
 }
 

@@ -231,6 +231,15 @@ fn event_changes_and_notifications_reach_their_subscribers() {
     let kinds: Vec<&str> = inbox.as_array().unwrap().iter().map(|n| n["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["event.updated", "booking.confirmed"]);
     let first = inbox[1]["id"].clone();
+    for bad in ["abc", "12", "1-x", "-1-2"] {
+        let refused = server.gql(
+            Some(&fan),
+            "mutation($ids: [ID!]) { markNotificationsRead(ids: $ids) }",
+            json!({"ids": [first, bad]}),
+        );
+        assert_eq!(error_code(&refused), "BAD_USER_INPUT", "{bad}: {refused}");
+        assert!(error_message(&refused).starts_with("ids: "), "{refused}");
+    }
     let marked = data(server.gql(
         Some(&fan),
         "mutation($ids: [ID!]) { markNotificationsRead(ids: $ids) }",
@@ -256,6 +265,9 @@ fn subscriptions_enforce_auth_and_limits() {
     let mut forged = Ws::connect(&server.addr, Some("mq_not-a-real-token"));
     let answer = forged.next();
     assert_eq!(answer, json!({"type": "closed", "code": 4403}), "a bad token is not acknowledged");
+    let mut not_text = Ws { socket: open(&server.addr, "graphql-transport-ws").unwrap(), legacy: false };
+    not_text.send(json!({"type": "connection_init", "payload": {"authorization": 123}}));
+    assert_eq!(not_text.next(), json!({"type": "closed", "code": 4403}), "an authorization that is no token");
 
     let mut busy = Ws::connect(&server.addr, None).acknowledged();
     busy.subscribe("1", AVAILABILITY, json!({"e": stage.event}));
@@ -301,6 +313,12 @@ fn subscription_documents_are_validated_and_limited_with_codes() {
     let wide = format!("subscription($e: ID!) {{ eventUpdated(eventId: $e) {{ {aliases} }} }}");
     ws.subscribe("3", &wide, json!({"e": stage.event}));
     assert_eq!(ws.next_refusal_code("3"), "QUERY_TOO_COMPLEX");
+    ws.subscribe(
+        "5",
+        "subscription($e: ID!) { eventUpdated(eventId: $e) { id } notifications { id } }",
+        json!({"e": stage.event}),
+    );
+    assert_eq!(ws.next_refusal_code("5"), "BAD_USER_INPUT", "one root field per subscription");
 
     let (buyer, _) = register(&server, "buyer@example.com", "ATTENDEE");
     ws.subscribe("4", AVAILABILITY, json!({"e": stage.event}));
@@ -417,7 +435,11 @@ fn an_open_socket_acts_as_its_token_stands_now() {
     assert_eq!(org_ws.next_refusal_code("e"), "FORBIDDEN");
     org_ws.subscribe("t", "{ __typename }", json!({}));
     let after = org_ws.next();
-    assert_eq!((after["id"].as_str(), after["type"].as_str()), (Some("t"), Some("next")), "nothing more for e: {after}");
+    assert_eq!(
+        (after["id"].as_str(), after["type"].as_str()),
+        (Some("t"), Some("next")),
+        "nothing more for e: {after}"
+    );
 }
 
 /// A client offering both subprotocols is answered in the one the server

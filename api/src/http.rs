@@ -388,7 +388,16 @@ async fn graphql_get(State(state): State<HttpState>, request: Request) -> Respon
             let peer = parts.extensions.get::<Peer>().copied();
             return serve_graphql_get(&state, peer, &parts.headers, parts.uri).await;
         }
-        return ide().await.into_response();
+        if accepts_html(&parts.headers) {
+            return ide().await.into_response();
+        }
+        let message =
+            "the request has no query: send its text as `query` (the IDE is served to browsers, Accept: text/html)";
+        return error_response_as(
+            StatusCode::BAD_REQUEST,
+            &ApiError::BadUserInput(message.into()),
+            Media::accepted(&parts.headers),
+        );
     }
     let Ok(protocol) = GraphQLProtocol::from_request_parts(&mut parts, &state).await else {
         let message = "Sec-WebSocket-Protocol must be graphql-transport-ws (or the legacy graphql-ws)";
@@ -415,6 +424,17 @@ async fn graphql_get(State(state): State<HttpState>, request: Request) -> Respon
         .protocols([spoken])
         .max_message_size(WS_MESSAGE_BYTES_MAX)
         .on_upgrade(move |socket| serve_websocket(state, socket, protocol, slot, ip))
+}
+
+/// Whether the client takes HTML (a browser asking for the IDE).
+fn accepts_html(headers: &HeaderMap) -> bool {
+    headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|range| {
+        let mut parts = range.split(';');
+        let essence = parts.next().unwrap_or("").trim();
+        let refused =
+            parts.any(|p| p.trim().strip_prefix("q=").and_then(|q| q.trim().parse::<f32>().ok()) == Some(0.0));
+        essence.eq_ignore_ascii_case("text/html") && !refused
+    })
 }
 
 /// The first GraphQL subprotocol the client offers, as GraphQLProtocol
@@ -500,9 +520,11 @@ async fn serve_websocket(
 /// The viewer of a WebSocket connection, from its connection_init payload
 /// (`{"authorization": "Bearer <token>"}`; no payload: anonymous).
 fn viewer_from_init(app: &App, payload: &serde_json::Value) -> async_graphql::Result<Viewer> {
-    let header = ["authorization", "Authorization"].iter().find_map(|name| payload.get(*name)).and_then(|v| v.as_str());
-    let Some(header) = header else {
+    let Some(header) = ["authorization", "Authorization"].iter().find_map(|name| payload.get(*name)) else {
         return Ok(Viewer::Anonymous);
+    };
+    let Some(header) = header.as_str() else {
+        return Err(ApiError::Unauthenticated("authorization must be a string: \"Bearer <token>\"".into()).into());
     };
     match auth::bearer(header).map(|token| viewer_of_token(app, token)) {
         Some(Ok(viewer @ Viewer::User { .. })) => Ok(viewer),
@@ -707,6 +729,9 @@ async fn handle_graphql(state: &HttpState, ip: IpAddr, headers: &HeaderMap, inpu
             return (response, outcome);
         }
         Err(Refusal::RateLimited(wait)) => return rate_limited(wait),
+        Err(Refusal::BadRequest(why)) => {
+            return refused(StatusCode::BAD_REQUEST, ApiError::BadUserInput(why), "rejected");
+        }
     };
     let check = match &mut batch {
         BatchRequest::Single(request) => state.validated.check(request),
@@ -849,6 +874,8 @@ enum Refusal {
     NotOverGet,
     /// Neither a query's text nor a known persisted query's hash.
     NoQuery,
+    /// Something else about the request is wrong: why.
+    BadRequest(String),
     RateLimited(Duration),
 }
 
@@ -898,6 +925,9 @@ fn prepare(
     let mut requests = match batch {
         BatchRequest::Single(request) => vec![request],
         BatchRequest::Batch(requests) => {
+            if requests.is_empty() {
+                return Err(Refusal::BadRequest("the batch is empty: send at least one operation".into()));
+            }
             if requests.len() > limits.batch_max {
                 let why =
                     format!("a batch holds {} operations, more than the {} allowed", requests.len(), limits.batch_max);
@@ -944,15 +974,19 @@ fn apply_persisted_query(app: &App, request: &mut GqlRequest) -> Result<(), Refu
         _ => None,
     };
     let Some(hash) = hash.filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())) else {
-        let why = "extensions.persistedQuery.sha256Hash must be 64 hex digits".to_string();
-        return Err(Refusal::TooComplex(TooComplex(why)));
+        return Err(Refusal::BadRequest("extensions.persistedQuery.sha256Hash must be 64 hex digits".into()));
     };
     if request.query.is_empty() {
         let query = app.persisted.get(&hash).ok_or(Refusal::NotPersisted)?;
         request.query = query.to_string();
         return Ok(());
     }
-    if request.query.len() <= app.settings.query_limits.query_bytes_max && limits::query_hash(&request.query) == hash {
+    if limits::query_hash(&request.query) != hash {
+        return Err(Refusal::BadRequest(
+            "extensions.persistedQuery.sha256Hash is not the SHA-256 of the query sent with it".into(),
+        ));
+    }
+    if request.query.len() <= app.settings.query_limits.query_bytes_max {
         app.persisted.put(hash, &request.query);
     }
     Ok(())
@@ -1113,6 +1147,13 @@ impl GuardedSchema {
         if let Some(cost) = &cost {
             if let Err(wait) = charge_credentials(app, self.ip, cost) {
                 return rate_limited(wait);
+            }
+            // The spec's "Single root field" rule, which async-graphql does
+            // not check: it would stream each root field on its own.
+            if cost.subscription && cost.root_fields > 1 {
+                let why =
+                    format!("a subscription selects exactly one root field; this one selects {}", cost.root_fields);
+                return refusal(ApiError::BadUserInput(why));
             }
         }
         let operation_name = request.operation_name.clone();

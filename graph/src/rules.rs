@@ -25,8 +25,11 @@ pub const TAG_CHARS_MAX: usize = 40;
 pub const VENUE_CAPACITY_MAX: u32 = 1_000_000;
 /// Largest capacity of one ticket type.
 pub const TICKET_CAPACITY_MAX: u32 = 1_000_000;
-/// Highest price of one seat, in minor units (one million in major units).
-pub const PRICE_CENTS_MAX: u32 = 100_000_000;
+/// Highest price of one seat, in minor units (429,496.72 in major units):
+/// a booking's total, at most 50 seats, then fits the 32 bits of a GraphQL
+/// `Int` (`Booking.totalCents`).
+pub const PRICE_CENTS_MAX: u32 = 42_949_672;
+const _: () = assert!(PRICE_CENTS_MAX as u64 * 50 <= i32::MAX as u64);
 /// Most ticket types on one event.
 pub const TICKET_TYPES_PER_EVENT_MAX: usize = 50;
 

@@ -7,7 +7,7 @@ use async_graphql::{Context, Object, ID};
 use graph::ids::EventId;
 
 use super::events::{EventObject, TicketTypeObject};
-use super::{acts_for_event, app, parse_id, viewer, DateTime};
+use super::{acts_for_event, app, graphql_int, parse_id, viewer, DateTime};
 use crate::error::{ApiError, ApiResult};
 use crate::readers::analytics::{self, EventSales, Sales};
 
@@ -39,8 +39,12 @@ impl TicketTypeSalesObject {
     async fn sold(&self) -> i64 {
         self.sales.sold
     }
-    async fn revenue_cents(&self) -> i64 {
-        self.sales.revenue_cents
+    async fn revenue_cents(&self) -> ApiResult<i32> {
+        graphql_int("revenueCents", self.sales.revenue_cents)
+    }
+    /// revenueCents as a decimal string: exact past the 32 bits of an Int.
+    async fn revenue_cents_exact(&self) -> String {
+        self.sales.revenue_cents.to_string()
     }
     async fn checked_in(&self) -> i64 {
         self.sales.checked_in
@@ -62,8 +66,12 @@ impl SalesPointObject {
     async fn sold(&self) -> i64 {
         self.sold
     }
-    async fn revenue_cents(&self) -> i64 {
-        self.revenue_cents
+    async fn revenue_cents(&self) -> ApiResult<i32> {
+        graphql_int("revenueCents", self.revenue_cents)
+    }
+    /// revenueCents as a decimal string: exact past the 32 bits of an Int.
+    async fn revenue_cents_exact(&self) -> String {
+        self.revenue_cents.to_string()
     }
 }
 
@@ -76,8 +84,12 @@ impl EventAnalyticsObject {
     async fn sold(&self) -> i64 {
         self.sales.total.sold
     }
-    async fn revenue_cents(&self) -> i64 {
-        self.sales.total.revenue_cents
+    async fn revenue_cents(&self) -> ApiResult<i32> {
+        graphql_int("revenueCents", self.sales.total.revenue_cents)
+    }
+    /// revenueCents as a decimal string: exact past the 32 bits of an Int.
+    async fn revenue_cents_exact(&self) -> String {
+        self.sales.total.revenue_cents.to_string()
     }
     async fn checked_in(&self) -> i64 {
         self.sales.total.checked_in

@@ -83,8 +83,12 @@ impl BookingObject {
     async fn quantity(&self) -> u32 {
         self.0.quantity
     }
-    async fn total_cents(&self) -> u64 {
-        u64::from(self.0.quantity) * u64::from(self.0.unit_price_cents)
+    async fn total_cents(&self) -> ApiResult<i32> {
+        super::graphql_int("totalCents", i64::from(self.0.quantity) * i64::from(self.0.unit_price_cents))
+    }
+    /// totalCents as a decimal string: exact past the 32 bits of an Int.
+    async fn total_cents_exact(&self) -> String {
+        (u64::from(self.0.quantity) * u64::from(self.0.unit_price_cents)).to_string()
     }
     /// Issued on confirmation, one per seat; [] while HELD.
     async fn tickets(&self) -> Vec<TicketObject> {
@@ -161,8 +165,9 @@ impl BookingsMutation {
     async fn book_tickets(&self, ctx: &Context<'_>, input: BookInput) -> ApiResult<BookingObject> {
         let user = viewer(ctx).require()?.id;
         let ticket_type: TicketTypeId = parse_id("input.ticketTypeId", &input.ticket_type_id)?;
-        let quantity = u32::try_from(input.quantity)
-            .map_err(|_| ApiError::bad_input("quantity", format!("must be between 1 and {}", ledger::QUANTITY_MAX)))?;
+        let quantity = u32::try_from(input.quantity).map_err(|_| {
+            ApiError::bad_input("input.quantity", format!("must be between 1 and {}", ledger::QUANTITY_MAX))
+        })?;
         let request = ledger::BookRequest {
             user,
             ticket_type,
@@ -171,7 +176,11 @@ impl BookingsMutation {
             hold: input.hold.unwrap_or(false),
         };
         let app = app(ctx);
-        let logged = app.ledger.book_logged(&request, graph::now_ms())?;
+        // The input's fields are named as the client wrote them.
+        let logged = app.ledger.book_logged(&request, graph::now_ms()).map_err(|error| match error {
+            ledger::Error::Invalid { field, reason } => ApiError::bad_input(&format!("input.{field}"), reason),
+            other => other.into(),
+        })?;
         Ok(BookingObject(app.settle(logged).await?))
     }
 

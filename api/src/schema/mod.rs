@@ -104,6 +104,17 @@ where
     })?
 }
 
+/// `value` served as a GraphQL `Int`, which holds 32 bits: past them, a
+/// field error naming `field` (the spec forbids serving a larger Int) that
+/// points to its `...Exact` decimal string.
+fn graphql_int(field: &str, value: i64) -> ApiResult<i32> {
+    i32::try_from(value).map_err(|_| {
+        ApiError::Conflict(format!(
+            "{field} is {value}, past the 32 bits of a GraphQL Int; read {field}Exact, a decimal string, instead"
+        ))
+    })
+}
+
 /// Checks a page size argument; null (an absent variable) means the default.
 fn page_size(first: Option<i64>, default: i64) -> ApiResult<usize> {
     const FIRST_MAX: i64 = 100;
