@@ -497,6 +497,16 @@ fn protocol_violations_close_with_the_protocols_codes() {
     let mut odd = Ws::connect(&server.addr, None).acknowledged();
     odd.send(json!({"type": "no-such-message", "payload": "x".repeat(300)}));
     assert_eq!(odd.next(), json!({"type": "closed", "code": 4400}));
+    // The legacy protocol's messages are not graphql-transport-ws's.
+    for legacy in [
+        json!({"id": "1", "type": "start", "payload": {"query": "{ __typename }"}}),
+        json!({"id": "1", "type": "stop"}),
+        json!({"type": "connection_terminate"}),
+    ] {
+        let mut mixed = Ws::connect(&server.addr, None).acknowledged();
+        mixed.send(legacy.clone());
+        assert_eq!(mixed.next(), json!({"type": "closed", "code": 4400}), "{legacy}");
+    }
 
     // A completed id may be used again, and nothing is sent for a
     // subscription after the client completed it.

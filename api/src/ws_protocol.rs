@@ -12,7 +12,9 @@
 //!   way would follow);
 //! - the connection closes with the protocol's codes: 4403 when
 //!   `connection_init` is refused (a bad token), 4400 for a message the
-//!   protocol does not have, 4401 for a `subscribe` before the connection
+//!   protocol does not have (the legacy protocol's `start`, `stop` and
+//!   `connection_terminate` included, which async-graphql takes on either
+//!   protocol), 4401 for a `subscribe` before the connection
 //!   was acknowledged, 4409 for a `subscribe` whose id is already running.
 //!   async-graphql closes with 1002, 1011 or, for a reused id, silently
 //!   replaces the running subscription;
@@ -125,6 +127,12 @@ impl Conformance {
         let mut state = self.state();
         if kind == "connection_init" {
             state.init_sent = true;
+        }
+        // async-graphql takes the legacy protocol's messages on either
+        // protocol; graphql-transport-ws has none of them.
+        if self.strict && matches!(kind.as_str(), "start" | "stop" | "connection_terminate") {
+            state.close = Some((BAD_REQUEST, format!("Invalid message received: {kind}")));
+            return false;
         }
         let Some(id) = id.filter(|_| self.strict) else { return true };
         match kind.as_str() {
