@@ -284,6 +284,15 @@ fn unusable_requests_get_400_with_a_graphql_error() {
         assert!(!["BatchRequest", "untagged", "struct"].iter().any(|rust| message.contains(rust)), "{message}");
     }
 
+    // A compressed body is not read as if it were plain: 415.
+    let headers = [("Content-Type", "application/json"), ("Content-Encoding", "gzip")];
+    let gzipped = http(addr, "POST", "/graphql", &headers, b"\x1f\x8b\x08\x00");
+    assert_eq!(gzipped.status, 415, "{}", gzipped.text());
+    assert_eq!(error_code(&gzipped.json()), "BAD_USER_INPUT");
+    assert!(error_message(&gzipped.json()).contains("Content-Encoding gzip"), "{}", gzipped.text());
+    let headers = [("Content-Type", "application/json"), ("Content-Encoding", "identity")];
+    assert_eq!(http(addr, "POST", "/graphql", &headers, good).status, 200);
+
     // The same request with the right type, with or without a charset, works.
     for content_type in ["application/json", "application/json; charset=utf-8"] {
         let ok = post_graphql(addr, Some(content_type), good);

@@ -676,6 +676,10 @@ async fn handle_graphql(state: &HttpState, ip: IpAddr, headers: &HeaderMap, inpu
                     return refused(StatusCode::BAD_REQUEST, ApiError::BadUserInput(message), "rejected");
                 }
             };
+            if let Some(encoding) = content_encoding(headers) {
+                let message = format!("Content-Encoding {encoding} is not supported: send the body uncompressed");
+                return refused(StatusCode::UNSUPPORTED_MEDIA_TYPE, ApiError::BadUserInput(message), "rejected");
+            }
             if !is_json(headers) {
                 return refused(
                     StatusCode::BAD_REQUEST,
@@ -1041,6 +1045,14 @@ fn error_codes(response: &BatchResponse) -> Vec<String> {
             })
         })
         .collect()
+}
+
+/// The body's content coding, unless it is none (`identity`): the server
+/// reads bodies as they are, so a compressed one would be misread.
+fn content_encoding(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::CONTENT_ENCODING)?;
+    let value = value.to_str().unwrap_or("(not text)").trim();
+    (!value.is_empty() && !value.eq_ignore_ascii_case("identity")).then(|| value.to_string())
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
