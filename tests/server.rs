@@ -363,6 +363,11 @@ fn failed_fields_are_null_and_a_null_moves_up_to_the_nearest_nullable_field() {
     let text = post_graphql(&server.addr, Some("application/json"), body.as_bytes()).text();
     assert!(text.contains(r#""data":{"__typename":"Query","b":null,"c":"Query"}"#), "in the selection's order: {text}");
 
+    // async-graphql makes an object whose every field failed null, data
+    // included; the failed field is still there, as null.
+    let response = server.gql(Some(&attendee), "{ event(id: \"x\") { id } }", json!({}));
+    assert_eq!(response["data"], json!({"event": null}), "{response}");
+
     // A non-null field that fails takes its nullable parent with it:
     // whosGoing is [User!]! (organizers only), event is nullable.
     let response = server.gql(

@@ -268,6 +268,9 @@ fn subscriptions_enforce_auth_and_limits() {
     let mut not_text = Ws { socket: open(&server.addr, "graphql-transport-ws").unwrap(), legacy: false };
     not_text.send(json!({"type": "connection_init", "payload": {"authorization": 123}}));
     assert_eq!(not_text.next(), json!({"type": "closed", "code": 4403}), "an authorization that is no token");
+    let mut null = Ws { socket: open(&server.addr, "graphql-transport-ws").unwrap(), legacy: false };
+    null.send(json!({"type": "connection_init", "payload": {"authorization": null}}));
+    assert_eq!(null.next()["type"], "connection_ack", "a null authorization is none: anonymous");
 
     let mut busy = Ws::connect(&server.addr, None).acknowledged();
     busy.subscribe("1", AVAILABILITY, json!({"e": stage.event}));
@@ -390,6 +393,15 @@ fn an_open_socket_acts_as_its_token_stands_now() {
     let admin = login(&server, "root@example.com", "admin-password");
     let (fan, _) = register(&server, "fan@example.com", "ATTENDEE");
     let (second_org, second_org_id) = register(&server, "second@example.com", "ORGANIZER");
+    let (leaver, _) = register(&server, "leaver@example.com", "ATTENDEE");
+
+    // A mutation's answer stands: logout over the socket itself says true.
+    let mut leaver_ws = Ws::connect(&server.addr, Some(&leaver)).acknowledged();
+    leaver_ws.subscribe("out", "mutation { logout }", json!({}));
+    assert_eq!(leaver_ws.next_data("out"), json!({"logout": true}));
+    assert_eq!(leaver_ws.next()["type"], "complete");
+    leaver_ws.subscribe("me", "{ me { id } }", json!({}));
+    assert_eq!(leaver_ws.next_error_code("me"), "UNAUTHENTICATED", "signed out for the next one");
 
     let mut fan_ws = Ws::connect(&server.addr, Some(&fan)).acknowledged();
     fan_ws.subscribe("n", "subscription { notifications { kind } }", json!({}));
@@ -421,11 +433,12 @@ fn an_open_socket_acts_as_its_token_stands_now() {
     assert_eq!(org_ws.next()["type"], "complete");
 
     // Both running subscriptions end at their next result, which they do
-    // not get: the event's cancellation.
+    // not get: the event's update (one notification for the fan, one
+    // update for the organizer). Each ends at once, not at a later event.
     data(server.gql(
         Some(&stage.org),
-        "mutation($id: ID!) { cancelEvent(id: $id) { id } }",
-        json!({"id": stage.event}),
+        "mutation($id: ID!, $input: UpdateEventInput!) { updateEvent(id: $id, input: $input) { id } }",
+        json!({"id": stage.event, "input": {"title": "Moved"}}),
     ));
     assert_eq!(fan_ws.next_error_code("n"), "UNAUTHENTICATED", "{}", "no notification for a signed-out socket");
     let ended = fan_ws.next();
@@ -451,6 +464,7 @@ fn the_handshake_names_the_subprotocol_spoken() {
     for (offered, spoken, ack) in [
         ("graphql-ws, graphql-transport-ws", "graphql-ws", "connection_ack"),
         ("graphql-transport-ws, graphql-ws", "graphql-transport-ws", "connection_ack"),
+        ("Graphql-WS, graphql-transport-ws", "Graphql-WS", "connection_ack"),
     ] {
         let mut request = format!("ws://{}/graphql", server.addr).into_client_request().unwrap();
         request.headers_mut().insert("Sec-WebSocket-Protocol", offered.parse().unwrap());
@@ -459,7 +473,7 @@ fn the_handshake_names_the_subprotocol_spoken() {
         let (socket, response) = tungstenite::client(request, stream).expect("the upgrade is accepted");
         let chosen = response.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok());
         assert_eq!(chosen, Some(spoken), "offered {offered}");
-        let mut ws = Ws { socket, legacy: spoken == "graphql-ws" };
+        let mut ws = Ws { socket, legacy: spoken.eq_ignore_ascii_case("graphql-ws") };
         ws.send(json!({"type": "connection_init", "payload": {}}));
         assert_eq!(ws.next()["type"], ack);
         ws.subscribe("1", "{ __typename }", json!({}));

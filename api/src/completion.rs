@@ -25,7 +25,7 @@ use async_graphql::parser::types::{
     DocumentOperations, ExecutableDocument, OperationDefinition, OperationType, Selection, SelectionSet,
 };
 use async_graphql::registry::Registry;
-use async_graphql::{Name, PathSegment, Pos, Positioned, Response, ServerError, Value, Variables};
+use async_graphql::{Name, PathSegment, Positioned, Response, ServerError, Value, Variables};
 
 /// Fragments nest at most this deep on the way to a field (the query
 /// limits refuse deeper documents long before).
@@ -52,7 +52,7 @@ impl FieldTypes {
     /// `document` is the one `response` ran, `operation_name` picked the
     /// operation.
     pub fn complete(&self, document: &ExecutableDocument, operation_name: Option<&str>, response: &mut Response) {
-        if response.errors.is_empty() || response.data == Value::Null {
+        if response.errors.iter().all(|error| error.path.is_empty()) {
             return;
         }
         let Some(operation) = operation(document, operation_name) else { return };
@@ -65,8 +65,16 @@ impl FieldTypes {
         let walker = Walker { registry: &self.registry, document };
         let paths: Vec<Vec<PathSegment>> =
             response.errors.iter().filter(|error| !error.path.is_empty()).map(|error| error.path.clone()).collect();
+        let root_selection = [&operation.node.selection_set];
+        // First every failed field gets its null: async-graphql makes an
+        // object whose every field failed null (`data` included), so a null
+        // met on an error's way is such an object, to be opened again.
         for path in &paths {
-            if walker.follow(&mut response.data, root, &[&operation.node.selection_set], path) {
+            walker.place(&mut response.data, root, &root_selection, path);
+        }
+        // Then nulls move up past non-null types.
+        for path in &paths {
+            if walker.follow(&mut response.data, root, &root_selection, path) {
                 response.data = Value::Null;
                 return;
             }
@@ -99,8 +107,8 @@ pub fn unusable_variable(
     variables: &Variables,
 ) -> Option<ServerError> {
     let operation = operation(document, operation_name)?;
-    operation.node.variable_definitions.iter().find_map(|definition| {
-        let definition = &definition.node;
+    operation.node.variable_definitions.iter().find_map(|variable| {
+        let definition = &variable.node;
         let ty = &definition.var_type.node;
         if ty.nullable {
             return None;
@@ -115,13 +123,13 @@ pub fn unusable_variable(
             }
             _ => return None,
         };
-        Some(ServerError::new(message, Some(variable_position(definition.name.pos))))
+        Some(ServerError::new(message, Some(variable.pos)))
     })
 }
 
-/// Where a variable's definition starts (its `$`, one column before the name).
-fn variable_position(name: Pos) -> Pos {
-    Pos { line: name.line, column: name.column.saturating_sub(1).max(1) }
+/// Whether the operation `operation_name` picks is a subscription.
+pub fn is_subscription(document: &ExecutableDocument, operation_name: Option<&str>) -> bool {
+    operation(document, operation_name).is_some_and(|operation| operation.node.ty == OperationType::Subscription)
 }
 
 /// Follows error paths through one document and the schema's types.
@@ -131,6 +139,44 @@ struct Walker<'a> {
 }
 
 impl<'a> Walker<'a> {
+    /// Puts a null where the field at the end of `path` below `value` (of
+    /// type `ty`, with `selections`) failed, opening on the way the objects
+    /// async-graphql made null because all their fields failed.
+    fn place(&self, value: &mut Value, ty: &str, selections: &[&'a Positioned<SelectionSet>], path: &[PathSegment]) {
+        let Some((step, rest)) = path.split_first() else { return };
+        let ty = ty.strip_suffix('!').unwrap_or(ty);
+        if let (PathSegment::Field(_), Value::Null) = (step, &*value) {
+            *value = Value::Object(Default::default());
+        }
+        match (step, value) {
+            (PathSegment::Index(index), Value::List(items)) => {
+                let Some(item_ty) = ty.strip_prefix('[').and_then(|t| t.strip_suffix(']')) else { return };
+                if let Some(item) = items.get_mut(*index) {
+                    self.place(item, item_ty, selections, rest);
+                }
+            }
+            (PathSegment::Field(key), Value::Object(fields)) => {
+                let mut below = Vec::new();
+                let Some(name) = self.field_name(selections, key, &mut below) else { return };
+                let Some(field) = self.registry.types.get(ty).and_then(|t| t.field_by_name(name)) else { return };
+                if rest.is_empty() {
+                    if !fields.contains_key(key.as_str()) {
+                        let at = self.position_among(selections, key, fields.keys().map(Name::as_str));
+                        fields.shift_insert(at, Name::new(key), Value::Null);
+                    }
+                } else if let Some(child) = fields.get_mut(key.as_str()) {
+                    self.place(child, &field.ty, &below, rest);
+                } else {
+                    // A field that failed as a whole before its own fields
+                    // could: it is the one to be null.
+                    let at = self.position_among(selections, key, fields.keys().map(Name::as_str));
+                    fields.shift_insert(at, Name::new(key), Value::Null);
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Follows `path` into `value`, of type `ty`, whose selections (when it
     /// is an object) are `selections`. Returns whether `value` itself must
     /// become null: a non-null field below it failed.
@@ -392,6 +438,17 @@ mod tests {
     }
 
     #[test]
+    fn an_object_whose_every_field_failed_is_opened_again() {
+        // async-graphql answers this with data null: every root field failed.
+        let response = run("{ parent { failsNullable } }");
+        assert_eq!(response["data"], serde_json::json!({ "parent": { "failsNullable": null } }), "{response}");
+        let response = run("{ parent { fails } }");
+        assert_eq!(response["data"], serde_json::json!({ "parent": null }), "{response}");
+        let response = run("{ requiredParent { fails } }");
+        assert_eq!(response["data"], serde_json::Value::Null, "{response}");
+    }
+
+    #[test]
     fn a_response_without_errors_is_left_alone() {
         let response = run("{ ok parent { id } }");
         assert_eq!(response["data"], serde_json::json!({ "ok": 7, "parent": { "id": 1 } }));
@@ -403,7 +460,7 @@ mod tests {
             parse_query("query Q($id: Int!, $maybe: Int, $fallback: Int! = 3) { needs(id: $id) }").expect("parses");
         let missing = unusable_variable(&document, None, &Variables::default()).expect("refused");
         assert_eq!(missing.message, "Variable \"$id\" of required type \"Int!\" was not provided.");
-        assert_eq!(missing.locations, [Pos { line: 1, column: 9 }]);
+        assert_eq!(missing.locations, [async_graphql::Pos { line: 1, column: 9 }]);
         let null = Variables::from_json(serde_json::json!({ "id": null }));
         let refused = unusable_variable(&document, Some("Q"), &null).expect("refused");
         assert_eq!(refused.message, "Variable \"$id\" of non-null type \"Int!\" must not be null.");

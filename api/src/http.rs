@@ -24,7 +24,7 @@ use axum::routing::get;
 use axum::{Extension, Router};
 
 use crate::auth::{self, Viewer};
-use crate::completion::{unusable_variable, FieldTypes};
+use crate::completion::{is_subscription, unusable_variable, FieldTypes};
 use crate::error::ApiError;
 use crate::limits::{self, TooComplex};
 use crate::schema::{self, MarqueeSchema};
@@ -431,17 +431,25 @@ fn accepts_html(headers: &HeaderMap) -> bool {
     headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|range| {
         let mut parts = range.split(';');
         let essence = parts.next().unwrap_or("").trim();
-        let refused =
-            parts.any(|p| p.trim().strip_prefix("q=").and_then(|q| q.trim().parse::<f32>().ok()) == Some(0.0));
+        let refused = parts.any(|p| {
+            let p = p.trim();
+            let q = p.strip_prefix("q=").or_else(|| p.strip_prefix("Q="));
+            q.and_then(|q| q.trim().parse::<f32>().ok()) == Some(0.0)
+        });
         essence.eq_ignore_ascii_case("text/html") && !refused
     })
 }
 
 /// The first GraphQL subprotocol the client offers, as GraphQLProtocol
-/// picks it.
-fn first_offered_protocol(headers: &HeaderMap) -> Option<&'static str> {
+/// picks it (ignoring case), spelt as the client spelt it: the handshake
+/// must echo one of the client's own values.
+fn first_offered_protocol(headers: &HeaderMap) -> Option<String> {
     let offered = headers.get(header::SEC_WEBSOCKET_PROTOCOL)?.to_str().ok()?;
-    offered.split(',').map(str::trim).find_map(|name| ALL_WEBSOCKET_PROTOCOLS.into_iter().find(|known| *known == name))
+    offered
+        .split(',')
+        .map(str::trim)
+        .find(|name| ALL_WEBSOCKET_PROTOCOLS.iter().any(|known| known.eq_ignore_ascii_case(name)))
+        .map(str::to_string)
 }
 
 /// An idle connection is probed by TCP keepalive after this long.
@@ -520,7 +528,8 @@ async fn serve_websocket(
 /// The viewer of a WebSocket connection, from its connection_init payload
 /// (`{"authorization": "Bearer <token>"}`; no payload: anonymous).
 fn viewer_from_init(app: &App, payload: &serde_json::Value) -> async_graphql::Result<Viewer> {
-    let Some(header) = ["authorization", "Authorization"].iter().find_map(|name| payload.get(*name)) else {
+    let header = ["authorization", "Authorization"].iter().find_map(|name| payload.get(*name));
+    let Some(header) = header.filter(|value| !value.is_null()) else {
         return Ok(Viewer::Anonymous);
     };
     let Some(header) = header.as_str() else {
@@ -778,13 +787,13 @@ async fn execute(
     let run = async move {
         match batch {
             BatchRequest::Single(request) => {
-                BatchResponse::Single(run_completed(schema, field_types, request.data(viewer)).await)
+                BatchResponse::Single(run_completed(schema, field_types, &app.parsed, request.data(viewer)).await)
             }
             BatchRequest::Batch(requests) => BatchResponse::Batch(
                 async_graphql::futures_util::stream::FuturesOrdered::from_iter(
                     requests
                         .into_iter()
-                        .map(|request| run_completed(schema, field_types, request.data(viewer.clone()))),
+                        .map(|request| run_completed(schema, field_types, &app.parsed, request.data(viewer.clone()))),
                 )
                 .collect()
                 .await,
@@ -804,7 +813,13 @@ async fn execute(
                 app.metrics.error(code);
             }
             if codes.iter().any(|code| code == "RATE_LIMITED") {
-                let wait = Duration::from_secs(app.settings.login_failures_window_s);
+                // The wait its message names ("retry in N s"), else the window.
+                let named = responses_of(&response)
+                    .iter()
+                    .flat_map(|response| &response.errors)
+                    .filter_map(|error| error.message.rsplit_once("retry in ")?.1.strip_suffix(" s")?.parse().ok())
+                    .max();
+                let wait = Duration::from_secs(named.unwrap_or(app.settings.login_failures_window_s));
                 let mut response = json_response(StatusCode::TOO_MANY_REQUESTS, &response, media);
                 set_retry_after(&mut response, wait);
                 return (response, "rate_limited");
@@ -836,7 +851,12 @@ async fn execute(
 /// departs from it (see [`crate::completion`]): refused as a whole when a
 /// required variable has no value, and with every failed field given its
 /// null.
-async fn run_completed(schema: &MarqueeSchema, field_types: &FieldTypes, mut request: GqlRequest) -> GqlResponse {
+async fn run_completed(
+    schema: &MarqueeSchema,
+    field_types: &FieldTypes,
+    parsed: &limits::ParsedQueries,
+    mut request: GqlRequest,
+) -> GqlResponse {
     let operation_name = request.operation_name.clone();
     // The document is parsed by now for nearly every request (the parsed
     // queries' cache attached it). async-graphql then reads only the
@@ -856,18 +876,16 @@ async fn run_completed(schema: &MarqueeSchema, field_types: &FieldTypes, mut req
     }
     request.variables = variables;
     let mut response = schema.execute(request).await;
-    complete(field_types, &query, operation_name.as_deref(), &mut response);
+    if response.errors.iter().any(|error| !error.path.is_empty()) {
+        // The kept parse of the text (a SOLD_OUT in a rush comes here), else
+        // a new one.
+        let document =
+            parsed.document(&query).or_else(|| async_graphql::parser::parse_query(&query).ok().map(Arc::new));
+        if let Some(document) = document {
+            field_types.complete(&document, operation_name.as_deref(), &mut response);
+        }
+    }
     response
-}
-
-/// Gives the failed fields of `response` (which ran `query`) their nulls.
-fn complete(field_types: &FieldTypes, query: &str, operation_name: Option<&str>, response: &mut GqlResponse) {
-    if response.errors.iter().all(|error| error.path.is_empty()) {
-        return;
-    }
-    if let Ok(document) = async_graphql::parser::parse_query(query) {
-        field_types.complete(&document, operation_name, response);
-    }
 }
 
 /// Why a request was refused before it ran.
@@ -904,17 +922,23 @@ fn check_request_rate(app: &App, viewer: &Viewer, ip: IpAddr) -> Result<(), Dura
     })
 }
 
-/// Charges the client's address one sign-in attempt for each `login` and
-/// `register` a mutation holds: aliases let one request hold many, and
-/// each costs a password hash.
-fn charge_credentials(app: &App, ip: IpAddr, cost: &limits::Cost) -> Result<(), Duration> {
+/// The sign-in attempts an operation makes, each charged to the client's
+/// address: one for each `login` and `register` a mutation holds (aliases
+/// let one request hold many, and each costs a password hash).
+fn sign_ins(cost: &limits::Cost) -> usize {
     if !cost.mutation {
+        return 0;
+    }
+    cost.root_names.iter().filter(|name| *name == "login" || *name == "register").count()
+}
+
+/// Takes `count` sign-ins of the address's budget, all or none.
+fn charge_sign_ins(app: &App, ip: IpAddr, count: usize) -> Result<(), Duration> {
+    if count == 0 {
         return Ok(());
     }
-    for _ in cost.root_names.iter().filter(|name| *name == "login" || *name == "register") {
-        app.limits.credentials_per_ip.check(ip).inspect_err(|_| app.metrics.rate_limited("credentials"))?;
-    }
-    Ok(())
+    let count = u32::try_from(count).unwrap_or(u32::MAX);
+    app.limits.credentials_per_ip.check_many(ip, count).inspect_err(|_| app.metrics.rate_limited("credentials"))
 }
 
 /// Applies persisted queries and the query limits to every operation of
@@ -942,6 +966,7 @@ fn prepare(
     };
     let single = requests.len() == 1;
     let mut first_name = None;
+    let mut sign_in_attempts = 0;
     for request in &mut requests {
         apply_persisted_query(app, request)?;
         if request.query.trim().is_empty() {
@@ -959,9 +984,11 @@ fn prepare(
         if method == Method::Get && (cost.mutation || cost.subscription) {
             return Err(Refusal::NotOverGet);
         }
-        charge_credentials(app, ip, &cost).map_err(Refusal::RateLimited)?;
+        sign_in_attempts += sign_ins(&cost);
         first_name = first_name.or(cost.operation_name.clone().or_else(|| cost.root_names.first().cloned()));
     }
+    // All of the batch's sign-ins or none: a refused batch costs nothing.
+    charge_sign_ins(app, ip, sign_in_attempts).map_err(Refusal::RateLimited)?;
     let batch =
         if single { BatchRequest::Single(requests.pop().expect("one request")) } else { BatchRequest::Batch(requests) };
     Ok((batch, first_name))
@@ -1010,20 +1037,14 @@ fn coded_error(message: &str, code: &str) -> async_graphql::ServerError {
 }
 
 fn rate_limited_response(wait: Duration, media: Media) -> Response {
-    let message = format!("too many requests; retry in {} s", retry_seconds(wait));
+    let message = format!("too many requests; retry in {} s", limits::retry_seconds(wait));
     let mut response = error_response_as(StatusCode::TOO_MANY_REQUESTS, &ApiError::RateLimited(message), media);
     set_retry_after(&mut response, wait);
     response
 }
 
 fn set_retry_after(response: &mut Response, wait: Duration) {
-    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_seconds(wait)));
-}
-
-/// Whole seconds to wait before a retry can pass: `wait` rounded up, at
-/// least 1 (the message and the Retry-After header say the same).
-fn retry_seconds(wait: Duration) -> u64 {
-    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(limits::retry_seconds(wait)));
 }
 
 /// The responses of a batch (one for a single request).
@@ -1144,7 +1165,7 @@ impl GuardedSchema {
             Some(refused)
         };
         let rate_limited = |wait: Duration| {
-            refusal(ApiError::RateLimited(format!("too many requests; retry in {} s", retry_seconds(wait))))
+            refusal(ApiError::RateLimited(format!("too many requests; retry in {} s", limits::retry_seconds(wait))))
         };
         if let Err(wait) = check_request_rate(app, viewer, self.ip) {
             return rate_limited(wait);
@@ -1157,7 +1178,7 @@ impl GuardedSchema {
             }
         };
         if let Some(cost) = &cost {
-            if let Err(wait) = charge_credentials(app, self.ip, cost) {
+            if let Err(wait) = charge_sign_ins(app, self.ip, sign_ins(cost)) {
                 return rate_limited(wait);
             }
             // The spec's "Single root field" rule, which async-graphql does
@@ -1200,11 +1221,12 @@ impl async_graphql::Executor for GuardedSchema {
         request.data.insert(viewer);
         let schema = self.schema.clone();
         let field_types = self.field_types.clone();
+        let app = self.app.clone();
         async move {
             if let Some(refused) = refused {
                 return refused;
             }
-            let mut response = run_completed(&schema, &field_types, request).await;
+            let mut response = run_completed(&schema, &field_types, &app.parsed, request).await;
             add_missing_code(&mut response);
             response
         }
@@ -1222,20 +1244,23 @@ impl async_graphql::Executor for GuardedSchema {
         if let Some(refused) = self.check(&mut request, &viewer) {
             return async_graphql::futures_util::stream::once(async move { refused }).boxed();
         }
+        let operation_name = request.operation_name.clone();
+        // The document to complete results with, kept for the operation's
+        // life (a subscription's results are completed each against it).
+        let document = request.parsed_query().ok().cloned();
+        let subscription = document.as_ref().is_some_and(|d| is_subscription(d, operation_name.as_deref()));
+        // A subscription runs as its viewer was when it started: it ends, in
+        // place of its next result, once that changed (a query or mutation
+        // ran as the viewer stood when it started, and its answer stands).
         let watched = match &viewer {
-            Viewer::User { user, token_hash } => Some((*token_hash, user.role)),
+            Viewer::User { user, token_hash } if subscription => Some((*token_hash, user.role)),
             _ => None,
         };
         request.data.insert(viewer);
-        let operation_name = request.operation_name.clone();
-        // As in `run_completed`: the parsed document is what runs.
-        let query = if request.parsed_query().is_ok() { std::mem::take(&mut request.query) } else { String::new() };
         let field_types = self.field_types.clone();
         let app = self.app.clone();
-        async_graphql::Executor::execute_stream(&self.schema, request, session_data)
-            .map(move |mut response| {
-                // A subscription runs as its viewer was when it started: it
-                // ends, in place of its next result, once that changed.
+        let results =
+            async_graphql::Executor::execute_stream(&self.schema, request, session_data).map(move |mut response| {
                 let changed = watched.and_then(|(token_hash, role)| {
                     match viewer_of_token_hash(&app, token_hash).unwrap_or(Viewer::BadToken) {
                         Viewer::User { user, .. } if user.role == role => None,
@@ -1247,18 +1272,23 @@ impl async_graphql::Executor for GuardedSchema {
                 });
                 if let Some(error) = &changed {
                     response = GqlResponse::from_errors(vec![coded_error(error.message(), error.code())]);
-                } else {
-                    complete(&field_types, &query, operation_name.as_deref(), &mut response);
+                } else if let Some(document) = &document {
+                    field_types.complete(document, operation_name.as_deref(), &mut response);
                 }
                 add_missing_code(&mut response);
                 (response, changed.is_some())
-            })
-            .scan(false, |ended, (response, last)| {
-                let next = (!*ended).then_some(response);
-                *ended = last;
-                std::future::ready(next)
-            })
-            .boxed()
+            });
+        // The result that ends a subscription is its last: the stream ends
+        // right after it, without waiting for another event, so the client
+        // hears `complete` and the subscription's slot comes back.
+        async_graphql::futures_util::stream::unfold((results, false), |(mut results, ended)| async move {
+            if ended {
+                return None;
+            }
+            let (response, last) = results.next().await?;
+            Some((response, (results, last)))
+        })
+        .boxed()
     }
 }
 

@@ -39,6 +39,12 @@ impl Rate {
     }
 }
 
+/// Whole seconds to wait before a retry can pass: `wait` rounded up, at
+/// least 1 (what a refusal's message and its Retry-After header both say).
+pub fn retry_seconds(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
 /// Most keys one limiter tracks; beyond, keys no longer limited are dropped.
 const TRACKED_KEYS_MAX: usize = 100_000;
 const SHARDS: usize = 16;
@@ -66,16 +72,23 @@ impl RateLimiter {
 
     /// Takes one request of `key`'s budget, or says how long to wait.
     pub fn check(&self, key: impl Hash) -> Result<(), Duration> {
-        self.take(key, true)
+        self.take(key, 1)
+    }
+
+    /// Takes `count` requests of `key`'s budget at once, or none of them
+    /// and says how long to wait until all would pass.
+    pub fn check_many(&self, key: impl Hash, count: u32) -> Result<(), Duration> {
+        self.take(key, count)
     }
 
     /// How long `key` must wait before its next request would be allowed,
     /// without taking anything (for budgets spent only on failures).
     pub fn blocked(&self, key: impl Hash) -> Option<Duration> {
-        self.take(key, false).err()
+        self.take(key, 0).err()
     }
 
-    fn take(&self, key: impl Hash, consume: bool) -> Result<(), Duration> {
+    /// Takes `count` requests (0: only looks whether one would pass).
+    fn take(&self, key: impl Hash, count: u32) -> Result<(), Duration> {
         if self.rate.is_unlimited() {
             return Ok(());
         }
@@ -88,11 +101,14 @@ impl RateLimiter {
             shard.retain(|_, arrival| *arrival > now);
         }
         let arrival = shard.get(&hash).copied().unwrap_or(now).max(now);
-        if arrival - now > tolerance {
-            return Err(Duration::from_secs_f64(arrival - now - tolerance));
+        // The last of `count` requests arrives (count - 1) intervals after
+        // the first.
+        let last = arrival + interval * f64::from(count.saturating_sub(1));
+        if last - now > tolerance {
+            return Err(Duration::from_secs_f64(last - now - tolerance));
         }
-        if consume {
-            shard.insert(hash, arrival + interval);
+        if count > 0 {
+            shard.insert(hash, last + interval);
         }
         Ok(())
     }
@@ -233,7 +249,7 @@ pub struct ParsedQueries {
 
 /// A parsed query and the measures that hold for any of its requests.
 struct Parsed {
-    document: ExecutableDocument,
+    document: Arc<ExecutableDocument>,
     /// By operation name (`None`: the request named none).
     costs: Vec<(Option<String>, Arc<Cost>)>,
 }
@@ -297,15 +313,20 @@ impl ParsedQueries {
     /// [`ParsedQueries::remember`]).
     pub fn attach(&self, request: &mut async_graphql::Request) -> Option<Arc<Cost>> {
         if let Some(parsed) = self.inner.lock().expect("parsed queries lock poisoned").get(request.query.as_str()) {
-            request.set_parsed_query(parsed.document.clone());
+            request.set_parsed_query(ExecutableDocument::clone(&parsed.document));
             let name = request.operation_name.as_deref();
             return parsed.costs.iter().find(|(n, _)| n.as_deref() == name).map(|(_, cost)| cost.clone());
         }
         let Ok(document) = request.parsed_query() else { return None };
-        let parsed = Parsed { document: document.clone(), costs: Vec::new() };
+        let parsed = Parsed { document: Arc::new(document.clone()), costs: Vec::new() };
         let text: Arc<str> = request.query.as_str().into();
         self.inner.lock().expect("parsed queries lock poisoned").insert(text, parsed);
         None
+    }
+
+    /// The parsed document of `query`, if it is kept.
+    pub fn document(&self, query: &str) -> Option<Arc<ExecutableDocument>> {
+        self.inner.lock().expect("parsed queries lock poisoned").get(query).map(|parsed| parsed.document.clone())
     }
 
     /// Keeps `cost`, measured on `request`, for the next requests of its

@@ -163,7 +163,8 @@ impl IdentityMutation {
         let email_key = graph::rules::email_key(&email);
         if let Some(wait) = app.limits.login_failures.blocked(&email_key) {
             app.metrics.rate_limited("login_failures");
-            let message = format!("too many failed sign-ins for this email; retry in {} s", wait.as_secs().max(1));
+            let message =
+                format!("too many failed sign-ins for this email; retry in {} s", crate::limits::retry_seconds(wait));
             return Err(ApiError::RateLimited(message));
         }
         blocking(move || {
