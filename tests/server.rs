@@ -580,7 +580,16 @@ fn queries_run_over_get_and_mutations_do_not() {
     assert!(ide.header("content-type").is_some_and(|t| t.starts_with("text/html")), "{:?}", ide.headers);
     // A client that is not a browser gets the error of a request with no
     // query, not the IDE's page.
-    for accept in [&[("Accept", "application/json")][..], &[("Accept", "*/*")], &[]] {
+    let browser = [("Accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8")];
+    assert_eq!(http(addr, "GET", "/graphql", &browser, b"").status, 200, "a browser's Accept gets the IDE");
+    let prefers_json = [("Accept", "application/json, text/html;q=0.1")];
+    for accept in [
+        &[("Accept", "application/json")][..],
+        &[("Accept", "*/*")],
+        &[],
+        &prefers_json,
+        &[("Accept", "text/html;q=0")],
+    ] {
         let response = http(addr, "GET", "/graphql", accept, b"");
         assert_request_error(&response, 400, "BAD_USER_INPUT");
         assert!(error_message(&response.json()).contains("no query"), "{}", response.text());

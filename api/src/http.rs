@@ -426,17 +426,33 @@ async fn graphql_get(State(state): State<HttpState>, request: Request) -> Respon
         .on_upgrade(move |socket| serve_websocket(state, socket, protocol, slot, ip))
 }
 
-/// Whether the client takes HTML (a browser asking for the IDE).
+/// Whether the client takes HTML at least as gladly as JSON (a browser
+/// asking for the IDE).
 fn accepts_html(headers: &HeaderMap) -> bool {
-    headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|range| {
+    let (mut html, mut json) = (None::<f32>, 0.0_f32);
+    for (essence, quality) in accepted_ranges(headers) {
+        if essence.eq_ignore_ascii_case("text/html") {
+            html = Some(html.map_or(quality, |q| q.max(quality)));
+        } else if essence.eq_ignore_ascii_case("application/json")
+            || essence.eq_ignore_ascii_case(Media::GRAPHQL_RESPONSE)
+        {
+            json = json.max(quality);
+        }
+    }
+    html.is_some_and(|html| html > 0.0 && html >= json)
+}
+
+/// The media ranges of a request's Accept headers, each with its quality
+/// (1 when it names none).
+fn accepted_ranges(headers: &HeaderMap) -> impl Iterator<Item = (&str, f32)> + '_ {
+    headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(|range| {
         let mut parts = range.split(';');
         let essence = parts.next().unwrap_or("").trim();
-        let refused = parts.any(|p| {
-            let p = p.trim();
-            let q = p.strip_prefix("q=").or_else(|| p.strip_prefix("Q="));
-            q.and_then(|q| q.trim().parse::<f32>().ok()) == Some(0.0)
-        });
-        essence.eq_ignore_ascii_case("text/html") && !refused
+        let quality = parts
+            .filter_map(|p| p.trim().strip_prefix("q=").or_else(|| p.trim().strip_prefix("Q=")))
+            .find_map(|q| q.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        (essence, quality)
     })
 }
 
@@ -1322,13 +1338,7 @@ impl Media {
     /// everyone else (no Accept header and `*/*` included).
     fn accepted(headers: &HeaderMap) -> Media {
         let (mut graphql_response, mut json) = (None::<f32>, None::<f32>);
-        for range in headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')) {
-            let mut parts = range.split(';');
-            let essence = parts.next().unwrap_or("").trim();
-            let quality = parts
-                .filter_map(|p| p.trim().strip_prefix("q=").or_else(|| p.trim().strip_prefix("Q=")))
-                .find_map(|q| q.trim().parse::<f32>().ok())
-                .unwrap_or(1.0);
+        for (essence, quality) in accepted_ranges(headers) {
             let best = |seen: Option<f32>| Some(seen.map_or(quality, |q| q.max(quality)));
             if essence.eq_ignore_ascii_case(Self::GRAPHQL_RESPONSE) {
                 graphql_response = best(graphql_response);
