@@ -511,6 +511,12 @@ fn protocol_violations_close_with_the_protocols_codes() {
     let mut odd = Ws::connect(&server.addr, None).acknowledged();
     odd.send(json!({"type": "no-such-message", "payload": "x".repeat(300)}));
     assert_eq!(odd.next(), json!({"type": "closed", "code": 4400}));
+    // A message over the 64 KiB limit: 1009, so the client knows not to
+    // send it again.
+    let mut big = Ws::connect(&server.addr, None).acknowledged();
+    let pad = "x".repeat(70 * 1024);
+    big.subscribe("1", "query($pad: String) { __typename }", json!({"pad": pad}));
+    assert_eq!(big.next(), json!({"type": "closed", "code": 1009}));
     // The legacy protocol's messages are not graphql-transport-ws's.
     for legacy in [
         json!({"id": "1", "type": "start", "payload": {"query": "{ __typename }"}}),

@@ -512,7 +512,13 @@ async fn serve_websocket(
     let incoming = conformance.clone();
     let input = stream
         .take_while(move |message| {
-            std::future::ready(message.as_ref().map_or(true, |message| incoming.incoming(message)))
+            std::future::ready(match message {
+                Ok(message) => incoming.incoming(message),
+                Err(error) => {
+                    incoming.read_failed(error);
+                    false
+                }
+            })
         })
         .take_until(conformance.clone().init_timeout(CONNECTION_INIT_WAIT))
         .take_until(async move {

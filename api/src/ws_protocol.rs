@@ -34,6 +34,8 @@ use serde::Deserialize;
 const FORBIDDEN: u16 = 4403;
 /// A message the protocol does not have, or one it cannot read.
 const BAD_REQUEST: u16 = 4400;
+/// RFC 6455's close code for a message too big to take.
+const MESSAGE_TOO_BIG: u16 = 1009;
 /// A `subscribe` before the connection was acknowledged.
 const UNAUTHORIZED: u16 = 4401;
 /// A `subscribe` whose id is already running.
@@ -111,6 +113,17 @@ impl Conformance {
     /// 4403).
     pub(crate) fn init_refused(&self) {
         self.state().init_refused = true;
+    }
+
+    /// Notes why reading the client's next message failed: one over the
+    /// size limit closes the connection with 1009 (message too big), so
+    /// the client hears why instead of seeing the connection drop (which
+    /// clients take as a cue to reconnect and send it again).
+    pub(crate) fn read_failed(&self, error: &axum::Error) {
+        let source = std::error::Error::source(error).and_then(|inner| inner.downcast_ref::<tungstenite::Error>());
+        if let Some(tungstenite::Error::Capacity(capacity)) = source {
+            self.state().close = Some((MESSAGE_TOO_BIG, capacity.to_string()));
+        }
     }
 
     /// Looks at a client message on its way in (noting `connection_init`,
