@@ -1,6 +1,6 @@
 //! What the graphql-transport-ws protocol asks of a server beyond what
 //! async-graphql's WebSocket does, applied to the messages going in and out
-//! of a connection (the legacy `graphql-ws` protocol gets only the last two
+//! of a connection (the legacy `graphql-ws` protocol gets only the last three
 //! items):
 //!
 //! - a subscription refused before it runs (its document does not parse or
@@ -20,6 +20,8 @@
 //!   replaces the running subscription;
 //! - (both protocols) a connection that sends no `connection_init` within
 //!   [`CONNECTION_INIT_WAIT`] closes with 4408;
+//! - (both protocols) a message over the size limit closes the connection
+//!   with 1009 (message too big), not a dropped connection;
 //! - (both protocols) a close frame's reason is cut to the 123 bytes a
 //!   close frame has room for.
 
