@@ -55,9 +55,9 @@ pub struct ServeArgs {
     /// Webhook delivery attempts before giving up and marking the webhook failing [default: 20]
     #[arg(long, env = "MARQUEE_WEBHOOK_ATTEMPTS_MAX", value_name = "N")]
     pub webhook_attempts_max: Option<u32>,
-    /// Allow webhooks to loopback and private addresses (off: refused, against SSRF)
-    #[arg(long, env = "MARQUEE_ALLOW_PRIVATE_WEBHOOKS")]
-    pub allow_private_webhooks: bool,
+    /// Allow webhooks to loopback and private addresses (off: refused, against SSRF); the flag alone means true [default: false]
+    #[arg(long, env = "MARQUEE_ALLOW_PRIVATE_WEBHOOKS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub allow_private_webhooks: Option<bool>,
     /// Most WebSocket connections open at once [default: 10000]
     #[arg(long, env = "MARQUEE_WS_CONNECTIONS_MAX", value_name = "N")]
     pub ws_connections_max: Option<usize>,
@@ -76,9 +76,9 @@ pub struct ServeArgs {
     /// Failed sign-ins per email per 15 minutes before it must wait; 0: off [default: 5]
     #[arg(long, env = "MARQUEE_LOGIN_FAILURES_MAX", value_name = "N")]
     pub login_failures_max: Option<u32>,
-    /// Take the client address from X-Forwarded-For (only behind a trusted proxy)
-    #[arg(long, env = "MARQUEE_TRUST_PROXY_HEADERS")]
-    pub trust_proxy_headers: bool,
+    /// Take the client address from X-Forwarded-For (only behind a trusted proxy); the flag alone means true [default: false]
+    #[arg(long, env = "MARQUEE_TRUST_PROXY_HEADERS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub trust_proxy_headers: Option<bool>,
     /// Serve GraphQL introspection: true or false [default: true]
     #[arg(long, env = "MARQUEE_INTROSPECTION", value_name = "BOOL")]
     pub introspection: Option<bool>,
@@ -237,7 +237,7 @@ impl Protections {
                 0,
                 1_000,
             )?,
-            trust_proxy_headers: args.trust_proxy_headers || file.trust_proxy_headers.unwrap_or(false),
+            trust_proxy_headers: args.trust_proxy_headers.or(file.trust_proxy_headers).unwrap_or(false),
             introspection: args.introspection.or(file.introspection).unwrap_or(true),
             request_timeout: duration(
                 "request_timeout",
@@ -355,7 +355,7 @@ impl ServeConfig {
         if !(1..=100).contains(&webhook_attempts_max) {
             return Err("webhook_attempts_max must be between 1 and 100".into());
         }
-        let allow_private_webhooks = args.allow_private_webhooks || file.allow_private_webhooks.unwrap_or(false);
+        let allow_private_webhooks = args.allow_private_webhooks.or(file.allow_private_webhooks).unwrap_or(false);
         let ws_connections_max = args.ws_connections_max.or(file.ws_connections_max).unwrap_or(10_000);
         if !(1..=1_000_000).contains(&ws_connections_max) {
             return Err("ws_connections_max must be between 1 and 1000000".into());

@@ -987,6 +987,39 @@ fn flags_beat_environment_beat_config_file() {
     let server = Server::spawn(command);
     assert_eq!(post_graphql(&server.addr, Some("application/json"), &padded_request(4096)).status, 413);
     assert_eq!(server.stop(), Some(0));
+
+    // So do the switches: the file's true is turned off by the
+    // environment, and the bare flag turns it on again.
+    std::fs::write(&config, "listen = \"127.0.0.1:0\"\nallow_private_webhooks = true\n").unwrap();
+    let private_hook = |extra: &[&str], env: Option<&str>| {
+        let mut args = vec!["--config", config.as_str()];
+        args.extend_from_slice(extra);
+        let mut command = serve(&data_dir, &args);
+        if let Some(value) = env {
+            command.env("MARQUEE_ALLOW_PRIVATE_WEBHOOKS", value);
+        }
+        command.stdout(Stdio::piped());
+        let server = Server::spawn(command);
+        let token = login(&server, "switch@example.com", "password123");
+        let response = server.gql(
+            Some(&token),
+            "mutation($u: String!) { createWebhook(url: $u, events: [\"booking.confirmed\"]) { secret } }",
+            json!({"u": "http://127.0.0.1:9/hook"}),
+        );
+        assert_eq!(server.stop(), Some(0));
+        response["errors"].is_null()
+    };
+    {
+        let mut command = serve(&data_dir, &["--config", config.as_str()]);
+        command.stdout(Stdio::piped());
+        let server = Server::spawn(command);
+        register(&server, "switch@example.com", "ORGANIZER");
+        assert_eq!(server.stop(), Some(0));
+    }
+    assert!(private_hook(&[], None), "the file allows private webhooks");
+    assert!(!private_hook(&[], Some("false")), "MARQUEE_ALLOW_PRIVATE_WEBHOOKS=false beats the file");
+    assert!(private_hook(&["--allow-private-webhooks"], Some("false")), "the bare flag beats the environment");
+    assert!(!private_hook(&["--allow-private-webhooks", "false"], None), "so does the flag with a value");
     drop(taken);
 }
 
