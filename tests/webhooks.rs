@@ -298,3 +298,64 @@ fn webhook_input_and_access_rules() {
     assert_eq!(data(server.gql(Some(&org), delete, json!({"id": hook})))["deleteWebhook"], true);
     assert_eq!(data(server.gql(Some(&org), "{ webhooks { id } }", json!({})))["webhooks"], json!([]));
 }
+
+/// A deleted webhook takes its deliveries with it, and its id is never
+/// given again, not even after a restart: a later webhook (another
+/// account's) never gets the deleted one's deliveries or history. And a
+/// webhook hears only of changes made after it was created.
+#[test]
+fn a_deleted_webhooks_deliveries_reach_no_later_webhook_and_none_hears_of_the_past() {
+    let dir = TempDir::new("webhooks-deleted");
+    let args = ["--allow-private-webhooks", "--webhook-retry-base", "300ms", "--webhook-timeout", "1s"];
+    let mut server = Server::start(dir.path(), &args);
+    let shop = open_shop(&server, "org@example.com");
+    let failing = Receiver::start(&[Reply::Status(500); 50]);
+    let (deleted, _) = create_webhook(&server, &shop.org, &failing.url, &["booking.confirmed"]);
+    let (fan, _) = register(&server, "fan@example.com", "ATTENDEE");
+    book(&server, &fan, &shop.ticket_type, "before-delete");
+    failing.wait_for(1, Duration::from_secs(10));
+    data(server.gql(Some(&shop.org), "mutation($id: ID!) { deleteWebhook(id: $id) }", json!({"id": deleted})));
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    create_admin(dir.path(), "root@example.com");
+
+    let server = Server::start(dir.path(), &args);
+    let (rival, _) = register(&server, "rival@example.com", "ORGANIZER");
+    let receiver = Receiver::start(&[]);
+    let (later, _) = create_webhook(&server, &rival, &receiver.url, &["booking.confirmed", "event.published"]);
+    assert_ne!(later, deleted, "a deleted webhook's id was given again");
+    assert!(later.parse::<u64>().unwrap() > deleted.parse::<u64>().unwrap());
+    let listed = data(server.gql(Some(&rival), DELIVERIES, json!({"id": later})))["webhookDeliveries"].clone();
+    assert_eq!(listed, json!([]), "a new webhook has no history");
+
+    // An admin's webhook (it sees every event) made right after a publish,
+    // while the outbox has yet to read it, does not hear of it; it hears of
+    // the next one.
+    let admin = login(&server, "root@example.com", "admin-password");
+    let everything = Receiver::start(&[]);
+    let publish = |title: &str| {
+        let input = json!({"i": {"title": title, "startsAt": "2027-07-01T20:00:00Z", "city": "Oslo"}});
+        let created = data(server.gql(
+            Some(&shop.org),
+            "mutation($i: CreateEventInput!) { createEvent(input: $i) { id } }",
+            input,
+        ));
+        let id = created["createEvent"]["id"].clone();
+        data(server.gql(Some(&shop.org), "mutation($id: ID!) { publishEvent(id: $id) { id } }", json!({"id": id})));
+    };
+    publish("Earlier gig");
+    create_webhook(&server, &admin, &everything.url, &["event.published"]);
+    publish("Later gig");
+    let got = everything.wait_for(1, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(1));
+    let bodies: Vec<String> = everything.received().into_iter().map(|r| r.body).collect();
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    assert!(got[0].body.contains("Later gig"), "{bodies:?}");
+
+    // The rival hears of nothing of the shop's, and the deleted webhook's
+    // delivery is not retried.
+    assert_eq!(receiver.received().len(), 0);
+    let attempts_before = failing.received().len();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(failing.received().len(), attempts_before, "the deleted webhook's delivery is not retried");
+}

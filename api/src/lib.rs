@@ -177,8 +177,8 @@ impl Readers {
         .map_err(failed("notifications"))?;
         let notifications = readers::spawn(graph.clone(), notifications).map_err(failed("notifications"))?;
         let wake = Arc::new(tokio::sync::Notify::new());
-        let outbox = readers::spawn(graph.clone(), readers::webhooks::Outbox::new(graph.clone(), wake.clone()))
-            .map_err(failed("webhook outbox"))?;
+        let outbox = readers::webhooks::Outbox::new(graph.clone(), wake.clone()).map_err(failed("webhook outbox"))?;
+        let outbox = readers::spawn(graph.clone(), outbox).map_err(failed("webhook outbox"))?;
         let deliverer = readers::webhooks::Deliverer::new(graph.clone(), settings.webhooks.clone(), metrics.clone())?;
         let (stop_deliveries, stopped) = tokio::sync::watch::channel(false);
         tokio::spawn(deliverer.run(wake, stopped));

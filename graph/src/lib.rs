@@ -164,7 +164,13 @@ impl Graph {
         *memory.social.write().expect("social index lock poisoned") = load_social(&store)?;
         *memory.sessions.write().expect("session table lock poisoned") = load_sessions(&store)?;
         *memory.webhooks.write().expect("webhook table lock poisoned") = load_webhooks(&store)?;
-        let next_webhook = AtomicU64::new(store.max_id(table::WEBHOOK)? + 1);
+        let webhook_high = match store.get(&key(table::WEBHOOK_ID_HIGH, &[]))? {
+            Some(value) => <[u8; 8]>::try_from(value.as_ref())
+                .map(u64::from_be_bytes)
+                .map_err(|_| Error::Corrupt("webhook id high"))?,
+            None => 0,
+        };
+        let next_webhook = AtomicU64::new(store.max_id(table::WEBHOOK)?.max(webhook_high) + 1);
         Ok(Graph {
             next_webhook,
             memory,
@@ -568,6 +574,12 @@ impl Graph {
         Ok(webhook)
     }
 
+    /// Never gives a webhook id up to `id` again (they are taken by stored
+    /// deliveries of webhooks deleted before the highest id given was kept).
+    pub fn webhook_ids_taken_through(&self, id: u64) {
+        self.next_webhook.fetch_max(id.saturating_add(1), Ordering::Relaxed);
+    }
+
     /// Deletes a webhook; false when there was none.
     pub fn delete_webhook(&self, id: WebhookId) -> Result<bool, Error> {
         let guard = self.writer();
@@ -696,6 +708,10 @@ fn materialize(record: &Record, payload: &[u8], writes: &mut RoundWrites, memory
         }
         Record::Imported(_) => {}
         Record::WebhookCreated(webhook) | Record::WebhookFailing(webhook) => {
+            if matches!(record, Record::WebhookCreated(_)) {
+                // Ids are given in order: the newest is the highest.
+                writes.insert(key(table::WEBHOOK_ID_HIGH, &[]), webhook.id.to_key().to_vec());
+            }
             writes.insert(key(table::WEBHOOK, &webhook.id.to_key()), payload);
             memory.webhooks.write().expect("webhook table lock poisoned").insert(webhook.id, webhook.clone());
         }

@@ -46,6 +46,10 @@ pub(crate) mod table {
     pub const IMPORTED_ATTENDANCE: u8 = b'I';
     /// Webhooks by id.
     pub const WEBHOOK: u8 = b'H';
+    /// One row: the highest webhook id ever given. A deleted webhook's id
+    /// is never given again (its deliveries, its history and its partner's
+    /// receiver all know it by that id).
+    pub const WEBHOOK_ID_HIGH: u8 = b'h';
     /// Log readers' checkpoints, by reader id.
     pub const READER_CHECKPOINT: u8 = b'C';
     /// Log readers' own rows, by reader id and the reader's key.

@@ -609,3 +609,24 @@ fn round_writes_apply_one_key_or_many_with_the_last_write_of_a_key_winning() {
         ]
     );
 }
+
+#[test]
+fn a_deleted_webhooks_id_is_never_given_again_not_even_after_a_restart() {
+    let dir = TempDir::new("webhook-ids");
+    let hook = |graph: &Graph, owner: UserId| {
+        graph
+            .create_webhook(owner, "https://example.com/hook".into(), vec!["event.updated".into()], "s".into())
+            .unwrap()
+    };
+    let (owner, newest) = {
+        let graph = open(&dir);
+        let owner = graph.register("org@example.com", "Org", Role::Organizer, None).unwrap().id;
+        hook(&graph, owner);
+        let newest = hook(&graph, owner).id;
+        assert!(graph.delete_webhook(newest).unwrap());
+        (owner, newest)
+    };
+    let graph = open(&dir);
+    let next = hook(&graph, owner).id;
+    assert!(next.0 > newest.0, "webhook {} was given again after its deletion and a restart", newest.0);
+}

@@ -2,9 +2,10 @@
 //!
 //! For each log record named booking.confirmed, booking.cancelled,
 //! event.published, event.updated or event.cancelled, every active webhook
-//! subscribed to it and allowed to see it (admins' and partners' webhooks
-//! see every event, organizers' only events they organize) gets a delivery
-//! row. The worker POSTs the JSON body `{"id","event","createdAt","data"}`
+//! subscribed to it, allowed to see it (admins' and partners' webhooks
+//! see every event, organizers' only events they organize) and made before
+//! it gets a delivery row. A deleted webhook's rows go with it, and its id
+//! is never given to another webhook. The worker POSTs the JSON body `{"id","event","createdAt","data"}`
 //! with `X-Marquee-Event`, `X-Marquee-Delivery` (the same on every attempt)
 //! and `X-Marquee-Signature: sha256=<hex HMAC-SHA256 of the body>`. Anything
 //! but a 2xx within the timeout is retried after `base * 2^(attempt-1)`
@@ -111,9 +112,30 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// The reader; `wake` is notified when deliveries were added.
-    pub fn new(graph: Arc<Graph>, wake: Arc<tokio::sync::Notify>) -> Outbox {
-        Outbox { graph, wake, created: false }
+    /// The reader; `wake` is notified when deliveries were added. The
+    /// ids of webhooks whose deliveries are stored are never given to a new
+    /// webhook (data written before the store kept the highest id given
+    /// may hold deliveries of a deleted webhook under its id).
+    pub fn new(graph: Arc<Graph>, wake: Arc<tokio::sync::Notify>) -> Result<Outbox, graph::Error> {
+        let rows = graph.store().reader(Outbox::ID);
+        if let Some((row, _)) = rows.scan(&[DELIVERY], true, 1)?.into_iter().next() {
+            graph.webhook_ids_taken_through(u64_at(&row, 1, "webhook delivery key")?);
+        }
+        Ok(Outbox { graph, wake, created: false })
+    }
+
+    /// Drops a deleted webhook's deliveries, pending or not, with their
+    /// places in the due queue.
+    fn forget(&self, rows: &ReaderRows<'_>, webhook: WebhookId, batch: &mut ReaderBatch) -> Result<(), graph::Error> {
+        for (row, value) in rows.scan(&key(&[&[DELIVERY], &webhook.to_key()]), false, usize::MAX)? {
+            let seq = u64_at(&row, 9, "webhook delivery key")?;
+            let pending = serde_json::from_slice::<Delivery>(&value).ok().and_then(|d| d.next_attempt_at_ms);
+            if let Some(due_ms) = pending {
+                batch.remove(rows, &due_key(due_ms, webhook, seq));
+            }
+            batch.remove(rows, &row);
+        }
+        Ok(())
     }
 
     /// Whether `webhook`'s owner may see changes of `organizer`'s event.
@@ -167,6 +189,9 @@ impl Reader for Outbox {
     const NAME: &'static str = "webhooks";
 
     fn apply(&mut self, rows: &ReaderRows<'_>, entry: &Entry, batch: &mut ReaderBatch) -> Result<(), graph::Error> {
+        if let Record::WebhookDeleted(webhook) = &entry.record {
+            return self.forget(rows, webhook.id, batch);
+        }
         let name = entry.record.name();
         if !EVENT_NAMES.contains(&name) {
             return Ok(());
@@ -181,7 +206,10 @@ impl Reader for Outbox {
         let Some((data, organizer)) = payload(&self.graph, &entry.record) else { return Ok(()) };
         for webhook in webhooks {
             let row = delivery_key(webhook.id, entry.seq);
-            if !self.may_see(&webhook, organizer) || rows.get(&row)?.is_some() {
+            // The reader runs behind the log, and the webhooks are today's:
+            // one made after the change does not hear of it.
+            let made_after = webhook.created_at_ms > entry.at_ms;
+            if made_after || !self.may_see(&webhook, organizer) || rows.get(&row)?.is_some() {
                 continue;
             }
             let id = format!("{}-{}", entry.seq, webhook.id);
@@ -500,6 +528,48 @@ fn rand_fraction() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deleted_webhook_takes_its_deliveries_with_it() {
+        let dir = std::env::temp_dir().join(format!("marquee-outbox-forget-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let graph = Arc::new(Graph::open(&dir, graph::Options { cache_bytes: 8 << 20 }).unwrap());
+            let admin = graph.register("root@example.com", "Root", Role::Admin, None).unwrap();
+            let hook = |url: &str| {
+                let events = vec!["event.published".to_string()];
+                graph.create_webhook(admin.id, url.into(), events, "s".into()).unwrap()
+            };
+            let (kept, deleted) = (hook("https://example.com/a"), hook("https://example.com/b"));
+            let event = graph
+                .create_event(
+                    admin.id,
+                    graph::NewEvent {
+                        title: "Gig".into(),
+                        city: "Oslo".into(),
+                        starts_at_ms: 4_102_444_800_000,
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+            graph.publish_event(event.id).unwrap();
+            let mut outbox = Outbox::new(graph.clone(), Arc::default()).unwrap();
+            let rows = graph.store().reader(Outbox::ID);
+            let entries = graph.store().read_log(0, 1_000).unwrap();
+            crate::readers::apply_and_commit(&mut outbox, &rows, &entries).unwrap();
+            let due = || rows.scan(&[DUE], false, usize::MAX).unwrap().len();
+            assert_eq!(deliveries(&graph, deleted.id, 10).unwrap().len(), 1);
+            assert_eq!(due(), 2, "one pending delivery per webhook");
+
+            graph.delete_webhook(deleted.id).unwrap();
+            let after = graph.store().read_log(entries.last().unwrap().seq, 1_000).unwrap();
+            crate::readers::apply_and_commit(&mut outbox, &rows, &after).unwrap();
+            assert_eq!(deliveries(&graph, deleted.id, 10).unwrap(), [], "its deliveries are gone");
+            assert_eq!(due(), 1, "and so is its place in the due queue");
+            assert_eq!(deliveries(&graph, kept.id, 10).unwrap().len(), 1, "the other webhook's stay");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn hmac_matches_rfc_4231() {
