@@ -20,7 +20,9 @@
 # booking was refused (every request must be confirmed).
 #
 # Env: ROUNDS (default 8), DURATION (seconds per run, default 10), BUYERS
-#      (default 256).
+#      (default 256), WEBHOOK_DOWN (1: each server's organizer has a webhook
+#      on booking.confirmed whose endpoint is down, a closed port on
+#      127.0.0.1, retried every 2 s: a partner failing during the on-sale).
 # Needs wrk, curl, jq, ss and awk.
 set -euo pipefail
 
@@ -29,6 +31,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$here/lib.sh"
 
 ROUNDS=${ROUNDS:-8}
+WEBHOOK_DOWN=${WEBHOOK_DOWN:-0}
 DURATION=${DURATION:-10}
 BUYERS=${BUYERS:-256}
 CONNECTIONS=64
@@ -66,16 +69,23 @@ BOUND=$((ROUNDS * 2 * (DURATION + 20) + 600))
 echo "=== Two builds, interleaved: $ROUNDS rounds of ${DURATION}s bookTickets at $CONNECTIONS connections"
 echo "date:    $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 echo "machine: nproc $(nproc), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+hooks=()
+[[ $WEBHOOK_DOWN == 1 ]] && hooks=(--allow-private-webhooks --webhook-retry-base 2s --webhook-timeout 1s)
+[[ $WEBHOOK_DOWN == 1 ]] && echo "webhook: booking.confirmed to a closed port, retried every 2 s"
 for build in A B; do
   echo "$build:       ${BIN[$build]} ($("${BIN[$build]}" --version))"
   timeout --kill-after=10 "$BOUND" "${BIN[$build]}" serve --listen 127.0.0.1:0 --data-dir "$tmp/$build" \
-    --cache-mb 256 --rate-limit-token 0 --rate-limit-ip 0 --rate-limit-credentials 0 \
+    --cache-mb 256 --rate-limit-token 0 --rate-limit-ip 0 --rate-limit-credentials 0 "${hooks[@]}" \
     >"$tmp/$build.out" 2>"$tmp/$build.log" &
   server_pid=$!
   PID[$build]=$server_pid
   wait_for_marquee "$tmp/$build.out" "$tmp/$build.log" 30
   URL[$build]=$url
   open_hot_event organizer@builds.example "Hot event"
+  if [[ $WEBHOOK_DOWN == 1 ]]; then
+    gql 'mutation { createWebhook(url: "http://127.0.0.1:9/down", events: ["booking.confirmed"]) { secret } }' '{}' \
+      "$organizer" >/dev/null
+  fi
   ORGANIZER[$build]=$organizer
   EVENT[$build]=$event_id
   register_buyers "$BUYERS" "$build" "$tmp/$build.tokens"

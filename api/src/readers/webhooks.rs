@@ -447,6 +447,18 @@ impl Deliverer {
         Ok(())
     }
 
+    /// Writes an attempt's bookkeeping. The commit waits for the row
+    /// writer's next batch (up to 25 ms), so it waits on a blocking thread:
+    /// on a request thread, sixteen deliveries in flight (a partner's
+    /// endpoint down during an on-sale) held both request threads and
+    /// bookings fell from 20,000 to 230 a second.
+    async fn commit(&self, batch: ReaderBatch) -> Result<(), graph::Error> {
+        let graph = self.graph.clone();
+        tokio::task::spawn_blocking(move || graph.store().reader(Outbox::ID).commit(batch, None))
+            .await
+            .map_err(|e| graph::Error::Storage(e.to_string()))?
+    }
+
     /// One attempt of one delivery, and its bookkeeping.
     async fn attempt(&self, webhook_id: WebhookId, seq: u64, due: Vec<u8>) -> Result<(), graph::Error> {
         let rows = self.graph.store().reader(Outbox::ID);
@@ -455,14 +467,14 @@ impl Deliverer {
         batch.remove(&rows, &due);
         let (Some(webhook), Some(bytes)) = (self.graph.webhook(webhook_id), rows.get(&row)?) else {
             // The webhook was deleted: its pending deliveries go with it.
-            return rows.commit(batch, None);
+            return self.commit(batch).await;
         };
         let mut delivery: Delivery =
             serde_json::from_slice(&bytes).map_err(|_| graph::Error::Corrupt("webhook delivery"))?;
         if !webhook.active || delivery.delivered_at_ms.is_some() {
             delivery.next_attempt_at_ms = None;
             batch.put(&rows, &row, &serde_json::to_vec(&delivery).expect("deliveries serialise"));
-            return rows.commit(batch, None);
+            return self.commit(batch).await;
         }
         let status = self.send(&webhook, &delivery).await;
         delivery.attempt += 1;
@@ -484,8 +496,7 @@ impl Deliverer {
             batch.put(&rows, &due_key(next, webhook_id, seq), &[]);
         }
         batch.put(&rows, &row, &serde_json::to_vec(&delivery).expect("deliveries serialise"));
-        rows.commit(batch, None)?;
-        self.graph.store().request_flush();
+        self.commit(batch).await?;
         if give_up {
             tracing::warn!(webhook = webhook_id.0, "webhook deliveries ran out of retries; marking it failing");
             let graph = self.graph.clone();
