@@ -231,6 +231,11 @@ fn event_changes_and_notifications_reach_their_subscribers() {
     let kinds: Vec<&str> = inbox.as_array().unwrap().iter().map(|n| n["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["event.updated", "booking.confirmed"]);
     let first = inbox[1]["id"].clone();
+    // The booking told the fan and the friend from one log entry; their
+    // notifications still have ids of their own.
+    let friends = data(server.gql(Some(&friend), "{ notifications { id kind } }", json!({})))["notifications"].clone();
+    let going = friends.as_array().unwrap().iter().find(|n| n["kind"] == "friend.going").expect("friend.going");
+    assert_ne!(going["id"], first, "ids are unique across users: {friends} {inbox}");
     for bad in ["abc", "12", "1-x", "-1-2"] {
         let refused = server.gql(
             Some(&fan),

@@ -12,7 +12,7 @@
 //! slots (u16, BE) in which the newest notification takes the oldest one's
 //! slot, so that a full inbox costs one write per notification and no scan;
 //! each value holds the notification in a compact binary form (see
-//! `encode`) with the log position that orders it (its id is `seq-k`).
+//! `encode`) with the log position that orders it (its id is `seq-k`, k numbering the entry's notifications across all their users, so no two share an id).
 //! Inbox rows are put ahead of the reader's batch (an on-sale writes one
 //! per buyer, most of the rows the readers write), so a crash may keep some
 //! of them without the checkpoint: on reload the reader notes, per user,
@@ -114,9 +114,12 @@ impl Notifications {
         Ok(reader)
     }
 
-    fn notify(&mut self, rows: &ReaderRows<'_>, batch: &mut ReaderBatch, entry: &Entry, note: Note) {
+    /// Notifies `note`'s users; their notifications are numbered from
+    /// `first_k` within the entry (see [`Reader::apply`] below).
+    fn notify(&mut self, rows: &ReaderRows<'_>, batch: &mut ReaderBatch, entry: &Entry, note: Note, first_k: usize) {
         let Note { users, kind, message, event } = note;
         for (k, user) in users.into_iter().enumerate() {
+            let k = first_k + k;
             let k = u16::try_from(k).unwrap_or(u16::MAX);
             if self.stored_ahead.get(&user).is_some_and(|&stored| (entry.seq, k) <= stored) {
                 continue;
@@ -260,8 +263,13 @@ impl Reader for Notifications {
     const NAME: &'static str = "notifications";
 
     fn apply(&mut self, rows: &ReaderRows<'_>, entry: &Entry, batch: &mut ReaderBatch) -> Result<(), graph::Error> {
+        // One numbering across the entry's notes, so that no two
+        // notifications share an id (`seq-k`), whoever they are for.
+        let mut first_k = 0;
         for note in self.notes(&entry.record) {
-            self.notify(rows, batch, entry, note);
+            let count = note.users.len();
+            self.notify(rows, batch, entry, note, first_k);
+            first_k += count;
         }
         Ok(())
     }
