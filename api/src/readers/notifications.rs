@@ -12,7 +12,9 @@
 //! slots (u16, BE) in which the newest notification takes the oldest one's
 //! slot, so that a full inbox costs one write per notification and no scan;
 //! each value holds the notification in a compact binary form (see
-//! `encode`) with the log position that orders it (its id is `seq-k`, k numbering the entry's notifications across all their users, so no two share an id).
+//! `encode`) with the log position that orders it (its id is `seq-k`, k
+//! numbering the entry's notifications across all their users, so that no
+//! two share an id).
 //! Inbox rows are put ahead of the reader's batch (an on-sale writes one
 //! per buyer, most of the rows the readers write), so a crash may keep some
 //! of them without the checkpoint: on reload the reader notes, per user,
