@@ -161,6 +161,22 @@ fn hostile_input_gets_clear_errors_and_honest_requests_keep_working() {
             "BAD_USER_INPUT",
         ),
         ("an empty batch", b"[]".to_vec(), 400, "BAD_USER_INPUT"),
+        (
+            "a list literal nested 2,000 deep (it overflowed a request thread's stack)",
+            json!({"query": format!("{{ __type(name: {}1{}) {{ name }} }}", "[".repeat(2_000), "]".repeat(2_000))})
+                .to_string()
+                .into_bytes(),
+            400,
+            "QUERY_TOO_COMPLEX",
+        ),
+        (
+            "a variable's default nested 2,000 deep",
+            json!({"query": format!("query($a: String = {}1{}) {{ __typename }}", "[".repeat(2_000), "]".repeat(2_000))})
+                .to_string()
+                .into_bytes(),
+            400,
+            "QUERY_TOO_COMPLEX",
+        ),
     ];
     for _round in 0..3 {
         for (name, body, status, code) in &cases {

@@ -997,7 +997,11 @@ fn prepare(
         if !app.settings.introspection {
             *request = std::mem::replace(request, GqlRequest::new("")).disable_introspection();
         }
-        let known = if request.query.len() <= limits.query_bytes_max { app.parsed.attach(request) } else { None };
+        let known = if request.query.len() <= limits.query_bytes_max {
+            app.parsed.attach(request).map_err(Refusal::TooComplex)?
+        } else {
+            None
+        };
         let measured_now = known.is_none();
         let Some(cost) = limits::inspect(request, limits, known).map_err(Refusal::TooComplex)? else { continue };
         if measured_now {

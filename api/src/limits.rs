@@ -235,6 +235,54 @@ pub fn analyze(
     Ok(cost)
 }
 
+/// Deepest nesting of braces, brackets and parentheses a query's text may
+/// have. A list or object literal nested some 1,700 deep (3.5 KB, well
+/// under the text's size limit) overflowed a request thread's stack after
+/// parsing and aborted the server; the depth limit counts selections only.
+/// The deepest honest query, an introspection of nested types, nests about
+/// 15.
+pub const NESTING_MAX: usize = 64;
+
+/// Refuses a query text nested deeper than [`NESTING_MAX`], by a scan of
+/// its characters (strings, block strings and comments skipped), before
+/// anything recursive sees it.
+pub fn check_nesting(query: &str) -> Result<(), TooComplex> {
+    let bytes = query.as_bytes();
+    let (mut depth, mut at) = (0usize, 0usize);
+    while at < bytes.len() {
+        match bytes[at] {
+            b'#' => {
+                while at < bytes.len() && bytes[at] != b'\n' && bytes[at] != b'\r' {
+                    at += 1;
+                }
+            }
+            b'"' if bytes[at..].starts_with(b"\"\"\"") => {
+                at += 3;
+                while at < bytes.len() && !bytes[at..].starts_with(b"\"\"\"") {
+                    at += if bytes[at..].starts_with(b"\\\"\"\"") { 4 } else { 1 };
+                }
+                at += 2;
+            }
+            b'"' => {
+                at += 1;
+                while at < bytes.len() && bytes[at] != b'"' {
+                    at += if bytes[at] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'{' | b'[' | b'(' => {
+                depth += 1;
+                if depth > NESTING_MAX {
+                    return Err(TooComplex(format!("the query nests more than {NESTING_MAX} levels deep")));
+                }
+            }
+            b'}' | b']' | b')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        at += 1;
+    }
+    Ok(())
+}
+
 /// Parsed queries by their text: clients send the same few queries over and
 /// over with other variables, and parsing is the costliest step of a small
 /// request. Bounded; the oldest go first.
@@ -311,17 +359,20 @@ impl ParsedQueries {
     /// keeps the result (queries that do not parse are not kept). Returns
     /// the measure of the request's operation when one is kept (see
     /// [`ParsedQueries::remember`]).
-    pub fn attach(&self, request: &mut async_graphql::Request) -> Option<Arc<Cost>> {
+    /// A text nested deeper than [`NESTING_MAX`] is refused before it is
+    /// parsed.
+    pub fn attach(&self, request: &mut async_graphql::Request) -> Result<Option<Arc<Cost>>, TooComplex> {
         if let Some(parsed) = self.inner.lock().expect("parsed queries lock poisoned").get(request.query.as_str()) {
             request.set_parsed_query(ExecutableDocument::clone(&parsed.document));
             let name = request.operation_name.as_deref();
-            return parsed.costs.iter().find(|(n, _)| n.as_deref() == name).map(|(_, cost)| cost.clone());
+            return Ok(parsed.costs.iter().find(|(n, _)| n.as_deref() == name).map(|(_, cost)| cost.clone()));
         }
-        let Ok(document) = request.parsed_query() else { return None };
+        check_nesting(&request.query)?;
+        let Ok(document) = request.parsed_query() else { return Ok(None) };
         let parsed = Parsed { document: Arc::new(document.clone()), costs: Vec::new() };
         let text: Arc<str> = request.query.as_str().into();
         self.inner.lock().expect("parsed queries lock poisoned").insert(text, parsed);
-        None
+        Ok(None)
     }
 
     /// The parsed document of `query`, if it is kept.
@@ -365,6 +416,7 @@ pub fn inspect(
     let cost = match known {
         Some(cost) => cost,
         None => {
+            check_nesting(&request.query)?;
             let operation_name = request.operation_name.clone();
             // Out of the request while its document is borrowed, and back after.
             let variables = std::mem::take(&mut request.variables);
@@ -671,6 +723,29 @@ mod tests {
     /// a variable gave a page size to is measured on every request; and a
     /// kept measure is still held to the limits.
     #[test]
+    fn nesting_is_counted_outside_strings_and_comments() {
+        let nested =
+            |depth: usize| format!("{{ __type(name: {}1{}) {{ name }} }}", "[".repeat(depth), "]".repeat(depth));
+        assert!(check_nesting(&nested(NESTING_MAX - 3)).is_ok());
+        let refused = check_nesting(&nested(2_000)).unwrap_err();
+        assert!(refused.0.contains("nests more than 64 levels"), "{}", refused.0);
+        assert!(check_nesting(&format!("{{ a(b: {{c: {}1{}}}) }}", "{c: ".repeat(100), "}".repeat(100))).is_err());
+        // Brackets in strings, block strings and comments do not count.
+        let quiet = "[".repeat(500);
+        for text in [
+            format!("{{ a(s: \"{quiet}\") }}"),
+            format!("{{ a(s: \"\\\"{quiet}\") }}"),
+            format!("{{ a(s: \"\"\"{quiet} \\\"\"\" {quiet}\"\"\") }}"),
+            format!("# {quiet}\n{{ a }}"),
+        ] {
+            assert!(check_nesting(&text).is_ok(), "{text}");
+        }
+        // Honest deep queries pass: selections twelve deep with arguments.
+        let deep = format!("{}{}", "{ a(x: [{y: 1}]) ".repeat(12), "}".repeat(12));
+        assert!(check_nesting(&deep).is_ok());
+    }
+
+    #[test]
     fn a_measure_no_variable_changes_is_kept_per_operation() {
         let limits = QueryLimits::default();
         let parsed = ParsedQueries::new(16);
@@ -684,7 +759,7 @@ mod tests {
         };
         let run = |operation: &str, n: u64, limits: &QueryLimits| {
             let mut request = request(operation, n);
-            let known = parsed.attach(&mut request);
+            let known = parsed.attach(&mut request)?;
             let was_known = known.is_some();
             let cost = inspect(&mut request, limits, known)?.expect("the query parses");
             if !was_known {
