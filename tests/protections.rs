@@ -472,3 +472,26 @@ fn sigterm_under_load_answers_every_accepted_request_and_loses_no_booking() {
         assert!(stored.contains(id), "acknowledged booking {id} survived the shutdown");
     }
 }
+
+/// A body that stops coming (a client trickling it, or silent half-way)
+/// gets 408 once the request timeout passes, and its connection closes, so
+/// it cannot hold a `--connections-max` slot.
+#[test]
+fn a_body_that_stops_coming_is_answered_408_and_its_connection_closed() {
+    use std::io::{Read, Write};
+    let dir = TempDir::new("slow-body");
+    let server = Server::start(dir.path(), &["--request-timeout", "1s"]);
+    let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let head = "POST /graphql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n";
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(br#"{"query":"#).unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within 1000 ms") && answer.contains("BAD_USER_INPUT"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(15), "the connection closed after the answer");
+    assert_serving(&server);
+}

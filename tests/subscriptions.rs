@@ -321,6 +321,9 @@ fn subscription_documents_are_validated_and_limited_with_codes() {
     let wide = format!("subscription($e: ID!) {{ eventUpdated(eventId: $e) {{ {aliases} }} }}");
     ws.subscribe("3", &wide, json!({"e": stage.event}));
     assert_eq!(ws.next_refusal_code("3"), "QUERY_TOO_COMPLEX");
+    let nested = format!("{{ __type(name: {}1{}) {{ name }} }}", "[".repeat(2_000), "]".repeat(2_000));
+    ws.subscribe("6", &nested, json!({}));
+    assert_eq!(ws.next_refusal_code("6"), "QUERY_TOO_COMPLEX", "a literal nested 2,000 deep");
     ws.subscribe(
         "5",
         "subscription($e: ID!) { eventUpdated(eventId: $e) { id } notifications { id } }",

@@ -109,7 +109,10 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for ConnectionServi
             let peer = self.peer;
             return Box::pin(async move {
                 let (parts, body) = request.into_parts();
-                let body = read_body(body, state.app.settings.body_bytes_max).await;
+                let within = Duration::from_millis(state.app.settings.request_timeout_ms);
+                let body = tokio::time::timeout(within, read_body(body, state.app.settings.body_bytes_max))
+                    .await
+                    .unwrap_or(Err(BodyError::TooSlow));
                 Ok(serve_graphql(&state, Some(peer), &parts.headers, Input::Body(body)).await)
             });
         }
@@ -193,6 +196,9 @@ fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
 enum BodyError {
     TooLarge,
     Unreadable,
+    /// It did not arrive within the request timeout (a client trickling it,
+    /// or gone silent half-way, would hold its connection otherwise).
+    TooSlow,
 }
 
 /// Most bytes of an oversized body read past the limit, and dropped, before
@@ -705,6 +711,14 @@ async fn handle_graphql(state: &HttpState, ip: IpAddr, headers: &HeaderMap, inpu
                 Err(BodyError::Unreadable) => {
                     let message = "the request body could not be read".to_string();
                     return refused(StatusCode::BAD_REQUEST, ApiError::BadUserInput(message), "rejected");
+                }
+                Err(BodyError::TooSlow) => {
+                    let message =
+                        format!("the request body did not arrive within {} ms", app.settings.request_timeout_ms);
+                    let (mut response, outcome) =
+                        refused(StatusCode::REQUEST_TIMEOUT, ApiError::BadUserInput(message), "rejected");
+                    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    return (response, outcome);
                 }
             };
             if let Some(encoding) = content_encoding(headers) {
