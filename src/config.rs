@@ -82,7 +82,7 @@ pub struct ServeArgs {
     /// Serve GraphQL introspection: true or false [default: true]
     #[arg(long, env = "MARQUEE_INTROSPECTION", value_name = "BOOL")]
     pub introspection: Option<bool>,
-    /// Longest a GraphQL request may run [default: 30s]
+    /// Longest a GraphQL request may run, and its body may take to arrive [default: 30s]
     #[arg(long, env = "MARQUEE_REQUEST_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     pub request_timeout: Option<Duration>,
     /// Most HTTP connections open at once [default: 20000]
