@@ -359,6 +359,7 @@ impl ParsedQueries {
     /// keeps the result (queries that do not parse are not kept). Returns
     /// the measure of the request's operation when one is kept (see
     /// [`ParsedQueries::remember`]).
+    ///
     /// A text nested deeper than [`NESTING_MAX`] is refused before it is
     /// parsed.
     pub fn attach(&self, request: &mut async_graphql::Request) -> Result<Option<Arc<Cost>>, TooComplex> {
