@@ -127,6 +127,19 @@ pub fn unusable_variable(
     })
 }
 
+/// [`unusable_variable`] of `request`'s operation (its document parsed
+/// now if it is not yet; a document that does not parse has none).
+pub fn unusable_variable_of(request: &mut async_graphql::Request) -> Option<ServerError> {
+    // Out of the request while its document is borrowed, and back after.
+    let (operation_name, variables) = (request.operation_name.take(), std::mem::take(&mut request.variables));
+    let unusable = request
+        .parsed_query()
+        .ok()
+        .and_then(|document| unusable_variable(document, operation_name.as_deref(), &variables));
+    (request.operation_name, request.variables) = (operation_name, variables);
+    unusable
+}
+
 /// Whether the operation `operation_name` picks is a subscription.
 pub fn is_subscription(document: &ExecutableDocument, operation_name: Option<&str>) -> bool {
     operation(document, operation_name).is_some_and(|operation| operation.node.ty == OperationType::Subscription)
@@ -144,33 +157,25 @@ impl<'a> Walker<'a> {
     /// async-graphql made null because all their fields failed.
     fn place(&self, value: &mut Value, ty: &str, selections: &[&'a Positioned<SelectionSet>], path: &[PathSegment]) {
         let Some((step, rest)) = path.split_first() else { return };
-        let ty = ty.strip_suffix('!').unwrap_or(ty);
         if let (PathSegment::Field(_), Value::Null) = (step, &*value) {
             *value = Value::Object(Default::default());
         }
         match (step, value) {
             (PathSegment::Index(index), Value::List(items)) => {
-                let Some(item_ty) = ty.strip_prefix('[').and_then(|t| t.strip_suffix(']')) else { return };
-                if let Some(item) = items.get_mut(*index) {
+                if let (Some(item_ty), Some(item)) = (item_type(ty), items.get_mut(*index)) {
                     self.place(item, item_ty, selections, rest);
                 }
             }
             (PathSegment::Field(key), Value::Object(fields)) => {
-                let mut below = Vec::new();
-                let Some(name) = self.field_name(selections, key, &mut below) else { return };
-                let Some(field) = self.registry.types.get(ty).and_then(|t| t.field_by_name(name)) else { return };
-                if rest.is_empty() {
-                    if !fields.contains_key(key.as_str()) {
+                let Some((field_ty, below)) = self.field(ty, selections, key) else { return };
+                match fields.get_mut(key.as_str()) {
+                    Some(child) => self.place(child, field_ty, &below, rest),
+                    // The failed field (or one that failed as a whole before
+                    // its own fields could): back in its place, as null.
+                    None => {
                         let at = self.position_among(selections, key, fields.keys().map(Name::as_str));
                         fields.shift_insert(at, Name::new(key), Value::Null);
                     }
-                } else if let Some(child) = fields.get_mut(key.as_str()) {
-                    self.place(child, &field.ty, &below, rest);
-                } else {
-                    // A field that failed as a whole before its own fields
-                    // could: it is the one to be null.
-                    let at = self.position_among(selections, key, fields.keys().map(Name::as_str));
-                    fields.shift_insert(at, Name::new(key), Value::Null);
                 }
             }
             _ => {}
@@ -178,7 +183,8 @@ impl<'a> Walker<'a> {
     }
 
     /// Follows `path` into `value`, of type `ty`, whose selections (when it
-    /// is an object) are `selections`. Returns whether `value` itself must
+    /// is an object) are `selections`, once every failed field has its
+    /// null (see [`Walker::place`]). Returns whether `value` itself must
     /// become null: a non-null field below it failed.
     fn follow(
         &self,
@@ -188,32 +194,34 @@ impl<'a> Walker<'a> {
         path: &[PathSegment],
     ) -> bool {
         let Some((step, rest)) = path.split_first() else { return false };
-        let ty = ty.strip_suffix('!').unwrap_or(ty);
         match (step, value) {
-            (PathSegment::Index(index), Value::List(items)) => {
-                let Some(item_ty) = ty.strip_prefix('[').and_then(|t| t.strip_suffix(']')) else { return false };
-                let Some(item) = items.get_mut(*index) else { return false };
-                self.settle(item, item_ty, selections, rest)
-            }
+            (PathSegment::Index(index), Value::List(items)) => match (item_type(ty), items.get_mut(*index)) {
+                (Some(item_ty), Some(item)) => self.settle(item, item_ty, selections, rest),
+                _ => false,
+            },
             (PathSegment::Field(key), Value::Object(fields)) => {
-                let mut below = Vec::new();
-                let Some(name) = self.field_name(selections, key, &mut below) else { return false };
-                let Some(field) = self.registry.types.get(ty).and_then(|t| t.field_by_name(name)) else {
-                    return false;
-                };
-                let field_ty = field.ty.as_str();
-                match fields.get_mut(key.as_str()) {
-                    Some(child) => self.settle(child, field_ty, &below, rest),
-                    None => {
-                        // The failed field: back in its place, as null.
-                        let at = self.position_among(selections, key, fields.keys().map(Name::as_str));
-                        fields.shift_insert(at, Name::new(key), Value::Null);
-                        is_non_null(field_ty)
-                    }
+                match (self.field(ty, selections, key), fields.get_mut(key.as_str())) {
+                    (Some((field_ty, below)), Some(child)) => self.settle(child, field_ty, &below, rest),
+                    _ => false,
                 }
             }
             _ => false,
         }
+    }
+
+    /// The type of the field that answers to `key` on an object of type
+    /// `ty` (`!` allowed) selected by `selections`, and the selections made
+    /// on its value.
+    fn field(
+        &self,
+        ty: &str,
+        selections: &[&'a Positioned<SelectionSet>],
+        key: &str,
+    ) -> Option<(&'a str, Vec<&'a Positioned<SelectionSet>>)> {
+        let mut below = Vec::new();
+        let name = self.field_name(selections, key, &mut below)?;
+        let object = self.registry.types.get(ty.strip_suffix('!').unwrap_or(ty))?;
+        Some((object.field_by_name(name)?.ty.as_str(), below))
     }
 
     /// Follows the rest of the path into `value` (a field's value or a
@@ -317,6 +325,12 @@ impl<'a> Walker<'a> {
             }
         }
     }
+}
+
+/// The item type of a list type as the registry writes it (`[User!]!`
+/// gives `User!`); none for a type that is no list.
+fn item_type(ty: &str) -> Option<&str> {
+    ty.strip_suffix('!').unwrap_or(ty).strip_prefix('[')?.strip_suffix(']')
 }
 
 /// Whether a type, as the registry writes it (`[User!]!`), is non-null.

@@ -24,7 +24,7 @@ use axum::routing::get;
 use axum::{Extension, Router};
 
 use crate::auth::{self, Viewer};
-use crate::completion::{is_subscription, unusable_variable, FieldTypes};
+use crate::completion::{is_subscription, unusable_variable_of, FieldTypes};
 use crate::error::ApiError;
 use crate::limits::{self, TooComplex};
 use crate::schema::{self, MarqueeSchema};
@@ -902,15 +902,9 @@ async fn run_completed(
         Ok(_) => std::mem::take(&mut request.query),
         Err(_) => return schema.execute(request).await,
     };
-    let variables = std::mem::take(&mut request.variables);
-    let unusable = request
-        .parsed_query()
-        .ok()
-        .and_then(|document| unusable_variable(document, operation_name.as_deref(), &variables));
-    if let Some(error) = unusable {
+    if let Some(error) = unusable_variable_of(&mut request) {
         return GqlResponse::from_errors(vec![error]);
     }
-    request.variables = variables;
     let mut response = schema.execute(request).await;
     if response.errors.iter().any(|error| !error.path.is_empty()) {
         // The kept parse of the text (a SOLD_OUT in a rush comes here), else
@@ -1229,14 +1223,7 @@ impl GuardedSchema {
                 return refusal(ApiError::BadUserInput(why));
             }
         }
-        let operation_name = request.operation_name.clone();
-        let variables = std::mem::take(&mut request.variables);
-        let unusable = request
-            .parsed_query()
-            .ok()
-            .and_then(|document| unusable_variable(document, operation_name.as_deref(), &variables));
-        request.variables = variables;
-        let mut refused = GqlResponse::from_errors(vec![unusable?]);
+        let mut refused = GqlResponse::from_errors(vec![unusable_variable_of(request)?]);
         add_missing_code(&mut refused);
         Some(refused)
     }
