@@ -334,14 +334,7 @@ fn a_deleted_webhooks_deliveries_reach_no_later_webhook_and_none_hears_of_the_pa
     let admin = login(&server, "root@example.com", "admin-password");
     let everything = Receiver::start(&[]);
     let publish = |title: &str| {
-        let input = json!({"i": {"title": title, "startsAt": "2027-07-01T20:00:00Z", "city": "Oslo"}});
-        let created = data(server.gql(
-            Some(&shop.org),
-            "mutation($i: CreateEventInput!) { createEvent(input: $i) { id } }",
-            input,
-        ));
-        let id = created["createEvent"]["id"].clone();
-        data(server.gql(Some(&shop.org), "mutation($id: ID!) { publishEvent(id: $id) { id } }", json!({"id": id})));
+        event_with_tickets(&server, &shop.org, title, "2027-07-01T20:00:00Z", general_admission(100, 10), true);
     };
     publish("Earlier gig");
     create_webhook(&server, &admin, &everything.url, &["event.published"]);

@@ -5,8 +5,8 @@
 //! subscribed to it, allowed to see it (admins' and partners' webhooks
 //! see every event, organizers' only events they organize) and made before
 //! it gets a delivery row. A deleted webhook's rows go with it, and its id
-//! is never given to another webhook. The worker POSTs the JSON body `{"id","event","createdAt","data"}`
-//! with `X-Marquee-Event`, `X-Marquee-Delivery` (the same on every attempt)
+//! is never given to another webhook. The worker POSTs the JSON body
+//! `{"id","event","createdAt","data"}` with `X-Marquee-Event`, `X-Marquee-Delivery` (the same on every attempt)
 //! and `X-Marquee-Signature: sha256=<hex HMAC-SHA256 of the body>`. Anything
 //! but a 2xx within the timeout is retried after `base * 2^(attempt-1)`
 //! (capped at [`RETRY_DELAY_MAX_MS`], +-20% jitter), up to
@@ -298,20 +298,14 @@ pub fn is_private(ip: IpAddr) -> bool {
                 return is_private(IpAddr::V4(v4));
             }
             let segments = v6.segments();
-            let embedded = || {
-                std::net::Ipv4Addr::new(
-                    (segments[6] >> 8) as u8,
-                    segments[6] as u8,
-                    (segments[7] >> 8) as u8,
-                    segments[7] as u8,
-                )
-            };
             // IPv4-compatible (::a.b.c.d, deprecated) and NAT64
-            // (64:ff9b::a.b.c.d) addresses reach the IPv4 address inside.
+            // (64:ff9b::a.b.c.d) addresses reach the IPv4 address in their
+            // last four bytes.
             let compatible = segments[..6].iter().all(|&s| s == 0) && !v6.is_loopback() && !v6.is_unspecified();
             let nat64 = segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
             if compatible || nat64 {
-                return is_private(IpAddr::V4(embedded()));
+                let [.., a, b, c, d] = v6.octets();
+                return is_private(IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d)));
             }
             let first = segments[0];
             v6.is_loopback()
