@@ -495,3 +495,28 @@ fn a_body_that_stops_coming_is_answered_408_and_its_connection_closed() {
     assert!(started.elapsed() < Duration::from_secs(15), "the connection closed after the answer");
     assert_serving(&server);
 }
+
+/// A connection that is opened and never sends a byte gives its
+/// `--connections-max` slot back after the 10 s allowed for a request's
+/// head, so idle sockets cannot lock honest clients out.
+#[test]
+fn a_connection_that_never_speaks_gives_its_slot_back() {
+    use std::io::Read;
+    let dir = TempDir::new("silent");
+    let server = Server::start(dir.path(), &["--connections-max", "2"]);
+    let silent: Vec<std::net::TcpStream> =
+        (0..2).map(|_| std::net::TcpStream::connect(&server.addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // Both slots are taken: a third connection is closed at accept.
+    assert!(try_http(&server.addr, "GET", "/healthz", &[], b"").is_err(), "the limit holds");
+    let started = Instant::now();
+    for mut socket in silent {
+        socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut byte = [0u8; 1];
+        let read = socket.read(&mut byte);
+        assert!(matches!(read, Ok(0)), "closed without an answer: {read:?}");
+    }
+    let waited = started.elapsed();
+    assert!(waited > Duration::from_secs(5) && waited < Duration::from_secs(20), "closed after {waited:?}");
+    assert_serving(&server);
+}

@@ -292,6 +292,24 @@ fn unusable_requests_get_400_with_a_graphql_error() {
     assert!(error_message(&gzipped.json()).contains("Content-Encoding gzip"), "{}", gzipped.text());
     let headers = [("Content-Type", "application/json"), ("Content-Encoding", "identity")];
     assert_eq!(http(addr, "POST", "/graphql", &headers, good).status, 200);
+    // So is a body compressed as it is sent (a transfer coding before the
+    // chunked framing), while chunked alone is read.
+    for (codings, status) in [("gzip, chunked", 415), ("chunked", 200)] {
+        let head = format!(
+            "POST /graphql HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nTransfer-Encoding: {codings}\r\n\r\n"
+        );
+        let chunked = [head.as_bytes(), format!("{:x}\r\n", good.len()).as_bytes(), good, b"\r\n0\r\n\r\n"].concat();
+        let answer = raw_exchange(addr, &chunked);
+        assert!(answer.starts_with(&format!("HTTP/1.1 {status}")), "{codings}: {answer}");
+        if status == 415 {
+            assert!(answer.contains("Transfer-Encoding gzip is not supported"), "{answer}");
+        }
+    }
+    // A byte order mark before the JSON is skipped (RFC 8259 allows it).
+    let with_bom = [&b"\xEF\xBB\xBF"[..], good].concat();
+    let response = post_graphql(addr, Some("application/json"), &with_bom);
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.json(), json!({ "data": { "me": null } }));
 
     // The same request with the right type, with or without a charset, works.
     for content_type in ["application/json", "application/json; charset=utf-8"] {
@@ -624,7 +642,46 @@ fn oversized_body_gets_a_graphql_error_with_a_code() {
     // Clients parse every /graphql answer as GraphQL; the contract says every
     // error carries extensions.code.
     assert_request_error(&over, 413, "BAD_USER_INPUT");
+    assert_eq!(over.header("connection"), Some("close"), "the connection is not reused after a 413");
+
+    // A client that waits for `100 Continue` before sending a body it says
+    // is too large is refused at once, and never told to send it.
+    let head = format!(
+        "POST /graphql HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: 50000000\r\nExpect: 100-continue\r\n\r\n",
+        server.addr
+    );
+    let answer = raw_exchange(&server.addr, head.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(!answer.contains("100 Continue"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    // Under the limit, the client is told to go on.
+    let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let body = br#"{"query":"{ me { id } }"}"#;
+    let head = format!(
+        "POST /graphql HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        server.addr,
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut interim = [0u8; 25];
+    stream.read_exact(&mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(body).unwrap();
+    let mut rest = String::new();
+    stream.read_to_string(&mut rest).unwrap();
+    assert!(rest.starts_with("HTTP/1.1 200"), "{rest}");
     assert_eq!(server.stop(), Some(0));
+}
+
+/// Sends raw bytes on a new connection and reads until the server closes it.
+fn raw_exchange(addr: &str, request: &[u8]) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("the server answers and closes");
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 // ------------------------------------------------------------- restart ----

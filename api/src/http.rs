@@ -35,6 +35,11 @@ use crate::{export, App};
 /// The least time the listener stays open after shutdown begins.
 const DRAIN_MIN: Duration = Duration::from_millis(500);
 
+/// How long a connection may take to send a request's head: from its
+/// acceptance to its first byte, and (hyper's timer) from a request's first
+/// byte to the end of its head.
+const HEAD_WAIT: Duration = Duration::from_secs(10);
+
 /// Largest WebSocket message a client may send.
 const WS_MESSAGE_BYTES_MAX: usize = 64 * 1024;
 
@@ -109,10 +114,14 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for ConnectionServi
             let peer = self.peer;
             return Box::pin(async move {
                 let (parts, body) = request.into_parts();
-                let within = Duration::from_millis(state.app.settings.request_timeout_ms);
-                let body = tokio::time::timeout(within, read_body(body, state.app.settings.body_bytes_max))
-                    .await
-                    .unwrap_or(Err(BodyError::TooSlow));
+                let max = state.app.settings.body_bytes_max;
+                let body = if announced_too_large(&parts.headers, max) {
+                    // Refused before the client sends it: no `100 Continue`.
+                    Err(BodyError::TooLarge)
+                } else {
+                    let within = Duration::from_millis(state.app.settings.request_timeout_ms);
+                    tokio::time::timeout(within, read_body(body, max)).await.unwrap_or(Err(BodyError::TooSlow))
+                };
                 Ok(serve_graphql(&state, Some(peer), &parts.headers, Input::Body(body)).await)
             });
         }
@@ -201,6 +210,20 @@ enum BodyError {
     TooSlow,
 }
 
+/// Whether the client waits for `100 Continue` before sending a body it
+/// says is larger than `max` bytes: then it is refused unsent.
+fn announced_too_large(headers: &HeaderMap, max: usize) -> bool {
+    let expects_continue = headers
+        .get(header::EXPECT)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim().eq_ignore_ascii_case("100-continue"));
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok());
+    expects_continue && length.is_some_and(|length| length > max as u64)
+}
+
 /// Most bytes of an oversized body read past the limit, and dropped, before
 /// it is refused. A client still sending when the connection closed with
 /// its body unread would get a reset instead of the 413 (and, writing, a
@@ -285,7 +308,7 @@ impl Connections {
             .http1()
             .max_buf_size(app.settings.header_bytes_max)
             .max_headers(100)
-            .header_read_timeout(Duration::from_secs(10))
+            .header_read_timeout(HEAD_WAIT)
             .timer(hyper_util::rt::TokioTimer::new());
         let (router, state) = router_and_state(app.clone());
         Connections {
@@ -320,8 +343,8 @@ impl Connections {
         }
     }
 
-    /// Serves one connection; watched for graceful shutdown when given one,
-    /// else counted among the late ones.
+    /// Serves one connection once its first byte arrives; watched for
+    /// graceful shutdown when given one, else counted among the late ones.
     fn serve_one(
         &self,
         stream: tokio::net::TcpStream,
@@ -334,22 +357,25 @@ impl Connections {
         };
         tune_accepted(&stream);
         let service = ConnectionService { state: self.state.clone(), router: self.router.clone(), peer: Peer(peer) };
-        let io = hyper_util::rt::TokioIo::new(stream);
-        let connection = self.builder.serve_connection_with_upgrades(io, service).into_owned();
-        match graceful {
-            Some(graceful) => {
-                let watched = graceful.watch(connection);
-                tokio::spawn(async move {
-                    let _ = watched.await;
-                    drop(permit);
-                });
+        let builder = self.builder.clone();
+        let shutdown = self.state.app.shutdown_signal();
+        let watcher = graceful.map(|graceful| graceful.watcher());
+        let served = async move {
+            let _permit = permit;
+            if !first_byte_arrives(&stream, shutdown).await {
+                tracing::debug!(%peer, "closing a connection that sent nothing");
+                return;
             }
-            None => {
-                self.late.lock().expect("late connections lock poisoned").spawn(async move {
-                    let _ = connection.await;
-                    drop(permit);
-                });
-            }
+            let connection = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = match watcher {
+                Some(watcher) => watcher.watch(connection).await,
+                None => connection.await,
+            };
+        };
+        if graceful.is_some() {
+            tokio::spawn(served);
+        } else {
+            self.late.lock().expect("late connections lock poisoned").spawn(served);
         }
     }
 
@@ -357,6 +383,24 @@ impl Connections {
     async fn finish_late(&self, deadline: tokio::time::Instant) {
         let mut late = std::mem::take(&mut *self.late.lock().expect("late connections lock poisoned"));
         let _ = tokio::time::timeout_at(deadline, async { while late.join_next().await.is_some() {} }).await;
+    }
+}
+
+/// Waits for an accepted connection's first byte. False when the peer
+/// closed, or sent nothing within `HEAD_WAIT`, or within `DRAIN_MIN` of
+/// shutdown beginning: a socket that never speaks gives its
+/// `--connections-max` slot back (hyper's head timer starts only with a
+/// request's first byte).
+async fn first_byte_arrives(stream: &tokio::net::TcpStream, mut shutdown: tokio::sync::watch::Receiver<bool>) -> bool {
+    let drained = async {
+        let _ = shutdown.wait_for(|shutting_down| *shutting_down).await;
+        tokio::time::sleep(DRAIN_MIN).await;
+    };
+    let mut byte = [0u8; 1];
+    tokio::select! {
+        peeked = stream.peek(&mut byte) => matches!(peeked, Ok(read) if read > 0),
+        () = tokio::time::sleep(HEAD_WAIT) => false,
+        () = drained => false,
     }
 }
 
@@ -706,7 +750,11 @@ async fn handle_graphql(state: &HttpState, ip: IpAddr, headers: &HeaderMap, inpu
                 Ok(body) => body,
                 Err(BodyError::TooLarge) => {
                     let message = format!("the request body is larger than {} bytes", app.settings.body_bytes_max);
-                    return refused(StatusCode::PAYLOAD_TOO_LARGE, ApiError::BadUserInput(message), "rejected");
+                    // Its rest may be unread (announced, or past the drain).
+                    let (mut response, outcome) =
+                        refused(StatusCode::PAYLOAD_TOO_LARGE, ApiError::BadUserInput(message), "rejected");
+                    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    return (response, outcome);
                 }
                 Err(BodyError::Unreadable) => {
                     let message = "the request body could not be read".to_string();
@@ -723,6 +771,12 @@ async fn handle_graphql(state: &HttpState, ip: IpAddr, headers: &HeaderMap, inpu
             };
             if let Some(encoding) = content_encoding(headers) {
                 let message = format!("Content-Encoding {encoding} is not supported: send the body uncompressed");
+                return refused(StatusCode::UNSUPPORTED_MEDIA_TYPE, ApiError::BadUserInput(message), "rejected");
+            }
+            if let Some(coding) = transfer_coding(headers) {
+                let message = format!(
+                    "Transfer-Encoding {coding} is not supported: send the body uncompressed (chunked is fine)"
+                );
                 return refused(StatusCode::UNSUPPORTED_MEDIA_TYPE, ApiError::BadUserInput(message), "rejected");
             }
             if !is_json(headers) {
@@ -796,6 +850,8 @@ async fn handle_graphql(state: &HttpState, ip: IpAddr, headers: &HeaderMap, inpu
 /// would buffer the whole document first and, on a mistake, say only that
 /// it matched neither.
 fn body_request(body: &[u8]) -> Result<BatchRequest, String> {
+    // A byte order mark is not JSON, but RFC 8259 lets a reader skip it.
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     // serde names the type it expected; the client knows it as an object.
     let why = |error: serde_json::Error| error.to_string().replace("struct Request", "an operation object");
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
@@ -1108,6 +1164,21 @@ fn content_encoding(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header::CONTENT_ENCODING)?;
     let value = value.to_str().unwrap_or("(not text)").trim();
     (!value.is_empty() && !value.eq_ignore_ascii_case("identity")).then(|| value.to_string())
+}
+
+/// The body's transfer codings other than `chunked` (the framing, undone
+/// by hyper) and `identity`, if any: a `gzip, chunked` body would be
+/// misread as JSON otherwise.
+fn transfer_coding(headers: &HeaderMap) -> Option<String> {
+    let codings: Vec<&str> = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.to_str().unwrap_or("(not text)").split(','))
+        .map(str::trim)
+        .filter(|coding| !coding.is_empty())
+        .filter(|coding| !coding.eq_ignore_ascii_case("chunked") && !coding.eq_ignore_ascii_case("identity"))
+        .collect();
+    (!codings.is_empty()).then(|| codings.join(", "))
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
