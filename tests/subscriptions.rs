@@ -330,6 +330,11 @@ fn subscription_documents_are_validated_and_limited_with_codes() {
         json!({"e": stage.event}),
     );
     assert_eq!(ws.next_refusal_code("5"), "BAD_USER_INPUT", "one root field per subscription");
+    // The root field cannot be an introspection field; said once.
+    ws.subscribe("7", "subscription { __typename }", json!({}));
+    let refusal = ws.next();
+    assert_eq!((refusal["id"].as_str(), refusal["type"].as_str()), (Some("7"), Some("error")), "{refusal}");
+    assert_eq!(refusal["payload"].as_array().map(Vec::len), Some(1), "{refusal}");
 
     let (buyer, _) = register(&server, "buyer@example.com", "ATTENDEE");
     ws.subscribe("4", AVAILABILITY, json!({"e": stage.event}));

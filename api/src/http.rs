@@ -956,12 +956,17 @@ async fn run_completed(
     // should the response have failed fields.
     let query = match request.parsed_query() {
         Ok(_) => std::mem::take(&mut request.query),
-        Err(_) => return schema.execute(request).await,
+        Err(_) => {
+            let mut response = schema.execute(request).await;
+            drop_repeated_errors(&mut response);
+            return response;
+        }
     };
     if let Some(error) = unusable_variable_of(&mut request) {
         return GqlResponse::from_errors(vec![error]);
     }
     let mut response = schema.execute(request).await;
+    drop_repeated_errors(&mut response);
     if response.errors.iter().any(|error| !error.path.is_empty()) {
         // The kept parse of the text (a SOLD_OUT in a rush comes here), else
         // a new one.
@@ -972,6 +977,27 @@ async fn run_completed(
         }
     }
     response
+}
+
+/// Lists an error of the request as a whole (no path) once: async-graphql
+/// reports some documents twice, from two of its rules
+/// (`subscription { __typename }`).
+fn drop_repeated_errors(response: &mut GqlResponse) {
+    if response.errors.len() < 2 {
+        return;
+    }
+    let mut seen: Vec<(String, Vec<async_graphql::Pos>)> = Vec::new();
+    response.errors.retain(|error| {
+        if !error.path.is_empty() {
+            return true;
+        }
+        let key = (error.message.clone(), error.locations.clone());
+        let first = !seen.contains(&key);
+        if first {
+            seen.push(key);
+        }
+        first
+    });
 }
 
 /// Why a request was refused before it ran.
@@ -1373,6 +1399,7 @@ impl async_graphql::Executor for GuardedSchema {
                 } else if let Some(document) = &document {
                     field_types.complete(document, operation_name.as_deref(), &mut response);
                 }
+                drop_repeated_errors(&mut response);
                 add_missing_code(&mut response);
                 (response, changed.is_some())
             });
