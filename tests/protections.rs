@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
-use tungstenite::client::IntoClientRequest;
 
 fn post(server: &Server, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
     let mut all = vec![("Content-Type", "application/json")];
@@ -270,23 +269,16 @@ fn every_sign_in_pays_the_budget_aliased_or_over_a_websocket() {
     assert_eq!(code_of(&tried), "UNAUTHENTICATED", "{}", tried.text());
 
     // Over a WebSocket (from 127.0.0.1): refused by the eleventh.
-    let mut request = format!("ws://{}/graphql", server.addr).into_client_request().unwrap();
-    request.headers_mut().insert("Sec-WebSocket-Protocol", "graphql-transport-ws".parse().unwrap());
-    let stream = std::net::TcpStream::connect(&server.addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let (mut socket, _) = tungstenite::client(request, stream).expect("upgrade");
-    let mut send = |message: Value| socket.send(tungstenite::Message::text(message.to_string())).unwrap();
-    send(json!({"type": "connection_init", "payload": {}}));
-    let mut codes = Vec::new();
+    let mut ws = common::ws::Ws::connect(&server.addr, None).acknowledged();
     for n in 0..11 {
         let query = format!(
             "mutation {{ register(email: \"ws{n}@example.com\", password: \"password123\", name: \"W\") {{ token }} }}"
         );
-        send(json!({"id": n.to_string(), "type": "subscribe", "payload": {"query": query}}));
+        ws.subscribe(&n.to_string(), &query, json!({}));
     }
+    let mut codes = Vec::new();
     while codes.len() < 11 {
-        let tungstenite::Message::Text(text) = socket.read().unwrap() else { continue };
-        let message: Value = serde_json::from_str(&text).unwrap();
+        let message = ws.next();
         match message["type"].as_str() {
             Some("next") => {
                 codes.push(message["payload"]["errors"][0]["extensions"]["code"].as_str().unwrap_or("ok").to_string())
@@ -294,7 +286,8 @@ fn every_sign_in_pays_the_budget_aliased_or_over_a_websocket() {
             Some("error") => {
                 codes.push(message["payload"][0]["extensions"]["code"].as_str().unwrap_or("?").to_string())
             }
-            _ => {}
+            Some("complete") => {}
+            _ => panic!("unexpected {message}"),
         }
     }
     assert!(codes.iter().any(|code| code == "RATE_LIMITED"), "11 sign-ins over one socket: {codes:?}");

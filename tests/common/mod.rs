@@ -2,6 +2,8 @@
 //! an ephemeral loopback port and talk to it over real HTTP.
 #![allow(dead_code)]
 
+pub mod ws;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
