@@ -124,15 +124,17 @@ fn access_rules_for_events() {
     assert_eq!(data(server.gql(None, EVENT, json!({"id": event_id})))["event"], json!(null));
     assert_eq!(data(server.gql(None, EVENT, json!({"id": "4242"})))["event"], json!(null));
 
+    // Another organizer's draft is not there for them (as for `event(id)`:
+    // its existence is not told), an attendee may not organize at all.
     let rename = json!({"id": event_id, "input": {"title": "Mine now"}});
-    assert_eq!(error_code(&server.gql(Some(&rival), UPDATE, rename.clone())), "FORBIDDEN");
+    assert_eq!(error_code(&server.gql(Some(&rival), UPDATE, rename.clone())), "NOT_FOUND");
     assert_eq!(error_code(&server.gql(Some(&fan), UPDATE, rename.clone())), "FORBIDDEN");
-    assert_eq!(error_code(&server.gql(Some(&rival), PUBLISH, json!({"id": event_id}))), "FORBIDDEN");
-    assert_eq!(error_code(&server.gql(Some(&rival), CANCEL, json!({"id": event_id}))), "FORBIDDEN");
+    assert_eq!(error_code(&server.gql(Some(&rival), PUBLISH, json!({"id": event_id}))), "NOT_FOUND");
+    assert_eq!(error_code(&server.gql(Some(&rival), CANCEL, json!({"id": event_id}))), "NOT_FOUND");
     let ticket = json!({"name": "GA", "priceCents": 100, "currency": "EUR", "capacity": 5});
     assert_eq!(
         error_code(&server.gql(Some(&rival), ADD_TICKET_TYPE, json!({"id": event_id, "input": ticket}))),
-        "FORBIDDEN"
+        "NOT_FOUND"
     );
     assert_eq!(
         error_code(&server.gql(Some(&owner), UPDATE, json!({"id": "777", "input": {"title": "x"}}))),
@@ -155,6 +157,25 @@ fn access_rules_for_events() {
         json!([{"id": id(&second), "status": "PUBLISHED"}, {"id": event_id, "status": "DRAFT"}])
     );
     assert_eq!(data(server.gql(Some(&rival), my_events, json!({})))["myEvents"]["totalCount"], 0);
+    // A published event is there for everyone; managing it is its organizer's.
+    let published = json!({"id": id(&second), "input": {"title": "Mine now"}});
+    assert_eq!(error_code(&server.gql(Some(&rival), UPDATE, published)), "FORBIDDEN");
+
+    // A draft called off before it was published stays private: shown as
+    // CANCELLED to its organizer and admins, to nobody else; it cannot be
+    // published any more.
+    let withdrawn = create_event(&server, &owner, event_input("Secret tour", "2027-03-01T20:00:00Z", "Oslo", &[]));
+    data(server.gql(Some(&owner), CANCEL, json!({"id": id(&withdrawn)})));
+    let seen = |token: Option<&str>| data(server.gql(token, EVENT, json!({"id": id(&withdrawn)})))["event"].clone();
+    assert_eq!(seen(Some(&owner))["status"], "CANCELLED");
+    assert_eq!(seen(Some(&admin))["status"], "CANCELLED");
+    assert_eq!(seen(Some(&rival)), json!(null));
+    assert_eq!(seen(None), json!(null));
+    assert_eq!(error_code(&server.gql(Some(&rival), CANCEL, json!({"id": id(&withdrawn)}))), "NOT_FOUND");
+    assert_eq!(error_code(&server.gql(Some(&owner), PUBLISH, json!({"id": id(&withdrawn)}))), "CONFLICT");
+    // One cancelled after it was published stays public.
+    data(server.gql(Some(&owner), CANCEL, json!({"id": id(&second)})));
+    assert_eq!(data(server.gql(None, EVENT, json!({"id": id(&second)})))["event"]["status"], "CANCELLED");
 }
 
 #[test]

@@ -352,3 +352,48 @@ fn a_deleted_webhooks_deliveries_reach_no_later_webhook_and_none_hears_of_the_pa
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(failing.received().len(), attempts_before, "the deleted webhook's delivery is not retried");
 }
+
+/// A partner's webhook hears of every organizer's published events, never
+/// of a draft (its updates, or its withdrawal before it was published):
+/// what `event(id)` hides from the partner, no delivery tells it. The
+/// event's own organizer's webhook does hear of its drafts.
+#[test]
+fn a_partners_webhook_hears_nothing_of_drafts() {
+    let dir = TempDir::new("webhooks-drafts");
+    create_admin(dir.path(), "root@example.com");
+    let server = Server::start(dir.path(), &["--allow-private-webhooks"]);
+    let admin = login(&server, "root@example.com", "admin-password");
+    let (partner, partner_id) = register(&server, "partner@example.com", "ATTENDEE");
+    let set_role = "mutation($id: ID!) { setRole(userId: $id, role: PARTNER) { role } }";
+    assert_eq!(data(server.gql(Some(&admin), set_role, json!({"id": partner_id})))["setRole"]["role"], "PARTNER");
+    let (org, _) = register(&server, "org@example.com", "ORGANIZER");
+    let names = ["event.published", "event.updated", "event.cancelled"];
+    let partners = Receiver::start(&[]);
+    create_webhook(&server, &partner, &partners.url, &names);
+    let organizers = Receiver::start(&[]);
+    create_webhook(&server, &org, &organizers.url, &names);
+
+    let create = "mutation($input: CreateEventInput!) { createEvent(input: $input) { id } }";
+    let draft = |title: &str| {
+        let input = json!({"title": title, "startsAt": "2027-09-01T20:00:00Z", "city": "Lyon"});
+        data(server.gql(Some(&org), create, json!({"input": input})))["createEvent"]["id"].as_str().unwrap().to_string()
+    };
+    let update = "mutation($id: ID!, $title: String!) { updateEvent(id: $id, input: {title: $title}) { id } }";
+    let withdrawn = draft("Secret tour");
+    data(server.gql(Some(&org), update, json!({"id": withdrawn, "title": "Secret tour, edited"})));
+    data(server.gql(Some(&org), "mutation($id: ID!) { cancelEvent(id: $id) { id } }", json!({"id": withdrawn})));
+    let announced = draft("Announced tour");
+    data(server.gql(Some(&org), update, json!({"id": announced, "title": "Announced tour, edited"})));
+    data(server.gql(Some(&org), "mutation($id: ID!) { publishEvent(id: $id) { id } }", json!({"id": announced})));
+
+    // The organizer hears of all four changes; the partner of the publish
+    // only, which the outbox reads after the drafts' changes.
+    let heard = organizers.wait_for(4, Duration::from_secs(10));
+    assert_eq!(heard.len(), 4, "{:?}", heard.iter().map(|r| &r.body).collect::<Vec<_>>());
+    let got = partners.wait_for(1, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    let bodies: Vec<String> = partners.received().into_iter().map(|r| r.body).collect();
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    assert!(got[0].body.contains("\"event.published\"") && got[0].body.contains(&announced), "{bodies:?}");
+    assert!(!bodies.iter().any(|body| body.contains("Secret tour")), "{bodies:?}");
+}

@@ -393,7 +393,12 @@ mod tests {
     }
 
     fn status() -> impl Strategy<Value = EventStatus> {
-        prop_oneof![4 => Just(EventStatus::Published), 1 => Just(EventStatus::Draft), 1 => Just(EventStatus::Cancelled)]
+        prop_oneof![
+            4 => Just(EventStatus::Published),
+            1 => Just(EventStatus::Draft),
+            1 => Just(EventStatus::Cancelled),
+            1 => Just(EventStatus::Withdrawn)
+        ]
     }
 
     proptest! {

@@ -373,7 +373,7 @@ impl Graph {
     pub fn update_event(&self, id: EventId, changes: EventChanges) -> Result<Arc<Event>, Error> {
         let guard = self.writer();
         let mut event = Event::clone(&*self.event(id).ok_or(Error::NotFound("event"))?);
-        if event.status == EventStatus::Cancelled {
+        if event.status.is_cancelled() {
             return Err(Error::Conflict("event is cancelled and can no longer be changed".into()));
         }
         if let Some(title) = changes.title {
@@ -397,7 +397,9 @@ impl Graph {
         let event = self.event(id).ok_or(Error::NotFound("event"))?;
         match event.status {
             EventStatus::Published => Ok(event),
-            EventStatus::Cancelled => Err(Error::Conflict("event is cancelled and cannot be published".into())),
+            EventStatus::Cancelled | EventStatus::Withdrawn => {
+                Err(Error::Conflict("event is cancelled and cannot be published".into()))
+            }
             EventStatus::Draft => {
                 let event = Event { status: EventStatus::Published, ..Event::clone(&*event) };
                 self.save_event(guard, Record::EventPublished, event)
@@ -405,14 +407,17 @@ impl Graph {
         }
     }
 
-    /// Calls an event off; cancelling a cancelled event is a no-op.
+    /// Calls an event off; cancelling a cancelled event is a no-op. A
+    /// draft called off stays private (withdrawn).
     pub fn cancel_event(&self, id: EventId) -> Result<Arc<Event>, Error> {
         let guard = self.writer();
         let event = self.event(id).ok_or(Error::NotFound("event"))?;
-        if event.status == EventStatus::Cancelled {
-            return Ok(event);
-        }
-        let event = Event { status: EventStatus::Cancelled, ..Event::clone(&*event) };
+        let status = match event.status {
+            EventStatus::Cancelled | EventStatus::Withdrawn => return Ok(event),
+            EventStatus::Draft => EventStatus::Withdrawn,
+            EventStatus::Published => EventStatus::Cancelled,
+        };
+        let event = Event { status, ..Event::clone(&*event) };
         self.save_event(guard, Record::EventCancelled, event)
     }
 
@@ -467,7 +472,7 @@ impl Graph {
         };
         let guard = self.writer();
         let owner = self.event(event).ok_or(Error::NotFound("event"))?;
-        if owner.status == EventStatus::Cancelled {
+        if owner.status.is_cancelled() {
             return Err(Error::Conflict("event is cancelled; no ticket types can be added".into()));
         }
         if self.catalog().ticket_type_count(event) >= rules::TICKET_TYPES_PER_EVENT_MAX {

@@ -33,6 +33,22 @@ pub enum EventStatus {
     Published,
     /// Called off; nothing more can be sold or changed.
     Cancelled,
+    /// Cancelled before it was ever published: as private as a draft, and
+    /// shown as CANCELLED. (Last, so that stores written before it still
+    /// read.)
+    Withdrawn,
+}
+
+impl EventStatus {
+    /// Seen only by its organizer and admins: never published.
+    pub fn is_private(self) -> bool {
+        matches!(self, EventStatus::Draft | EventStatus::Withdrawn)
+    }
+
+    /// Called off, published before or not.
+    pub fn is_cancelled(self) -> bool {
+        matches!(self, EventStatus::Cancelled | EventStatus::Withdrawn)
+    }
 }
 
 /// A registered account.

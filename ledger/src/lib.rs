@@ -176,7 +176,7 @@ impl Ledger {
         for booking in self.graph.bookings()? {
             let booking = booking?;
             counter_max = counter_max.max(booking.id.0 >> 8);
-            if booking.takes_seats() && self.graph.event_status(booking.event) == Some(EventStatus::Cancelled) {
+            if booking.takes_seats() && self.graph.event_status(booking.event).is_some_and(EventStatus::is_cancelled) {
                 cancelled_events.insert(booking.event);
             }
             self.keys_of(booking.user)
@@ -330,7 +330,9 @@ impl Ledger {
         match self.graph.event_status(stock.event) {
             Some(EventStatus::Published) => {}
             Some(EventStatus::Draft) => return Err(Error::Conflict("the event is not on sale yet (DRAFT)".into())),
-            Some(EventStatus::Cancelled) => return Err(Error::Conflict("the event is cancelled".into())),
+            Some(EventStatus::Cancelled | EventStatus::Withdrawn) => {
+                return Err(Error::Conflict("the event is cancelled".into()))
+            }
             None => return Err(Error::NotFound("event")),
         }
         if request.quantity > stock.available() {

@@ -2,8 +2,9 @@
 //!
 //! For each log record named booking.confirmed, booking.cancelled,
 //! event.published, event.updated or event.cancelled, every active webhook
-//! subscribed to it, allowed to see it (admins' and partners' webhooks
-//! see every event, organizers' only events they organize) and made before
+//! subscribed to it, allowed to see it (admins' webhooks see every event,
+//! partners' every event but drafts and drafts withdrawn, organizers' only
+//! events they organize) and made before
 //! it gets a delivery row. A deleted webhook's rows go with it, and its id
 //! is never given to another webhook. The worker POSTs the JSON body
 //! `{"id","event","createdAt","data"}` with `X-Marquee-Event`, `X-Marquee-Delivery` (the same on every attempt)
@@ -138,17 +139,29 @@ impl Outbox {
         Ok(())
     }
 
-    /// Whether `webhook`'s owner may see changes of `organizer`'s event.
-    fn may_see(&self, webhook: &Webhook, organizer: UserId) -> bool {
+    /// Whether `webhook`'s owner may see a change of `organizer`'s event
+    /// (partners not of a private one: a draft, or one withdrawn before it
+    /// was published).
+    fn may_see(&self, webhook: &Webhook, about: &About) -> bool {
         match self.graph.user(webhook.owner) {
-            Ok(Some(owner)) => matches!(owner.role, Role::Admin | Role::Partner) || owner.id == organizer,
+            Ok(Some(owner)) => {
+                owner.role == Role::Admin
+                    || owner.id == about.organizer
+                    || (owner.role == Role::Partner && !about.private)
+            }
             _ => false,
         }
     }
 }
 
-/// The `data` of a record's delivery, and the organizer of its event.
-fn payload(graph: &Graph, record: &Record) -> Option<(serde_json::Value, UserId)> {
+/// Whose event a delivery is about, and whether it is private.
+struct About {
+    organizer: UserId,
+    private: bool,
+}
+
+/// The `data` of a record's delivery, and whose event it is about.
+fn payload(graph: &Graph, record: &Record) -> Option<(serde_json::Value, About)> {
     match record {
         Record::BookingConfirmed(b) | Record::BookingCancelled(b) => {
             let event = graph.event(b.event)?;
@@ -161,13 +174,13 @@ fn payload(graph: &Graph, record: &Record) -> Option<(serde_json::Value, UserId)
                 "quantity": b.quantity,
                 "totalCents": u64::from(b.quantity) * u64::from(b.unit_price_cents),
             });
-            Some((data, event.organizer))
+            Some((data, About { organizer: event.organizer, private: event.status.is_private() }))
         }
         Record::EventPublished(e) | Record::EventUpdated(e) | Record::EventCancelled(e) => {
             let status = match e.status {
                 graph::model::EventStatus::Draft => "DRAFT",
                 graph::model::EventStatus::Published => "PUBLISHED",
-                graph::model::EventStatus::Cancelled => "CANCELLED",
+                graph::model::EventStatus::Cancelled | graph::model::EventStatus::Withdrawn => "CANCELLED",
             };
             let data = serde_json::json!({
                 "id": e.id.to_string(),
@@ -178,7 +191,7 @@ fn payload(graph: &Graph, record: &Record) -> Option<(serde_json::Value, UserId)
                 "endsAt": e.ends_at_ms.map(|at| DateTime(at).to_rfc3339()),
                 "tags": e.tags,
             });
-            Some((data, e.organizer))
+            Some((data, About { organizer: e.organizer, private: e.status.is_private() }))
         }
         _ => None,
     }
@@ -203,13 +216,13 @@ impl Reader for Outbox {
         if webhooks.is_empty() {
             return Ok(());
         }
-        let Some((data, organizer)) = payload(&self.graph, &entry.record) else { return Ok(()) };
+        let Some((data, about)) = payload(&self.graph, &entry.record) else { return Ok(()) };
         for webhook in webhooks {
             let row = delivery_key(webhook.id, entry.seq);
             // The reader runs behind the log, and the webhooks are today's:
             // one made after the change does not hear of it.
             let made_after = webhook.created_at_ms > entry.at_ms;
-            if made_after || !self.may_see(&webhook, organizer) || rows.get(&row)?.is_some() {
+            if made_after || !self.may_see(&webhook, &about) || rows.get(&row)?.is_some() {
                 continue;
             }
             let id = format!("{}-{}", entry.seq, webhook.id);

@@ -8,7 +8,7 @@ use graph::model::{self, Role};
 use graph::{EventChanges, EventPage, EventQuery, NewEvent, NewTicketType};
 
 use super::identity::UserObject;
-use super::{acts_for_event, app, blocking, page_size, parse_id, viewer, DateTime};
+use super::{acts_for_event, app, blocking, page_size, parse_id, viewer, DateTime, Viewer};
 use crate::error::{ApiError, ApiResult};
 
 /// Where an event is in its life.
@@ -28,7 +28,7 @@ impl From<model::EventStatus> for EventStatus {
         match status {
             model::EventStatus::Draft => EventStatus::Draft,
             model::EventStatus::Published => EventStatus::Published,
-            model::EventStatus::Cancelled => EventStatus::Cancelled,
+            model::EventStatus::Cancelled | model::EventStatus::Withdrawn => EventStatus::Cancelled,
         }
     }
 }
@@ -302,10 +302,20 @@ fn managed_event(ctx: &Context<'_>, field: &str, id: &ID, action: &str) -> ApiRe
     let user = viewer(ctx).require_role(ORGANIZING, action)?;
     let id: EventId = parse_id(field, id)?;
     let event = app(ctx).graph.event(id).ok_or_else(|| ApiError::NotFound("no such event".into()))?;
+    // Another organizer's draft is not there for them, as in `event(id)`.
+    if !may_see_event(viewer(ctx), &event) {
+        return Err(ApiError::NotFound("no such event".into()));
+    }
     if !acts_for_event(user, &event) {
         return Err(ApiError::Forbidden(format!("{action}: only the event's organizer or an admin may do this")));
     }
     Ok(event)
+}
+
+/// Whether `viewer` may see `event`: a private one (a draft, or one
+/// cancelled before it was published) only its organizer and admins.
+pub(crate) fn may_see_event(viewer: &Viewer, event: &model::Event) -> bool {
+    !event.status.is_private() || viewer.is_admin() || viewer.user().is_some_and(|user| user.id == event.organizer)
 }
 
 #[derive(Default)]
@@ -313,17 +323,14 @@ pub struct EventsQuery;
 
 #[Object]
 impl EventsQuery {
-    /// An event by id. DRAFT events: only their organizer and admins.
+    /// An event by id. DRAFT events (and drafts cancelled before they were
+    /// published): only their organizer and admins.
     async fn event(&self, ctx: &Context<'_>, id: ID) -> ApiResult<Option<EventObject>> {
         let id: EventId = parse_id("id", &id)?;
         let Some(event) = app(ctx).graph.event(id) else {
             return Ok(None);
         };
-        let viewer = viewer(ctx);
-        let visible = event.status != model::EventStatus::Draft
-            || viewer.is_admin()
-            || viewer.user().is_some_and(|user| user.id == event.organizer);
-        Ok(visible.then_some(EventObject(event)))
+        Ok(may_see_event(viewer(ctx), &event).then_some(EventObject(event)))
     }
 
     /// PUBLISHED events, by startsAt then id.

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use async_graphql::futures_util::stream::{self, Stream};
 use async_graphql::{Context, SimpleObject, Subscription, ID};
 use graph::ids::{EventId, TicketTypeId};
-use graph::model::{EventStatus, Role};
 
 use super::events::EventObject;
 use super::notifications::NotificationObject;
@@ -75,10 +74,7 @@ pub struct AvailabilityUpdate {
 fn visible_event(ctx: &Context<'_>, id: &ID) -> ApiResult<Arc<graph::model::Event>> {
     let id: EventId = parse_id("eventId", id)?;
     let event = app(ctx).graph.event(id).ok_or_else(|| ApiError::NotFound("no such event".into()))?;
-    let viewer = viewer(ctx);
-    let may_see = event.status != EventStatus::Draft
-        || viewer.user().is_some_and(|user| user.id == event.organizer || user.role == Role::Admin);
-    if !may_see {
+    if !super::events::may_see_event(viewer(ctx), &event) {
         return Err(ApiError::NotFound("no such event".into()));
     }
     Ok(event)
