@@ -275,7 +275,16 @@ async fn run_server(config: &ServeConfig, graph: Arc<Graph>, ledger: Arc<ledger:
     };
     spawn_hold_reaper(ledger.clone());
     let app = Arc::new(api::App::new(graph, ledger, settings).map_err(Failure::Runtime)?);
-    let shutdown = shutdown_signal()?;
+    let signalled = shutdown_signal()?;
+    let mut storage = app.storage_failure();
+    let shutdown = async move {
+        tokio::select! {
+            () = signalled => {}
+            _ = storage.wait_for(|failed| *failed) => {
+                tracing::error!("a storage write failed: stopping, so that a restart recovers the acknowledged state");
+            }
+        }
+    };
     tracing::info!(%address, data_dir = %config.store.data_dir.display(), "marquee serving");
     // Tests and scripts read the bound address (port 0 picks one) from this line.
     println!("marquee listening on http://{address}");
@@ -283,8 +292,15 @@ async fn run_server(config: &ServeConfig, graph: Arc<Graph>, ledger: Arc<ledger:
     let served = api::serve(listener, app.clone(), shutdown).await;
     // The readers finish their current batches; their checkpoints are
     // written with the final flush.
+    let store_failed = !app.graph.store().is_healthy();
     tokio::task::spawn_blocking(move || app.readers.stop()).await.ok();
-    served.map_err(|e| Failure::Runtime(format!("server failed: {e}")))
+    served.map_err(|e| Failure::Runtime(format!("server failed: {e}")))?;
+    if store_failed {
+        // Exit 1: the supervisor (systemd's Restart=on-failure) starts it
+        // again, and start-up recovers what was acknowledged.
+        return Err(Failure::Runtime("stopped after a storage write failed; start again to recover".into()));
+    }
+    Ok(())
 }
 
 /// A future that completes on SIGINT or SIGTERM. The handlers are installed

@@ -243,3 +243,79 @@ fn acknowledged_bookings_survive_sigkill_under_load() {
     let server = Server::start(dir.path(), UNLIMITED);
     verify(&server, &shop, &acked);
 }
+
+/// A storage write that fails (here: the process may not grow its files
+/// past a few megabytes, as on a full disk) is never acknowledged: the
+/// booking in flight gets UNAVAILABLE, and the server stops with exit code
+/// 1 so that its supervisor starts it again, instead of serving state that
+/// memory holds and the disk does not. Started again, it holds exactly the
+/// acknowledged bookings.
+#[test]
+fn a_failed_storage_write_stops_the_server_and_a_restart_holds_exactly_what_was_acknowledged() {
+    let dir = TempDir::new("storage-failure");
+    let server = Server::start(dir.path(), UNLIMITED);
+    let shop = open_shop(&server);
+    let (org, _) = register(&server, "big@example.com", "ORGANIZER");
+    let ticket = general_admission(1000, 1_000_000);
+    let (event, ticket_type) = event_with_tickets(&server, &org, "Big gig", "2027-06-01T20:00:00Z", ticket, true);
+    assert_eq!(server.stop(), Some(0));
+
+    // Writes past 2 MB fail with EFBIG (SIGXFSZ ignored, as the shell's
+    // `trap ''` leaves it for the program it execs).
+    let script = r#"trap '' XFSZ; exec prlimit --fsize=2000000 "$@""#;
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", script, "sh", binary(), "serve", "--listen", "127.0.0.1:0", "--cache-mb", "16"])
+        .args(["--shutdown-grace", "2s", "--rate-limit-token", "0", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("MARQUEE_LISTEN")
+        .env_remove("MARQUEE_DATA_DIR")
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut server = Server::spawn(command);
+    let mut acknowledged: Vec<(String, i64)> = Vec::new();
+    let mut refusal = None;
+    for n in 0..200_000 {
+        let input = json!({"input": {"ticketTypeId": ticket_type, "quantity": 1, "idempotencyKey": format!("k{n}")}});
+        let Ok(response) = try_gql(&server.addr, Some(&shop.buyers[n % BUYERS]), BOOK, input) else { break };
+        if response["data"]["bookTickets"]["status"] == "CONFIRMED" {
+            acknowledged.push((response["data"]["bookTickets"]["id"].as_str().unwrap().to_string(), 1));
+            continue;
+        }
+        refusal = Some(response);
+        break;
+    }
+    let refusal = refusal.expect("a booking was refused once storage failed");
+    assert_eq!(error_code(&refusal), "UNAVAILABLE", "{refusal}");
+    assert!(!refusal.to_string().contains("EFBIG") && !refusal.to_string().contains("sled"), "{refusal}");
+    // The server stops by itself, with exit code 1.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "the server kept running after its storage failed");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(1));
+    assert!(!acknowledged.is_empty(), "some bookings were made before the store failed");
+
+    // Started again (without the limit): exactly the acknowledged bookings.
+    let server = Server::start(dir.path(), UNLIMITED);
+    let mine = "{ myBookings { id status quantity } }";
+    let mut stored = HashMap::new();
+    for buyer in &shop.buyers {
+        for booking in data(server.gql(Some(buyer), mine, json!({})))["myBookings"].as_array().unwrap() {
+            stored.insert(booking["id"].as_str().unwrap().to_string(), booking["status"].clone());
+        }
+    }
+    for (id, _) in &acknowledged {
+        assert_eq!(stored.get(id), Some(&json!("CONFIRMED")), "acknowledged booking {id}");
+    }
+    let sold = data(server.gql(None, "query($e: ID!) { event(id: $e) { ticketTypes { sold } } }", json!({"e": event})));
+    let sold = sold["event"]["ticketTypes"][0]["sold"].as_i64().unwrap();
+    assert_eq!(sold, stored.len() as i64, "sold counts the stored bookings, each of one seat");
+    assert!(stored.len() <= acknowledged.len() + 1, "at most the one refused booking was stored beyond them");
+}

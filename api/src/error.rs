@@ -74,6 +74,14 @@ impl ApiError {
         ApiError::BadUserInput(format!("{field}: {reason}"))
     }
 
+    /// A write that storage could not make durable: not acknowledged, and
+    /// the server restarts to recover.
+    pub fn storage_failed() -> ApiError {
+        ApiError::Unavailable(
+            "storage failed; the change was not made and the server is restarting: retry shortly".into(),
+        )
+    }
+
     /// The caller must sign in.
     pub fn sign_in() -> ApiError {
         ApiError::Unauthenticated("sign in first: send Authorization: Bearer <token>".into())
@@ -87,6 +95,12 @@ impl From<graph::Error> for ApiError {
             graph::Error::EmailTaken => ApiError::Conflict(error.to_string()),
             graph::Error::NotFound(_) => ApiError::NotFound(error.to_string()),
             graph::Error::Conflict(why) => ApiError::Conflict(why),
+            // The store refuses writes after one failed, and the server is
+            // stopping so that a restart recovers: worth a retry.
+            graph::Error::Storage(_) => {
+                tracing::debug!(error = %error, "graph operation refused: storage failed");
+                ApiError::storage_failed()
+            }
             internal => {
                 tracing::error!(error = %internal, "graph operation failed");
                 ApiError::Internal

@@ -221,6 +221,8 @@ pub struct App {
     lifecycle: http::Lifecycle,
     /// Requests waiting for a flush, woken by the flushes that cover them.
     durable: Arc<durable::DurableWaiters>,
+    /// Becomes true when a storage write fails.
+    storage_failed: tokio::sync::watch::Sender<bool>,
 }
 
 impl App {
@@ -230,6 +232,13 @@ impl App {
         let durable = Arc::new(durable::DurableWaiters::default());
         let announce = durable.clone();
         graph.store().watch_durable(Box::new(move |seq, healthy| announce.announce(seq, healthy)));
+        let storage_failed = tokio::sync::watch::Sender::new(false);
+        let failed = storage_failed.clone();
+        graph.store().watch_durable(Box::new(move |_, healthy| {
+            if !healthy {
+                failed.send_replace(true);
+            }
+        }));
         let metrics = Arc::new(metrics::Metrics::default());
         let readers = Readers::start(&graph, &ledger, &settings, &metrics)?;
         let limits = RateLimits::new(&settings);
@@ -245,6 +254,7 @@ impl App {
             parsed: limits::ParsedQueries::new(PARSED_QUERIES_MAX),
             lifecycle: http::Lifecycle::default(),
             durable,
+            storage_failed,
         })
     }
 
@@ -269,15 +279,25 @@ impl App {
         self.lifecycle.signal().subscribe()
     }
 
+    /// Becomes true when a storage write fails: the store refuses writes
+    /// from then on, and memory may be ahead of the disk, so the server
+    /// stops (and its supervisor starts it again: start-up recovers exactly
+    /// the acknowledged state).
+    pub fn storage_failure(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.storage_failed.subscribe()
+    }
+
     /// Waits, without holding a thread, until a logged change is durable,
     /// then returns it: the acknowledgement point of every ledger write.
+    /// UNAVAILABLE when storage failed first: the change is not
+    /// acknowledged (the store logged why, once).
     pub async fn settle<T>(&self, logged: ledger::Logged<T>) -> ApiResult<T> {
         let store = self.graph.store();
         if store.durable_seq() < logged.seq {
             store.request_flush();
             if !self.durable.wait_for(logged.seq).await {
-                tracing::error!(seq = logged.seq, "a logged change could not be made durable");
-                return Err(ApiError::Internal);
+                tracing::debug!(seq = logged.seq, "a logged change could not be made durable");
+                return Err(ApiError::storage_failed());
             }
         }
         Ok(logged.value)

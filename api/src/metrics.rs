@@ -34,6 +34,8 @@ pub struct Metrics {
     pub webhooks_retried: AtomicU64,
     /// Webhook deliveries given up after their last attempt.
     pub webhooks_given_up: AtomicU64,
+    /// Bookings made in memory whose flush failed: never acknowledged.
+    pub bookings_not_durable: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -48,6 +50,7 @@ impl Default for Metrics {
             webhooks_delivered: AtomicU64::new(0),
             webhooks_retried: AtomicU64::new(0),
             webhooks_given_up: AtomicU64::new(0),
+            bookings_not_durable: AtomicU64::new(0),
         }
     }
 }
@@ -290,7 +293,7 @@ fn render_counters(out: &mut String, name: &str, help: &str, label: &str, values
 
 fn render_bookings(out: &mut String, app: &App) {
     let outcomes = app.ledger.outcomes();
-    let values: BTreeMap<String, u64> = [
+    let mut values: BTreeMap<String, u64> = [
         ("booked", &outcomes.booked),
         ("replayed", &outcomes.replayed),
         ("sold_out", &outcomes.sold_out),
@@ -300,6 +303,13 @@ fn render_bookings(out: &mut String, app: &App) {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.load(Ordering::Relaxed)))
     .collect();
+    // A booking counts as booked once acknowledged: one whose flush failed
+    // is counted apart.
+    let not_durable = app.metrics.bookings_not_durable.load(Ordering::Relaxed);
+    if let Some(booked) = values.get_mut("booked") {
+        *booked = booked.saturating_sub(not_durable);
+    }
+    values.insert("not_durable".to_string(), not_durable);
     render_counters(out, "marquee_bookings_total", "Booking attempts by outcome.", "outcome", &values);
 }
 

@@ -181,7 +181,13 @@ impl BookingsMutation {
             ledger::Error::Invalid { field, reason } => ApiError::bad_input(&format!("input.{field}"), reason),
             other => other.into(),
         })?;
-        Ok(BookingObject(app.settle(logged).await?))
+        match app.settle(logged).await {
+            Ok(booking) => Ok(BookingObject(booking)),
+            Err(error) => {
+                app.metrics.bookings_not_durable.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Err(error)
+            }
+        }
     }
 
     /// Confirms the viewer's HELD booking: tickets are issued.
