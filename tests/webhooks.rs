@@ -397,3 +397,30 @@ fn a_partners_webhook_hears_nothing_of_drafts() {
     assert!(got[0].body.contains("\"event.published\"") && got[0].body.contains(&announced), "{bodies:?}");
     assert!(!bodies.iter().any(|body| body.contains("Secret tour")), "{bodies:?}");
 }
+
+/// An endpoint that never answers holds only a few of the delivery
+/// worker's slots: another account's webhook is served on time meanwhile.
+#[test]
+fn a_webhook_that_never_answers_does_not_hold_up_the_others() {
+    let dir = TempDir::new("webhooks-slow");
+    let server = Server::start(dir.path(), &["--allow-private-webhooks", "--webhook-timeout", "8s"]);
+    let slow_shop = open_shop(&server, "slow@example.com");
+    let quick_shop = open_shop(&server, "quick@example.com");
+    let silent = Receiver::start(&[Reply::Hang(Duration::from_secs(8)); 100]);
+    create_webhook(&server, &slow_shop.org, &silent.url, &["booking.confirmed"]);
+    let quick = Receiver::start(&[]);
+    create_webhook(&server, &quick_shop.org, &quick.url, &["booking.confirmed"]);
+    let (fan, _) = register(&server, "fan@example.com", "ATTENDEE");
+    for n in 0..40 {
+        book(&server, &fan, &slow_shop.ticket_type, &format!("slow-{n}"));
+    }
+    silent.wait_for(1, Duration::from_secs(10));
+    let started = Instant::now();
+    for n in 0..10 {
+        book(&server, &fan, &quick_shop.ticket_type, &format!("quick-{n}"));
+    }
+    quick.wait_for(10, Duration::from_secs(4));
+    assert!(started.elapsed() < Duration::from_secs(4), "quick deliveries took {:?}", started.elapsed());
+    let held = silent.received().len();
+    assert!(held <= 4, "the silent endpoint holds {held} deliveries at once");
+}

@@ -22,7 +22,7 @@
 //! Rows (reader 3): `d|webhook|seq` a delivery; `q|due ms|webhook|seq` the
 //! due queue of pending deliveries.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,11 +47,16 @@ pub const ATTEMPTS_MAX: u32 = 20;
 /// The longest wait between two attempts.
 pub const RETRY_DELAY_MAX_MS: i64 = 2 * 3600 * 1000;
 /// Deliveries in flight at once.
-pub const CONCURRENT_DELIVERIES_MAX: usize = 16;
+pub const CONCURRENT_DELIVERIES_MAX: usize = 64;
+/// Deliveries of one webhook in flight at once: an endpoint slow to answer
+/// (or never answering) holds at most these of the worker's slots, and the
+/// other webhooks' deliveries go on.
+pub const WEBHOOK_IN_FLIGHT_MAX: usize = 4;
 /// Longest URL accepted.
 pub const URL_CHARS_MAX: usize = 2048;
-/// Deliveries the worker picks up per scan of the due queue.
-const DUE_SCAN_MAX: usize = 256;
+/// Deliveries the worker picks up per scan of the due queue, and most
+/// picked up (in flight, or waiting for a slot) at once.
+const DUE_SCAN_MAX: usize = 4096;
 
 const DELIVERY: u8 = b'd';
 const DUE: u8 = b'q';
@@ -383,8 +388,14 @@ pub struct Deliverer {
     metrics: Arc<crate::metrics::Metrics>,
     client: reqwest::Client,
     settings: DeliverySettings,
+    /// (webhook, seq) of the deliveries picked up: in flight, or waiting
+    /// for a slot.
     in_flight: Mutex<HashSet<(u64, u64)>>,
+    /// Slots of all webhooks: [`CONCURRENT_DELIVERIES_MAX`].
     permits: Arc<tokio::sync::Semaphore>,
+    /// Slots of each webhook: [`WEBHOOK_IN_FLIGHT_MAX`], taken before one of
+    /// `permits`, so a slow endpoint's deliveries wait on its own.
+    webhook_permits: Mutex<HashMap<u64, Arc<tokio::sync::Semaphore>>>,
 }
 
 impl Deliverer {
@@ -411,6 +422,7 @@ impl Deliverer {
             settings,
             in_flight: Mutex::new(HashSet::new()),
             permits: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_DELIVERIES_MAX)),
+            webhook_permits: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -428,7 +440,9 @@ impl Deliverer {
         }
     }
 
-    /// Starts a task for each due delivery not already in flight.
+    /// Starts a task for each due delivery not already in flight, oldest
+    /// first, up to [`CONCURRENT_DELIVERIES_MAX`] in all and
+    /// [`WEBHOOK_IN_FLIGHT_MAX`] per webhook.
     fn dispatch_due(self: Arc<Self>) -> Result<(), graph::Error> {
         let rows = self.graph.store().reader(Outbox::ID);
         let now = graph::now_ms();
@@ -438,16 +452,30 @@ impl Deliverer {
             if due_ms as i64 > now {
                 break;
             }
-            if !self.in_flight.lock().expect("in-flight lock poisoned").insert((webhook, seq)) {
-                continue;
+            {
+                let mut in_flight = self.in_flight.lock().expect("in-flight lock poisoned");
+                if in_flight.len() >= DUE_SCAN_MAX {
+                    break;
+                }
+                if !in_flight.insert((webhook, seq)) {
+                    continue;
+                }
             }
+            let own = self
+                .webhook_permits
+                .lock()
+                .expect("webhook permits lock poisoned")
+                .entry(webhook)
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(WEBHOOK_IN_FLIGHT_MAX)))
+                .clone();
             let deliverer = self.clone();
             tokio::spawn(async move {
-                let permit = deliverer.permits.clone().acquire_owned().await;
+                let own = own.acquire_owned().await;
+                let shared = deliverer.permits.clone().acquire_owned().await;
                 if let Err(error) = deliverer.attempt(WebhookId(webhook), seq, due).await {
                     tracing::error!(%error, webhook, seq, "webhook delivery bookkeeping failed");
                 }
-                drop(permit);
+                drop((shared, own));
                 deliverer.in_flight.lock().expect("in-flight lock poisoned").remove(&(webhook, seq));
             });
         }
