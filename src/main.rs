@@ -111,8 +111,8 @@ enum UserCommand {
         /// File with one account id per line.
         #[arg(long, value_name = "FILE")]
         ids_from: Option<std::path::PathBuf>,
-        /// How long the token is valid, e.g. 15m, 2h.
-        #[arg(long, default_value = "1h", value_parser = config::parse_duration)]
+        /// How long the token is valid, e.g. 15m, 2h (1m to 366d, as --token-ttl).
+        #[arg(long, default_value = "1h", value_parser = token_ttl)]
         ttl: Duration,
     },
 }
@@ -170,6 +170,63 @@ fn open_graph(store: &StoreConfig) -> Result<Graph, Failure> {
     Graph::open(&store.data_dir, options).map_err(|e| Failure::Runtime(format!("cannot open data directory: {e}")))
 }
 
+/// A `user token --ttl`: a duration within the bounds of `--token-ttl`.
+fn token_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = config::parse_duration(text)?;
+    if !(Duration::from_secs(60)..=Duration::from_secs(366 * 24 * 3600)).contains(&ttl) {
+        return Err(format!("{text:?} is not between 1m and 366d (the bounds of --token-ttl)"));
+    }
+    Ok(ttl)
+}
+
+/// Whether `data_dir` holds a store (a server or command has used it).
+fn holds_store(data_dir: &std::path::Path) -> bool {
+    data_dir.join("db").is_dir()
+}
+
+/// The store a `user` command works on: an existing one, or (`create_new`,
+/// for the first admin before the first start) a new one, said so. Run as
+/// root on a directory someone else owns (the service's user), it refuses:
+/// the files it would write would belong to root, and the server could not
+/// open them.
+fn open_for_command(store: &StoreArgs, create_new: bool) -> Result<Graph, Failure> {
+    let store = StoreConfig::resolve(store).map_err(Failure::Config)?;
+    let shown = std::path::absolute(&store.data_dir).unwrap_or_else(|_| store.data_dir.clone());
+    if let Some(owner) = foreign_owner(&store.data_dir) {
+        return Err(Failure::Config(format!(
+            "{} belongs to uid {owner}, and this runs as root: run it as that user (e.g. `sudo -u marquee marquee user ...`), or the server could not open the files it writes",
+            shown.display()
+        )));
+    }
+    let new = !holds_store(&store.data_dir);
+    if new && !create_new {
+        return Err(Failure::Config(format!(
+            "{} holds no store: give the server's data directory with --data-dir (or --config)",
+            shown.display()
+        )));
+    }
+    let graph = open_graph(&store)?;
+    if new {
+        eprintln!("marquee: {} held no store; started a new one there", shown.display());
+    }
+    Ok(graph)
+}
+
+/// The owner of `dir` when this process runs as root and `dir` belongs to
+/// another user.
+fn foreign_owner(dir: &std::path::Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(dir).ok()?.uid();
+    (effective_uid() == Some(0) && owner != 0).then_some(owner)
+}
+
+/// This process's effective user id, from /proc/self/status.
+fn effective_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
 fn serve(args: &ServeArgs) -> Result<(), Failure> {
     let config = ServeConfig::resolve(args).map_err(Failure::Config)?;
     let logs = init_logging(config.log_format)?;
@@ -179,7 +236,13 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
 }
 
 fn serve_with(config: &ServeConfig) -> Result<(), Failure> {
+    let new = !holds_store(&config.store.data_dir);
     let graph = Arc::new(open_graph(&config.store)?);
+    if new {
+        // A first start, or a mistyped path or missing mount: say which directory.
+        let dir = std::path::absolute(&config.store.data_dir).unwrap_or_else(|_| config.store.data_dir.clone());
+        tracing::warn!(data_dir = %dir.display(), "the data directory held no store: starting with an empty one");
+    }
     let options = ledger::Options { shards: config.ledger_shards, hold_ttl_ms: millis(config.hold_ttl), durable: true };
     let ledger = ledger::Ledger::open(graph.clone(), options)
         .map_err(|e| Failure::Runtime(format!("cannot recover the ticket ledger: {e}")))?;
@@ -343,21 +406,21 @@ fn user(command: UserCommand) -> Result<(), Failure> {
             let password = read_password()?;
             graph::rules::password(&password).map_err(|e| Failure::Config(e.to_string()))?;
             let hash = api::auth::hash_password(&password).map_err(|_| Failure::Runtime("hashing failed".into()))?;
-            let graph = open_graph(&StoreConfig::resolve(&store).map_err(Failure::Config)?)?;
+            let graph = open_for_command(&store, true)?;
             let user =
                 graph.register(&email, &name, role.into(), Some(hash)).map_err(|e| Failure::Runtime(e.to_string()))?;
             println!("created user {} <{}> with role {:?}", user.id, user.email, user.role);
             Ok(())
         }
         UserCommand::SetRole { store, email, role } => {
-            let graph = open_graph(&StoreConfig::resolve(&store).map_err(Failure::Config)?)?;
+            let graph = open_for_command(&store, false)?;
             let user = find_user(&graph, &email)?;
             let user = graph.set_role(user.id, role.into()).map_err(|e| Failure::Runtime(e.to_string()))?;
             println!("user {} <{}> now has role {:?}", user.id, user.email, user.role);
             Ok(())
         }
         UserCommand::Token { store, email, id, ids_from, ttl } => {
-            let graph = open_graph(&StoreConfig::resolve(&store).map_err(Failure::Config)?)?;
+            let graph = open_for_command(&store, false)?;
             if let Some(path) = ids_from {
                 return mint_tokens(&graph, &path, millis(ttl));
             }

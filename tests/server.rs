@@ -1263,6 +1263,55 @@ fn cli_token_works_as_a_bearer_token() {
     assert_eq!(server.stop(), Some(0));
 }
 
+/// The `user` commands refuse what would go wrong silently: a data
+/// directory with no store (a mistyped path, or the default `./data` where
+/// the service's directory was meant) for anything but creating an
+/// account, a token lifetime outside `--token-ttl`'s bounds, and, run as
+/// root, a directory the service's user owns (the files root would write
+/// there, the server could not open).
+#[test]
+fn cli_user_commands_refuse_a_missing_store_a_wild_ttl_and_roots_files_in_the_services_directory() {
+    let dir = TempDir::new("cliguard");
+    let missing = dir.path().join("typo");
+    let mut token = marquee(&["user", "token", "--email", "a@example.com", "--cache-mb", "16", "--data-dir"]);
+    token.arg(&missing);
+    let refused = run(token, b"");
+    assert_eq!(refused.code, Some(2), "stderr: {}", refused.stderr);
+    assert!(refused.stderr.contains("holds no store"), "{}", refused.stderr);
+    let mut set_role = marquee(&["user", "set-role", "--email", "a@example.com", "--role", "admin", "--data-dir"]);
+    set_role.arg(&missing);
+    assert_eq!(run(set_role, b"").code, Some(2));
+    assert!(!missing.exists(), "a refused command created the directory");
+
+    // Creating the first account may start a new store, and says so.
+    let store = dir.path().join("store");
+    let mut create = marquee(&["user", "create", "--email", "a@example.com", "--name", "A", "--password-stdin"]);
+    create.args(["--cache-mb", "16", "--data-dir"]).arg(&store);
+    let created = run(create, b"a-long-password\n");
+    assert_eq!(created.code, Some(0), "stderr: {}", created.stderr);
+    assert!(created.stderr.contains("held no store; started a new one"), "{}", created.stderr);
+
+    for ttl in ["0s", "59s", "367d"] {
+        let mut token = marquee(&["user", "token", "--email", "a@example.com", "--ttl", ttl, "--data-dir"]);
+        token.arg(&store);
+        let refused = run(token, b"");
+        assert_eq!(refused.code, Some(2), "--ttl {ttl}: {}", refused.stderr);
+        assert!(refused.stderr.contains("between 1m and 366d"), "{}", refused.stderr);
+    }
+
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let root = status.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2)) == Some("0");
+    if root {
+        std::os::unix::fs::chown(&store, Some(65534), None).unwrap();
+        let mut token = marquee(&["user", "token", "--email", "a@example.com", "--cache-mb", "16", "--data-dir"]);
+        token.arg(&store);
+        let refused = run(token, b"");
+        assert_eq!(refused.code, Some(2), "stderr: {}", refused.stderr);
+        assert!(refused.stderr.contains("belongs to uid 65534"), "{}", refused.stderr);
+        std::os::unix::fs::chown(&store, Some(0), None).unwrap();
+    }
+}
+
 /// The server turns transparent huge pages off for itself (their first
 /// touch stalls whichever thread makes it, the group commit's included),
 /// unless `MIMALLOC_ALLOW_THP` is set: then the process keeps what it
