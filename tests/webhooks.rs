@@ -224,14 +224,18 @@ fn a_restart_in_the_middle_of_retrying_loses_no_delivery() {
     }
 }
 
+/// A webhook whose delivery runs out of retries (and none of whose
+/// deliveries got through meanwhile) is marked failing: nothing more is
+/// sent, but what happens meanwhile is kept. Reactivated by its owner, it
+/// gets everything it missed, the delivery given up included.
 #[test]
-fn a_webhook_whose_retries_run_out_is_marked_failing() {
+fn a_webhook_whose_retries_run_out_is_marked_failing_and_reactivated_gets_what_it_missed() {
     let dir = TempDir::new("webhooks-failing");
     let mut args = fast_retries();
     args.extend(["--webhook-attempts-max", "2"]);
     let server = Server::start(dir.path(), &args);
     let shop = open_shop(&server, "org@example.com");
-    let receiver = Receiver::start(&[Reply::Status(500); 5]);
+    let receiver = Receiver::start(&[Reply::Status(500); 2]);
     let (hook, _) = create_webhook(&server, &shop.org, &receiver.url, &["booking.confirmed"]);
     let (fan, _) = register(&server, "fan@example.com", "ATTENDEE");
     book(&server, &fan, &shop.ticket_type, "k");
@@ -248,9 +252,32 @@ fn a_webhook_whose_retries_run_out_is_marked_failing() {
     let delivery = data(server.gql(Some(&shop.org), DELIVERIES, json!({"id": hook})))["webhookDeliveries"][0].clone();
     assert_eq!((delivery["attempt"].clone(), delivery["statusCode"].clone()), (json!(2), json!(500)));
     assert_eq!(delivery["nextAttemptAt"], Value::Null, "given up");
-    book(&server, &fan, &shop.ticket_type, "k2");
+    let missed = book(&server, &fan, &shop.ticket_type, "k2");
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(receiver.received().len(), 2, "an inactive webhook gets nothing new");
+    let listed = data(server.gql(Some(&shop.org), DELIVERIES, json!({"id": hook})))["webhookDeliveries"].clone();
+    assert_eq!(listed.as_array().unwrap().len(), 2, "the change made while failing is kept: {listed}");
+
+    let reactivate = "mutation($id: ID!) { reactivateWebhook(id: $id) { id active } }";
+    let (rival, _) = register(&server, "rival@example.com", "ORGANIZER");
+    assert_eq!(error_code(&server.gql(Some(&rival), reactivate, json!({"id": hook}))), "NOT_FOUND");
+    let reactivated = data(server.gql(Some(&shop.org), reactivate, json!({"id": hook})));
+    assert_eq!(reactivated["reactivateWebhook"], json!({"id": hook, "active": true}));
+    let got = receiver.wait_for(4, Duration::from_secs(10));
+    let bodies: Vec<&str> = got[2..].iter().map(|r| r.body.as_str()).collect();
+    assert!(bodies.iter().any(|body| body.contains(&missed)), "the missed booking arrives: {bodies:?}");
+    assert_eq!(got[2..].iter().filter(|r| r.body == got[0].body).count(), 1, "the given-up one arrives: {bodies:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = data(server.gql(Some(&shop.org), DELIVERIES, json!({"id": hook})))["webhookDeliveries"].clone();
+        let delivered = listed.as_array().unwrap().iter().filter(|d| !d["deliveredAt"].is_null()).count();
+        if delivered == 2 {
+            assert!(listed.as_array().unwrap().iter().all(|d| d["attempt"] == 1), "retries afresh: {listed}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not both delivered: {listed}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]

@@ -608,6 +608,20 @@ impl Graph {
         self.store.sync(seq)
     }
 
+    /// Makes a failing webhook active again (a no-op for an active one).
+    pub fn reactivate_webhook(&self, id: WebhookId) -> Result<Webhook, Error> {
+        let guard = self.writer();
+        let mut webhook = self.webhook(id).ok_or(Error::NotFound("webhook"))?;
+        if webhook.active {
+            return Ok(webhook);
+        }
+        webhook.active = true;
+        let seq = self.store.commit(now_ms(), &[Record::WebhookReactivated(webhook.clone())])?;
+        drop(guard);
+        self.store.sync(seq)?;
+        Ok(webhook)
+    }
+
     /// A webhook by id.
     pub fn webhook(&self, id: WebhookId) -> Option<Webhook> {
         self.memory.webhooks.read().expect("webhook table lock poisoned").get(&id).cloned()
@@ -621,11 +635,11 @@ impl Graph {
         owned
     }
 
-    /// Every active webhook subscribed to `event_name`, by id.
+    /// Every webhook subscribed to `event_name`, failing or not, by id.
     pub fn webhooks_for(&self, event_name: &str) -> Vec<Webhook> {
         let webhooks = self.memory.webhooks.read().expect("webhook table lock poisoned");
         let mut found: Vec<Webhook> =
-            webhooks.values().filter(|w| w.active && w.events.iter().any(|e| e == event_name)).cloned().collect();
+            webhooks.values().filter(|w| w.events.iter().any(|e| e == event_name)).cloned().collect();
         found.sort_by_key(|w| w.id);
         found
     }
@@ -712,7 +726,7 @@ fn materialize(record: &Record, payload: &[u8], writes: &mut RoundWrites, memory
             }
         }
         Record::Imported(_) => {}
-        Record::WebhookCreated(webhook) | Record::WebhookFailing(webhook) => {
+        Record::WebhookCreated(webhook) | Record::WebhookFailing(webhook) | Record::WebhookReactivated(webhook) => {
             if matches!(record, Record::WebhookCreated(_)) {
                 // Ids are given in order: the newest is the highest.
                 writes.insert(key(table::WEBHOOK_ID_HIGH, &[]), webhook.id.to_key().to_vec());

@@ -62,6 +62,9 @@ pub enum Record {
     /// A webhook's deliveries kept failing until retries ran out: it is
     /// inactive now; the record holds the new row.
     WebhookFailing(Webhook),
+    /// A failing webhook was made active again by its owner; the record
+    /// holds the new row.
+    WebhookReactivated(Webhook),
 }
 
 /// Payload of [`Record::Imported`]: what the import brought.
@@ -146,6 +149,7 @@ impl Record {
             Record::WebhookCreated(_) => 19,
             Record::WebhookDeleted(_) => 20,
             Record::WebhookFailing(_) => 21,
+            Record::WebhookReactivated(_) => 22,
         }
     }
 
@@ -169,7 +173,10 @@ impl Record {
             | Record::TicketCheckedIn(p) => encode(&**p),
             Record::Followed(p) | Record::Unfollowed(p) => encode(p),
             Record::Imported(p) => encode(p),
-            Record::WebhookCreated(p) | Record::WebhookDeleted(p) | Record::WebhookFailing(p) => encode(p),
+            Record::WebhookCreated(p)
+            | Record::WebhookDeleted(p)
+            | Record::WebhookFailing(p)
+            | Record::WebhookReactivated(p) => encode(p),
         }
     }
 
@@ -197,6 +204,7 @@ impl Record {
             19 => Record::WebhookCreated(decode(bytes, WHAT)?),
             20 => Record::WebhookDeleted(decode(bytes, WHAT)?),
             21 => Record::WebhookFailing(decode(bytes, WHAT)?),
+            22 => Record::WebhookReactivated(decode(bytes, WHAT)?),
             _ => return Err(Error::Corrupt("log record kind")),
         })
     }
@@ -225,6 +233,7 @@ impl Record {
             Record::WebhookCreated(_) => "webhook.created",
             Record::WebhookDeleted(_) => "webhook.deleted",
             Record::WebhookFailing(_) => "webhook.failing",
+            Record::WebhookReactivated(_) => "webhook.reactivated",
         }
     }
 }

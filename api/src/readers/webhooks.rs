@@ -99,6 +99,10 @@ pub struct Delivery {
     pub delivered_at_ms: Option<i64>,
     /// When the next attempt is due, while pending, unix ms.
     pub next_attempt_at_ms: Option<i64>,
+    /// When the change it tells of was made, unix ms (0 in deliveries
+    /// stored before it was kept).
+    #[serde(default)]
+    pub made_at_ms: i64,
 }
 
 fn delivery_key(webhook: WebhookId, seq: u64) -> Vec<u8> {
@@ -237,6 +241,9 @@ impl Reader for Outbox {
                 "createdAt": DateTime(entry.at_ms).to_rfc3339(),
                 "data": data,
             });
+            // A failing webhook's deliveries are kept, not sent: they go
+            // out once its owner reactivates it.
+            let due = webhook.active.then_some(entry.at_ms);
             let delivery = Delivery {
                 id,
                 webhook: webhook.id.0,
@@ -245,11 +252,14 @@ impl Reader for Outbox {
                 attempt: 0,
                 status_code: None,
                 delivered_at_ms: None,
-                next_attempt_at_ms: Some(entry.at_ms),
+                next_attempt_at_ms: due,
+                made_at_ms: entry.at_ms,
             };
             batch.put(rows, &row, &serde_json::to_vec(&delivery).expect("deliveries serialise"));
-            batch.put(rows, &due_key(entry.at_ms, webhook.id, entry.seq), &[]);
-            self.created = true;
+            if let Some(due) = due {
+                batch.put(rows, &due_key(due, webhook.id, entry.seq), &[]);
+                self.created = true;
+            }
         }
         Ok(())
     }
@@ -264,6 +274,38 @@ impl Reader for Outbox {
         self.created = false;
         Ok(())
     }
+}
+
+/// Sends a reactivated webhook's undelivered deliveries again, from now,
+/// their retries counted afresh: those given up and those kept while it
+/// was failing. Returns how many.
+pub fn resume(graph: &Graph, webhook: WebhookId) -> Result<usize, graph::Error> {
+    let rows = graph.store().reader(Outbox::ID);
+    let now = graph::now_ms();
+    let mut batch = ReaderBatch::default();
+    let mut resumed = 0;
+    for (row, value) in rows.scan(&key(&[&[DELIVERY], &webhook.to_key()]), false, usize::MAX)? {
+        let mut delivery: Delivery =
+            serde_json::from_slice(&value).map_err(|_| graph::Error::Corrupt("webhook delivery"))?;
+        if delivery.delivered_at_ms.is_some() || delivery.next_attempt_at_ms.is_some() {
+            continue;
+        }
+        let seq = u64_at(&row, 9, "webhook delivery key")?;
+        delivery.attempt = 0;
+        delivery.next_attempt_at_ms = Some(now);
+        batch.put(&rows, &row, &serde_json::to_vec(&delivery).expect("deliveries serialise"));
+        batch.put(&rows, &due_key(now, webhook, seq), &[]);
+        resumed += 1;
+    }
+    rows.commit(batch, None)?;
+    Ok(resumed)
+}
+
+/// Whether a webhook whose delivery ran out of retries is failing: not
+/// when another of its deliveries got through since that one was made (one
+/// payload its endpoint refuses does not stop the rest).
+fn is_failing(last_success_ms: Option<i64>, delivery_made_ms: i64) -> bool {
+    last_success_ms.is_none_or(|success| success < delivery_made_ms)
 }
 
 /// A webhook's deliveries, newest first.
@@ -396,6 +438,8 @@ pub struct Deliverer {
     /// Slots of each webhook: [`WEBHOOK_IN_FLIGHT_MAX`], taken before one of
     /// `permits`, so a slow endpoint's deliveries wait on its own.
     webhook_permits: Mutex<HashMap<u64, Arc<tokio::sync::Semaphore>>>,
+    /// When each webhook last had a delivery get through (since start-up).
+    last_success_ms: Mutex<HashMap<u64, i64>>,
 }
 
 impl Deliverer {
@@ -423,6 +467,7 @@ impl Deliverer {
             in_flight: Mutex::new(HashSet::new()),
             permits: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_DELIVERIES_MAX)),
             webhook_permits: Mutex::new(HashMap::new()),
+            last_success_ms: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -515,14 +560,17 @@ impl Deliverer {
         delivery.attempt += 1;
         delivery.status_code = status;
         let now = graph::now_ms();
-        let mut give_up = false;
+        let mut failing = false;
         if status.is_some_and(|s| (200..300).contains(&s)) {
             delivery.delivered_at_ms = Some(now);
             delivery.next_attempt_at_ms = None;
+            self.last_success_ms.lock().expect("last success lock poisoned").insert(webhook_id.0, now);
             self.metrics.webhooks_delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         } else if delivery.attempt >= self.settings.attempts_max {
             delivery.next_attempt_at_ms = None;
-            give_up = true;
+            let last_success =
+                self.last_success_ms.lock().expect("last success lock poisoned").get(&webhook_id.0).copied();
+            failing = is_failing(last_success, delivery.made_at_ms);
             self.metrics.webhooks_given_up.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         } else {
             self.metrics.webhooks_retried.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -532,8 +580,11 @@ impl Deliverer {
         }
         batch.put(&rows, &row, &serde_json::to_vec(&delivery).expect("deliveries serialise"));
         self.commit(batch).await?;
-        if give_up {
-            tracing::warn!(webhook = webhook_id.0, "webhook deliveries ran out of retries; marking it failing");
+        if failing {
+            tracing::warn!(
+                webhook = webhook_id.0,
+                "webhook deliveries ran out of retries; marking it failing (reactivateWebhook resumes them)"
+            );
             let graph = self.graph.clone();
             tokio::task::spawn_blocking(move || graph.set_webhook_failing(webhook_id))
                 .await
@@ -633,6 +684,14 @@ mod tests {
             assert_eq!(deliveries(&graph, kept.id, 10).unwrap().len(), 1, "the other webhook's stay");
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_webhook_is_failing_only_when_nothing_got_through_since_the_given_up_change() {
+        assert!(is_failing(None, 1_000), "nothing ever got through");
+        assert!(is_failing(Some(999), 1_000), "the last success came before the change");
+        assert!(!is_failing(Some(1_000), 1_000));
+        assert!(!is_failing(Some(5_000), 1_000), "a later delivery got through: one payload is refused, not all");
     }
 
     #[test]

@@ -144,6 +144,20 @@ impl WebhooksMutation {
         Ok(WebhookCreated { webhook: WebhookObject(webhook), secret })
     }
 
+    /// Makes a failing webhook active again (its owner, admins). Its
+    /// undelivered deliveries, those given up and those kept while it was
+    /// failing, go out again from now, their retries counted afresh.
+    async fn reactivate_webhook(&self, ctx: &Context<'_>, id: ID) -> ApiResult<WebhookObject> {
+        let webhook = owned_webhook(ctx, &id, "id")?;
+        let app = app(ctx).clone();
+        blocking(move || {
+            let webhook = app.graph.reactivate_webhook(webhook.id)?;
+            webhooks::resume(&app.graph, webhook.id)?;
+            Ok(WebhookObject(webhook))
+        })
+        .await
+    }
+
     /// Deletes a webhook (its owner, admins); pending deliveries are dropped.
     async fn delete_webhook(&self, ctx: &Context<'_>, id: ID) -> ApiResult<bool> {
         let webhook = owned_webhook(ctx, &id, "id")?;
