@@ -61,6 +61,9 @@ pub struct ServeArgs {
     /// Most WebSocket connections open at once [default: 10000]
     #[arg(long, env = "MARQUEE_WS_CONNECTIONS_MAX", value_name = "N")]
     pub ws_connections_max: Option<usize>,
+    /// Most WebSocket connections open at once from one client address [default: 100]
+    #[arg(long, env = "MARQUEE_WS_CONNECTIONS_PER_IP_MAX", value_name = "N")]
+    pub ws_connections_per_ip_max: Option<usize>,
     /// Most subscriptions one WebSocket connection may run [default: 32]
     #[arg(long, env = "MARQUEE_SUBSCRIPTIONS_PER_CONNECTION_MAX", value_name = "N")]
     pub subscriptions_per_connection_max: Option<usize>,
@@ -132,6 +135,7 @@ struct FileSettings {
     webhook_attempts_max: Option<u32>,
     allow_private_webhooks: Option<bool>,
     ws_connections_max: Option<usize>,
+    ws_connections_per_ip_max: Option<usize>,
     subscriptions_per_connection_max: Option<usize>,
     rate_limit_token: Option<u32>,
     rate_limit_ip: Option<u32>,
@@ -170,6 +174,7 @@ pub struct ServeConfig {
     pub webhook_attempts_max: u32,
     pub allow_private_webhooks: bool,
     pub ws_connections_max: usize,
+    pub ws_connections_per_ip_max: usize,
     pub subscriptions_per_connection_max: usize,
     pub protections: Protections,
 }
@@ -360,6 +365,11 @@ impl ServeConfig {
         if !(1..=1_000_000).contains(&ws_connections_max) {
             return Err("ws_connections_max must be between 1 and 1000000".into());
         }
+        let ws_connections_per_ip_max =
+            args.ws_connections_per_ip_max.or(file.ws_connections_per_ip_max).unwrap_or(100);
+        if !(1..=1_000_000).contains(&ws_connections_per_ip_max) {
+            return Err("ws_connections_per_ip_max must be between 1 and 1000000".into());
+        }
         let subscriptions_per_connection_max =
             args.subscriptions_per_connection_max.or(file.subscriptions_per_connection_max).unwrap_or(32);
         if !(1..=1_000).contains(&subscriptions_per_connection_max) {
@@ -389,6 +399,7 @@ impl ServeConfig {
             webhook_attempts_max,
             allow_private_webhooks,
             ws_connections_max,
+            ws_connections_per_ip_max,
             subscriptions_per_connection_max,
         })
     }

@@ -333,6 +333,7 @@ async fn run_server(config: &ServeConfig, graph: Arc<Graph>, ledger: Arc<ledger:
             attempts_max: config.webhook_attempts_max,
         },
         ws_connections_max: config.ws_connections_max,
+        ws_connections_per_ip_max: config.ws_connections_per_ip_max,
         subscriptions_per_connection_max: config.subscriptions_per_connection_max,
         ..protections(&config.protections)
     };

@@ -489,3 +489,27 @@ fn a_subscriber_that_stops_reading_does_not_hold_bookings_up() {
     }
     assert_eq!(last, 300);
 }
+
+/// One client address may hold only `--ws-connections-per-ip-max`
+/// WebSockets at once (429 beyond), so one client cannot take every slot;
+/// a closed one gives its slot back.
+#[test]
+fn one_address_cannot_take_every_websocket_slot() {
+    let dir = TempDir::new("ws-per-ip");
+    let server = Server::start(dir.path(), &["--ws-connections-per-ip-max", "2"]);
+    let first = Ws::connect(&server.addr, None).acknowledged();
+    let _second = Ws::connect(&server.addr, None).acknowledged();
+    assert_eq!(open(&server.addr, "graphql-transport-ws").err(), Some(429), "the third from one address");
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match open(&server.addr, "graphql-transport-ws") {
+            Ok(_) => break,
+            Err(status) => {
+                assert_eq!(status, 429);
+                assert!(Instant::now() < deadline, "a closed connection's slot never came back");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}

@@ -59,6 +59,8 @@ pub(crate) struct HttpState {
     field_types: Arc<FieldTypes>,
     /// WebSocket connections open now.
     ws_open: Arc<AtomicUsize>,
+    /// WebSocket connections open now, by client address.
+    ws_open_by_ip: Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
 }
 
 /// Builds the router: `/graphql` (POST to execute; GET opens the IDE, or a
@@ -78,6 +80,7 @@ fn router_and_state(app: Arc<App>) -> (Router, HttpState) {
         field_types: Arc::new(FieldTypes::of_schema()),
         app,
         ws_open: Arc::new(AtomicUsize::new(0)),
+        ws_open_by_ip: Arc::default(),
     };
     let router = Router::new()
         .route("/graphql", get(graphql_get).post(graphql))
@@ -466,10 +469,18 @@ async fn graphql_get(State(state): State<HttpState>, request: Request) -> Respon
         return error_response(StatusCode::SERVICE_UNAVAILABLE, &ApiError::Unavailable("shutting down".into()));
     }
     let ip = client_ip(&state.app, parts.extensions.get::<Peer>().copied(), &parts.headers);
+    let Some(address_slot) = AddressSlot::take(&state.ws_open_by_ip, ip, state.app.settings.ws_connections_per_ip_max)
+    else {
+        let message = "too many WebSocket connections from this address; close some first";
+        let mut response = error_response(StatusCode::TOO_MANY_REQUESTS, &ApiError::RateLimited(message.into()));
+        set_retry_after(&mut response, Duration::from_secs(10));
+        return response;
+    };
     let Some(slot) = ConnectionSlot::take(&state.ws_open, state.app.settings.ws_connections_max) else {
         let message = "too many WebSocket connections; retry later";
         return error_response(StatusCode::SERVICE_UNAVAILABLE, &ApiError::Unavailable(message.into()));
     };
+    let slot = (slot, address_slot);
     upgrade
         .protocols([spoken])
         .max_message_size(WS_MESSAGE_BYTES_MAX)
@@ -543,7 +554,7 @@ async fn serve_websocket(
     state: HttpState,
     socket: axum::extract::ws::WebSocket,
     protocol: GraphQLProtocol,
-    slot: ConnectionSlot,
+    slot: (ConnectionSlot, AddressSlot),
     ip: IpAddr,
 ) {
     let _slot = slot;
@@ -630,6 +641,40 @@ impl ConnectionSlot {
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One of a client address's WebSocket slots, given back when dropped.
+struct AddressSlot {
+    open: Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl AddressSlot {
+    fn take(
+        open: &Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
+        ip: IpAddr,
+        max: usize,
+    ) -> Option<AddressSlot> {
+        let mut by_ip = open.lock().expect("WebSocket addresses lock poisoned");
+        let count = by_ip.entry(ip).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot { open: open.clone(), ip })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut by_ip = self.open.lock().expect("WebSocket addresses lock poisoned");
+        if let Some(count) = by_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                by_ip.remove(&self.ip);
+            }
+        }
     }
 }
 

@@ -50,6 +50,8 @@ pub struct Settings {
     pub webhooks: readers::webhooks::DeliverySettings,
     /// Most WebSocket connections open at once.
     pub ws_connections_max: usize,
+    /// Most WebSocket connections open at once from one client address.
+    pub ws_connections_per_ip_max: usize,
     /// Most subscriptions one WebSocket connection may run at once.
     pub subscriptions_per_connection_max: usize,
     /// Requests per signed-in token.
@@ -87,6 +89,7 @@ impl Default for Settings {
             body_bytes_max: 1024 * 1024,
             webhooks: readers::webhooks::DeliverySettings::default(),
             ws_connections_max: 10_000,
+            ws_connections_per_ip_max: 100,
             subscriptions_per_connection_max: 32,
             rate_per_token: limits::Rate { per_second: 100.0, burst: 200.0 },
             rate_per_ip: limits::Rate { per_second: 50.0, burst: 100.0 },
