@@ -241,7 +241,7 @@ fn serve_with(config: &ServeConfig) -> Result<(), Failure> {
     if new {
         // A first start, or a mistyped path or missing mount: say which directory.
         let dir = std::path::absolute(&config.store.data_dir).unwrap_or_else(|_| config.store.data_dir.clone());
-        tracing::warn!(data_dir = %dir.display(), "the data directory held no store: starting with an empty one");
+        tracing::info!(data_dir = %dir.display(), "the data directory held no store: starting with an empty one");
     }
     let options = ledger::Options { shards: config.ledger_shards, hold_ttl_ms: millis(config.hold_ttl), durable: true };
     let ledger = ledger::Ledger::open(graph.clone(), options)

@@ -61,11 +61,14 @@ fn login_failures_are_indistinguishable() {
 #[test]
 fn registration_rules_name_the_field() {
     let dir = TempDir::new("register-rules");
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::start(dir.path(), &["--rate-limit-credentials", "0"]);
     register(&server, "taken@example.com", "ATTENDEE");
     let cases = [
         (json!({"e": "TAKEN@example.com", "p": "password123", "n": "X"}), "CONFLICT", "email"),
         (json!({"e": "not-an-email", "p": "password123", "n": "X"}), "BAD_USER_INPUT", "email"),
+        (json!({"e": "a@example..com", "p": "password123", "n": "X"}), "BAD_USER_INPUT", "email"),
+        (json!({"e": "\"quoted\"@example.com", "p": "password123", "n": "X"}), "BAD_USER_INPUT", "email"),
+        (json!({"e": "spaces@example.com", "p": "        ", "n": "X"}), "BAD_USER_INPUT", "password"),
         (json!({"e": "short@example.com", "p": "1234567", "n": "X"}), "BAD_USER_INPUT", "password"),
         (json!({"e": "long@example.com", "p": "x".repeat(129), "n": "X"}), "BAD_USER_INPUT", "password"),
         (json!({"e": "blank@example.com", "p": "password123", "n": "   "}), "BAD_USER_INPUT", "name"),
@@ -124,4 +127,15 @@ fn only_admins_set_roles() {
     assert_eq!(demoted["setRole"]["role"], "ATTENDEE");
     let create = "mutation { createVenue(name: \"Hall\", city: \"Oslo\") { id } }";
     assert_eq!(error_code(&server.gql(Some(&organizer), create, json!({}))), "FORBIDDEN");
+
+    // An admin cannot demote themselves (the last one would lock everyone
+    // out); another admin can.
+    let root_id = data(server.gql(Some(&admin), ME, json!({})))["me"]["id"].as_str().unwrap().to_string();
+    let own = server.gql(Some(&admin), set_role, json!({"id": root_id, "r": "ATTENDEE"}));
+    assert_eq!(error_code(&own), "CONFLICT", "{own}");
+    assert_eq!(data(server.gql(Some(&admin), ME, json!({})))["me"]["role"], "ADMIN");
+    data(server.gql(Some(&admin), set_role, json!({"id": attendee_id, "r": "ADMIN"})));
+    let second = login(&server, "att@example.com", "password123");
+    let by_other = data(server.gql(Some(&second), set_role, json!({"id": root_id, "r": "ATTENDEE"})));
+    assert_eq!(by_other["setRole"]["role"], "ATTENDEE");
 }

@@ -65,11 +65,13 @@ pub fn email(text: &str) -> Result<String, Error> {
         return Err(Error::invalid("email", "must look like name@example.com"));
     };
     let well_formed = !local.is_empty()
+        && !local.starts_with('.')
+        && !local.ends_with('.')
+        && !local.contains("..")
         && domain.contains('.')
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
+        && domain.split('.').all(|label| !label.is_empty() && !label.starts_with('-') && !label.ends_with('-'))
         && !domain.contains('@')
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control() || "\"(),:;<>[\\]".contains(c));
     if !well_formed {
         return Err(Error::invalid("email", "must look like name@example.com"));
     }
@@ -89,6 +91,9 @@ pub fn password(text: &str) -> Result<(), Error> {
     }
     if chars > PASSWORD_CHARS_MAX {
         return Err(Error::invalid("password", format!("must be at most {PASSWORD_CHARS_MAX} characters")));
+    }
+    if text.chars().all(char::is_whitespace) {
+        return Err(Error::invalid("password", "must not be only spaces"));
     }
     Ok(())
 }
@@ -146,6 +151,15 @@ mod tests {
         assert!(email("@example.com").is_err());
         assert!(email("ada example@x.com").is_err());
         assert!(email("a@b@c.com").is_err());
+        for malformed in ["a@example..com", "a@.example.com", "a@example.com.", "a..b@example.com", ".a@example.com"] {
+            assert!(email(malformed).is_err(), "{malformed}");
+        }
+        for malformed in ["\"weird\"x@example.com", "a<b@example.com", "a@exam(ple).com", "a@-example.com"] {
+            assert!(email(malformed).is_err(), "{malformed}");
+        }
+        for fine in ["ada.lovelace+tickets@mail.example.co.uk", "o'brien@example.ie", "zoë@example.com"] {
+            assert!(email(fine).is_ok(), "{fine}");
+        }
         assert_eq!(email_key(" Ada@Example.COM "), "ada@example.com");
     }
 
@@ -154,6 +168,8 @@ mod tests {
         assert!(password("1234567").is_err());
         assert!(password("12345678").is_ok());
         assert!(password(&"x".repeat(129)).is_err());
+        assert!(password("        ").is_err(), "only spaces");
+        assert!(password("  two words  ").is_ok());
     }
 
     #[test]

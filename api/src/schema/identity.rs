@@ -199,8 +199,14 @@ impl IdentityMutation {
 
     /// Changes a user's role. Admins only.
     async fn set_role(&self, ctx: &Context<'_>, user_id: ID, role: Role) -> ApiResult<UserObject> {
-        viewer(ctx).require_role(&[model::Role::Admin], "setRole")?;
+        let admin = viewer(ctx).require_role(&[model::Role::Admin], "setRole")?.id;
         let id: UserId = parse_id("userId", &user_id)?;
+        // Every demotion is made by another admin, so one always remains.
+        if id == admin && model::Role::from(role) != model::Role::Admin {
+            return Err(ApiError::Conflict(
+                "an admin cannot take away their own admin role: another admin (or `marquee user set-role`) can".into(),
+            ));
+        }
         let app = app(ctx).clone();
         blocking(move || Ok(UserObject::new(app.graph.set_role(id, role.into())?))).await
     }
