@@ -192,7 +192,7 @@ open_hot_event() {
     "$(jq -cn --arg e "$1" '{email: $e, password: "load-password", name: "Organizer", role: "ORGANIZER"}')" \
     | jq -r .register.token)
   event_id=$(gql 'mutation($i: CreateEventInput!) { createEvent(input: $i) { id } }' \
-    "$(jq -cn --arg t "$2" '{i: {title: $t, startsAt: "2027-06-01T20:00:00Z", city: "Berlin"}}')" "$organizer" \
+    "$(jq -cn --arg t "$2" '{i: {title: $t, startsAt: "2097-06-01T20:00:00Z", city: "Berlin"}}')" "$organizer" \
     | jq -r .createEvent.id)
   gql 'mutation($id: ID!) { publishEvent(id: $id) { id } }' "{\"id\":\"$event_id\"}" "$organizer" >/dev/null
 }

@@ -167,7 +167,7 @@ export function setup() {
   }, null, 'register').register.token;
 
   const eventId = gqlMust(CREATE_EVENT, {
-    i: { title: `Rush ${runId}`, startsAt: '2027-06-01T20:00:00Z', city: 'Berlin' },
+    i: { title: `Rush ${runId}`, startsAt: '2097-06-01T20:00:00Z', city: 'Berlin' },
   }, organizer, 'createEvent').createEvent.id;
 
   const ticketTypeId = gqlMust(ADD_TICKET_TYPE, {

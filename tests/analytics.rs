@@ -94,7 +94,7 @@ fn analytics_equal_a_recomputation_from_the_bookings_across_a_restart() {
     let dir = TempDir::new("analytics");
     let server = Server::start(dir.path(), &[]);
     let (org, _) = register(&server, "org@example.com", "ORGANIZER");
-    let input = json!({"title": "Counted gig", "startsAt": "2027-06-01T20:00:00Z", "city": "Oslo"});
+    let input = json!({"title": "Counted gig", "startsAt": "2097-06-01T20:00:00Z", "city": "Oslo"});
     let event = data(server.gql(
         Some(&org),
         "mutation($i: CreateEventInput!) { createEvent(input: $i) { id } }",
@@ -237,7 +237,7 @@ fn money_past_32_bits_is_served_exactly_and_never_as_an_overflowing_int() {
     let created = data(server.gql(
         Some(&org),
         "mutation($i: CreateEventInput!) { createEvent(input: $i) { id } }",
-        json!({"i": {"title": "Gala", "startsAt": "2027-06-01T20:00:00Z", "city": "Oslo"}}),
+        json!({"i": {"title": "Gala", "startsAt": "2097-06-01T20:00:00Z", "city": "Oslo"}}),
     ));
     let refused = server.gql(
         Some(&org),
@@ -248,7 +248,7 @@ fn money_past_32_bits_is_served_exactly_and_never_as_an_overflowing_int() {
     assert!(error_message(&refused).starts_with("priceCents"), "{refused}");
 
     let dearest = general_admission(42_949_672, 100);
-    let (event, ticket_type) = event_with_tickets(&server, &org, "Gala", "2027-06-01T20:00:00Z", dearest, true);
+    let (event, ticket_type) = event_with_tickets(&server, &org, "Gala", "2097-06-01T20:00:00Z", dearest, true);
     let book = "mutation($i: BookInput!) { bookTickets(input: $i) { totalCents totalCentsExact } }";
     for key in ["a", "b"] {
         let input = json!({"i": {"ticketTypeId": ticket_type, "quantity": 50, "idempotencyKey": key}});

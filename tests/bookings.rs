@@ -13,7 +13,7 @@ const AVAILABILITY: &str = "query($id: ID!) { event(id: $id) { attendeeCount tic
 /// An organizer's published event with one ticket type; returns (org token, event id, ticket type id).
 fn on_sale(server: &Server, capacity: i64, limit: Option<i64>) -> (String, String, String) {
     let (org, _) = register(server, "org@example.com", "ORGANIZER");
-    let input = json!({"title": "Gig", "startsAt": "2027-01-01T20:00:00Z", "city": "Oslo"});
+    let input = json!({"title": "Gig", "startsAt": "2097-01-01T20:00:00Z", "city": "Oslo"});
     let event = data(server.gql(
         Some(&org),
         "mutation($i: CreateEventInput!) { createEvent(input: $i) { id } }",
@@ -101,6 +101,14 @@ fn booking_rules_and_error_codes() {
     assert_eq!(error_code(&server.gql(Some(&fan), cancel, json!({"id": "12345"}))), "NOT_FOUND");
     let cancelled = data(server.gql(Some(&fan), cancel, json!({"id": first["id"]})));
     assert_eq!(cancelled["cancelBooking"], json!({"status": "CANCELLED", "ticketType": {"sold": 3}}));
+
+    // An event that is over is not on sale: its sales closed at its end
+    // (at its start, when it has none).
+    let ticket = general_admission(1000, 10);
+    let (_, over) = event_with_tickets(&server, &org, "Last year", "2020-01-01T20:00:00Z", ticket, true);
+    let refused = book(&server, &fan, &over, 1, "too-late", false);
+    assert_eq!(error_code(&refused), "CONFLICT", "{refused}");
+    assert!(error_message(&refused).contains("over"), "{refused}");
 }
 
 #[test]

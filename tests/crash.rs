@@ -57,7 +57,7 @@ struct Shop {
 fn open_shop(server: &Server) -> Shop {
     let (org, _) = register(server, "org@example.com", "ORGANIZER");
     let ticket = general_admission(1000, CAPACITY);
-    let (event, ticket_type) = event_with_tickets(server, &org, "Crash gig", "2027-06-01T20:00:00Z", ticket, true);
+    let (event, ticket_type) = event_with_tickets(server, &org, "Crash gig", "2097-06-01T20:00:00Z", ticket, true);
     let buyers = (0..BUYERS).map(|b| register(server, &format!("buyer{b}@example.com"), "ATTENDEE").0).collect();
     Shop { buyers, ticket_type, event }
 }
@@ -257,7 +257,7 @@ fn a_failed_storage_write_stops_the_server_and_a_restart_holds_exactly_what_was_
     let shop = open_shop(&server);
     let (org, _) = register(&server, "big@example.com", "ORGANIZER");
     let ticket = general_admission(1000, 1_000_000);
-    let (event, ticket_type) = event_with_tickets(&server, &org, "Big gig", "2027-06-01T20:00:00Z", ticket, true);
+    let (event, ticket_type) = event_with_tickets(&server, &org, "Big gig", "2097-06-01T20:00:00Z", ticket, true);
     assert_eq!(server.stop(), Some(0));
 
     // Writes past 2 MB fail with EFBIG (SIGXFSZ ignored, as the shell's

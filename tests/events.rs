@@ -42,13 +42,13 @@ fn organizer_creates_publishes_and_sells_ticket_types() {
     let venue = &venue["createVenue"];
     assert_eq!(venue["capacity"], 3500);
     let input = json!({
-        "title": "  Night of Jazz ", "description": "Live.", "startsAt": "2027-03-01T20:00:00+01:00",
-        "endsAt": "2027-03-01T23:30:00Z", "city": "Berlin", "venueId": venue["id"], "tags": ["Jazz", "jazz", "Live"]
+        "title": "  Night of Jazz ", "description": "Live.", "startsAt": "2097-03-01T20:00:00+01:00",
+        "endsAt": "2097-03-01T23:30:00Z", "city": "Berlin", "venueId": venue["id"], "tags": ["Jazz", "jazz", "Live"]
     });
     let event = create_event(&server, &org, input);
     assert_eq!(event["title"], "Night of Jazz");
-    assert_eq!(event["startsAt"], "2027-03-01T19:00:00Z");
-    assert_eq!(event["endsAt"], "2027-03-01T23:30:00Z");
+    assert_eq!(event["startsAt"], "2097-03-01T19:00:00Z");
+    assert_eq!(event["endsAt"], "2097-03-01T23:30:00Z");
     assert_eq!(event["tags"], json!(["jazz", "live"]));
     assert_eq!(event["status"], "DRAFT");
     assert_eq!(event["venue"]["name"], "Tempodrom");
@@ -106,7 +106,7 @@ fn access_rules_for_events() {
     let (rival, _) = register(&server, "rival@example.com", "ORGANIZER");
     let (fan, _) = register(&server, "fan@example.com", "ATTENDEE");
     let admin = login(&server, "root@example.com", "admin-password");
-    let input = event_input("Draft gig", "2027-01-01T20:00:00Z", "Oslo", &[]);
+    let input = event_input("Draft gig", "2097-01-01T20:00:00Z", "Oslo", &[]);
 
     assert_eq!(error_code(&server.gql(Some(&fan), CREATE_EVENT, json!({"input": input}))), "FORBIDDEN");
     assert_eq!(error_code(&server.gql(None, CREATE_EVENT, json!({"input": input}))), "UNAUTHENTICATED");
@@ -148,7 +148,7 @@ fn access_rules_for_events() {
     let my_events = "{ myEvents { totalCount nodes { id status } } }";
     assert_eq!(error_code(&server.gql(Some(&fan), my_events, json!({}))), "FORBIDDEN");
     assert_eq!(error_code(&server.gql(None, my_events, json!({}))), "UNAUTHENTICATED");
-    let second = create_event(&server, &owner, event_input("Second", "2026-12-01T20:00:00Z", "Oslo", &[]));
+    let second = create_event(&server, &owner, event_input("Second", "2096-12-01T20:00:00Z", "Oslo", &[]));
     data(server.gql(Some(&owner), PUBLISH, json!({"id": id(&second)})));
     let mine = data(server.gql(Some(&owner), my_events, json!({})));
     assert_eq!(mine["myEvents"]["totalCount"], 2);
@@ -164,7 +164,7 @@ fn access_rules_for_events() {
     // A draft called off before it was published stays private: shown as
     // CANCELLED to its organizer and admins, to nobody else; it cannot be
     // published any more.
-    let withdrawn = create_event(&server, &owner, event_input("Secret tour", "2027-03-01T20:00:00Z", "Oslo", &[]));
+    let withdrawn = create_event(&server, &owner, event_input("Secret tour", "2097-03-01T20:00:00Z", "Oslo", &[]));
     data(server.gql(Some(&owner), CANCEL, json!({"id": id(&withdrawn)})));
     let seen = |token: Option<&str>| data(server.gql(token, EVENT, json!({"id": id(&withdrawn)})))["event"].clone();
     assert_eq!(seen(Some(&owner))["status"], "CANCELLED");
@@ -183,7 +183,7 @@ fn invalid_event_input_names_the_field() {
     let dir = TempDir::new("events-invalid");
     let server = Server::start(dir.path(), &[]);
     let (org, _) = register(&server, "org@example.com", "ORGANIZER");
-    let base = event_input("Gig", "2027-01-01T20:00:00Z", "Rome", &[]);
+    let base = event_input("Gig", "2097-01-01T20:00:00Z", "Rome", &[]);
     let with = |key: &str, value: Value| {
         let mut input = base.clone();
         input[key] = value;
@@ -196,7 +196,7 @@ fn invalid_event_input_names_the_field() {
         (with("city", json!("")), "city"),
         (with("tags", json!(vec!["t"; 11])), "tags"),
         (with("tags", json!(["x".repeat(41)])), "tags"),
-        (with("endsAt", json!("2027-01-01T19:00:00Z")), "endsAt"),
+        (with("endsAt", json!("2097-01-01T19:00:00Z")), "endsAt"),
         (with("venueId", json!("not-an-id")), "input.venueId"),
     ];
     for (input, field) in cases {
@@ -245,11 +245,11 @@ fn listings_filter_and_paginate_in_start_order() {
     let server = Server::start(dir.path(), &[]);
     let (org, _) = register(&server, "org@example.com", "ORGANIZER");
     let specs = [
-        ("Rock in the park", "2027-06-01T18:00:00Z", "Berlin", vec!["rock"]),
-        ("Jazz brunch", "2027-05-01T11:00:00Z", "berlin", vec!["jazz"]),
-        ("Opera gala", "2027-07-01T19:00:00Z", "Vienna", vec!["classical"]),
-        ("Late jazz", "2027-05-01T11:00:00Z", "Vienna", vec!["jazz", "late"]),
-        ("Techno all night", "2027-08-01T23:00:00Z", "Berlin", vec!["electronic"]),
+        ("Rock in the park", "2097-06-01T18:00:00Z", "Berlin", vec!["rock"]),
+        ("Jazz brunch", "2097-05-01T11:00:00Z", "berlin", vec!["jazz"]),
+        ("Opera gala", "2097-07-01T19:00:00Z", "Vienna", vec!["classical"]),
+        ("Late jazz", "2097-05-01T11:00:00Z", "Vienna", vec!["jazz", "late"]),
+        ("Techno all night", "2097-08-01T23:00:00Z", "Berlin", vec!["electronic"]),
     ];
     let mut ids = Vec::new();
     for (title, starts, city, tags) in &specs {
@@ -257,7 +257,7 @@ fn listings_filter_and_paginate_in_start_order() {
         data(server.gql(Some(&org), PUBLISH, json!({"id": id(&event)})));
         ids.push(id(&event));
     }
-    create_event(&server, &org, event_input("Draft jazz", "2027-05-02T11:00:00Z", "Berlin", &["jazz"]));
+    create_event(&server, &org, event_input("Draft jazz", "2097-05-02T11:00:00Z", "Berlin", &["jazz"]));
 
     // Walk all pages two at a time: ordered by startsAt, then id.
     let mut seen = Vec::new();
@@ -281,7 +281,7 @@ fn listings_filter_and_paginate_in_start_order() {
     assert_eq!(titles(json!({"tag": "Jazz"})), ["Jazz brunch", "Late jazz"]);
     assert_eq!(titles(json!({"city": "Vienna", "tag": "jazz"})), ["Late jazz"]);
     assert_eq!(
-        titles(json!({"from": "2027-06-01T18:00:00Z", "to": "2027-08-01T23:00:00Z"})),
+        titles(json!({"from": "2097-06-01T18:00:00Z", "to": "2097-08-01T23:00:00Z"})),
         ["Rock in the park", "Opera gala"]
     );
     assert_eq!(titles(json!({"text": "JAZZ late"})), ["Late jazz"]);

@@ -360,7 +360,7 @@ fn metrics_parse_and_move_with_traffic() {
     };
     let before = scrape();
     let (org, _) = register(&server, "org@example.com", "ORGANIZER");
-    let (_, tt) = event_with_tickets(&server, &org, "Metered", "2027-06-01T20:00:00Z", general_admission(100, 1), true);
+    let (_, tt) = event_with_tickets(&server, &org, "Metered", "2097-06-01T20:00:00Z", general_admission(100, 1), true);
     let book = "mutation Buy($i: BookInput!) { bookTickets(input: $i) { id } }";
     let known = |scrape: &prometheus_parse::Scrape| value(scrape, "marquee_graphql_known_operations_total", None);
     let unknown = known(&scrape());
@@ -411,7 +411,7 @@ fn sigterm_under_load_answers_every_accepted_request_and_loses_no_booking() {
     let server = Server::start(dir.path(), &["--rate-limit-token", "0"]);
     let (org, _) = register(&server, "org@example.com", "ORGANIZER");
     let ticket = general_admission(100, 100_000);
-    let (_, tt) = event_with_tickets(&server, &org, "Last call", "2027-06-01T20:00:00Z", ticket, true);
+    let (_, tt) = event_with_tickets(&server, &org, "Last call", "2097-06-01T20:00:00Z", ticket, true);
     let acknowledged = Arc::new(Mutex::new(Vec::new()));
     let unanswered = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));

@@ -369,7 +369,7 @@ fn failed_fields_are_null_and_a_null_moves_up_to_the_nearest_nullable_field() {
     let (org, _) = register(&server, "org@nulls.example", "ORGANIZER");
     let (attendee, _) = register(&server, "fan@nulls.example", "ATTENDEE");
     let (event, _) =
-        event_with_tickets(&server, &org, "Nulls", "2027-06-01T20:00:00Z", general_admission(1000, 10), true);
+        event_with_tickets(&server, &org, "Nulls", "2097-06-01T20:00:00Z", general_admission(1000, 10), true);
 
     // A nullable field that fails is there, as null, in its place.
     let response = server.gql(
@@ -422,7 +422,7 @@ fn a_required_variable_that_was_not_sent_refuses_the_whole_request() {
     let (org, _) = register(&server, "org@variables.example", "ORGANIZER");
     let (attendee, _) = register(&server, "fan@variables.example", "ATTENDEE");
     let (event, ticket_type) =
-        event_with_tickets(&server, &org, "Variables", "2027-06-01T20:00:00Z", general_admission(1000, 10), true);
+        event_with_tickets(&server, &org, "Variables", "2097-06-01T20:00:00Z", general_admission(1000, 10), true);
     let query = format!(
         "mutation($id: ID!) {{ a: bookTickets(input: {{ticketTypeId: \"{ticket_type}\", quantity: 1, idempotencyKey: \"v1\"}}) {{ id }} b: cancelBooking(id: $id) {{ id }} }}"
     );
@@ -771,8 +771,8 @@ fn populate(server: &Server) -> World {
     let published = create_event(
         server,
         &organizer,
-        json!({ "title": "Fado night", "description": "Songs", "startsAt": "2030-06-01T20:00:00Z",
-                "endsAt": "2030-06-01T23:00:00Z", "city": "Lisbon", "venueId": venue_id, "tags": ["music", "fado"] }),
+        json!({ "title": "Fado night", "description": "Songs", "startsAt": "2100-06-01T20:00:00Z",
+                "endsAt": "2100-06-01T23:00:00Z", "city": "Lisbon", "venueId": venue_id, "tags": ["music", "fado"] }),
     );
     let standing = add_ticket_type(
         server,
@@ -790,7 +790,7 @@ fn populate(server: &Server) -> World {
     let draft = create_event(
         server,
         &organizer,
-        json!({ "title": "Secret gig", "startsAt": "2030-07-01T20:00:00Z", "city": "Porto" }),
+        json!({ "title": "Secret gig", "startsAt": "2100-07-01T20:00:00Z", "city": "Porto" }),
     );
     add_ticket_type(
         server,
@@ -807,14 +807,14 @@ fn populate(server: &Server) -> World {
     let cancelled = create_event(
         server,
         &admin,
-        json!({ "title": "Called off", "startsAt": "2030-05-01T10:00:00Z", "city": "Lisbon" }),
+        json!({ "title": "Called off", "startsAt": "2100-05-01T10:00:00Z", "city": "Lisbon" }),
     );
     event_mutation(server, &admin, "publishEvent", &cancelled);
     event_mutation(server, &admin, "cancelEvent", &cancelled);
     let second_published = create_event(
         server,
         &admin,
-        json!({ "title": "Morning run", "startsAt": "2030-05-02T07:00:00Z", "city": "Porto", "tags": ["sport"] }),
+        json!({ "title": "Morning run", "startsAt": "2100-05-02T07:00:00Z", "city": "Porto", "tags": ["sport"] }),
     );
     event_mutation(server, &admin, "publishEvent", &second_published);
 
@@ -963,7 +963,7 @@ fn restart_keeps_data_sessions_and_revocations() {
     let new_event = create_event(
         &server,
         &world.organizer,
-        json!({ "title": "After", "startsAt": "2030-08-01T20:00:00Z", "city": "Faro" }),
+        json!({ "title": "After", "startsAt": "2100-08-01T20:00:00Z", "city": "Faro" }),
     );
     assert!(!world.event_ids.contains(&new_event), "event id {new_event} was reused");
     let duplicate = server.gql(

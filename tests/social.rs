@@ -86,7 +86,7 @@ fn friends_going_counts_mutual_follows_with_confirmed_bookings() {
     let dir = TempDir::new("friends");
     let server = Server::start(dir.path(), &[]);
     let (org, _) = register(&server, "org@example.com", "ORGANIZER");
-    let (gig, tickets) = event(&server, &org, "Gig", "2027-03-01T20:00:00Z", true);
+    let (gig, tickets) = event(&server, &org, "Gig", "2097-03-01T20:00:00Z", true);
     let [me, friend, fan, holder, canceller] =
         ["me", "friend", "fan", "holder", "canceller"].map(|n| person(&server, n));
     // friend, holder and canceller are mutual follows; fan only follows me.
@@ -133,12 +133,12 @@ fn recommendations_rank_by_followees_going_and_skip_what_they_cannot_book() {
     let dir = TempDir::new("recommend");
     let server = Server::start(dir.path(), &[]);
     let (org, _) = register(&server, "org@example.com", "ORGANIZER");
-    let (early, early_tickets) = event(&server, &org, "Early", "2027-01-01T20:00:00Z", true);
-    let (late, late_tickets) = event(&server, &org, "Late", "2027-02-01T20:00:00Z", true);
-    let (popular, popular_tickets) = event(&server, &org, "Popular", "2027-12-01T20:00:00Z", true);
-    let (mine, mine_tickets) = event(&server, &org, "Mine", "2027-01-15T20:00:00Z", true);
-    let (called_off, called_off_tickets) = event(&server, &org, "Called off", "2027-01-20T20:00:00Z", true);
-    let (draft, _) = event(&server, &org, "Draft", "2027-01-10T20:00:00Z", false);
+    let (early, early_tickets) = event(&server, &org, "Early", "2097-01-01T20:00:00Z", true);
+    let (late, late_tickets) = event(&server, &org, "Late", "2097-02-01T20:00:00Z", true);
+    let (popular, popular_tickets) = event(&server, &org, "Popular", "2097-12-01T20:00:00Z", true);
+    let (mine, mine_tickets) = event(&server, &org, "Mine", "2097-01-15T20:00:00Z", true);
+    let (called_off, called_off_tickets) = event(&server, &org, "Called off", "2097-01-20T20:00:00Z", true);
+    let (draft, _) = event(&server, &org, "Draft", "2097-01-10T20:00:00Z", false);
     let [me, a, b, stranger] = ["me", "a", "b", "stranger"].map(|n| person(&server, n));
     follow(&server, &me, &a);
     follow(&server, &me, &b);
@@ -189,7 +189,7 @@ fn whos_going_is_for_the_organizer_and_ranks_by_followers() {
     let dir = TempDir::new("whos-going");
     let server = Server::start(dir.path(), &[]);
     let (org, _) = register(&server, "org@example.com", "ORGANIZER");
-    let (gig, tickets) = event(&server, &org, "Gig", "2027-03-01T20:00:00Z", true);
+    let (gig, tickets) = event(&server, &org, "Gig", "2097-03-01T20:00:00Z", true);
     let [star, quiet, fan1, fan2] = ["star", "quiet", "fan1", "fan2"].map(|n| person(&server, n));
     follow(&server, &fan1, &star);
     follow(&server, &fan2, &star);
@@ -239,7 +239,7 @@ fn the_index_answers_alike_after_restart_and_sigkill() {
     let server = Server::start(dir.path(), &[]);
     let (org, _) = register(&server, "org@example.com", "ORGANIZER");
     let gigs: Vec<(String, String)> = (0..3)
-        .map(|i| event(&server, &org, &format!("Gig {i}"), &format!("2027-0{}-01T20:00:00Z", i + 1), true))
+        .map(|i| event(&server, &org, &format!("Gig {i}"), &format!("2097-0{}-01T20:00:00Z", i + 1), true))
         .collect();
     let people: Vec<Person> = (0..6).map(|i| person(&server, &format!("p{i}"))).collect();
     for (i, who) in people.iter().enumerate() {

@@ -111,7 +111,7 @@ struct Shop {
 fn open_shop(server: &Server, email: &str) -> Shop {
     let (org, _) = register(server, email, "ORGANIZER");
     let ticket = general_admission(1500, 100);
-    let (event, ticket_type) = event_with_tickets(server, &org, "Hooked gig", "2027-06-01T20:00:00Z", ticket, true);
+    let (event, ticket_type) = event_with_tickets(server, &org, "Hooked gig", "2097-06-01T20:00:00Z", ticket, true);
     Shop { org, ticket_type, event }
 }
 
@@ -361,7 +361,7 @@ fn a_deleted_webhooks_deliveries_reach_no_later_webhook_and_none_hears_of_the_pa
     let admin = login(&server, "root@example.com", "admin-password");
     let everything = Receiver::start(&[]);
     let publish = |title: &str| {
-        event_with_tickets(&server, &shop.org, title, "2027-07-01T20:00:00Z", general_admission(100, 10), true);
+        event_with_tickets(&server, &shop.org, title, "2097-07-01T20:00:00Z", general_admission(100, 10), true);
     };
     publish("Earlier gig");
     create_webhook(&server, &admin, &everything.url, &["event.published"]);
@@ -402,7 +402,7 @@ fn a_partners_webhook_hears_nothing_of_drafts() {
 
     let create = "mutation($input: CreateEventInput!) { createEvent(input: $input) { id } }";
     let draft = |title: &str| {
-        let input = json!({"title": title, "startsAt": "2027-09-01T20:00:00Z", "city": "Lyon"});
+        let input = json!({"title": title, "startsAt": "2097-09-01T20:00:00Z", "city": "Lyon"});
         data(server.gql(Some(&org), create, json!({"input": input})))["createEvent"]["id"].as_str().unwrap().to_string()
     };
     let update = "mutation($id: ID!, $title: String!) { updateEvent(id: $id, input: {title: $title}) { id } }";

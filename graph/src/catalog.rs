@@ -138,6 +138,14 @@ impl Catalog {
         self.events.get(&id).map(|listed| listed.event.status)
     }
 
+    /// An event's status and when its sales close: at its end, or at its
+    /// start when it has no end.
+    pub(crate) fn event_sales(&self, id: EventId) -> Option<(crate::model::EventStatus, i64)> {
+        self.events
+            .get(&id)
+            .map(|listed| (listed.event.status, listed.event.ends_at_ms.unwrap_or(listed.event.starts_at_ms)))
+    }
+
     /// When a published event that starts after `now_ms` starts; `None`
     /// for any other event.
     pub(crate) fn upcoming_start(&self, id: EventId, now_ms: i64) -> Option<i64> {

@@ -444,6 +444,12 @@ impl Graph {
         self.catalog().event_status(id)
     }
 
+    /// An event's status and when its sales close (unix ms: its end, or its
+    /// start when it has no end), without copying the event.
+    pub fn event_sales(&self, id: EventId) -> Option<(model::EventStatus, i64)> {
+        self.catalog().event_sales(id)
+    }
+
     /// Recommendations (Q2) for `user` as the API serves them: the best
     /// `first` events by how many of the people `user` follows attend,
     /// counting only published events that start after `now_ms`; ties go to

@@ -327,10 +327,15 @@ impl Ledger {
         let mut shard = self.shard_of(request.ticket_type);
         self.expire_due(&mut shard, now_ms);
         let stock = self.ensure_stock(&mut shard, request.ticket_type)?;
-        match self.graph.event_status(stock.event) {
-            Some(EventStatus::Published) => {}
-            Some(EventStatus::Draft) => return Err(Error::Conflict("the event is not on sale yet (DRAFT)".into())),
-            Some(EventStatus::Cancelled | EventStatus::Withdrawn) => {
+        match self.graph.event_sales(stock.event) {
+            Some((EventStatus::Published, closes_ms)) if now_ms >= closes_ms => {
+                return Err(Error::Conflict("the event is over: its sales closed when it ended".into()))
+            }
+            Some((EventStatus::Published, _)) => {}
+            Some((EventStatus::Draft, _)) => {
+                return Err(Error::Conflict("the event is not on sale yet (DRAFT)".into()))
+            }
+            Some((EventStatus::Cancelled | EventStatus::Withdrawn, _)) => {
                 return Err(Error::Conflict("the event is cancelled".into()))
             }
             None => return Err(Error::NotFound("event")),

@@ -28,7 +28,9 @@ fn fixture(name: &str, capacity: i64, per_user_limit: Option<i64>) -> Fixture {
     let _ = std::fs::remove_dir_all(&dir);
     let graph = Arc::new(Graph::open(&dir, graph::Options { cache_bytes: 8 << 20 }).unwrap());
     let organizer = graph.register("org@example.com", "Org", Role::Organizer, None).unwrap();
-    let new_event = NewEvent { title: "Gig".into(), city: "Oslo".into(), starts_at_ms: 1, ..NewEvent::default() };
+    // 2100-01-01: on sale for as long as these tests will run.
+    let new_event =
+        NewEvent { title: "Gig".into(), city: "Oslo".into(), starts_at_ms: 4_102_444_800_000, ..NewEvent::default() };
     let event = graph.create_event(organizer.id, new_event).unwrap();
     let new_type =
         NewTicketType { name: "GA".into(), price_cents: 1000, currency: "EUR".into(), capacity, per_user_limit };
@@ -185,6 +187,23 @@ fn cancelling_an_event_cancels_its_bookings_and_refuses_new_ones() {
     assert_eq!(f.ledger.cancel_event(f.event, 1).unwrap(), 2);
     assert_eq!(f.ledger.sold(f.ticket_type), 0);
     assert!(matches!(f.ledger.book(&request(3, f.ticket_type, 1, "c", false), 2), Err(Error::Conflict(_))));
+}
+
+#[test]
+fn sales_close_when_the_event_ends_or_without_an_end_when_it_starts() {
+    let f = fixture("over", 10, None);
+    let event = f.graph.event(f.event).unwrap();
+    let starts = event.starts_at_ms;
+    f.ledger.book(&request(1, f.ticket_type, 1, "before", false), starts - 1).unwrap();
+    let late = f.ledger.book(&request(1, f.ticket_type, 1, "at-start", false), starts);
+    assert!(matches!(&late, Err(Error::Conflict(why)) if why.contains("over")), "{late:?}");
+    // With an end, sales go on until it.
+    let ends = starts + 3 * 3_600_000;
+    let changes = graph::EventChanges { ends_at_ms: Some(Some(ends)), ..graph::EventChanges::default() };
+    f.graph.update_event(f.event, changes).unwrap();
+    f.ledger.book(&request(1, f.ticket_type, 1, "at-the-door", false), starts + 60_000).unwrap();
+    assert!(matches!(f.ledger.book(&request(1, f.ticket_type, 1, "after", false), ends), Err(Error::Conflict(_))));
+    assert_eq!(f.ledger.sold(f.ticket_type), 2);
 }
 
 #[test]
