@@ -209,7 +209,7 @@ fn invalid_event_input_names_the_field() {
     let bad_date = server.gql(Some(&org), CREATE_EVENT, json!({"input": with("startsAt", json!("next friday"))}));
     assert_eq!(error_code(&bad_date), "BAD_USER_INPUT");
 
-    let event = create_event(&server, &org, base);
+    let event = create_event(&server, &org, base.clone());
     let ticket = json!({"name": "GA", "priceCents": 100, "currency": "EUR", "capacity": 5, "perUserLimit": 2});
     let with_ticket = |key: &str, value: Value| {
         let mut input = ticket.clone();
@@ -237,6 +237,41 @@ fn invalid_event_input_names_the_field() {
     }
     let ghost = server.gql(Some(&org), ADD_TICKET_TYPE, json!({"id": "999", "input": ticket}));
     assert_eq!(error_code(&ghost), "NOT_FOUND");
+
+    // Beside the event's other ticket types: one currency per event (its
+    // revenue adds up), distinct names.
+    data(server.gql(Some(&org), ADD_TICKET_TYPE, with_ticket("name", json!("GA"))));
+    let yen = json!({"id": id(&event), "input": {"name": "VIP", "priceCents": 100, "currency": "JPY", "capacity": 5}});
+    let response = server.gql(Some(&org), ADD_TICKET_TYPE, yen);
+    assert_eq!(error_code(&response), "BAD_USER_INPUT");
+    assert!(error_message(&response).starts_with("currency: must be EUR"), "{response}");
+    let twin = server.gql(Some(&org), ADD_TICKET_TYPE, with_ticket("name", json!("ga")));
+    assert_eq!(error_code(&twin), "CONFLICT", "{twin}");
+
+    // A venue holds its event: its city, and no more seats than it says.
+    let venue = "mutation { createVenue(name: \"Club\", city: \"Rome\", capacity: 10) { id } }";
+    let venue = data(server.gql(Some(&org), venue, json!({})))["createVenue"]["id"].clone();
+    create_event(&server, &org, with("city", json!("Paris")));
+    let mut in_paris = with("venueId", venue.clone());
+    in_paris["city"] = json!("Paris");
+    let response = server.gql(Some(&org), CREATE_EVENT, json!({"input": in_paris}));
+    assert_eq!(error_code(&response), "BAD_USER_INPUT");
+    assert!(error_message(&response).starts_with("city: must be the venue's city, Rome"), "{response}");
+    let mut in_rome = with("venueId", venue);
+    in_rome["city"] = json!("rome");
+    let at_club = create_event(&server, &org, in_rome);
+    let seats = |name: &str, capacity: i64| {
+        let input = json!({"name": name, "priceCents": 100, "currency": "EUR", "capacity": capacity});
+        server.gql(Some(&org), ADD_TICKET_TYPE, json!({"id": id(&at_club), "input": input}))
+    };
+    data(seats("Floor", 8));
+    let response = seats("Balcony", 3);
+    assert_eq!(error_code(&response), "BAD_USER_INPUT");
+    assert!(
+        error_message(&response).starts_with("capacity: the event's ticket types would hold 11 seats"),
+        "{response}"
+    );
+    data(seats("Balcony", 2));
 }
 
 #[test]

@@ -172,10 +172,6 @@ impl Catalog {
         ids.iter().filter_map(|id| self.ticket_types.get(id).cloned()).collect()
     }
 
-    pub(crate) fn ticket_type_count(&self, event: EventId) -> usize {
-        self.event_ticket_types.get(&event).map_or(0, Vec::len)
-    }
-
     /// Published events matching `query`, one page of them: walks the
     /// smallest index that applies, within the time window.
     pub(crate) fn published(&self, query: &EventQuery) -> EventPage {

@@ -359,7 +359,10 @@ impl Graph {
         };
         check_times(event.starts_at_ms, event.ends_at_ms)?;
         if let Some(venue) = new.venue {
-            self.venue(venue).ok_or(Error::NotFound("venue"))?;
+            let venue = self.venue(venue).ok_or(Error::NotFound("venue"))?;
+            if venue.city.to_lowercase() != event.city.to_lowercase() {
+                return Err(Error::invalid("city", format!("must be the venue's city, {}", venue.city)));
+            }
         }
         let guard = self.writer();
         event.id = EventId(self.next_event.fetch_add(1, Ordering::Relaxed));
@@ -481,12 +484,14 @@ impl Graph {
         if owner.status.is_cancelled() {
             return Err(Error::Conflict("event is cancelled; no ticket types can be added".into()));
         }
-        if self.catalog().ticket_type_count(event) >= rules::TICKET_TYPES_PER_EVENT_MAX {
+        let existing = self.catalog().ticket_types_of(event);
+        if existing.len() >= rules::TICKET_TYPES_PER_EVENT_MAX {
             return Err(Error::invalid(
                 "eventId",
                 format!("an event has at most {} ticket types", rules::TICKET_TYPES_PER_EVENT_MAX),
             ));
         }
+        check_beside(&ticket_type, &existing, owner.venue.and_then(|venue| self.venue(venue)).as_deref())?;
         ticket_type.id = TicketTypeId(self.next_ticket_type.fetch_add(1, Ordering::Relaxed));
         let seq = self.store.commit(now_ms(), &[Record::TicketTypeAdded(ticket_type.clone())])?;
         let ticket_type = self.catalog_mut().put_ticket_type(ticket_type);
@@ -655,6 +660,28 @@ fn checked_description(description: Option<String>) -> Result<Option<String>, Er
     let text =
         description.map(|d| rules::optional_text("description", &d, rules::DESCRIPTION_CHARS_MAX)).transpose()?;
     Ok(text.filter(|d| !d.is_empty()))
+}
+
+/// A new ticket type beside an event's `existing` ones: one currency per
+/// event (so that its revenue adds up), names distinct (ignoring case), and
+/// no more seats in all than its venue holds, when the venue says.
+fn check_beside(new: &TicketType, existing: &[Arc<TicketType>], venue: Option<&Venue>) -> Result<(), Error> {
+    if let Some(other) = existing.iter().find(|t| t.currency != new.currency) {
+        let why = format!("must be {}, the currency of the event's other ticket types (one per event)", other.currency);
+        return Err(Error::invalid("currency", why));
+    }
+    if existing.iter().any(|t| t.name.to_lowercase() == new.name.to_lowercase()) {
+        return Err(Error::Conflict(format!("the event already has a ticket type named {:?}", new.name)));
+    }
+    if let Some((venue, holds)) = venue.and_then(|venue| venue.capacity.map(|holds| (venue, holds))) {
+        let seats: u64 = existing.iter().map(|t| u64::from(t.capacity)).sum::<u64>() + u64::from(new.capacity);
+        if seats > u64::from(holds) {
+            let why =
+                format!("the event's ticket types would hold {seats} seats, more than {} holds ({holds})", venue.name);
+            return Err(Error::invalid("capacity", why));
+        }
+    }
+    Ok(())
 }
 
 fn check_times(starts_at_ms: i64, ends_at_ms: Option<i64>) -> Result<(), Error> {
