@@ -149,8 +149,17 @@ fn event_changes_and_notifications_reach_their_subscribers() {
     assert_eq!(marked["markNotificationsRead"], 1);
     let unread = data(server.gql(Some(&fan), "{ notifications(unreadOnly: true) { kind } }", json!({})));
     assert_eq!(unread["notifications"], json!([{"kind": "event.updated"}]));
+    let count = "{ unreadNotificationCount }";
+    assert_eq!(data(server.gql(Some(&fan), count, json!({})))["unreadNotificationCount"], 1);
     let all = data(server.gql(Some(&fan), "mutation { markNotificationsRead }", json!({})));
     assert_eq!(all["markNotificationsRead"], 1);
+    assert_eq!(data(server.gql(Some(&fan), count, json!({})))["unreadNotificationCount"], 0);
+    assert_eq!(error_code(&server.gql(None, count, json!({}))), "UNAUTHENTICATED");
+    // The whole inbox (200) fits one page.
+    let whole = data(server.gql(Some(&fan), "{ notifications(first: 200) { id } }", json!({})));
+    assert_eq!(whole["notifications"].as_array().unwrap().len(), 2);
+    let refused = server.gql(Some(&fan), "{ notifications(first: 201) { id } }", json!({}));
+    assert_eq!(error_code(&refused), "BAD_USER_INPUT", "{refused}");
 }
 
 #[test]

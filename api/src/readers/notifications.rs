@@ -499,6 +499,18 @@ pub fn inbox(graph: &Graph, user: UserId, first: usize, unread_only: bool) -> Re
     listed.iter().map(|(_, value)| decode(user, value).map(|stored| stored.notification)).collect()
 }
 
+/// How many of a user's notifications are unread.
+pub fn unread_count(graph: &Graph, user: UserId) -> Result<usize, graph::Error> {
+    let rows = graph.store().reader(Notifications::ID);
+    let mut unread = 0;
+    for (_, value) in rows.scan(&key(&[&[INBOX], &user.to_key()]), false, usize::MAX)? {
+        if !order_and_read(user, &value)?.1 {
+            unread += 1;
+        }
+    }
+    Ok(unread)
+}
+
 /// Where a stored notification sorts, and whether it is read, checked
 /// whole but without copying its text.
 fn order_and_read(user: UserId, value: &[u8]) -> Result<((u64, u16), bool), graph::Error> {

@@ -117,10 +117,14 @@ fn graphql_int(field: &str, value: i64) -> ApiResult<i32> {
 
 /// Checks a page size argument; null (an absent variable) means the default.
 fn page_size(first: Option<i64>, default: i64) -> ApiResult<usize> {
-    const FIRST_MAX: i64 = 100;
+    page_size_up_to(first, default, 100)
+}
+
+/// A `first` argument bounded by `max`.
+fn page_size_up_to(first: Option<i64>, default: i64, max: i64) -> ApiResult<usize> {
     let first = first.unwrap_or(default);
-    if !(0..=FIRST_MAX).contains(&first) {
-        return Err(ApiError::bad_input("first", format!("must be between 0 and {FIRST_MAX}")));
+    if !(0..=max).contains(&first) {
+        return Err(ApiError::bad_input("first", format!("must be between 0 and {max}")));
     }
     usize::try_from(first).map_err(|_| ApiError::bad_input("first", "out of range"))
 }

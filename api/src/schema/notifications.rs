@@ -2,7 +2,7 @@
 
 use async_graphql::{Context, Object, ID};
 
-use super::{app, blocking, page_size, viewer, DateTime};
+use super::{app, blocking, page_size_up_to, viewer, DateTime};
 use crate::error::{ApiError, ApiResult};
 use crate::readers::notifications::{self, Notification};
 
@@ -48,7 +48,8 @@ impl NotificationsQuery {
         #[graphql(default_with = "Some(false)")] unread_only: Option<bool>,
     ) -> ApiResult<Vec<NotificationObject>> {
         let user = viewer(ctx).require()?.id;
-        let first = page_size(first, 20)?;
+        // The whole inbox can be listed in one page.
+        let first = page_size_up_to(first, 20, notifications::INBOX_MAX as i64)?;
         let app = app(ctx).clone();
         let unread_only = unread_only.unwrap_or(false);
         blocking(move || {
@@ -56,6 +57,13 @@ impl NotificationsQuery {
             Ok(found.into_iter().map(NotificationObject).collect())
         })
         .await
+    }
+
+    /// How many of the viewer's notifications are unread (for a badge).
+    async fn unread_notification_count(&self, ctx: &Context<'_>) -> ApiResult<i32> {
+        let user = viewer(ctx).require()?.id;
+        let app = app(ctx).clone();
+        blocking(move || Ok(notifications::unread_count(&app.graph, user)? as i32)).await
     }
 }
 
