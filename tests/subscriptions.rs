@@ -160,6 +160,14 @@ fn event_changes_and_notifications_reach_their_subscribers() {
     assert_eq!(whole["notifications"].as_array().unwrap().len(), 2);
     let refused = server.gql(Some(&fan), "{ notifications(first: 201) { id } }", json!({}));
     assert_eq!(error_code(&refused), "BAD_USER_INPUT", "{refused}");
+
+    // A second booking of the same event: the fan hears of it, the friend
+    // (who knows the fan is going) does not again.
+    book(&server, &fan, &stage.ticket_type, 1, "b", false);
+    assert_eq!(fan_ws.next_data("n")["notifications"]["kind"], "booking.confirmed");
+    let friends = data(server.gql(Some(&friend), "{ notifications { kind } }", json!({})))["notifications"].clone();
+    let going = friends.as_array().unwrap().iter().filter(|n| n["kind"] == "friend.going").count();
+    assert_eq!(going, 1, "{friends}");
 }
 
 #[test]

@@ -372,10 +372,12 @@ impl Graph {
         self.save_event(guard, Record::EventCreated, event)
     }
 
-    /// Applies `changes` to an event that is not cancelled.
+    /// Applies `changes` to an event that is not cancelled. Changes that
+    /// change nothing are no change: nothing is logged, nobody is told.
     pub fn update_event(&self, id: EventId, changes: EventChanges) -> Result<Arc<Event>, Error> {
         let guard = self.writer();
-        let mut event = Event::clone(&*self.event(id).ok_or(Error::NotFound("event"))?);
+        let stored = self.event(id).ok_or(Error::NotFound("event"))?;
+        let mut event = Event::clone(&*stored);
         if event.status.is_cancelled() {
             return Err(Error::Conflict("event is cancelled and can no longer be changed".into()));
         }
@@ -391,6 +393,9 @@ impl Graph {
         event.starts_at_ms = changes.starts_at_ms.unwrap_or(event.starts_at_ms);
         event.ends_at_ms = changes.ends_at_ms.unwrap_or(event.ends_at_ms);
         check_times(event.starts_at_ms, event.ends_at_ms)?;
+        if event == *stored {
+            return Ok(stored);
+        }
         self.save_event(guard, Record::EventUpdated, event)
     }
 

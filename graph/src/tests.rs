@@ -137,6 +137,22 @@ fn listings_hold_published_events_in_start_order_with_filters() {
 }
 
 #[test]
+fn an_update_that_changes_nothing_is_not_logged() {
+    let dir = TempDir::new("no-op-update");
+    let graph = open(&dir);
+    let org = graph.register("o@example.com", "O", Role::Organizer, None).unwrap();
+    let event = graph.create_event(org.id, event_at(5, "Oslo", &[])).unwrap();
+    let head = graph.store().head_seq();
+    graph.update_event(event.id, EventChanges::default()).unwrap();
+    let same = EventChanges { title: Some(event.title.clone()), starts_at_ms: Some(5), ..EventChanges::default() };
+    assert_eq!(graph.update_event(event.id, same).unwrap(), event);
+    assert_eq!(graph.store().head_seq(), head, "nothing logged, so nobody is told");
+    let renamed = EventChanges { title: Some("Renamed".into()), ..EventChanges::default() };
+    assert_eq!(graph.update_event(event.id, renamed).unwrap().title, "Renamed");
+    assert_eq!(graph.store().head_seq(), head + 1);
+}
+
+#[test]
 fn cancelled_events_refuse_changes() {
     let dir = TempDir::new("cancel");
     let graph = open(&dir);

@@ -78,6 +78,10 @@ pub struct Notifications {
     graph: Arc<Graph>,
     /// Live bookings by event, by booking id: who holds tickets.
     holders: HashMap<EventId, BTreeMap<BookingId, UserId>>,
+    /// How many live bookings each holder has of each event (from
+    /// `holders`): a friend hears that someone is going once, not once
+    /// per booking.
+    live_bookings: HashMap<(EventId, UserId), u32>,
     /// Holder groups the current batch changed, written by `finish`.
     changed_holders: BTreeSet<(EventId, u64)>,
     /// Holder rows of the layout before groups (one per booking), removed
@@ -105,6 +109,7 @@ impl Notifications {
         let mut reader = Notifications {
             graph,
             holders: HashMap::new(),
+            live_bookings: HashMap::new(),
             changed_holders: BTreeSet::new(),
             stale_holder_rows: Vec::new(),
             next_slots: HashMap::new(),
@@ -147,10 +152,18 @@ impl Notifications {
 
     fn hold(&mut self, booking: &Booking, live: bool) {
         let holders = self.holders.entry(booking.event).or_default();
+        let counted = (booking.event, booking.user);
         if live {
-            holders.insert(booking.id, booking.user);
-        } else {
-            holders.remove(&booking.id);
+            if holders.insert(booking.id, booking.user).is_none() {
+                *self.live_bookings.entry(counted).or_default() += 1;
+            }
+        } else if holders.remove(&booking.id).is_some() {
+            if let Some(count) = self.live_bookings.get_mut(&counted) {
+                *count -= 1;
+                if *count == 0 {
+                    self.live_bookings.remove(&counted);
+                }
+            }
         }
         self.changed_holders.insert((booking.event, booking.id.group()));
     }
@@ -224,7 +237,11 @@ impl Notifications {
             message: format!("Your booking of {seats} for {title} is confirmed."),
             event: Some(booking.event),
         }];
-        let friends: Vec<UserId> = {
+        // Friends heard of the booker's going with their first live booking.
+        let already_going = self.live_bookings.get(&(booking.event, booking.user)).is_some_and(|&live| live > 1);
+        let friends: Vec<UserId> = if already_going {
+            Vec::new()
+        } else {
             let social = self.graph.social();
             let followees = social.following(booking.user).iter().map(|&f| UserId(f.into()));
             followees.filter(|&f| social.follows(f, booking.user)).take(FRIEND_FANOUT_MAX).collect()
@@ -322,6 +339,12 @@ impl Reader for Notifications {
                     self.stale_holder_rows.push(key);
                 }
                 _ => return Err(graph::Error::Corrupt("holder key")),
+            }
+        }
+        self.live_bookings.clear();
+        for (&event, held) in &self.holders {
+            for &user in held.values() {
+                *self.live_bookings.entry((event, user)).or_default() += 1;
             }
         }
         self.next_slots.clear();
