@@ -123,6 +123,9 @@ fn access_rules_for_events() {
     assert_eq!(data(server.gql(Some(&rival), EVENT, json!({"id": event_id})))["event"], json!(null));
     assert_eq!(data(server.gql(None, EVENT, json!({"id": event_id})))["event"], json!(null));
     assert_eq!(data(server.gql(None, EVENT, json!({"id": "4242"})))["event"], json!(null));
+    // One id, one spelling: "01" is not an id.
+    let padded = server.gql(Some(&owner), EVENT, json!({"id": format!("0{event_id}")}));
+    assert_eq!(error_code(&padded), "BAD_USER_INPUT", "{padded}");
 
     // Another organizer's draft is not there for them (as for `event(id)`:
     // its existence is not told), an attendee may not organize at all.

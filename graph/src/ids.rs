@@ -28,9 +28,12 @@ macro_rules! typed_id {
 
         impl std::str::FromStr for $name {
             type Err = ParseIdError;
-            /// Ids are positive decimal integers; zero is never allocated.
+            /// Ids are positive decimal integers, written as they are
+            /// served (no leading zeros: "007" is not 7); zero is never
+            /// allocated.
             fn from_str(text: &str) -> Result<Self, ParseIdError> {
-                if text.is_empty() || text.len() > 20 || !text.bytes().all(|b| b.is_ascii_digit()) {
+                let canonical = !text.starts_with('0');
+                if text.is_empty() || text.len() > 20 || !canonical || !text.bytes().all(|b| b.is_ascii_digit()) {
                     return Err(ParseIdError);
                 }
                 match text.parse::<u64>() {
@@ -113,6 +116,8 @@ mod tests {
         assert!("-1".parse::<UserId>().is_err());
         assert!("+1".parse::<UserId>().is_err());
         assert!("1e3".parse::<UserId>().is_err());
+        assert!("007".parse::<UserId>().is_err(), "one id, one spelling");
+        assert!("00".parse::<UserId>().is_err());
         assert!("99999999999999999999".parse::<UserId>().is_err());
     }
 
