@@ -194,6 +194,8 @@ fn invalid_event_input_names_the_field() {
     };
     let cases = [
         (with("title", json!("  ")), "title"),
+        (with("title", json!("Gig\tnight")), "title"),
+        (with("tags", json!(["a\nb"])), "tags"),
         (with("title", json!("t".repeat(201))), "title"),
         (with("description", json!("d".repeat(5001))), "description"),
         (with("city", json!("")), "city"),

@@ -555,7 +555,8 @@ impl Graph {
 
     fn change_follow(&self, follower: UserId, followee: UserId, follow: bool) -> Result<bool, Error> {
         if follower == followee {
-            return Err(Error::invalid("userId", "you cannot follow yourself"));
+            let why = if follow { "you cannot follow yourself" } else { "you cannot unfollow yourself" };
+            return Err(Error::invalid("userId", why));
         }
         self.user(followee)?.ok_or(Error::NotFound("user"))?;
         let guard = self.writer();

@@ -39,7 +39,37 @@ pub fn required_text(field: &'static str, text: &str, max: usize) -> Result<Stri
     if trimmed.is_empty() {
         return Err(Error::invalid(field, "must not be empty"));
     }
+    // One line: names, titles, cities and tags are shown inline, so no line
+    // breaks or tabs, and nothing that reorders or hides what is shown.
+    if trimmed.chars().any(|c| c.is_control()) {
+        return Err(Error::invalid(
+            field,
+            "must be one line, without control characters (tabs and line breaks included)",
+        ));
+    }
+    if trimmed.chars().any(is_reordering) {
+        return Err(Error::invalid(field, "must not contain bidirectional overrides or invisible separators"));
+    }
+    if trimmed.chars().all(|c| c.is_whitespace() || is_invisible(c)) {
+        return Err(Error::invalid(field, "must have a visible character"));
+    }
     optional_text(field, trimmed, max)
+}
+
+/// Characters that reorder text or hide where words break: bidirectional
+/// embeddings, overrides and isolates, zero-width spaces, the byte order
+/// mark. A name holding them can pass for another.
+fn is_reordering(c: char) -> bool {
+    matches!(c, '\u{200B}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// Characters that show nothing by themselves (joiners, direction marks,
+/// variation selectors, fillers): allowed in a name, not as all of it.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}' | '\u{115F}' | '\u{1160}' | '\u{180E}' | '\u{200C}'..='\u{200F}' | '\u{2800}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}'
+    )
 }
 
 /// Like [`required_text`] but allows the empty string, which it keeps as is.
@@ -140,6 +170,19 @@ mod tests {
         assert!(required_text("title", "   ", 10).is_err());
         assert!(required_text("title", &"x".repeat(11), 10).is_err());
         assert!(required_text("title", "a\u{0}b", 10).is_err());
+        for one_line_only in ["a\nb", "a\tb", "a\rb"] {
+            assert!(required_text("name", one_line_only, 10).is_err(), "{one_line_only:?}");
+        }
+        assert!(optional_text("description", "line\n\tline", 20).is_ok(), "a description may have lines");
+        for spoof in ["\u{202E}nimda", "ad\u{200B}min", "a\u{2066}b"] {
+            assert!(required_text("name", spoof, 20).is_err(), "{spoof:?}");
+        }
+        for blank in ["\u{200D}", " \u{200C}\u{FE0F} ", "\u{3164}"] {
+            assert!(required_text("name", blank, 20).is_err(), "{blank:?}");
+        }
+        for fine in ["Zoë", "👩\u{200D}🚀 crew", "שלום", "Café\u{200E}"] {
+            assert!(required_text("name", fine, 20).is_ok(), "{fine:?}");
+        }
         let Error::Invalid { field, .. } = required_text("title", "", 10).unwrap_err() else { panic!() };
         assert_eq!(field, "title");
     }
