@@ -327,6 +327,13 @@ fn listings_filter_and_paginate_in_start_order() {
     assert_eq!(titles(json!({"text": "JAZZ late"})), ["Late jazz"]);
     assert_eq!(titles(json!({"text": "gala"})), ["Opera gala"]);
     assert!(titles(json!({"text": "polka"})).is_empty());
+    // A text with no words finds nothing; a blank city, tag or text filters nothing.
+    assert!(titles(json!({"text": "🎸"})).is_empty());
+    assert_eq!(titles(json!({"city": " ", "tag": "", "text": " "})).len(), 5);
+    let backwards =
+        server.gql(None, EVENTS, json!({"filter": {"from": "2097-08-01T00:00:00Z", "to": "2097-06-01T00:00:00Z"}}));
+    assert_eq!(error_code(&backwards), "BAD_USER_INPUT");
+    assert!(error_message(&backwards).starts_with("filter.to"), "{backwards}");
 
     let empty = data(server.gql(None, EVENTS, json!({"first": 0})))["events"].clone();
     assert_eq!(empty["nodes"], json!([]));

@@ -175,7 +175,7 @@ impl Catalog {
     /// Published events matching `query`, one page of them: walks the
     /// smallest index that applies, within the time window.
     pub(crate) fn published(&self, query: &EventQuery) -> EventPage {
-        if matches!((query.from_ms, query.to_ms), (Some(from), Some(to)) if from >= to) {
+        if matches!((query.from_ms, query.to_ms), (Some(from), Some(to)) if from >= to) || has_no_words(query) {
             return EventPage::default();
         }
         let lower = match query.from_ms {
@@ -312,13 +312,64 @@ impl Filter {
     }
 }
 
-/// Distinct lower-case alphanumeric words of `text`, sorted.
+/// Whether the query searches a text with no words in it ("🎸", "%"):
+/// that finds nothing (a blank text searches nothing, and finds all).
+fn has_no_words(query: &EventQuery) -> bool {
+    query.text.as_deref().is_some_and(|text| !text.trim().is_empty() && words(text).is_empty())
+}
+
+/// Distinct lower-case alphanumeric words of `text`, their accents
+/// dropped ("Café" is "cafe"), sorted.
 fn words(text: &str) -> Vec<String> {
-    let mut words: Vec<String> =
-        text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect();
+    let mut words: Vec<String> = text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            let mut word = String::with_capacity(w.len());
+            for c in w.to_lowercase().chars() {
+                match unaccented(c) {
+                    Some(plain) => word.push_str(plain),
+                    None => word.push(c),
+                }
+            }
+            word
+        })
+        .collect();
     words.sort_unstable();
     words.dedup();
     words
+}
+
+/// A lower-case Latin letter without its accent (`é` is `e`, `ß` is `ss`),
+/// so that a search finds a word however its accents were typed; `None`
+/// for any other character.
+fn unaccented(c: char) -> Option<&'static str> {
+    Some(match c {
+        'à' | 'á' | 'â' | 'ã' | 'ä' | 'å' | 'ā' | 'ă' | 'ą' => "a",
+        'æ' => "ae",
+        'ç' | 'ć' | 'ĉ' | 'ċ' | 'č' => "c",
+        'ď' | 'đ' | 'ð' => "d",
+        'è' | 'é' | 'ê' | 'ë' | 'ē' | 'ĕ' | 'ė' | 'ę' | 'ě' => "e",
+        'ĝ' | 'ğ' | 'ġ' | 'ģ' => "g",
+        'ĥ' | 'ħ' => "h",
+        'ì' | 'í' | 'î' | 'ï' | 'ĩ' | 'ī' | 'ĭ' | 'į' | 'ı' => "i",
+        'ĵ' => "j",
+        'ķ' => "k",
+        'ĺ' | 'ļ' | 'ľ' | 'ŀ' | 'ł' => "l",
+        'ñ' | 'ń' | 'ņ' | 'ň' => "n",
+        'ò' | 'ó' | 'ô' | 'õ' | 'ö' | 'ø' | 'ō' | 'ŏ' | 'ő' => "o",
+        'œ' => "oe",
+        'ŕ' | 'ŗ' | 'ř' => "r",
+        'ś' | 'ŝ' | 'ş' | 'š' => "s",
+        'ß' => "ss",
+        'ţ' | 'ť' | 'ŧ' => "t",
+        'þ' => "th",
+        'ù' | 'ú' | 'û' | 'ü' | 'ũ' | 'ū' | 'ŭ' | 'ů' | 'ű' | 'ų' => "u",
+        'ŵ' => "w",
+        'ý' | 'ÿ' | 'ŷ' => "y",
+        'ź' | 'ż' | 'ž' => "z",
+        _ => return None,
+    })
 }
 
 fn words_of(event: &Event) -> Vec<String> {
@@ -368,6 +419,9 @@ mod tests {
 
     /// The reference: filter every published event one by one.
     fn brute_force(events: &[Event], query: &EventQuery) -> Vec<EventId> {
+        if has_no_words(query) {
+            return Vec::new();
+        }
         let text = words(query.text.as_deref().unwrap_or(""));
         let mut matching: Vec<&Event> = events
             .iter()

@@ -129,11 +129,23 @@ fn listings_hold_published_events_in_start_order_with_filters() {
     assert_eq!(window.events.iter().map(|e| e.starts_at_ms).collect::<Vec<_>>(), vec![8_000, 9_000]);
     let text = graph.events(&EventQuery { text: Some("gig 9000".into()), first: 10, ..EventQuery::default() });
     assert_eq!(text.total, 1);
+    let searched =
+        |text: &str| graph.events(&EventQuery { text: Some(text.into()), first: 10, ..EventQuery::default() }).total;
+    assert_eq!(searched("🎸"), 0, "a text with no words finds nothing");
+    assert_eq!(searched("%"), 0);
+    assert_eq!(searched("  "), searched(""), "a blank text searches nothing");
     let mine = graph.organized_by(org.id, &EventQuery { first: 10, ..EventQuery::default() });
     assert_eq!(mine.total, 5);
     assert_eq!(mine.events[0].id, draft.id);
     graph.cancel_event(published[0].id).unwrap();
     assert_eq!(graph.events(&EventQuery { first: 10, ..EventQuery::default() }).total, 3);
+    let cafe =
+        graph.create_event(org.id, NewEvent { title: "Café Müller".into(), ..event_at(9_500, "Köln", &[]) }).unwrap();
+    graph.publish_event(cafe.id).unwrap();
+    for typed in ["cafe", "CAFÉ", "muller", "koln", "café müll"] {
+        let found = graph.events(&EventQuery { text: Some(typed.into()), first: 10, ..EventQuery::default() });
+        assert_eq!(found.events.iter().map(|e| e.id).collect::<Vec<_>>(), [cafe.id], "{typed}");
+    }
 }
 
 #[test]

@@ -284,9 +284,16 @@ fn event_query(filter: Option<EventFilter>, first: Option<i64>, after: Option<St
             return Err(ApiError::bad_input(field, format!("must be at most {TEXT_FILTER_CHARS_MAX} characters")));
         }
     }
+    if let (Some(from), Some(to)) = (&filter.from, &filter.to) {
+        if from.0 > to.0 {
+            return Err(ApiError::bad_input("filter.to", "must not be before filter.from"));
+        }
+    }
+    // A blank city or tag, like a blank text, filters nothing.
+    let given = |value: Option<String>| value.filter(|v| !v.trim().is_empty());
     Ok(EventQuery {
-        city: filter.city,
-        tag: filter.tag,
+        city: given(filter.city),
+        tag: given(filter.tag),
         from_ms: filter.from.map(|at| at.0),
         to_ms: filter.to.map(|at| at.0),
         text: filter.text,
