@@ -367,7 +367,7 @@ async fn run_server(config: &ServeConfig, graph: Arc<Graph>, ledger: Arc<ledger:
     Ok(())
 }
 
-/// A future that completes on SIGINT or SIGTERM. The handlers are installed
+/// A future that completes on SIGINT, SIGTERM or SIGHUP. The handlers are installed
 /// here, before the server announces itself, so a signal sent the moment
 /// it is listening still stops it cleanly.
 fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, Failure> {
@@ -375,10 +375,14 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, Failure> {
     let watch = |kind| signal(kind).map_err(|e| Failure::Runtime(format!("cannot watch signals: {e}")));
     let mut interrupt = watch(SignalKind::interrupt())?;
     let mut terminate = watch(SignalKind::terminate())?;
+    // A closed terminal's hangup too: there is no configuration to reload,
+    // and its default would end the process without a drain.
+    let mut hangup = watch(SignalKind::hangup())?;
     Ok(async move {
         tokio::select! {
             _ = interrupt.recv() => {}
             _ = terminate.recv() => {}
+            _ = hangup.recv() => {}
         }
         tracing::info!("shutting down: finishing requests in flight");
     })

@@ -194,6 +194,19 @@ fn sigterm_right_after_start_exits_cleanly() {
         let server = Server::start(dir.path(), &[]);
         assert_eq!(server.stop(), Some(0), "SIGTERM right after \"marquee listening on\" killed the process");
     }
+    // A hangup (a closed terminal) stops it as cleanly.
+    let dir = TempDir::new("hangup");
+    let mut server = Server::start(dir.path(), &[]);
+    assert!(Command::new("kill").args(["-HUP", &server.child.id().to_string()]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "SIGHUP did not stop the server");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "SIGHUP is a clean stop, not death by the signal");
 }
 
 /// Every URL the page would load or call: src/href/action attributes,
