@@ -116,8 +116,7 @@ fn open_shop(server: &Server, email: &str) -> Shop {
 }
 
 const CREATE: &str = "mutation($url: String!, $events: [String!]!) { createWebhook(url: $url, events: $events) { secret webhook { id url events active } } }";
-const DELIVERIES: &str =
-    "query($id: ID!) { webhookDeliveries(webhookId: $id) { id event attempt statusCode deliveredAt nextAttemptAt } }";
+const DELIVERIES: &str = "query($id: ID!) { webhookDeliveries(webhookId: $id) { id event attempt statusCode error deliveredAt nextAttemptAt } }";
 
 fn create_webhook(server: &Server, token: &str, url: &str, events: &[&str]) -> (String, String) {
     let created = data(server.gql(Some(token), CREATE, json!({"url": url, "events": events})))["createWebhook"].clone();
@@ -179,6 +178,7 @@ fn deliveries_are_signed_stable_and_retried_after_errors_and_timeouts() {
     };
     assert_eq!(delivery["id"], ids[0].as_str());
     assert_eq!((delivery["attempt"].clone(), delivery["statusCode"].clone()), (json!(3), json!(204)));
+    assert_eq!(delivery["error"], Value::Null, "an answer came");
     assert_eq!(delivery["nextAttemptAt"], Value::Null);
 
     // Other event names follow the subscription list.
@@ -301,6 +301,26 @@ fn webhook_input_and_access_rules() {
         assert_eq!(code, "BAD_USER_INPUT", "{url}");
         assert!(message.starts_with("url"), "{url}: {message}");
     }
+    // A host name is held to what it resolves to now: the machine's own
+    // name (loopback or private on most hosts) is refused when it resolves
+    // only to such addresses, and taken otherwise.
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    let resolved: Vec<std::net::IpAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(hostname.as_str(), 80))
+        .map(|found| found.map(|address| address.ip()).collect())
+        .unwrap_or_default();
+    let private = |ip: &std::net::IpAddr| match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local(),
+        std::net::IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
+    };
+    let url = format!("http://{hostname}:9/hook");
+    let response = server.gql(Some(&org), CREATE, json!({"url": url, "events": ["booking.confirmed"]}));
+    if !resolved.is_empty() && resolved.iter().all(private) {
+        assert_eq!(error_code(&response), "BAD_USER_INPUT", "{hostname} resolves to {resolved:?}: {response}");
+        assert!(error_message(&response).contains("resolves only to loopback or private"), "{response}");
+    } else if !resolved.is_empty() {
+        assert!(response.get("errors").is_none(), "{hostname} resolves to {resolved:?}: {response}");
+    }
+    assert_eq!(refused(&org, "http://localhost./hook", json!(["booking.confirmed"])).0, "BAD_USER_INPUT");
     assert_eq!(refused(&org, "ftp://example.com/", json!(["booking.confirmed"])).0, "BAD_USER_INPUT");
     assert_eq!(refused(&org, "https://user:pw@example.com/", json!(["booking.confirmed"])).0, "BAD_USER_INPUT");
     let (code, message) = refused(&org, "https://example.com/", json!(["booking.teleported"]));
@@ -434,7 +454,7 @@ fn a_webhook_that_never_answers_does_not_hold_up_the_others() {
     let slow_shop = open_shop(&server, "slow@example.com");
     let quick_shop = open_shop(&server, "quick@example.com");
     let silent = Receiver::start(&[Reply::Hang(Duration::from_secs(8)); 100]);
-    create_webhook(&server, &slow_shop.org, &silent.url, &["booking.confirmed"]);
+    let (slow_hook, _) = create_webhook(&server, &slow_shop.org, &silent.url, &["booking.confirmed"]);
     let quick = Receiver::start(&[]);
     create_webhook(&server, &quick_shop.org, &quick.url, &["booking.confirmed"]);
     let (fan, _) = register(&server, "fan@example.com", "ATTENDEE");
@@ -450,4 +470,20 @@ fn a_webhook_that_never_answers_does_not_hold_up_the_others() {
     assert!(started.elapsed() < Duration::from_secs(4), "quick deliveries took {:?}", started.elapsed());
     let held = silent.received().len();
     assert!(held <= 4, "the silent endpoint holds {held} deliveries at once");
+
+    // Its owner can see why its deliveries fail.
+    let deliveries = "query($id: ID!) { webhookDeliveries(webhookId: $id, first: 100) { attempt statusCode error } }";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed =
+            data(server.gql(Some(&slow_shop.org), deliveries, json!({"id": slow_hook})))["webhookDeliveries"].clone();
+        let failed = listed.as_array().unwrap().iter().find(|d| d["attempt"].as_u64() >= Some(1)).cloned();
+        if let Some(failed) = failed {
+            assert_eq!(failed["statusCode"], Value::Null, "{failed}");
+            assert_eq!(failed["error"], "no answer within 8000 ms", "{failed}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no attempt of the silent webhook ended: {listed}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -103,6 +103,10 @@ pub struct Delivery {
     /// stored before it was kept).
     #[serde(default)]
     pub made_at_ms: i64,
+    /// Why the last attempt got no HTTP status (it timed out, could not
+    /// connect, or the address is refused); `None` when one came back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 fn delivery_key(webhook: WebhookId, seq: u64) -> Vec<u8> {
@@ -254,6 +258,7 @@ impl Reader for Outbox {
                 delivered_at_ms: None,
                 next_attempt_at_ms: due,
                 made_at_ms: entry.at_ms,
+                error: None,
             };
             batch.put(rows, &row, &serde_json::to_vec(&delivery).expect("deliveries serialise"));
             if let Some(due) = due {
@@ -300,6 +305,30 @@ pub fn resume(graph: &Graph, webhook: WebhookId) -> Result<usize, graph::Error> 
     rows.commit(batch, None)?;
     Ok(resumed)
 }
+
+/// Refuses a URL whose host name resolves, now, only to addresses that
+/// deliveries are refused (`localhost.`, a name for 10.0.0.5): its every
+/// delivery would fail. A name that does not resolve (yet) is taken: DNS
+/// may change, and each delivery checks again.
+pub async fn check_host_resolves_publicly(url: &str) -> Result<(), String> {
+    let Some(host) = reqwest::Url::parse(url).ok().and_then(|url| url.host_str().map(str::to_string)) else {
+        return Ok(());
+    };
+    if host.trim_matches(['[', ']']).parse::<IpAddr>().is_ok() {
+        return Ok(()); // checked as a literal by check_url
+    }
+    let lookup = tokio::net::lookup_host((host.as_str(), 0));
+    let Ok(Ok(found)) = tokio::time::timeout(Duration::from_secs(2), lookup).await else { return Ok(()) };
+    let addresses: Vec<SocketAddr> = found.collect();
+    if !addresses.is_empty() && addresses.iter().all(|address| is_private(address.ip())) {
+        return Err(format!("{host} resolves only to loopback or private addresses, which deliveries are refused"));
+    }
+    Ok(())
+}
+
+/// Why a delivery to a refused address was not sent.
+const REFUSED_ADDRESS: &str =
+    "the address is loopback or private, which the server refuses (the operator may allow them with --allow-private-webhooks)";
 
 /// Whether a webhook whose delivery ran out of retries is failing: not
 /// when another of its deliveries got through since that one was made (one
@@ -394,7 +423,8 @@ pub fn check_url(text: &str, allow_private: bool) -> Result<String, String> {
     }
     let host = url.host_str().filter(|h| !h.is_empty()).ok_or("must name a host")?;
     let literal = host.trim_matches(['[', ']']).parse::<IpAddr>().ok();
-    let local_name = host.eq_ignore_ascii_case("localhost") || host.to_ascii_lowercase().ends_with(".localhost");
+    let name = host.trim_end_matches('.').to_ascii_lowercase();
+    let local_name = name == "localhost" || name.ends_with(".localhost");
     if (literal.is_some_and(is_private) || local_name) && !allow_private {
         return Err("must not point at a loopback, private or link-local address".into());
     }
@@ -556,9 +586,11 @@ impl Deliverer {
             batch.put(&rows, &row, &serde_json::to_vec(&delivery).expect("deliveries serialise"));
             return self.commit(batch).await;
         }
-        let status = self.send(&webhook, &delivery).await;
+        let sent = self.send(&webhook, &delivery).await;
         delivery.attempt += 1;
+        let status = sent.as_ref().ok().copied();
         delivery.status_code = status;
+        delivery.error = sent.err();
         let now = graph::now_ms();
         let mut failing = false;
         if status.is_some_and(|s| (200..300).contains(&s)) {
@@ -593,13 +625,13 @@ impl Deliverer {
         Ok(())
     }
 
-    /// POSTs the delivery; the status, or `None` when no answer came.
-    async fn send(&self, webhook: &Webhook, delivery: &Delivery) -> Option<u16> {
+    /// POSTs the delivery; the status, or why no answer came.
+    async fn send(&self, webhook: &Webhook, delivery: &Delivery) -> Result<u16, String> {
         if let Ok(url) = reqwest::Url::parse(&webhook.url) {
             let literal = url.host_str().and_then(|h| h.trim_matches(['[', ']']).parse::<IpAddr>().ok());
             if literal.is_some_and(is_private) && !self.settings.allow_private {
                 tracing::warn!(webhook = webhook.id.0, "refusing a delivery to a private address");
-                return None;
+                return Err(REFUSED_ADDRESS.into());
             }
         }
         let signature = format!("sha256={}", sign(webhook.secret.as_bytes(), delivery.body.as_bytes()));
@@ -614,11 +646,29 @@ impl Deliverer {
             .send()
             .await;
         match sent {
-            Ok(response) => Some(response.status().as_u16()),
+            Ok(response) => Ok(response.status().as_u16()),
             Err(error) => {
                 tracing::info!(webhook = webhook.id.0, %error, "webhook delivery got no answer");
-                None
+                Err(self.why(&error))
             }
+        }
+    }
+
+    /// Why a POST got no answer, for the webhook's owner.
+    fn why(&self, error: &reqwest::Error) -> String {
+        let mut innermost: &dyn std::error::Error = error;
+        while let Some(source) = innermost.source() {
+            innermost = source;
+        }
+        let detail = innermost.to_string();
+        if detail.contains("refused (loopback/private)") {
+            REFUSED_ADDRESS.into()
+        } else if error.is_timeout() {
+            format!("no answer within {} ms", self.settings.timeout_ms)
+        } else if error.is_connect() {
+            format!("could not connect: {detail}")
+        } else {
+            format!("no answer: {detail}")
         }
     }
 }

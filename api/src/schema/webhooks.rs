@@ -65,6 +65,11 @@ impl WebhookDeliveryObject {
     async fn next_attempt_at(&self) -> Option<DateTime> {
         self.0.next_attempt_at_ms.map(DateTime)
     }
+    /// Why the last attempt got no HTTP status (no answer in time, could
+    /// not connect, a refused address); null when one came back.
+    async fn error(&self) -> Option<&str> {
+        self.0.error.as_deref()
+    }
 }
 
 /// The webhook `id`, if the viewer owns it or is an admin.
@@ -137,6 +142,9 @@ impl WebhooksMutation {
         let app = app(ctx).clone();
         let url = webhooks::check_url(&url, app.settings.webhooks.allow_private)
             .map_err(|why| ApiError::bad_input("url", why))?;
+        if !app.settings.webhooks.allow_private {
+            webhooks::check_host_resolves_publicly(&url).await.map_err(|why| ApiError::bad_input("url", why))?;
+        }
         let events = check_events(events)?;
         let secret = format!("whsec_{}", &crate::auth::new_token()[crate::auth::TOKEN_PREFIX.len()..]);
         let kept = secret.clone();
