@@ -253,7 +253,7 @@ fn serve_with(config: &ServeConfig) -> Result<(), Failure> {
         .map_err(|e| Failure::Runtime(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(run_server(config, graph.clone(), ledger))?;
     graph.store().flush().map_err(|e| Failure::Runtime(format!("final flush failed: {e}")))?;
-    tracing::info!("stopped cleanly");
+    tracing::info!("stopped: the store is flushed");
     Ok(())
 }
 
