@@ -189,6 +189,9 @@ fn subscriptions_enforce_auth_and_limits() {
     let mut null = Ws { socket: open(&server.addr, "graphql-transport-ws").unwrap(), legacy: false };
     null.send(json!({"type": "connection_init", "payload": {"authorization": null}}));
     assert_eq!(null.next()["type"], "connection_ack", "a null authorization is none: anonymous");
+    let mut not_object = Ws { socket: open(&server.addr, "graphql-transport-ws").unwrap(), legacy: false };
+    not_object.send(json!({"type": "connection_init", "payload": 5}));
+    assert_eq!(not_object.next(), json!({"type": "closed", "code": 4403}), "a payload that is no object");
 
     let mut busy = Ws::connect(&server.addr, None).acknowledged();
     busy.subscribe("1", AVAILABILITY, json!({"e": stage.event}));

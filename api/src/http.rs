@@ -611,6 +611,9 @@ async fn serve_websocket(
 /// The viewer of a WebSocket connection, from its connection_init payload
 /// (`{"authorization": "Bearer <token>"}`; no payload: anonymous).
 fn viewer_from_init(app: &App, payload: &serde_json::Value) -> async_graphql::Result<Viewer> {
+    if !(payload.is_object() || payload.is_null()) {
+        return Err(ApiError::BadUserInput("the connection_init payload must be an object".into()).into());
+    }
     let header = ["authorization", "Authorization"].iter().find_map(|name| payload.get(*name));
     let Some(header) = header.filter(|value| !value.is_null()) else {
         return Ok(Viewer::Anonymous);
