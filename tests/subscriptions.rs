@@ -189,9 +189,6 @@ fn subscriptions_enforce_auth_and_limits() {
     let mut null = Ws { socket: open(&server.addr, "graphql-transport-ws").unwrap(), legacy: false };
     null.send(json!({"type": "connection_init", "payload": {"authorization": null}}));
     assert_eq!(null.next()["type"], "connection_ack", "a null authorization is none: anonymous");
-    let mut not_object = Ws { socket: open(&server.addr, "graphql-transport-ws").unwrap(), legacy: false };
-    not_object.send(json!({"type": "connection_init", "payload": 5}));
-    assert_eq!(not_object.next(), json!({"type": "closed", "code": 4403}), "a payload that is no object");
 
     let mut busy = Ws::connect(&server.addr, None).acknowledged();
     busy.subscribe("1", AVAILABILITY, json!({"e": stage.event}));
@@ -432,6 +429,10 @@ fn protocol_violations_close_with_the_protocols_codes() {
     early.subscribe("1", AVAILABILITY, json!({"e": stage.event}));
     assert_eq!(early.next(), json!({"type": "closed", "code": 4401}));
 
+    let mut not_object = Ws { socket: open(&server.addr, "graphql-transport-ws").unwrap(), legacy: false };
+    not_object.send(json!({"type": "connection_init", "payload": 5}));
+    assert_eq!(not_object.next(), json!({"type": "closed", "code": 4403}), "a payload that is no object");
+
     // A socket that never sends connection_init gives its slot back: 4408
     // after 10 s (checked last, on a socket opened first).
     let opened = std::time::Instant::now();
@@ -532,4 +533,34 @@ fn one_address_cannot_take_every_websocket_slot() {
             }
         }
     }
+}
+
+/// At an on-sale's peak the figures change faster than anyone reads them:
+/// a subscriber gets at most one snapshot per 100 ms, the latest figures,
+/// so the server's work per subscriber does not grow with the booking rate.
+#[test]
+fn availability_sends_at_most_ten_snapshots_a_second_ending_with_the_latest() {
+    let dir = TempDir::new("ws-availability-rate");
+    let server = Server::start(dir.path(), &["--rate-limit-token", "0"]);
+    let stage = stage(&server);
+    let (fan, _) = register(&server, "fan@example.com", "ATTENDEE");
+    let mut ws = Ws::connect(&server.addr, None).acknowledged();
+    ws.subscribe("1", AVAILABILITY, json!({"e": stage.event}));
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    for n in 0..40 {
+        book(&server, &fan, &stage.ticket_type, 1, &format!("k{n}"), false);
+    }
+    let booking_time = started.elapsed();
+    let mut snapshots = 0;
+    loop {
+        let sold = ws.next_data("1")["availability"]["sold"].as_i64().unwrap();
+        snapshots += 1;
+        if sold == 40 {
+            break;
+        }
+    }
+    let allowed = booking_time.as_millis() / 100 + 2;
+    assert!(snapshots as u128 <= allowed, "{snapshots} snapshots for 40 bookings in {booking_time:?}");
+    assert!(snapshots < 40, "not one snapshot per booking");
 }

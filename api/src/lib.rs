@@ -147,8 +147,8 @@ pub struct Readers {
     pub notifications: readers::ReaderHandle,
     /// The webhook outbox reader's position.
     pub outbox: readers::ReaderHandle,
-    /// New notifications, for the `notifications` subscription.
-    pub live_notifications: tokio::sync::broadcast::Sender<Arc<readers::notifications::Notification>>,
+    /// New notifications by user, for the `notifications` subscription.
+    pub live_notifications: Arc<readers::notifications::LiveFeeds>,
     /// Availability and event-change channels.
     pub hub: Arc<readers::live::LiveHub>,
     _live: readers::live::LiveReader,
@@ -171,7 +171,7 @@ impl Readers {
             readers::analytics::Analytics::load(&store.reader(readers::analytics::Analytics::ID_OF), sales.clone())
                 .map_err(failed("analytics"))?;
         let analytics = readers::spawn(graph.clone(), analytics).map_err(failed("analytics"))?;
-        let (live_notifications, _) = tokio::sync::broadcast::channel(readers::notifications::LIVE_BUFFER);
+        let live_notifications = Arc::new(readers::notifications::LiveFeeds::default());
         let notifications = readers::notifications::Notifications::load(
             graph.clone(),
             &store.reader(readers::notifications::Notifications::ID_OF),

@@ -42,7 +42,8 @@ use super::{key, u64_at, Reader};
 pub const INBOX_MAX: usize = 200;
 /// Most friends told about one confirmed booking.
 pub const FRIEND_FANOUT_MAX: usize = 500;
-/// Live notifications buffered for slow subscribers before they skip ahead.
+/// Live notifications buffered per user for slow subscribers before they
+/// skip ahead.
 pub const LIVE_BUFFER: usize = 1_024;
 
 const INBOX: u8 = b'n';
@@ -96,16 +97,12 @@ pub struct Notifications {
     stored_ahead: HashMap<UserId, (u64, u16)>,
     /// Created in the current batch, published once it is committed.
     created: Vec<Notification>,
-    live: tokio::sync::broadcast::Sender<Arc<Notification>>,
+    live: Arc<LiveFeeds>,
 }
 
 impl Notifications {
     /// The reader, loaded from its rows; `live` receives every new notification.
-    pub fn load(
-        graph: Arc<Graph>,
-        rows: &ReaderRows<'_>,
-        live: tokio::sync::broadcast::Sender<Arc<Notification>>,
-    ) -> Result<Notifications, graph::Error> {
+    pub fn load(graph: Arc<Graph>, rows: &ReaderRows<'_>, live: Arc<LiveFeeds>) -> Result<Notifications, graph::Error> {
         let mut reader = Notifications {
             graph,
             holders: HashMap::new(),
@@ -264,6 +261,97 @@ impl Notifications {
     }
 }
 
+/// The live feed of new notifications, by user: a subscriber is woken by
+/// its own user's notifications only (one feed for everyone woke every
+/// subscriber for each notification of anyone, thousands a second at an
+/// on-sale's peak). Each user's feed keeps the newest [`LIVE_BUFFER`]; a
+/// subscriber further behind skips ahead (the inbox keeps them all).
+#[derive(Default)]
+pub struct LiveFeeds {
+    by_user: std::sync::Mutex<HashMap<u64, Arc<Feed>>>,
+}
+
+/// One user's feed.
+struct Feed {
+    /// Notifications sent so far, and the newest of them.
+    sent: std::sync::Mutex<(u64, std::collections::VecDeque<Arc<Notification>>)>,
+    /// Bumped on each one, waking this user's subscribers.
+    wake: tokio::sync::watch::Sender<()>,
+}
+
+impl LiveFeeds {
+    /// A subscription to `user`'s notifications from now on.
+    pub fn subscribe(&self, user: UserId) -> LiveFeed {
+        let mut by_user = self.by_user.lock().expect("live feeds lock poisoned");
+        if by_user.len() >= 1024 && by_user.len().is_power_of_two() {
+            // Feeds nobody listens to any more.
+            by_user.retain(|_, feed| feed.wake.receiver_count() > 0);
+        }
+        let feed = by_user
+            .entry(user.0)
+            .or_insert_with(|| {
+                let (wake, _) = tokio::sync::watch::channel(());
+                Arc::new(Feed { sent: std::sync::Mutex::new((0, Default::default())), wake })
+            })
+            .clone();
+        let next = feed.sent.lock().expect("live feed lock poisoned").0;
+        let woken = feed.wake.subscribe();
+        LiveFeed { feed, woken, next }
+    }
+
+    /// Hands a new notification to its user's subscribers, if any.
+    fn send(&self, notification: Notification) {
+        let mut by_user = self.by_user.lock().expect("live feeds lock poisoned");
+        let Some(feed) = by_user.get(&notification.user) else { return };
+        if feed.wake.receiver_count() == 0 {
+            by_user.remove(&notification.user);
+            return;
+        }
+        let feed = feed.clone();
+        drop(by_user);
+        let mut sent = feed.sent.lock().expect("live feed lock poisoned");
+        sent.0 += 1;
+        sent.1.push_back(Arc::new(notification));
+        if sent.1.len() > LIVE_BUFFER {
+            sent.1.pop_front();
+        }
+        drop(sent);
+        feed.wake.send_replace(());
+    }
+}
+
+/// One subscriber's place in its user's feed.
+pub struct LiveFeed {
+    feed: Arc<Feed>,
+    woken: tokio::sync::watch::Receiver<()>,
+    /// The number of the next notification it takes.
+    next: u64,
+}
+
+impl LiveFeed {
+    /// The next notification (the oldest kept, when it fell behind); `None`
+    /// once the feed is gone.
+    pub async fn recv(&mut self) -> Option<Arc<Notification>> {
+        loop {
+            // Marked seen before looking, so a notification sent after the
+            // look wakes the wait below.
+            self.woken.borrow_and_update();
+            {
+                let sent = self.feed.sent.lock().expect("live feed lock poisoned");
+                let (total, kept) = (sent.0, &sent.1);
+                if self.next < total {
+                    let first = total - kept.len() as u64;
+                    self.next = self.next.max(first);
+                    let notification = kept[(self.next - first) as usize].clone();
+                    self.next += 1;
+                    return Some(notification);
+                }
+            }
+            self.woken.changed().await.ok()?;
+        }
+    }
+}
+
 /// One message to several users.
 struct Note {
     users: Vec<UserId>,
@@ -303,8 +391,7 @@ impl Reader for Notifications {
             self.stored_ahead.retain(|_, &mut (seq, _)| seq > checkpoint);
         }
         for notification in self.created.drain(..) {
-            // No subscriber is not an error.
-            let _ = self.live.send(Arc::new(notification));
+            self.live.send(notification);
         }
     }
 
@@ -579,6 +666,44 @@ mod tests {
     use super::*;
     use crate::readers::apply_and_commit;
 
+    fn note_for(user: u64, n: usize) -> Notification {
+        Notification {
+            id: format!("{n}-0"),
+            user,
+            kind: "booking.confirmed".into(),
+            message: String::new(),
+            event: None,
+            created_at_ms: 0,
+            read: false,
+        }
+    }
+
+    /// A subscriber hears its own user's notifications only, in order; one
+    /// that fell behind by more than the buffer skips to the oldest kept.
+    #[tokio::test]
+    async fn live_feeds_are_per_user_and_a_late_subscriber_skips_ahead() {
+        let feeds = LiveFeeds::default();
+        let mut ann = feeds.subscribe(UserId(1));
+        let mut bob = feeds.subscribe(UserId(2));
+        feeds.send(note_for(1, 1));
+        feeds.send(note_for(3, 2)); // nobody listens for user 3
+        feeds.send(note_for(2, 3));
+        feeds.send(note_for(1, 4));
+        assert_eq!(ann.recv().await.unwrap().id, "1-0");
+        assert_eq!(ann.recv().await.unwrap().id, "4-0");
+        assert_eq!(bob.recv().await.unwrap().id, "3-0");
+        let quiet = tokio::time::timeout(std::time::Duration::from_millis(50), bob.recv()).await;
+        assert!(quiet.is_err(), "nothing else is bob's");
+        for n in 0..LIVE_BUFFER + 5 {
+            feeds.send(note_for(1, 100 + n));
+        }
+        assert_eq!(ann.recv().await.unwrap().id, "105-0", "skipped to the oldest kept");
+        // A subscriber that is gone frees its user's feed at the next send.
+        drop(bob);
+        feeds.send(note_for(2, 9));
+        assert!(!feeds.by_user.lock().unwrap().contains_key(&2));
+    }
+
     /// A scratch data directory, removed when dropped: bound first in a
     /// test, it goes last, after the graph and readers that use it.
     struct ScratchDir(std::path::PathBuf);
@@ -590,11 +715,11 @@ mod tests {
     }
 
     /// A scratch data directory, its graph and a live feed.
-    fn scratch(name: &str) -> (ScratchDir, Arc<Graph>, tokio::sync::broadcast::Sender<Arc<Notification>>) {
+    fn scratch(name: &str) -> (ScratchDir, Arc<Graph>, Arc<LiveFeeds>) {
         let dir = std::env::temp_dir().join(format!("marquee-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let graph = Arc::new(Graph::open(&dir, graph::Options { cache_bytes: 8 << 20 }).unwrap());
-        (ScratchDir(dir), graph, tokio::sync::broadcast::channel(LIVE_BUFFER).0)
+        (ScratchDir(dir), graph, Arc::new(LiveFeeds::default()))
     }
 
     /// A booking record of user `user` for `event`.

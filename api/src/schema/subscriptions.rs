@@ -80,6 +80,10 @@ fn visible_event(ctx: &Context<'_>, id: &ID) -> ApiResult<Arc<graph::model::Even
     Ok(event)
 }
 
+/// The shortest time between two availability snapshots of one
+/// subscription.
+pub const AVAILABILITY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Every subscription.
 #[derive(Default)]
 pub struct SubscriptionRoot;
@@ -87,7 +91,10 @@ pub struct SubscriptionRoot;
 #[Subscription(name = "Subscription")]
 impl SubscriptionRoot {
     /// Every change of sold/available of the event's ticket types. A slow
-    /// subscriber gets the latest figures, not every step in between.
+    /// subscriber gets the latest figures, not every step in between, and
+    /// every subscriber at most one snapshot per [`AVAILABILITY_INTERVAL`]:
+    /// at an on-sale's peak the figures change thousands of times a second,
+    /// and each snapshot costs the server for each subscriber.
     async fn availability(
         &self,
         ctx: &Context<'_>,
@@ -104,15 +111,21 @@ impl SubscriptionRoot {
             Arc::new(current.collect())
         });
         let seen: HashMap<TicketTypeId, u64> = receiver.borrow().iter().map(|(id, a)| (*id, a.version)).collect();
-        let state = (receiver, seen, VecDeque::<AvailabilityUpdate>::new(), slot);
-        Ok(stream::unfold(state, move |(mut receiver, mut seen, mut pending, slot)| {
+        let state = (receiver, seen, VecDeque::<AvailabilityUpdate>::new(), None, slot);
+        Ok(stream::unfold(state, move |(mut receiver, mut seen, mut pending, mut next_snapshot, slot)| {
             let event_id = event.id;
             async move {
                 loop {
                     if let Some(update) = pending.pop_front() {
-                        return Some((update, (receiver, seen, pending, slot)));
+                        return Some((update, (receiver, seen, pending, next_snapshot, slot)));
+                    }
+                    // Asleep, the subscriber is not woken by each change in
+                    // between; the next snapshot holds them all.
+                    if let Some(at) = next_snapshot {
+                        tokio::time::sleep_until(at).await;
                     }
                     receiver.changed().await.ok()?;
+                    next_snapshot = Some(tokio::time::Instant::now() + AVAILABILITY_INTERVAL);
                     let snapshot: Snapshot = receiver.borrow_and_update().clone();
                     for (ticket_type, figures) in snapshot.iter() {
                         if seen.insert(*ticket_type, figures.version) != Some(figures.version) {
@@ -157,17 +170,10 @@ impl SubscriptionRoot {
     async fn notifications(&self, ctx: &Context<'_>) -> async_graphql::Result<impl Stream<Item = NotificationObject>> {
         let user = viewer(ctx).require()?.id;
         let slot = Slot::take(ctx)?;
-        let receiver = app(ctx).readers.live_notifications.subscribe();
+        let receiver = app(ctx).readers.live_notifications.subscribe(user);
         Ok(stream::unfold((receiver, slot), move |(mut receiver, slot)| async move {
-            loop {
-                match receiver.recv().await {
-                    Ok(notification) if notification.user == user.0 => {
-                        return Some((NotificationObject((*notification).clone()), (receiver, slot)));
-                    }
-                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-                }
-            }
+            let notification = receiver.recv().await?;
+            Some((NotificationObject((*notification).clone()), (receiver, slot)))
         }))
     }
 }
