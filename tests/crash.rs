@@ -260,21 +260,7 @@ fn a_failed_storage_write_stops_the_server_and_a_restart_holds_exactly_what_was_
     let (event, ticket_type) = event_with_tickets(&server, &org, "Big gig", "2097-06-01T20:00:00Z", ticket, true);
     assert_eq!(server.stop(), Some(0));
 
-    // Writes past 2 MB fail with EFBIG (SIGXFSZ ignored, as the shell's
-    // `trap ''` leaves it for the program it execs).
-    let script = r#"trap '' XFSZ; exec prlimit --fsize=2000000 "$@""#;
-    let mut command = Command::new("sh");
-    command
-        .args(["-c", script, "sh", binary(), "serve", "--listen", "127.0.0.1:0", "--cache-mb", "16"])
-        .args(["--shutdown-grace", "2s", "--rate-limit-token", "0", "--data-dir"])
-        .arg(dir.path())
-        .env_remove("MARQUEE_LISTEN")
-        .env_remove("MARQUEE_DATA_DIR")
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    let mut server = Server::spawn(command);
+    let mut server = start_with_files_capped(dir.path());
     let mut acknowledged: Vec<(String, i64)> = Vec::new();
     let mut refusal = None;
     for n in 0..200_000 {
@@ -290,16 +276,7 @@ fn a_failed_storage_write_stops_the_server_and_a_restart_holds_exactly_what_was_
     let refusal = refusal.expect("a booking was refused once storage failed");
     assert_eq!(error_code(&refusal), "UNAVAILABLE", "{refusal}");
     assert!(!refusal.to_string().contains("EFBIG") && !refusal.to_string().contains("sled"), "{refusal}");
-    // The server stops by itself, with exit code 1.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(std::time::Instant::now() < deadline, "the server kept running after its storage failed");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(status.code(), Some(1));
+    assert_stops_with_code_1(&mut server);
     assert!(!acknowledged.is_empty(), "some bookings were made before the store failed");
 
     // Started again (without the limit): exactly the acknowledged bookings.
@@ -318,4 +295,62 @@ fn a_failed_storage_write_stops_the_server_and_a_restart_holds_exactly_what_was_
     let sold = sold["event"]["ticketTypes"][0]["sold"].as_i64().unwrap();
     assert_eq!(sold, stored.len() as i64, "sold counts the stored bookings, each of one seat");
     assert!(stored.len() <= acknowledged.len() + 1, "at most the one refused booking was stored beyond them");
+}
+
+/// The same when the write that meets the full disk is no booking (an
+/// event's creation, written and flushed by itself): the server stops all
+/// the same, rather than staying up refusing every write.
+#[test]
+fn a_failed_storage_write_outside_a_booking_stops_the_server_too() {
+    let dir = TempDir::new("storage-failure-direct");
+    let server = Server::start(dir.path(), UNLIMITED);
+    let (org, _) = register(&server, "org@example.com", "ORGANIZER");
+    assert_eq!(server.stop(), Some(0));
+    let mut server = start_with_files_capped(dir.path());
+    let create = "mutation($i: CreateEventInput!) { createEvent(input: $i) { id } }";
+    let mut refusal = None;
+    for n in 0..10_000 {
+        let input = json!({"title": format!("Gig {n}"), "description": "d".repeat(5000), "startsAt": "2097-06-01T20:00:00Z", "city": "Oslo"});
+        let Ok(response) = try_gql(&server.addr, Some(&org), create, json!({"i": input})) else { break };
+        if response.get("errors").is_some() {
+            refusal = Some(response);
+            break;
+        }
+    }
+    let refusal = refusal.expect("an event's creation was refused once storage failed");
+    assert_eq!(error_code(&refusal), "UNAVAILABLE", "{refusal}");
+    assert_stops_with_code_1(&mut server);
+}
+
+/// `marquee serve` on `dir` with writes past 2 MB failing with EFBIG, as
+/// on a full disk (SIGXFSZ ignored, as the shell's `trap ''` leaves it for
+/// the program it execs).
+fn start_with_files_capped(dir: &std::path::Path) -> Server {
+    let script = r#"trap '' XFSZ; exec prlimit --fsize=2000000 "$@""#;
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", script, "sh", binary(), "serve", "--listen", "127.0.0.1:0", "--cache-mb", "16"])
+        .args(["--shutdown-grace", "2s", "--rate-limit-token", "0", "--data-dir"])
+        .arg(dir)
+        .env_remove("MARQUEE_LISTEN")
+        .env_remove("MARQUEE_DATA_DIR")
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    Server::spawn(command)
+}
+
+/// Waits (bounded) for the server to stop by itself; it must exit with 1,
+/// for its supervisor to start it again.
+fn assert_stops_with_code_1(server: &mut Server) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "the server kept running after its storage failed");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(1));
 }

@@ -906,9 +906,18 @@ impl Shared {
         self.fail_with(Error::storage(error))
     }
 
+    /// Marks the store failed, whichever write found it (a round's flush,
+    /// the row writer, a reader's commit, a direct write), and tells the
+    /// watchers the first time: the server stops on it.
     fn fail_with(&self, error: Error) -> Error {
-        self.failed.store(true, Ordering::Release);
+        let first = !self.failed.swap(true, Ordering::AcqRel);
         tracing::error!(%error, "storage write failed; refusing writes until restart");
+        if first {
+            let durable = self.durable_seq.load(Ordering::Acquire);
+            for watcher in self.watchers.lock().expect("watchers lock poisoned").iter() {
+                watcher(durable, false);
+            }
+        }
         error
     }
 
