@@ -47,11 +47,12 @@ pub const ATTEMPTS_MAX: u32 = 20;
 /// The longest wait between two attempts.
 pub const RETRY_DELAY_MAX_MS: i64 = 2 * 3600 * 1000;
 /// Deliveries in flight at once.
-pub const CONCURRENT_DELIVERIES_MAX: usize = 64;
-/// Deliveries of one webhook in flight at once: an endpoint slow to answer
-/// (or never answering) holds at most these of the worker's slots, and the
-/// other webhooks' deliveries go on.
-pub const WEBHOOK_IN_FLIGHT_MAX: usize = 4;
+pub const CONCURRENT_DELIVERIES_MAX: usize = 128;
+/// Deliveries of one account's webhooks in flight at once: an endpoint slow
+/// to answer (or never answering; an account may have 20 webhooks at it)
+/// holds at most these of the worker's slots, and other accounts'
+/// deliveries go on.
+pub const ACCOUNT_IN_FLIGHT_MAX: usize = 8;
 /// Longest URL accepted.
 pub const URL_CHARS_MAX: usize = 2048;
 /// Deliveries the worker picks up per scan of the due queue, and most
@@ -465,9 +466,10 @@ pub struct Deliverer {
     in_flight: Mutex<HashSet<(u64, u64)>>,
     /// Slots of all webhooks: [`CONCURRENT_DELIVERIES_MAX`].
     permits: Arc<tokio::sync::Semaphore>,
-    /// Slots of each webhook: [`WEBHOOK_IN_FLIGHT_MAX`], taken before one of
-    /// `permits`, so a slow endpoint's deliveries wait on its own.
-    webhook_permits: Mutex<HashMap<u64, Arc<tokio::sync::Semaphore>>>,
+    /// Slots of each account's webhooks: [`ACCOUNT_IN_FLIGHT_MAX`], taken
+    /// before one of `permits`, so a slow endpoint's deliveries wait on
+    /// their own account's.
+    account_permits: Mutex<HashMap<UserId, Arc<tokio::sync::Semaphore>>>,
     /// When each webhook last had a delivery get through (since start-up).
     last_success_ms: Mutex<HashMap<u64, i64>>,
 }
@@ -496,7 +498,7 @@ impl Deliverer {
             settings,
             in_flight: Mutex::new(HashSet::new()),
             permits: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_DELIVERIES_MAX)),
-            webhook_permits: Mutex::new(HashMap::new()),
+            account_permits: Mutex::new(HashMap::new()),
             last_success_ms: Mutex::new(HashMap::new()),
         }))
     }
@@ -517,7 +519,7 @@ impl Deliverer {
 
     /// Starts a task for each due delivery not already in flight, oldest
     /// first, up to [`CONCURRENT_DELIVERIES_MAX`] in all and
-    /// [`WEBHOOK_IN_FLIGHT_MAX`] per webhook.
+    /// [`ACCOUNT_IN_FLIGHT_MAX`] per account.
     fn dispatch_due(self: Arc<Self>) -> Result<(), graph::Error> {
         let rows = self.graph.store().reader(Outbox::ID);
         let now = graph::now_ms();
@@ -536,12 +538,14 @@ impl Deliverer {
                     continue;
                 }
             }
+            // A deleted webhook's delivery is dropped without a send: any slot.
+            let account = self.graph.webhook(WebhookId(webhook)).map_or(UserId(0), |w| w.owner);
             let own = self
-                .webhook_permits
+                .account_permits
                 .lock()
-                .expect("webhook permits lock poisoned")
-                .entry(webhook)
-                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(WEBHOOK_IN_FLIGHT_MAX)))
+                .expect("account permits lock poisoned")
+                .entry(account)
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(ACCOUNT_IN_FLIGHT_MAX)))
                 .clone();
             let deliverer = self.clone();
             tokio::spawn(async move {
