@@ -168,6 +168,25 @@ fn event_changes_and_notifications_reach_their_subscribers() {
     let friends = data(server.gql(Some(&friend), "{ notifications { kind } }", json!({})))["notifications"].clone();
     let going = friends.as_array().unwrap().iter().filter(|n| n["kind"] == "friend.going").count();
     assert_eq!(going, 1, "{friends}");
+
+    // The friend books another event, holding seats first: the fan hears
+    // of the friend's going with the friend's first confirmed booking.
+    let (_, other_type) =
+        event_with_tickets(&server, &stage.org, "Second gig", "2097-07-01T20:00:00Z", general_admission(500, 50), true);
+    let held = book(&server, &friend, &other_type, 1, "hold", true);
+    assert_eq!(held["status"], "HELD");
+    book(&server, &friend, &other_type, 1, "straight", false);
+    let told = fan_ws.next_data("n")["notifications"].clone();
+    assert_eq!(told["kind"], "friend.going", "{told}");
+    data(server.gql(Some(&friend), "mutation($id: ID!) { confirmBooking(id: $id) { id } }", json!({"id": held["id"]})));
+    // Time for a second one to be written, were there one.
+    std::thread::sleep(Duration::from_millis(500));
+    let fans = data(server.gql(Some(&fan), "{ notifications(first: 50) { kind message } }", json!({})))
+        ["notifications"]
+        .clone();
+    let about_second =
+        fans.as_array().unwrap().iter().filter(|n| n["message"].as_str().unwrap().contains("Second gig")).count();
+    assert_eq!(about_second, 1, "{fans}");
 }
 
 #[test]

@@ -80,9 +80,12 @@ pub struct Notifications {
     /// Live bookings by event, by booking id: who holds tickets.
     holders: HashMap<EventId, BTreeMap<BookingId, UserId>>,
     /// How many live bookings each holder has of each event (from
-    /// `holders`): a friend hears that someone is going once, not once
-    /// per booking.
+    /// `holders`).
     live_bookings: HashMap<(EventId, UserId), u32>,
+    /// (event, booker) whose friends heard the booker is going, while the
+    /// booker has a live booking of it: friends hear it once, not once per
+    /// booking. (Not kept across a restart: then they may hear it again.)
+    told_friends: HashSet<(EventId, UserId)>,
     /// Holder groups the current batch changed, written by `finish`.
     changed_holders: BTreeSet<(EventId, u64)>,
     /// Holder rows of the layout before groups (one per booking), removed
@@ -107,6 +110,7 @@ impl Notifications {
             graph,
             holders: HashMap::new(),
             live_bookings: HashMap::new(),
+            told_friends: HashSet::new(),
             changed_holders: BTreeSet::new(),
             stale_holder_rows: Vec::new(),
             next_slots: HashMap::new(),
@@ -159,6 +163,7 @@ impl Notifications {
                 *count -= 1;
                 if *count == 0 {
                     self.live_bookings.remove(&counted);
+                    self.told_friends.remove(&counted);
                 }
             }
         }
@@ -224,7 +229,7 @@ impl Notifications {
         }
     }
 
-    fn confirmed(&self, booking: &Booking) -> Vec<Note> {
+    fn confirmed(&mut self, booking: &Booking) -> Vec<Note> {
         let title = self.title(booking.event);
         let seats =
             if booking.quantity == 1 { "1 ticket".to_string() } else { format!("{} tickets", booking.quantity) };
@@ -234,9 +239,9 @@ impl Notifications {
             message: format!("Your booking of {seats} for {title} is confirmed."),
             event: Some(booking.event),
         }];
-        // Friends heard of the booker's going with their first live booking.
-        let already_going = self.live_bookings.get(&(booking.event, booking.user)).is_some_and(|&live| live > 1);
-        let friends: Vec<UserId> = if already_going {
+        // Friends hear of the booker's going with the first confirmed one.
+        let already_told = !self.told_friends.insert((booking.event, booking.user));
+        let friends: Vec<UserId> = if already_told {
             Vec::new()
         } else {
             let social = self.graph.social();
@@ -429,6 +434,7 @@ impl Reader for Notifications {
             }
         }
         self.live_bookings.clear();
+        self.told_friends.clear();
         for (&event, held) in &self.holders {
             for &user in held.values() {
                 *self.live_bookings.entry((event, user)).or_default() += 1;
