@@ -192,12 +192,7 @@ fn holds_store(data_dir: &std::path::Path) -> bool {
 fn open_for_command(store: &StoreArgs, create_new: bool) -> Result<Graph, Failure> {
     let store = StoreConfig::resolve(store).map_err(Failure::Config)?;
     let shown = std::path::absolute(&store.data_dir).unwrap_or_else(|_| store.data_dir.clone());
-    if let Some(owner) = foreign_owner(&store.data_dir) {
-        return Err(Failure::Config(format!(
-            "{} belongs to uid {owner}, and this runs as root: run it as that user (e.g. `sudo -u marquee marquee user ...`), or the server could not open the files it writes",
-            shown.display()
-        )));
-    }
+    refuse_foreign_directory(&store.data_dir, "user ...")?;
     let new = !holds_store(&store.data_dir);
     if new && !create_new {
         return Err(Failure::Config(format!(
@@ -210,6 +205,18 @@ fn open_for_command(store: &StoreArgs, create_new: bool) -> Result<Graph, Failur
         eprintln!("marquee: {} held no store; started a new one there", shown.display());
     }
     Ok(graph)
+}
+
+/// Refuses, run as root, a data directory another user owns (the
+/// service's): the files root would write there, the service could not
+/// open. `command` is how to run it as that user instead.
+fn refuse_foreign_directory(dir: &std::path::Path, command: &str) -> Result<(), Failure> {
+    let Some(owner) = foreign_owner(dir) else { return Ok(()) };
+    let shown = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    Err(Failure::Config(format!(
+        "{} belongs to uid {owner}, and this runs as root: run it as that user (e.g. `sudo -u marquee marquee {command}`), or the files it writes there could not be opened by the service",
+        shown.display()
+    )))
 }
 
 /// The owner of `dir` when this process runs as root and `dir` belongs to
@@ -236,6 +243,7 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
 }
 
 fn serve_with(config: &ServeConfig) -> Result<(), Failure> {
+    refuse_foreign_directory(&config.store.data_dir, "serve")?;
     let new = !holds_store(&config.store.data_dir);
     let graph = Arc::new(open_graph(&config.store)?);
     if new {

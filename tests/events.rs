@@ -134,6 +134,8 @@ fn access_rules_for_events() {
     assert_eq!(error_code(&server.gql(Some(&fan), UPDATE, rename.clone())), "FORBIDDEN");
     assert_eq!(error_code(&server.gql(Some(&rival), PUBLISH, json!({"id": event_id}))), "NOT_FOUND");
     assert_eq!(error_code(&server.gql(Some(&rival), CANCEL, json!({"id": event_id}))), "NOT_FOUND");
+    let analytics = "query($id: ID!) { eventAnalytics(eventId: $id) { sold } }";
+    assert_eq!(error_code(&server.gql(Some(&rival), analytics, json!({"id": event_id}))), "NOT_FOUND");
     let ticket = json!({"name": "GA", "priceCents": 100, "currency": "EUR", "capacity": 5});
     assert_eq!(
         error_code(&server.gql(Some(&rival), ADD_TICKET_TYPE, json!({"id": event_id, "input": ticket}))),

@@ -1321,6 +1321,10 @@ fn cli_user_commands_refuse_a_missing_store_a_wild_ttl_and_roots_files_in_the_se
         let refused = run(token, b"");
         assert_eq!(refused.code, Some(2), "stderr: {}", refused.stderr);
         assert!(refused.stderr.contains("belongs to uid 65534"), "{}", refused.stderr);
+        // So does the server itself.
+        let refused = run(serve(&store, &["--listen", "127.0.0.1:0"]), b"");
+        assert_eq!(refused.code, Some(2), "stderr: {}", refused.stderr);
+        assert!(refused.stderr.contains("belongs to uid 65534"), "{}", refused.stderr);
         std::os::unix::fs::chown(&store, Some(0), None).unwrap();
     }
 }

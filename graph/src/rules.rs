@@ -41,7 +41,7 @@ pub fn required_text(field: &'static str, text: &str, max: usize) -> Result<Stri
     }
     // One line: names, titles, cities and tags are shown inline, so no line
     // breaks or tabs, and nothing that reorders or hides what is shown.
-    if trimmed.chars().any(|c| c.is_control()) {
+    if trimmed.chars().any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')) {
         return Err(Error::invalid(
             field,
             "must be one line, without control characters (tabs and line breaks included)",
@@ -101,7 +101,9 @@ pub fn email(text: &str) -> Result<String, Error> {
         && domain.contains('.')
         && domain.split('.').all(|label| !label.is_empty() && !label.starts_with('-') && !label.ends_with('-'))
         && !domain.contains('@')
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control() || "\"(),:;<>[\\]".contains(c));
+        && !email.chars().any(|c| {
+            c.is_whitespace() || c.is_control() || is_reordering(c) || is_invisible(c) || "\"(),:;<>[\\]".contains(c)
+        });
     if !well_formed {
         return Err(Error::invalid("email", "must look like name@example.com"));
     }
@@ -170,7 +172,7 @@ mod tests {
         assert!(required_text("title", "   ", 10).is_err());
         assert!(required_text("title", &"x".repeat(11), 10).is_err());
         assert!(required_text("title", "a\u{0}b", 10).is_err());
-        for one_line_only in ["a\nb", "a\tb", "a\rb"] {
+        for one_line_only in ["a\nb", "a\tb", "a\rb", "a\u{2028}b", "a\u{2029}b"] {
             assert!(required_text("name", one_line_only, 10).is_err(), "{one_line_only:?}");
         }
         assert!(optional_text("description", "line\n\tline", 20).is_ok(), "a description may have lines");
@@ -197,7 +199,15 @@ mod tests {
         for malformed in ["a@example..com", "a@.example.com", "a@example.com.", "a..b@example.com", ".a@example.com"] {
             assert!(email(malformed).is_err(), "{malformed}");
         }
-        for malformed in ["\"weird\"x@example.com", "a<b@example.com", "a@exam(ple).com", "a@-example.com"] {
+        for malformed in [
+            "\"weird\"x@example.com",
+            "a<b@example.com",
+            "a@exam(ple).com",
+            "a@-example.com",
+            "ad\u{200B}a@example.com",
+            "ada\u{00AD}@example.com",
+            "\u{202E}ada@example.com",
+        ] {
             assert!(email(malformed).is_err(), "{malformed}");
         }
         for fine in ["ada.lovelace+tickets@mail.example.co.uk", "o'brien@example.ie", "zoë@example.com"] {

@@ -141,6 +141,9 @@ impl AnalyticsQuery {
         let id: EventId = parse_id("eventId", &event_id)?;
         let app = app(ctx);
         let event = app.graph.event(id).ok_or_else(|| ApiError::NotFound("no such event".into()))?;
+        if !super::events::may_see_event(viewer(ctx), &event) {
+            return Err(ApiError::NotFound("no such event".into()));
+        }
         if !acts_for_event(user, &event) {
             return Err(ApiError::Forbidden("eventAnalytics: only the event's organizer or an admin".into()));
         }
