@@ -274,7 +274,26 @@ impl Graph {
 
     /// Changes a user's role.
     pub fn set_role(&self, id: UserId, role: Role) -> Result<User, Error> {
+        self.set_role_by(None, id, role)
+    }
+
+    /// Changes a user's role on an admin's behalf: `by` must still be an
+    /// admin when the change is made (two admins demoting each other at
+    /// once: the second finds it is one no longer), and may not demote
+    /// itself, so an admin always remains.
+    pub fn set_role_by(&self, by: Option<UserId>, id: UserId, role: Role) -> Result<User, Error> {
         let guard = self.writer();
+        if let Some(by) = by {
+            if by == id && role != Role::Admin {
+                return Err(Error::Conflict(
+                    "an admin cannot take away their own admin role: another admin (or `marquee user set-role`) can"
+                        .into(),
+                ));
+            }
+            if self.stored_user(by)?.is_none_or(|admin| admin.role != Role::Admin) {
+                return Err(Error::Conflict("you are no longer an admin".into()));
+            }
+        }
         let mut user = self.stored_user(id)?.ok_or(Error::NotFound("user"))?;
         if user.role == role {
             return Ok(user);

@@ -53,6 +53,22 @@ fn data_dir_is_locked_against_a_second_opener() {
 }
 
 #[test]
+fn an_admin_always_remains() {
+    let dir = TempDir::new("admins");
+    let graph = open(&dir);
+    let ann = graph.register("ann@example.com", "Ann", Role::Admin, None).unwrap();
+    let bob = graph.register("bob@example.com", "Bob", Role::Admin, None).unwrap();
+    assert!(matches!(graph.set_role_by(Some(ann.id), ann.id, Role::Attendee), Err(Error::Conflict(_))), "not oneself");
+    graph.set_role_by(Some(ann.id), bob.id, Role::Attendee).unwrap();
+    // Bob's demotion of Ann, decided when he was still an admin, is made
+    // after his own: he is one no longer.
+    assert!(matches!(graph.set_role_by(Some(bob.id), ann.id, Role::Attendee), Err(Error::Conflict(_))));
+    assert_eq!(graph.user(ann.id).unwrap().unwrap().role, Role::Admin);
+    // The CLI (no admin behind it) may change anyone.
+    graph.set_role(ann.id, Role::Organizer).unwrap();
+}
+
+#[test]
 fn everything_written_is_there_after_reopen() {
     let dir = TempDir::new("reopen");
     let (user, event, ticket_type, venue);

@@ -201,13 +201,9 @@ impl IdentityMutation {
     async fn set_role(&self, ctx: &Context<'_>, user_id: ID, role: Role) -> ApiResult<UserObject> {
         let admin = viewer(ctx).require_role(&[model::Role::Admin], "setRole")?.id;
         let id: UserId = parse_id("userId", &user_id)?;
-        // Every demotion is made by another admin, so one always remains.
-        if id == admin && model::Role::from(role) != model::Role::Admin {
-            return Err(ApiError::Conflict(
-                "an admin cannot take away their own admin role: another admin (or `marquee user set-role`) can".into(),
-            ));
-        }
         let app = app(ctx).clone();
-        blocking(move || Ok(UserObject::new(app.graph.set_role(id, role.into())?))).await
+        // Every demotion is made by another admin, still one as it is made,
+        // so one always remains.
+        blocking(move || Ok(UserObject::new(app.graph.set_role_by(Some(admin), id, role.into())?))).await
     }
 }
