@@ -389,19 +389,38 @@ impl Connections {
     }
 }
 
-/// Waits for an accepted connection's first byte. False when the peer
-/// closed, or sent nothing within `HEAD_WAIT`, or within `DRAIN_MIN` of
-/// shutdown beginning: a socket that never speaks gives its
-/// `--connections-max` slot back (hyper's head timer starts only with a
-/// request's first byte).
+/// The bytes an HTTP/2 connection with prior knowledge opens with.
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Waits until an accepted connection has said which HTTP it speaks: its
+/// first byte, or, while what came could still be the HTTP/2 preface, the
+/// whole preface. False when the peer closed, or did not say within
+/// `HEAD_WAIT`, or within `DRAIN_MIN` of shutdown beginning: a socket that
+/// never speaks (or stops inside the preface, where hyper's version sniff
+/// has no timer) gives its `--connections-max` slot back. From there,
+/// hyper's head timer bounds the rest of the head.
 async fn first_byte_arrives(stream: &tokio::net::TcpStream, mut shutdown: tokio::sync::watch::Receiver<bool>) -> bool {
     let drained = async {
         let _ = shutdown.wait_for(|shutting_down| *shutting_down).await;
         tokio::time::sleep(DRAIN_MIN).await;
     };
-    let mut byte = [0u8; 1];
+    let spoken = async {
+        let mut start = [0u8; HTTP2_PREFACE.len()];
+        loop {
+            let read = match stream.peek(&mut start).await {
+                Ok(0) | Err(_) => return false,
+                Ok(read) => read,
+            };
+            if read == HTTP2_PREFACE.len() || start[..read] != HTTP2_PREFACE[..read] {
+                return true;
+            }
+            // Part of the preface: the rest is on its way (peeking again at
+            // once would find the same bytes).
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
     tokio::select! {
-        peeked = stream.peek(&mut byte) => matches!(peeked, Ok(read) if read > 0),
+        spoken = spoken => spoken,
         () = tokio::time::sleep(HEAD_WAIT) => false,
         () = drained => false,
     }
