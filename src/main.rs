@@ -243,7 +243,15 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
 }
 
 fn serve_with(config: &ServeConfig) -> Result<(), Failure> {
-    refuse_foreign_directory(&config.store.data_dir, "serve")?;
+    if let Some(owner) = foreign_owner(&config.store.data_dir) {
+        // Not refused: a root container on a volume another uid owns is a
+        // setup of its own; the files written now will belong to root.
+        tracing::warn!(
+            data_dir = %config.store.data_dir.display(),
+            owner,
+            "serving as root from a directory another user owns: the files written now belong to root, and that user's service could not open them"
+        );
+    }
     let new = !holds_store(&config.store.data_dir);
     let graph = Arc::new(open_graph(&config.store)?);
     if new {

@@ -1321,10 +1321,15 @@ fn cli_user_commands_refuse_a_missing_store_a_wild_ttl_and_roots_files_in_the_se
         let refused = run(token, b"");
         assert_eq!(refused.code, Some(2), "stderr: {}", refused.stderr);
         assert!(refused.stderr.contains("belongs to uid 65534"), "{}", refused.stderr);
-        // So does the server itself.
-        let refused = run(serve(&store, &["--listen", "127.0.0.1:0"]), b"");
-        assert_eq!(refused.code, Some(2), "stderr: {}", refused.stderr);
-        assert!(refused.stderr.contains("belongs to uid 65534"), "{}", refused.stderr);
+        // The server itself serves (a root container on a volume may mean
+        // it), and warns.
+        let mut serving = serve(&store, &["--listen", "127.0.0.1:0"]);
+        serving.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut server = Server::spawn(serving);
+        let _ = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status();
+        let mut warned = String::new();
+        server.child.stderr.take().unwrap().read_to_string(&mut warned).unwrap();
+        assert!(warned.contains("serving as root from a directory another user owns"), "{warned}");
         std::os::unix::fs::chown(&store, Some(0), None).unwrap();
     }
 }

@@ -179,14 +179,11 @@ fn event_changes_and_notifications_reach_their_subscribers() {
     let told = fan_ws.next_data("n")["notifications"].clone();
     assert_eq!(told["kind"], "friend.going", "{told}");
     data(server.gql(Some(&friend), "mutation($id: ID!) { confirmBooking(id: $id) { id } }", json!({"id": held["id"]})));
-    // Time for a second one to be written, were there one.
-    std::thread::sleep(Duration::from_millis(500));
-    let fans = data(server.gql(Some(&fan), "{ notifications(first: 50) { kind message } }", json!({})))
-        ["notifications"]
-        .clone();
-    let about_second =
-        fans.as_array().unwrap().iter().filter(|n| n["message"].as_str().unwrap().contains("Second gig")).count();
-    assert_eq!(about_second, 1, "{fans}");
+    // The fan's next notification comes from a later change: a second
+    // friend.going, were there one, would come before it.
+    book(&server, &fan, &other_type, 1, "after", false);
+    let next = fan_ws.next_data("n")["notifications"].clone();
+    assert_eq!(next["kind"], "booking.confirmed", "no second friend.going: {next}");
 }
 
 #[test]
@@ -579,7 +576,9 @@ fn availability_sends_at_most_ten_snapshots_a_second_ending_with_the_latest() {
             break;
         }
     }
-    let allowed = booking_time.as_millis() / 100 + 2;
+    // One at once, one per 100 ms while the bookings last, one for the last
+    // of them (and one of slack for the reader's own timing).
+    let allowed = booking_time.as_millis() / 100 + 3;
     assert!(snapshots as u128 <= allowed, "{snapshots} snapshots for 40 bookings in {booking_time:?}");
     assert!(snapshots < 40, "not one snapshot per booking");
 }

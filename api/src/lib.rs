@@ -235,7 +235,7 @@ impl App {
         let durable = Arc::new(durable::DurableWaiters::default());
         let announce = durable.clone();
         graph.store().watch_durable(Box::new(move |seq, healthy| announce.announce(seq, healthy)));
-        let storage_failed = tokio::sync::watch::Sender::new(false);
+        let storage_failed = tokio::sync::watch::Sender::new(!graph.store().is_healthy());
         let failed = storage_failed.clone();
         graph.store().watch_durable(Box::new(move |_, healthy| {
             if !healthy {

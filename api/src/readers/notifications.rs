@@ -342,13 +342,18 @@ impl LiveFeed {
             // look wakes the wait below.
             self.woken.borrow_and_update();
             {
-                let sent = self.feed.sent.lock().expect("live feed lock poisoned");
+                let mut sent = self.feed.sent.lock().expect("live feed lock poisoned");
                 let (total, kept) = (sent.0, &sent.1);
                 if self.next < total {
                     let first = total - kept.len() as u64;
                     self.next = self.next.max(first);
                     let notification = kept[(self.next - first) as usize].clone();
                     self.next += 1;
+                    // The only subscriber: what it has taken need not be kept.
+                    if self.feed.wake.receiver_count() == 1 {
+                        let taken = (self.next - first) as usize;
+                        sent.1.drain(..taken);
+                    }
                     return Some(notification);
                 }
             }
@@ -697,6 +702,8 @@ mod tests {
         feeds.send(note_for(1, 4));
         assert_eq!(ann.recv().await.unwrap().id, "1-0");
         assert_eq!(ann.recv().await.unwrap().id, "4-0");
+        let kept = |user: u64| feeds.by_user.lock().unwrap()[&user].sent.lock().unwrap().1.len();
+        assert_eq!(kept(1), 0, "a lone subscriber's feed keeps nothing it has taken");
         assert_eq!(bob.recv().await.unwrap().id, "3-0");
         let quiet = tokio::time::timeout(std::time::Duration::from_millis(50), bob.recv()).await;
         assert!(quiet.is_err(), "nothing else is bob's");
@@ -704,6 +711,10 @@ mod tests {
             feeds.send(note_for(1, 100 + n));
         }
         assert_eq!(ann.recv().await.unwrap().id, "105-0", "skipped to the oldest kept");
+        let mut ann_too = feeds.subscribe(UserId(1));
+        feeds.send(note_for(1, 7));
+        assert_eq!(ann_too.recv().await.unwrap().id, "7-0");
+        assert!(kept(1) > 1, "kept for the other subscriber, still behind");
         // A subscriber that is gone frees its user's feed at the next send.
         drop(bob);
         feeds.send(note_for(2, 9));

@@ -588,7 +588,16 @@ impl Deliverer {
         if !webhook.active || delivery.delivered_at_ms.is_some() {
             delivery.next_attempt_at_ms = None;
             batch.put(&rows, &row, &serde_json::to_vec(&delivery).expect("deliveries serialise"));
-            return self.commit(batch).await;
+            self.commit(batch).await?;
+            // Reactivated meanwhile (its resume may have looked before this
+            // row was kept): send it after all.
+            if delivery.delivered_at_ms.is_none() && self.graph.webhook(webhook_id).is_some_and(|w| w.active) {
+                let graph = self.graph.clone();
+                tokio::task::spawn_blocking(move || resume(&graph, webhook_id))
+                    .await
+                    .map_err(|e| graph::Error::Storage(e.to_string()))??;
+            }
+            return Ok(());
         }
         let sent = self.send(&webhook, &delivery).await;
         delivery.attempt += 1;
