@@ -128,6 +128,13 @@ impl ReaderRows<'_> {
         }
     }
 
+    /// Like [`ReaderRows::scan`] forward, starting after the row `after`
+    /// (a key as `scan` returns it).
+    pub fn scan_after(&self, prefix: &[u8], after: &[u8], max: usize) -> Result<Vec<KeyValue>, Error> {
+        let rows = self.store.scan_prefix_after(&self.key(prefix), &self.key(after));
+        rows.take(max).map(|row| row.map(|(key, value)| (key[2..].to_vec(), value.to_vec()))).collect()
+    }
+
     /// Replaces one row's value only if it still holds `old`: false when the
     /// reader changed or removed it meanwhile. For writes made beside the
     /// reader's own thread, which must not bring back a row it removed. Not

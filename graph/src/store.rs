@@ -511,6 +511,22 @@ impl Store {
         self.shared.tree.scan_prefix(prefix).map(|item| item.map_err(Error::storage))
     }
 
+    /// Iterates over the rows whose key starts with `prefix` and sorts after
+    /// `after`, in key order.
+    pub(crate) fn scan_prefix_after(
+        &self,
+        prefix: &[u8],
+        after: &[u8],
+    ) -> impl Iterator<Item = Result<(sled::IVec, sled::IVec), Error>> {
+        use std::ops::Bound;
+        let prefix = prefix.to_vec();
+        self.shared
+            .tree
+            .range::<&[u8], _>((Bound::Excluded(after), Bound::Unbounded))
+            .take_while(move |item| item.as_ref().map_or(true, |(key, _)| key.starts_with(&prefix)))
+            .map(|item| item.map_err(Error::storage))
+    }
+
     /// Waits until the durable seq passes `seq` or `timeout` runs out.
     pub(crate) fn wait_durable(&self, seq: u64, timeout: std::time::Duration) -> u64 {
         let shared = &*self.shared;

@@ -55,9 +55,14 @@ pub const CONCURRENT_DELIVERIES_MAX: usize = 128;
 pub const ACCOUNT_IN_FLIGHT_MAX: usize = 8;
 /// Longest URL accepted.
 pub const URL_CHARS_MAX: usize = 2048;
-/// Deliveries the worker picks up per scan of the due queue, and most
-/// picked up (in flight, or waiting for a slot) at once.
+/// Due rows the worker looks at per scan of the due queue, and most
+/// deliveries picked up (in flight, or waiting for a slot) at once.
 const DUE_SCAN_MAX: usize = 4096;
+/// Most deliveries of one account picked up at once: its slots' worth
+/// waiting behind them. The rest of its due rows are passed over, and the
+/// next scan goes on past them, so another account's rows are reached
+/// however long one account's backlog.
+const ACCOUNT_PICKED_MAX: usize = 8 * ACCOUNT_IN_FLIGHT_MAX;
 
 const DELIVERY: u8 = b'd';
 const DUE: u8 = b'q';
@@ -455,15 +460,66 @@ impl reqwest::dns::Resolve for PublicResolver {
     }
 }
 
+/// The deliveries the worker picked up, by (webhook, seq), and how many of
+/// each account's.
+#[derive(Default)]
+struct Picked {
+    deliveries: HashSet<(u64, u64)>,
+    by_account: HashMap<UserId, usize>,
+}
+
+/// What became of a due row the worker looked at.
+enum Pick {
+    /// Picked up now.
+    Taken,
+    /// Picked up before, not done yet.
+    Already,
+    /// Its account has [`ACCOUNT_PICKED_MAX`] picked up: passed over.
+    AccountFull,
+    /// [`DUE_SCAN_MAX`] are picked up: nothing more this scan.
+    Full,
+}
+
+impl Picked {
+    fn pick(&mut self, webhook: u64, seq: u64, account: UserId) -> Pick {
+        if self.deliveries.contains(&(webhook, seq)) {
+            return Pick::Already;
+        }
+        if self.deliveries.len() >= DUE_SCAN_MAX {
+            return Pick::Full;
+        }
+        let of_account = self.by_account.entry(account).or_default();
+        if *of_account >= ACCOUNT_PICKED_MAX {
+            return Pick::AccountFull;
+        }
+        *of_account += 1;
+        self.deliveries.insert((webhook, seq));
+        Pick::Taken
+    }
+
+    fn done(&mut self, webhook: u64, seq: u64, account: UserId) {
+        self.deliveries.remove(&(webhook, seq));
+        if let Some(count) = self.by_account.get_mut(&account) {
+            *count -= 1;
+            if *count == 0 {
+                self.by_account.remove(&account);
+            }
+        }
+    }
+}
+
 /// The delivery worker: sends due deliveries with bounded concurrency.
 pub struct Deliverer {
     graph: Arc<Graph>,
     metrics: Arc<crate::metrics::Metrics>,
     client: reqwest::Client,
     settings: DeliverySettings,
-    /// (webhook, seq) of the deliveries picked up: in flight, or waiting
-    /// for a slot.
-    in_flight: Mutex<HashSet<(u64, u64)>>,
+    /// The deliveries picked up (in flight, or waiting for a slot), and
+    /// how many of each account's.
+    picked: Mutex<Picked>,
+    /// Where the next scan of the due queue goes on from, when the last
+    /// one stopped among rows it passed over.
+    cursor: Mutex<Option<Vec<u8>>>,
     /// Slots of all webhooks: [`CONCURRENT_DELIVERIES_MAX`].
     permits: Arc<tokio::sync::Semaphore>,
     /// Slots of each account's webhooks: [`ACCOUNT_IN_FLIGHT_MAX`], taken
@@ -496,7 +552,8 @@ impl Deliverer {
             metrics,
             client,
             settings,
-            in_flight: Mutex::new(HashSet::new()),
+            picked: Mutex::new(Picked::default()),
+            cursor: Mutex::new(None),
             permits: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_DELIVERIES_MAX)),
             account_permits: Mutex::new(HashMap::new()),
             last_success_ms: Mutex::new(HashMap::new()),
@@ -523,23 +580,37 @@ impl Deliverer {
     fn dispatch_due(self: Arc<Self>) -> Result<(), graph::Error> {
         let rows = self.graph.store().reader(Outbox::ID);
         let now = graph::now_ms();
-        for (due, _) in rows.scan(&[DUE], false, DUE_SCAN_MAX)? {
+        let after = self.cursor.lock().expect("cursor lock poisoned").take();
+        let scanned = match &after {
+            Some(after) => rows.scan_after(&[DUE], after, DUE_SCAN_MAX)?,
+            None => rows.scan(&[DUE], false, DUE_SCAN_MAX)?,
+        };
+        // Whether this scan passed rows over for their account: then the
+        // next goes on after the last row it looked at.
+        let mut passed_over = false;
+        let mut last = None;
+        for (due, _) in scanned {
             let field = |at: usize| u64_at(&due, at, "webhook due key");
             let (due_ms, webhook, seq) = (field(1)?, field(9)?, field(17)?);
             if due_ms as i64 > now {
+                passed_over = false;
                 break;
             }
-            {
-                let mut in_flight = self.in_flight.lock().expect("in-flight lock poisoned");
-                if in_flight.len() >= DUE_SCAN_MAX {
-                    break;
-                }
-                if !in_flight.insert((webhook, seq)) {
-                    continue;
-                }
-            }
+            last = Some(due.clone());
             // A deleted webhook's delivery is dropped without a send: any slot.
             let account = self.graph.webhook(WebhookId(webhook)).map_or(UserId(0), |w| w.owner);
+            match self.picked.lock().expect("picked lock poisoned").pick(webhook, seq, account) {
+                Pick::Taken => {}
+                Pick::Already => continue,
+                Pick::AccountFull => {
+                    passed_over = true;
+                    continue;
+                }
+                Pick::Full => {
+                    passed_over = false;
+                    break;
+                }
+            }
             let own = self
                 .account_permits
                 .lock()
@@ -555,8 +626,11 @@ impl Deliverer {
                     tracing::error!(%error, webhook, seq, "webhook delivery bookkeeping failed");
                 }
                 drop((shared, own));
-                deliverer.in_flight.lock().expect("in-flight lock poisoned").remove(&(webhook, seq));
+                deliverer.picked.lock().expect("picked lock poisoned").done(webhook, seq, account);
             });
+        }
+        if passed_over {
+            *self.cursor.lock().expect("cursor lock poisoned") = last;
         }
         Ok(())
     }
