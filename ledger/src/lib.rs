@@ -407,6 +407,10 @@ impl Ledger {
             BookingStatus::Cancelled => return Err(Error::Conflict("the booking is cancelled".into())),
             BookingStatus::Held => {}
         }
+        // A hold is a place in a sale: it cannot be bought once the sale closed.
+        if self.graph.event_sales(current.event).is_some_and(|(_, closes_ms)| now_ms >= closes_ms) {
+            return Err(Error::Conflict("the event is over: its sales closed when it ended".into()));
+        }
         let mut booking = Booking::clone(&current);
         // Confirmed after the millisecond it was made, even on a quick
         // confirm or a clock that stepped back: the times then tell a hold

@@ -204,6 +204,10 @@ fn sales_close_when_the_event_ends_or_without_an_end_when_it_starts() {
     f.ledger.book(&request(1, f.ticket_type, 1, "at-the-door", false), starts + 60_000).unwrap();
     assert!(matches!(f.ledger.book(&request(1, f.ticket_type, 1, "after", false), ends), Err(Error::Conflict(_))));
     assert_eq!(f.ledger.sold(f.ticket_type), 2);
+    // A hold taken before the end cannot be bought after it.
+    let held = f.ledger.book(&request(2, f.ticket_type, 1, "held", true), ends - 500).unwrap();
+    let late = f.ledger.confirm(held.id, ends);
+    assert!(matches!(&late, Err(Error::Conflict(_))), "{late:?}");
 }
 
 #[test]
