@@ -51,7 +51,10 @@ struct Listed {
     event: Arc<Event>,
     /// Distinct lower-case words of title, description, city and tags, sorted.
     words: Vec<String>,
+    /// Its city and tags as filters compare them: lower-case, accents
+    /// dropped ("Zürich" is "zurich").
     city_key: String,
+    tag_keys: Vec<String>,
 }
 
 /// A published event's place in start order.
@@ -95,7 +98,12 @@ impl Catalog {
         let position = (event.starts_at_ms, event.id);
         self.by_organizer.entry(event.organizer).or_default().insert(position);
         let event = Arc::new(event);
-        let listed = Listed { words: words_of(&event), city_key: event.city.to_lowercase(), event: event.clone() };
+        let listed = Listed {
+            words: words_of(&event),
+            city_key: folded(&event.city),
+            tag_keys: event.tags.iter().map(|tag| folded(tag)).collect(),
+            event: event.clone(),
+        };
         if event.status == EventStatus::Published {
             self.list(&listed, position);
         }
@@ -106,7 +114,7 @@ impl Catalog {
     fn list(&mut self, listed: &Listed, position: Position) {
         self.published.insert(position);
         self.published_by_city.entry(listed.city_key.clone()).or_default().insert(position);
-        for tag in &listed.event.tags {
+        for tag in &listed.tag_keys {
             self.published_by_tag.entry(tag.clone()).or_default().insert(position);
         }
         for word in &listed.words {
@@ -117,7 +125,7 @@ impl Catalog {
     fn unlist(&mut self, listed: &Listed, position: Position) {
         self.published.remove(&position);
         remove_from(&mut self.published_by_city, &listed.city_key, position);
-        for tag in &listed.event.tags {
+        for tag in &listed.tag_keys {
             remove_from(&mut self.published_by_tag, tag, position);
         }
         for word in &listed.words {
@@ -295,8 +303,8 @@ struct Filter {
 impl Filter {
     fn new(query: &EventQuery) -> Filter {
         Filter {
-            city: query.city.as_deref().map(|c| c.trim().to_lowercase()),
-            tag: query.tag.as_deref().map(|t| t.trim().to_lowercase()),
+            city: query.city.as_deref().map(|c| folded(c.trim())),
+            tag: query.tag.as_deref().map(|t| folded(t.trim())),
             words: words(query.text.as_deref().unwrap_or("")),
         }
     }
@@ -305,7 +313,7 @@ impl Filter {
         if self.city.as_ref().is_some_and(|city| *city != listed.city_key) {
             return false;
         }
-        if self.tag.as_ref().is_some_and(|tag| !listed.event.tags.contains(tag)) {
+        if self.tag.as_ref().is_some_and(|tag| !listed.tag_keys.contains(tag)) {
             return false;
         }
         self.words.iter().all(|word| has_word_with_prefix(&listed.words, word))
@@ -321,23 +329,23 @@ fn has_no_words(query: &EventQuery) -> bool {
 /// Distinct lower-case alphanumeric words of `text`, their accents
 /// dropped ("Café" is "cafe"), sorted.
 fn words(text: &str) -> Vec<String> {
-    let mut words: Vec<String> = text
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(|w| {
-            let mut word = String::with_capacity(w.len());
-            for c in w.to_lowercase().chars() {
-                match unaccented(c) {
-                    Some(plain) => word.push_str(plain),
-                    None => word.push(c),
-                }
-            }
-            word
-        })
-        .collect();
+    let mut words: Vec<String> =
+        text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(folded).collect();
     words.sort_unstable();
     words.dedup();
     words
+}
+
+/// `text` lower-case, its accents dropped, as filters compare it.
+fn folded(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    for c in text.to_lowercase().chars() {
+        match unaccented(c) {
+            Some(letters) => plain.push_str(letters),
+            None => plain.push(c),
+        }
+    }
+    plain
 }
 
 /// A lower-case Latin letter without its accent (`é` is `e`, `ß` is `ss`),
@@ -426,8 +434,8 @@ mod tests {
         let mut matching: Vec<&Event> = events
             .iter()
             .filter(|e| e.status == EventStatus::Published)
-            .filter(|e| query.city.as_ref().is_none_or(|c| e.city.to_lowercase() == c.trim().to_lowercase()))
-            .filter(|e| query.tag.as_ref().is_none_or(|t| e.tags.contains(&t.trim().to_lowercase())))
+            .filter(|e| query.city.as_ref().is_none_or(|c| folded(&e.city) == folded(c.trim())))
+            .filter(|e| query.tag.as_ref().is_none_or(|t| e.tags.iter().any(|tag| folded(tag) == folded(t.trim()))))
             .filter(|e| query.from_ms.is_none_or(|from| e.starts_at_ms >= from))
             .filter(|e| query.to_ms.is_none_or(|to| e.starts_at_ms < to))
             .filter(|e| text.iter().all(|w| words_of(e).iter().any(|ew| ew.starts_with(w.as_str()))))

@@ -155,9 +155,14 @@ fn listings_hold_published_events_in_start_order_with_filters() {
     assert_eq!(mine.events[0].id, draft.id);
     graph.cancel_event(published[0].id).unwrap();
     assert_eq!(graph.events(&EventQuery { first: 10, ..EventQuery::default() }).total, 3);
-    let cafe =
-        graph.create_event(org.id, NewEvent { title: "Café Müller".into(), ..event_at(9_500, "Köln", &[]) }).unwrap();
+    let cafe = graph
+        .create_event(org.id, NewEvent { title: "Café Müller".into(), ..event_at(9_500, "Köln", &["Bühne"]) })
+        .unwrap();
     graph.publish_event(cafe.id).unwrap();
+    let in_koln = graph.events(&EventQuery { city: Some("koln".into()), first: 10, ..EventQuery::default() });
+    assert_eq!(in_koln.events.iter().map(|e| e.id).collect::<Vec<_>>(), [cafe.id], "a city filter drops accents too");
+    let tagged = graph.events(&EventQuery { tag: Some("BUHNE".into()), first: 10, ..EventQuery::default() });
+    assert_eq!(tagged.events.iter().map(|e| e.id).collect::<Vec<_>>(), [cafe.id], "and a tag filter");
     for typed in ["cafe", "CAFÉ", "muller", "koln", "café müll"] {
         let found = graph.events(&EventQuery { text: Some(typed.into()), first: 10, ..EventQuery::default() });
         assert_eq!(found.events.iter().map(|e| e.id).collect::<Vec<_>>(), [cafe.id], "{typed}");
