@@ -191,8 +191,8 @@ fn holds_store(data_dir: &std::path::Path) -> bool {
 /// open them.
 fn open_for_command(store: &StoreArgs, create_new: bool) -> Result<Graph, Failure> {
     let store = StoreConfig::resolve(store).map_err(Failure::Config)?;
-    let shown = std::path::absolute(&store.data_dir).unwrap_or_else(|_| store.data_dir.clone());
     refuse_foreign_directory(&store.data_dir, "user ...")?;
+    let shown = shown(&store.data_dir);
     let new = !holds_store(&store.data_dir);
     if new && !create_new {
         return Err(Failure::Config(format!(
@@ -212,11 +212,16 @@ fn open_for_command(store: &StoreArgs, create_new: bool) -> Result<Graph, Failur
 /// open. `command` is how to run it as that user instead.
 fn refuse_foreign_directory(dir: &std::path::Path, command: &str) -> Result<(), Failure> {
     let Some(owner) = foreign_owner(dir) else { return Ok(()) };
-    let shown = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
     Err(Failure::Config(format!(
         "{} belongs to uid {owner}, and this runs as root: run it as that user (e.g. `sudo -u marquee marquee {command}`), or the files it writes there could not be opened by the service",
-        shown.display()
+        shown(dir).display()
     )))
+}
+
+/// A directory as messages show it: absolute, so a relative default
+/// (`./data`) says where it is.
+fn shown(dir: &std::path::Path) -> std::path::PathBuf {
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
 }
 
 /// The owner of `dir` when this process runs as root and `dir` belongs to
@@ -256,7 +261,7 @@ fn serve_with(config: &ServeConfig) -> Result<(), Failure> {
     let graph = Arc::new(open_graph(&config.store)?);
     if new {
         // A first start, or a mistyped path or missing mount: say which directory.
-        let dir = std::path::absolute(&config.store.data_dir).unwrap_or_else(|_| config.store.data_dir.clone());
+        let dir = shown(&config.store.data_dir);
         tracing::info!(data_dir = %dir.display(), "the data directory held no store: starting with an empty one");
     }
     let options = ledger::Options { shards: config.ledger_shards, hold_ttl_ms: millis(config.hold_ttl), durable: true };

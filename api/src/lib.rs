@@ -235,7 +235,8 @@ impl App {
         let durable = Arc::new(durable::DurableWaiters::default());
         let announce = durable.clone();
         graph.store().watch_durable(Box::new(move |seq, healthy| announce.announce(seq, healthy)));
-        let storage_failed = tokio::sync::watch::Sender::new(!graph.store().is_healthy());
+        // The watcher is told the store's health at once, then on its failure.
+        let storage_failed = tokio::sync::watch::Sender::new(false);
         let failed = storage_failed.clone();
         graph.store().watch_durable(Box::new(move |_, healthy| {
             if !healthy {

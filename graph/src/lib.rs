@@ -631,28 +631,32 @@ impl Graph {
         Ok(true)
     }
 
-    /// Marks a webhook inactive after its deliveries ran out of retries.
+    /// Marks a webhook inactive after its deliveries ran out of retries
+    /// (nothing when it is gone).
     pub fn set_webhook_failing(&self, id: WebhookId) -> Result<(), Error> {
-        let guard = self.writer();
-        let Some(mut webhook) = self.webhook(id) else { return Ok(()) };
-        if !webhook.active {
-            return Ok(());
+        match self.set_webhook_active(id, false) {
+            Err(Error::NotFound(_)) => Ok(()),
+            other => other.map(|_| ()),
         }
-        webhook.active = false;
-        let seq = self.store.commit(now_ms(), &[Record::WebhookFailing(webhook)])?;
-        drop(guard);
-        self.store.sync(seq)
     }
 
     /// Makes a failing webhook active again (a no-op for an active one).
     pub fn reactivate_webhook(&self, id: WebhookId) -> Result<Webhook, Error> {
+        self.set_webhook_active(id, true)
+    }
+
+    /// Sets a webhook's `active`, logged as failing or reactivated; a
+    /// no-op when it already is so.
+    fn set_webhook_active(&self, id: WebhookId, active: bool) -> Result<Webhook, Error> {
         let guard = self.writer();
         let mut webhook = self.webhook(id).ok_or(Error::NotFound("webhook"))?;
-        if webhook.active {
+        if webhook.active == active {
             return Ok(webhook);
         }
-        webhook.active = true;
-        let seq = self.store.commit(now_ms(), &[Record::WebhookReactivated(webhook.clone())])?;
+        webhook.active = active;
+        let record =
+            if active { Record::WebhookReactivated(webhook.clone()) } else { Record::WebhookFailing(webhook.clone()) };
+        let seq = self.store.commit(now_ms(), &[record])?;
         drop(guard);
         self.store.sync(seq)?;
         Ok(webhook)

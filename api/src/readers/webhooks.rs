@@ -115,6 +115,11 @@ pub struct Delivery {
     pub error: Option<String>,
 }
 
+/// The prefix of all of a webhook's delivery rows.
+fn deliveries_key(webhook: WebhookId) -> Vec<u8> {
+    key(&[&[DELIVERY], &webhook.to_key()])
+}
+
 fn delivery_key(webhook: WebhookId, seq: u64) -> Vec<u8> {
     key(&[&[DELIVERY], &webhook.to_key(), &seq.to_be_bytes()])
 }
@@ -147,7 +152,7 @@ impl Outbox {
     /// Drops a deleted webhook's deliveries, pending or not, with their
     /// places in the due queue.
     fn forget(&self, rows: &ReaderRows<'_>, webhook: WebhookId, batch: &mut ReaderBatch) -> Result<(), graph::Error> {
-        for (row, value) in rows.scan(&key(&[&[DELIVERY], &webhook.to_key()]), false, usize::MAX)? {
+        for (row, value) in rows.scan(&deliveries_key(webhook), false, usize::MAX)? {
             let seq = u64_at(&row, 9, "webhook delivery key")?;
             let pending = serde_json::from_slice::<Delivery>(&value).ok().and_then(|d| d.next_attempt_at_ms);
             if let Some(due_ms) = pending {
@@ -295,7 +300,7 @@ pub fn resume(graph: &Graph, webhook: WebhookId) -> Result<usize, graph::Error> 
     let now = graph::now_ms();
     let mut batch = ReaderBatch::default();
     let mut resumed = 0;
-    for (row, value) in rows.scan(&key(&[&[DELIVERY], &webhook.to_key()]), false, usize::MAX)? {
+    for (row, value) in rows.scan(&deliveries_key(webhook), false, usize::MAX)? {
         let mut delivery: Delivery =
             serde_json::from_slice(&value).map_err(|_| graph::Error::Corrupt("webhook delivery"))?;
         if delivery.delivered_at_ms.is_some() || delivery.next_attempt_at_ms.is_some() {
@@ -323,13 +328,21 @@ pub async fn check_host_resolves_publicly(url: &str) -> Result<(), String> {
     if host.trim_matches(['[', ']']).parse::<IpAddr>().is_ok() {
         return Ok(()); // checked as a literal by check_url
     }
-    let lookup = tokio::net::lookup_host((host.as_str(), 0));
-    let Ok(Ok(found)) = tokio::time::timeout(Duration::from_secs(2), lookup).await else { return Ok(()) };
-    let addresses: Vec<SocketAddr> = found.collect();
-    if !addresses.is_empty() && addresses.iter().all(|address| is_private(address.ip())) {
-        return Err(format!("{host} resolves only to loopback or private addresses, which deliveries are refused"));
+    let lookup = allowed_addresses(&host, false);
+    if let Ok(Ok(allowed)) = tokio::time::timeout(Duration::from_secs(2), lookup).await {
+        if allowed.is_empty() {
+            return Err(format!("{host} resolves only to loopback or private addresses, which deliveries are refused"));
+        }
     }
     Ok(())
+}
+
+/// The addresses `host` resolves to that deliveries may go to (all of
+/// them when private ones are allowed): what each delivery connects to, and
+/// what a webhook's creation checks.
+async fn allowed_addresses(host: &str, allow_private: bool) -> std::io::Result<Vec<SocketAddr>> {
+    let found = tokio::net::lookup_host((host, 0)).await?;
+    Ok(found.filter(|address| allow_private || !is_private(address.ip())).collect())
 }
 
 /// Why a delivery to a refused address was not sent.
@@ -346,7 +359,7 @@ fn is_failing(last_success_ms: Option<i64>, delivery_made_ms: i64) -> bool {
 /// A webhook's deliveries, newest first.
 pub fn deliveries(graph: &Graph, webhook: WebhookId, first: usize) -> Result<Vec<Delivery>, graph::Error> {
     let rows = graph.store().reader(Outbox::ID);
-    let prefix = key(&[&[DELIVERY], &webhook.to_key()]);
+    let prefix = deliveries_key(webhook);
     rows.scan(&prefix, true, first)?
         .into_iter()
         .map(|(_, value)| serde_json::from_slice(&value).map_err(|_| graph::Error::Corrupt("webhook delivery")))
@@ -447,9 +460,7 @@ impl reqwest::dns::Resolve for PublicResolver {
         let allow_private = self.allow_private;
         let host = name.as_str().to_string();
         Box::pin(async move {
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let allowed: Vec<SocketAddr> =
-                found.into_iter().filter(|addr| allow_private || !is_private(addr.ip())).collect();
+            let allowed = allowed_addresses(&host, allow_private).await?;
             if allowed.is_empty() {
                 let refused: Box<dyn std::error::Error + Send + Sync> =
                     format!("{host} resolves only to refused (loopback/private) addresses").into();
