@@ -793,6 +793,13 @@ async fn handle_graphql(state: &HttpState, ip: IpAddr, headers: &HeaderMap, inpu
     let refused = |status: StatusCode, error: ApiError, label: &'static str| {
         (error_response_as(status, &error, media), Outcome { status, operation: None, label })
     };
+    // Refused with the body's rest perhaps unread: the connection cannot
+    // carry another request.
+    let refused_closing = |status: StatusCode, error: ApiError| {
+        let (mut response, outcome) = refused(status, error, "rejected");
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        (response, outcome)
+    };
     let rate_limited = |wait: Duration| {
         let outcome = Outcome { status: StatusCode::TOO_MANY_REQUESTS, operation: None, label: "rate_limited" };
         (rate_limited_response(wait, media), outcome)
@@ -818,10 +825,7 @@ async fn handle_graphql(state: &HttpState, ip: IpAddr, headers: &HeaderMap, inpu
                 Err(BodyError::TooLarge) => {
                     let message = format!("the request body is larger than {} bytes", app.settings.body_bytes_max);
                     // Its rest may be unread (announced, or past the drain).
-                    let (mut response, outcome) =
-                        refused(StatusCode::PAYLOAD_TOO_LARGE, ApiError::BadUserInput(message), "rejected");
-                    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-                    return (response, outcome);
+                    return refused_closing(StatusCode::PAYLOAD_TOO_LARGE, ApiError::BadUserInput(message));
                 }
                 Err(BodyError::Unreadable) => {
                     let message = "the request body could not be read".to_string();
@@ -830,10 +834,7 @@ async fn handle_graphql(state: &HttpState, ip: IpAddr, headers: &HeaderMap, inpu
                 Err(BodyError::TooSlow) => {
                     let message =
                         format!("the request body did not arrive within {} ms", app.settings.request_timeout_ms);
-                    let (mut response, outcome) =
-                        refused(StatusCode::REQUEST_TIMEOUT, ApiError::BadUserInput(message), "rejected");
-                    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-                    return (response, outcome);
+                    return refused_closing(StatusCode::REQUEST_TIMEOUT, ApiError::BadUserInput(message));
                 }
             };
             if let Some(encoding) = content_encoding(headers) {
