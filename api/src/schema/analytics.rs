@@ -4,10 +4,9 @@
 use std::time::Duration;
 
 use async_graphql::{Context, Object, ID};
-use graph::ids::EventId;
 
 use super::events::{EventObject, TicketTypeObject};
-use super::{acts_for_event, app, graphql_int, parse_id, viewer, DateTime};
+use super::{acts_for_event, app, graphql_int, viewer, DateTime};
 use crate::error::{ApiError, ApiResult};
 use crate::readers::analytics::{self, EventSales, Sales};
 
@@ -138,12 +137,9 @@ impl AnalyticsQuery {
     /// before the request (waits briefly for the analytics to catch up).
     async fn event_analytics(&self, ctx: &Context<'_>, event_id: ID) -> ApiResult<EventAnalyticsObject> {
         let user = viewer(ctx).require()?;
-        let id: EventId = parse_id("eventId", &event_id)?;
         let app = app(ctx);
-        let event = app.graph.event(id).ok_or_else(|| ApiError::NotFound("no such event".into()))?;
-        if !super::events::may_see_event(viewer(ctx), &event) {
-            return Err(ApiError::NotFound("no such event".into()));
-        }
+        let event = super::events::visible_event(ctx, "eventId", &event_id)?;
+        let id = event.id;
         if !acts_for_event(user, &event) {
             return Err(ApiError::Forbidden("eventAnalytics: only the event's organizer or an admin".into()));
         }

@@ -307,14 +307,21 @@ const ORGANIZING: &[Role] = &[Role::Organizer, Role::Admin];
 /// The event `id`, if the viewer may manage it (its organizer or an admin).
 fn managed_event(ctx: &Context<'_>, field: &str, id: &ID, action: &str) -> ApiResult<Arc<model::Event>> {
     let user = viewer(ctx).require_role(ORGANIZING, action)?;
-    let id: EventId = parse_id(field, id)?;
-    let event = app(ctx).graph.event(id).ok_or_else(|| ApiError::NotFound("no such event".into()))?;
     // Another organizer's draft is not there for them, as in `event(id)`.
-    if !may_see_event(viewer(ctx), &event) {
-        return Err(ApiError::NotFound("no such event".into()));
-    }
+    let event = visible_event(ctx, field, id)?;
     if !acts_for_event(user, &event) {
         return Err(ApiError::Forbidden(format!("{action}: only the event's organizer or an admin may do this")));
+    }
+    Ok(event)
+}
+
+/// The event `id` (the input `field`), if the viewer may see it; as absent
+/// (NOT_FOUND) when not.
+pub(crate) fn visible_event(ctx: &Context<'_>, field: &str, id: &ID) -> ApiResult<Arc<model::Event>> {
+    let id: EventId = parse_id(field, id)?;
+    let event = app(ctx).graph.event(id).ok_or_else(|| ApiError::NotFound("no such event".into()))?;
+    if !may_see_event(viewer(ctx), &event) {
+        return Err(ApiError::NotFound("no such event".into()));
     }
     Ok(event)
 }

@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use async_graphql::futures_util::stream::{self, Stream};
 use async_graphql::{Context, SimpleObject, Subscription, ID};
-use graph::ids::{EventId, TicketTypeId};
+use graph::ids::TicketTypeId;
 
 use super::events::EventObject;
 use super::notifications::NotificationObject;
-use super::{app, parse_id, viewer};
+use super::{app, viewer};
 use crate::error::{ApiError, ApiResult};
 use crate::readers::live::{Availability, Snapshot};
 
@@ -70,16 +70,6 @@ pub struct AvailabilityUpdate {
     available: u32,
 }
 
-/// The event, if the viewer may see it (DRAFT: organizer and admins).
-fn visible_event(ctx: &Context<'_>, id: &ID) -> ApiResult<Arc<graph::model::Event>> {
-    let id: EventId = parse_id("eventId", id)?;
-    let event = app(ctx).graph.event(id).ok_or_else(|| ApiError::NotFound("no such event".into()))?;
-    if !super::events::may_see_event(viewer(ctx), &event) {
-        return Err(ApiError::NotFound("no such event".into()));
-    }
-    Ok(event)
-}
-
 /// The shortest time between two availability snapshots of one
 /// subscription.
 pub const AVAILABILITY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
@@ -100,7 +90,7 @@ impl SubscriptionRoot {
         ctx: &Context<'_>,
         event_id: ID,
     ) -> async_graphql::Result<impl Stream<Item = AvailabilityUpdate>> {
-        let event = visible_event(ctx, &event_id)?;
+        let event = super::events::visible_event(ctx, "eventId", &event_id)?;
         let slot = Slot::take(ctx)?;
         let app = app(ctx).clone();
         let receiver = app.readers.hub.watch_availability(event.id, || {
@@ -149,7 +139,7 @@ impl SubscriptionRoot {
         ctx: &Context<'_>,
         event_id: ID,
     ) -> async_graphql::Result<impl Stream<Item = EventObject>> {
-        let event = visible_event(ctx, &event_id)?;
+        let event = super::events::visible_event(ctx, "eventId", &event_id)?;
         let slot = Slot::take(ctx)?;
         let app = app(ctx).clone();
         let receiver = app.readers.hub.watch_event(event.id);
