@@ -216,7 +216,7 @@ fn subscriptions_enforce_auth_and_limits() {
         Some("error") => refused["payload"][0]["extensions"]["code"].clone(),
         _ => refused["payload"]["errors"][0]["extensions"]["code"].clone(),
     };
-    assert_eq!(code, "LIMIT_EXCEEDED", "{refused}");
+    assert_eq!(code, "QUERY_TOO_COMPLEX", "{refused}");
 
     // Three connections are open (anonymous, forged may have closed, busy):
     // open until refused, which must happen by the fourth.
@@ -276,6 +276,41 @@ fn subscription_documents_are_validated_and_limited_with_codes() {
     assert_eq!(update["payload"]["data"]["availability"]["sold"], 2, "{update}");
 }
 
+/// connection_init carries the token in the shapes clients' examples
+/// send: `authorization`, Apollo's `headers`, or `authToken` alone; a
+/// forged one is refused in each. A `subscribe` without its query is not a
+/// message of the protocol.
+#[test]
+fn connection_init_takes_the_token_in_the_shapes_clients_send() {
+    let dir = TempDir::new("ws-init-shapes");
+    let server = Server::start(dir.path(), &[]);
+    let (fan, _) = register(&server, "fan@example.com", "ATTENDEE");
+    let me = data(server.gql(Some(&fan), "{ me { id } }", json!({})))["me"]["id"].clone();
+    let shapes = [
+        json!({"authorization": format!("Bearer {fan}")}),
+        json!({"headers": {"Authorization": format!("Bearer {fan}")}}),
+        json!({"headers": {"authorization": format!("Bearer {fan}")}}),
+        json!({"authToken": fan}),
+        json!({"authToken": format!("Bearer {fan}")}),
+    ];
+    for payload in shapes {
+        let mut ws = Ws { socket: open(&server.addr, "graphql-transport-ws").unwrap(), legacy: false };
+        ws.send(json!({"type": "connection_init", "payload": payload.clone()}));
+        assert_eq!(ws.next()["type"], "connection_ack", "{payload}");
+        ws.subscribe("q", "{ me { id } }", json!({}));
+        assert_eq!(ws.next_data("q")["me"]["id"], me, "{payload}");
+    }
+    for payload in [json!({"headers": {"Authorization": "Bearer mq_forged"}}), json!({"authToken": "mq_forged"})] {
+        let mut ws = Ws { socket: open(&server.addr, "graphql-transport-ws").unwrap(), legacy: false };
+        ws.send(json!({"type": "connection_init", "payload": payload.clone()}));
+        assert_eq!(ws.next(), json!({"type": "closed", "code": 4403}), "{payload}");
+    }
+
+    let mut ws = Ws::connect(&server.addr, Some(&fan)).acknowledged();
+    ws.send(json!({"id": "1", "type": "subscribe", "payload": {"variables": {}}}));
+    assert_eq!(ws.next(), json!({"type": "closed", "code": 4400}));
+}
+
 /// A socket is held to what `POST /graphql` holds a request to: a missing
 /// required variable refuses the operation before it runs, a failed
 /// non-null field nulls its parent, and introspection is served only when
@@ -294,13 +329,16 @@ fn websocket_operations_meet_the_rules_of_http_requests() {
     assert_eq!(refusal["payload"][0]["message"], "Variable \"$e\" of required type \"ID!\" was not provided.");
     assert_eq!(refusal["payload"][0]["extensions"]["code"], "BAD_USER_INPUT");
 
+    // Introspection off: asking for the schema is refused, not answered
+    // with a null, on both; __typename is served.
     ws.subscribe("2", "{ __schema { queryType { name } } }", json!({}));
-    let over_ws = ws.next();
-    assert_eq!(over_ws["type"], "next", "{over_ws}");
-    let over_http = server.gql(None, "{ __schema { queryType { name } } }", json!({}));
-    assert_eq!(over_ws["payload"]["data"], over_http["data"], "introspection is off on both: {over_ws} {over_http}");
-    assert_eq!(over_ws["payload"]["data"]["__schema"], Value::Null, "{over_ws}");
-    assert_eq!(ws.next()["type"], "complete");
+    assert_eq!(ws.next_refusal_code("2"), "BAD_USER_INPUT");
+    let over_http = server.gql(None, "{ t: __type(name: \"Event\") { name } }", json!({}));
+    assert_eq!(error_code(&over_http), "BAD_USER_INPUT", "{over_http}");
+    assert!(over_http.get("data").is_none(), "refused before it ran: {over_http}");
+    let message = over_http["errors"][0]["message"].as_str().unwrap();
+    assert!(message.contains("introspection is turned off") && message.contains("__type"), "{message}");
+    assert_eq!(data(server.gql(None, "{ __typename }", json!({})))["__typename"], "Query");
 
     // whosGoing ([User!]!) is the organizer's; eventUpdated is Event!, so
     // the attendee's update carries data null and the error.

@@ -628,19 +628,31 @@ async fn serve_websocket(
 }
 
 /// The viewer of a WebSocket connection, from its connection_init payload
-/// (`{"authorization": "Bearer <token>"}`; no payload: anonymous).
+/// (`{"authorization": "Bearer <token>"}`; no payload: anonymous). The
+/// shapes common clients' examples send are read too: the header inside
+/// `headers` (Apollo's), and `authToken` holding the token alone.
 fn viewer_from_init(app: &App, payload: &serde_json::Value) -> async_graphql::Result<Viewer> {
     if !(payload.is_object() || payload.is_null()) {
         return Err(ApiError::BadUserInput("the connection_init payload must be an object".into()).into());
     }
-    let header = ["authorization", "Authorization"].iter().find_map(|name| payload.get(*name));
-    let Some(header) = header.filter(|value| !value.is_null()) else {
-        return Ok(Viewer::Anonymous);
+    let headers = payload.get("headers").filter(|headers| headers.is_object());
+    let header = ["authorization", "Authorization"]
+        .iter()
+        .find_map(|name| payload.get(*name).or_else(|| headers.and_then(|headers| headers.get(*name))))
+        .filter(|value| !value.is_null());
+    let token_alone = payload.get("authToken").filter(|value| !value.is_null());
+    let header = match (header, token_alone) {
+        (Some(header), _) => header.as_str().map(std::borrow::Cow::Borrowed),
+        (None, Some(token)) => token.as_str().map(|token| match auth::bearer(token) {
+            Some(_) => std::borrow::Cow::Borrowed(token),
+            None => std::borrow::Cow::Owned(format!("Bearer {token}")),
+        }),
+        (None, None) => return Ok(Viewer::Anonymous),
     };
-    let Some(header) = header.as_str() else {
+    let Some(header) = header else {
         return Err(ApiError::Unauthenticated("authorization must be a string: \"Bearer <token>\"".into()).into());
     };
-    match auth::bearer(header).map(|token| viewer_of_token(app, token)) {
+    match auth::bearer(&header).map(|token| viewer_of_token(app, token)) {
         Some(Ok(viewer @ Viewer::User { .. })) => Ok(viewer),
         Some(Err(error)) => Err(error.into()),
         _ => Err(auth::bad_token().into()),
@@ -900,6 +912,14 @@ async fn handle_graphql(state: &HttpState, ip: IpAddr, headers: &HeaderMap, inpu
             return (response, outcome);
         }
         Err(Refusal::RateLimited(wait)) => return rate_limited(wait),
+        Err(Refusal::Invalid(why)) => {
+            // As a document that fails validation is answered.
+            let status = match media {
+                Media::GraphqlResponse => StatusCode::BAD_REQUEST,
+                Media::Json => StatusCode::OK,
+            };
+            return refused(status, ApiError::BadUserInput(why), "rejected");
+        }
         Err(Refusal::BadRequest(why)) => {
             return refused(StatusCode::BAD_REQUEST, ApiError::BadUserInput(why), "rejected");
         }
@@ -1078,6 +1098,9 @@ enum Refusal {
     NoQuery,
     /// Something else about the request is wrong: why.
     BadRequest(String),
+    /// The document asks for what this server does not serve (as a
+    /// validation error): why.
+    Invalid(String),
     RateLimited(Duration),
 }
 
@@ -1168,6 +1191,9 @@ fn prepare(
         if method == Method::Get && (cost.mutation || cost.subscription) {
             return Err(Refusal::NotOverGet);
         }
+        if let Some(why) = introspection_refused(app, &cost) {
+            return Err(Refusal::Invalid(why));
+        }
         sign_in_attempts += sign_ins(&cost);
         first_name = first_name.or(cost.operation_name.clone().or_else(|| cost.root_names.first().cloned()));
     }
@@ -1176,6 +1202,17 @@ fn prepare(
     let batch =
         if single { BatchRequest::Single(requests.pop().expect("one request")) } else { BatchRequest::Batch(requests) };
     Ok((batch, first_name))
+}
+
+/// Why an operation is refused when introspection is turned off and it
+/// asks for the schema (`__schema` or `__type`; `__typename` is always
+/// served): without this, async-graphql answers null and no error.
+fn introspection_refused(app: &App, cost: &limits::Cost) -> Option<String> {
+    if app.settings.introspection {
+        return None;
+    }
+    let field = cost.root_names.iter().find(|name| *name == "__schema" || *name == "__type")?;
+    Some(format!("introspection is turned off on this server (`--introspection`): {field} is not served"))
 }
 
 /// Automatic persisted queries (the Apollo protocol): a request may carry
@@ -1316,7 +1353,9 @@ fn viewer_of_token_hash(app: &App, token_hash: [u8; 32]) -> Result<Viewer, ApiEr
 }
 
 /// Errors raised before a resolver runs (syntax, validation, argument
-/// coercion) come without a code; they are all the caller's input.
+/// coercion) come without a code; they are all the caller's input. A
+/// syntax error's message is the parser's drawing of the line, over
+/// several lines; it is made one (its position is in `locations`).
 fn add_missing_codes(response: &mut BatchResponse) {
     let responses: &mut [GqlResponse] = match response {
         BatchResponse::Single(single) => std::slice::from_mut(single),
@@ -1330,8 +1369,19 @@ fn add_missing_code(response: &mut GqlResponse) {
         let extensions = error.extensions.get_or_insert_with(Default::default);
         if extensions.get("code").is_none() {
             extensions.set("code", "BAD_USER_INPUT");
+            if let Some(message) = one_line_syntax_error(&error.message) {
+                error.message = message;
+            }
         }
     }
+}
+
+/// The one-line form of the parser's syntax error (" --> 1:14 | ... = expected
+/// selection_set, ..."): "syntax error at 1:14: expected selection_set, ...".
+fn one_line_syntax_error(message: &str) -> Option<String> {
+    let position = message.strip_prefix(" --> ")?.lines().next()?.trim();
+    let expected = message.lines().rev().find_map(|line| line.trim_start().strip_prefix("= "))?;
+    Some(format!("syntax error at {position}: {}", expected.trim()))
 }
 
 /// The schema as WebSocket connections run it, with what `POST /graphql`
@@ -1377,6 +1427,9 @@ impl GuardedSchema {
             }
         };
         if let Some(cost) = &cost {
+            if let Some(why) = introspection_refused(app, cost) {
+                return refusal(ApiError::BadUserInput(why));
+            }
             if let Err(wait) = charge_sign_ins(app, self.ip, sign_ins(cost)) {
                 return rate_limited(wait);
             }
@@ -1620,5 +1673,19 @@ mod tests {
         super::tune_accepted(&accepted);
         assert!(socket2::SockRef::from(&accepted).keepalive().unwrap());
         assert!(accepted.nodelay().unwrap());
+    }
+
+    #[test]
+    fn a_syntax_error_is_said_in_one_line() {
+        let error = async_graphql::parser::parse_query("{ __typename ").unwrap_err();
+        let mut response = async_graphql::Response::from_errors(vec![error.into()]);
+        assert!(response.errors[0].message.contains('\n'), "the parser's drawing: {}", response.errors[0].message);
+        super::add_missing_code(&mut response);
+        let message = &response.errors[0].message;
+        assert!(message.starts_with("syntax error at 1:14: expected "), "{message}");
+        assert!(!message.contains('\n'), "{message}");
+        assert_eq!(response.errors[0].locations.len(), 1);
+        // Other messages are left as they are.
+        assert_eq!(super::one_line_syntax_error("Unknown field \"nope\" on type \"Query\"."), None);
     }
 }

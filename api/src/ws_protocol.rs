@@ -90,6 +90,11 @@ pub(crate) struct Conformance {
     state: Arc<Mutex<State>>,
 }
 
+/// Whether a `subscribe` message's payload holds its query's text.
+fn holds_query(text: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(text).is_ok_and(|message| message["payload"]["query"].is_string())
+}
+
 /// The fields of a message that say what it is about.
 #[derive(Deserialize)]
 struct Head {
@@ -147,6 +152,12 @@ impl Conformance {
         // protocol; graphql-transport-ws has none of them.
         if self.strict && matches!(kind.as_str(), "start" | "stop" | "connection_terminate") {
             state.close = Some((BAD_REQUEST, format!("Invalid message received: {kind}")));
+            return false;
+        }
+        // A `subscribe` without its query is not one (async-graphql would
+        // answer it with a parse error of the empty document).
+        if self.strict && kind == "subscribe" && id.is_some() && !holds_query(text) {
+            state.close = Some((BAD_REQUEST, "Invalid message received: subscribe needs payload.query".into()));
             return false;
         }
         let Some(id) = id.filter(|_| self.strict) else { return true };
@@ -289,13 +300,17 @@ mod tests {
     #[test]
     fn a_refused_subscription_gets_one_error_message_and_nothing_after() {
         let protocol = Conformance::new(Some(WebSocketProtocols::GraphQLWS));
-        assert!(protocol.incoming(&text(serde_json::json!({"id": "1", "type": "subscribe"}))));
+        assert!(protocol.incoming(&text(
+            serde_json::json!({"id": "1", "type": "subscribe", "payload": {"query": "subscription { x }"}})
+        )));
         let errors = serde_json::json!([{"message": "Unknown field", "extensions": {"code": "BAD_USER_INPUT"}}]);
         let next = text(serde_json::json!({"id": "1", "type": "next", "payload": {"data": null, "errors": errors}}));
         assert_eq!(parsed(protocol.outgoing(next)), serde_json::json!({"id": "1", "type": "error", "payload": errors}));
         assert!(protocol.outgoing(text(serde_json::json!({"id": "1", "type": "complete"}))).is_none());
         // The id is free again.
-        assert!(protocol.incoming(&text(serde_json::json!({"id": "1", "type": "subscribe"}))));
+        assert!(protocol.incoming(&text(
+            serde_json::json!({"id": "1", "type": "subscribe", "payload": {"query": "subscription { x }"}})
+        )));
     }
 
     #[test]
@@ -317,23 +332,30 @@ mod tests {
     #[test]
     fn nothing_follows_the_clients_complete() {
         let protocol = Conformance::new(Some(WebSocketProtocols::GraphQLWS));
-        assert!(protocol.incoming(&text(serde_json::json!({"id": "1", "type": "subscribe"}))));
+        assert!(protocol.incoming(&text(
+            serde_json::json!({"id": "1", "type": "subscribe", "payload": {"query": "subscription { x }"}})
+        )));
         let result = serde_json::json!({"id": "1", "type": "next", "payload": {"data": {"a": 1}}});
         assert!(protocol.outgoing(text(result.clone())).is_some());
         assert!(protocol.incoming(&text(serde_json::json!({"id": "1", "type": "complete"}))));
         // Subscribed again at once, before the old one's echo went out.
-        assert!(protocol.incoming(&text(serde_json::json!({"id": "1", "type": "subscribe"}))));
+        assert!(protocol.incoming(&text(
+            serde_json::json!({"id": "1", "type": "subscribe", "payload": {"query": "subscription { x }"}})
+        )));
         assert!(protocol.outgoing(text(result.clone())).is_none(), "a result of the completed one");
         assert!(protocol.outgoing(text(serde_json::json!({"id": "1", "type": "complete"}))).is_none());
         // The new one is served, and running.
         assert!(protocol.outgoing(text(result.clone())).is_some());
-        assert!(!protocol.incoming(&text(serde_json::json!({"id": "1", "type": "subscribe"}))));
+        assert!(!protocol.incoming(&text(
+            serde_json::json!({"id": "1", "type": "subscribe", "payload": {"query": "subscription { x }"}})
+        )));
     }
 
     #[test]
     fn a_running_id_cannot_be_subscribed_again() {
         let protocol = Conformance::new(Some(WebSocketProtocols::GraphQLWS));
-        let subscribe = text(serde_json::json!({"id": "7", "type": "subscribe"}));
+        let subscribe =
+            text(serde_json::json!({"id": "7", "type": "subscribe", "payload": {"query": "subscription { x }"}}));
         assert!(protocol.incoming(&subscribe));
         assert!(protocol.closing().is_none());
         assert!(!protocol.incoming(&subscribe));
@@ -344,6 +366,24 @@ mod tests {
         assert!(protocol.incoming(&subscribe));
         assert!(protocol.incoming(&text(serde_json::json!({"id": "7", "type": "complete"}))));
         assert!(protocol.incoming(&subscribe));
+    }
+
+    #[test]
+    fn a_subscribe_without_its_query_closes_the_connection_with_4400() {
+        for payload in [serde_json::json!({}), serde_json::json!({"query": null}), serde_json::Value::Null] {
+            let protocol = Conformance::new(Some(WebSocketProtocols::GraphQLWS));
+            let mut message = serde_json::json!({"id": "1", "type": "subscribe"});
+            if !payload.is_null() {
+                message["payload"] = payload;
+            }
+            assert!(!protocol.incoming(&text(message)));
+            let frame = protocol.closing().unwrap();
+            assert_eq!(frame.code, 4400);
+            assert!(frame.reason.contains("payload.query"), "{}", frame.reason);
+        }
+        // The legacy protocol is left to async-graphql.
+        let legacy = Conformance::new(Some(WebSocketProtocols::SubscriptionsTransportWS));
+        assert!(legacy.incoming(&text(serde_json::json!({"id": "1", "type": "start", "payload": {}}))));
     }
 
     #[test]

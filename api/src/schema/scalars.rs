@@ -18,7 +18,9 @@ impl DateTime {
     }
 }
 
-#[Scalar(name = "DateTime")]
+/// RFC 3339, UTC, e.g. "2026-12-31T20:00:00Z"; milliseconds when not zero
+/// ("2026-12-31T20:00:00.250Z"). Input takes any RFC 3339 offset.
+#[Scalar(name = "DateTime", specified_by_url = "https://www.rfc-editor.org/rfc/rfc3339")]
 impl ScalarType for DateTime {
     fn parse(value: Value) -> InputValueResult<Self> {
         let Value::String(text) = &value else {

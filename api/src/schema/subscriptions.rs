@@ -42,7 +42,9 @@ impl Slot {
         let running = budget.running.fetch_add(1, Ordering::AcqRel) + 1;
         if running > budget.max {
             budget.running.fetch_sub(1, Ordering::AcqRel);
-            return Err(ApiError::LimitExceeded(format!(
+            // Over a limit, nothing run: the contract's QUERY_TOO_COMPLEX
+            // (its LIMIT_EXCEEDED is the per-user ticket limit).
+            return Err(ApiError::TooComplex(format!(
                 "a connection runs at most {} subscriptions at once",
                 budget.max
             )));
