@@ -519,6 +519,12 @@ pub fn check(cost: &Cost, limits: &QueryLimits) -> Result<(), TooComplex> {
     Ok(())
 }
 
+/// Introspection's list fields, and what each weighs in the complexity (a
+/// nominal length: this schema's lists of types and fields are tens long).
+const INTROSPECTION_LISTS: &[&str] =
+    &["types", "fields", "args", "inputFields", "interfaces", "possibleTypes", "enumValues", "directives"];
+const INTROSPECTION_LIST_WEIGHT: u64 = 10;
+
 /// Most fields one selection may expand to (fragments included), so that
 /// even measuring a hostile query stays cheap.
 const EXPANDED_FIELDS_MAX: usize = 10_000;
@@ -582,8 +588,12 @@ impl<'a> Walker<'a> {
 
     /// (depth, complexity) of a field and everything below it.
     fn measure(&mut self, field: &'a Positioned<Field>, depth: usize) -> Result<(usize, u64), TooComplex> {
-        if field.node.name.node.starts_with("__") {
+        let name = field.node.name.node.as_str();
+        if name == "__typename" {
             return Ok((0, 1));
+        }
+        if name.starts_with("__") {
+            return Ok((0, self.measure_introspection(field, depth)?));
         }
         self.measured += 1;
         if depth > MEASURED_DEPTH_MAX {
@@ -601,6 +611,30 @@ impl<'a> Walker<'a> {
         }
         let weight = self.weight(&field.node);
         Ok((deepest, 1u64.saturating_add(below.saturating_mul(weight))))
+    }
+
+    /// The complexity of an introspection field (`__schema`, `__type`) and
+    /// everything below it: each field 1, each list of the schema's types,
+    /// fields, arguments and the like weighing [`INTROSPECTION_LIST_WEIGHT`].
+    /// Not counted in the depth (the standard introspection query nests
+    /// type references 8 deep), but in the complexity, so that fragments
+    /// nesting lists in lists (a 2 KB query asking for 18 MB) are refused;
+    /// the standard query weighs about 45,000.
+    fn measure_introspection(&mut self, field: &'a Positioned<Field>, depth: usize) -> Result<u64, TooComplex> {
+        self.measured += 1;
+        if depth > MEASURED_DEPTH_MAX {
+            return Err(TooComplex(format!("the query nests deeper than {MEASURED_DEPTH_MAX} levels")));
+        }
+        if self.measured > MEASURED_FIELDS_MAX {
+            return Err(TooComplex(format!("the query expands to more than {MEASURED_FIELDS_MAX} fields")));
+        }
+        let mut below: u64 = 0;
+        for child in self.fields(&field.node.selection_set)? {
+            below = below.saturating_add(self.measure_introspection(child, depth + 1)?);
+        }
+        let name = field.node.name.node.as_str();
+        let weight = if INTROSPECTION_LISTS.contains(&name) { INTROSPECTION_LIST_WEIGHT } else { 1 };
+        Ok(1u64.saturating_add(below.saturating_mul(weight)))
     }
 
     /// How many times a field's selection may repeat.
@@ -834,6 +868,44 @@ mod tests {
         let query = "{ __schema { types { fields { type { ofType { ofType { ofType { ofType { ofType { ofType { name } } } } } } } } } } }";
         let found = cost(query, serde_json::json!({})).unwrap();
         assert!(check(&found, &QueryLimits::default()).is_ok());
+    }
+
+    /// graphql-js' `getIntrospectionQuery()` (v16, descriptions on), as
+    /// IDEs and code generators send it.
+    const STANDARD_INTROSPECTION: &str = "query IntrospectionQuery { __schema { queryType { name } mutationType { name }
+        subscriptionType { name } types { ...FullType } directives { name description locations args { ...InputValue } } } }
+      fragment FullType on __Type { kind name description specifiedByURL
+        fields(includeDeprecated: true) { name description args { ...InputValue } type { ...TypeRef } isDeprecated deprecationReason }
+        inputFields { ...InputValue } interfaces { ...TypeRef }
+        enumValues(includeDeprecated: true) { name description isDeprecated deprecationReason } possibleTypes { ...TypeRef } }
+      fragment InputValue on __InputValue { name description type { ...TypeRef } defaultValue }
+      fragment TypeRef on __Type { kind name ofType { kind name ofType { kind name ofType { kind name ofType { kind name
+        ofType { kind name ofType { kind name ofType { kind name ofType { kind name } } } } } } } } }";
+
+    #[test]
+    fn introspection_weighs_in_the_complexity_but_the_standard_query_passes() {
+        let standard = cost(STANDARD_INTROSPECTION, serde_json::json!({})).unwrap();
+        assert!(check(&standard, &QueryLimits::default()).is_ok(), "{standard:?}");
+        assert!((20_000..60_000).contains(&standard.complexity), "{}", standard.complexity);
+        // Lists of types nested in fragments: 2 KB of query that asked for
+        // 18 MB of answer.
+        let mut bomb = String::from("fragment F0 on __Type { name kind description }");
+        for level in 1..=4 {
+            let below = level - 1;
+            bomb.push_str(&format!(
+                " fragment F{level} on __Type {{ name fields {{ name type {{ ...F{below} }} args {{ name type {{ ...F{below} }} }} }} \
+                 inputFields {{ name type {{ ...F{below} }} }} possibleTypes {{ ...F{below} }} interfaces {{ ...F{below} }} }}"
+            ));
+        }
+        let roots: String = (0..19).map(|n| format!(" a{n}: __schema {{ types {{ ...F4 }} }}")).collect();
+        let bomb = format!("{{{roots} }} {bomb}");
+        let measured = cost(&bomb, serde_json::json!({})).unwrap();
+        let TooComplex(why) = check(&measured, &QueryLimits::default()).unwrap_err();
+        assert!(why.contains("complexity"), "{why}");
+        // One type's fields nested ten lists deep, through aliases of one
+        // field, also weighs what it would answer.
+        let nested = "{ __type(name: \"Query\") { fields { type { fields { type { fields { type { fields { type { fields { name } } } } } } } } } } }";
+        assert!(check(&cost(nested, serde_json::json!({})).unwrap(), &QueryLimits::default()).is_err());
     }
 
     #[test]
