@@ -489,6 +489,34 @@ fn a_body_that_stops_coming_is_answered_408_and_its_connection_closed() {
     assert_serving(&server);
 }
 
+/// The server speaks HTTP/1.1 only: an HTTP/2 client (prior knowledge)
+/// hears the server's SETTINGS and a GOAWAY saying HTTP_1_1_REQUIRED, and
+/// the connection closes at once, giving its `--connections-max` slot
+/// back (hyper's HTTP/2 would hold an idle one open for good).
+#[test]
+fn an_http2_connection_is_told_http_1_1_is_required_and_closed() {
+    use std::io::{Read, Write};
+    let dir = TempDir::new("h2c");
+    let server = Server::start(dir.path(), &["--connections-max", "1"]);
+    for _ in 0..3 {
+        let mut socket = std::net::TcpStream::connect(&server.addr).unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let started = Instant::now();
+        // The preface and an empty SETTINGS frame, as h2 clients open.
+        socket.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").unwrap();
+        let mut answer = Vec::new();
+        let _ = socket.read_to_end(&mut answer);
+        assert!(started.elapsed() < Duration::from_secs(3), "closed at once, not after {:?}", started.elapsed());
+        let settings = [0u8, 0, 0, 0x4, 0, 0, 0, 0, 0];
+        let goaway = [0u8, 0, 8, 0x7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xd];
+        assert_eq!(answer, [&settings[..], &goaway[..]].concat(), "SETTINGS then GOAWAY(HTTP_1_1_REQUIRED)");
+        // The slot is given back just after the close the client saw.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The one slot came back each time; HTTP/1.1 is served.
+    assert_serving(&server);
+}
+
 /// A connection that is opened and never sends a byte, or stops inside
 /// the first bytes of HTTP/2's preface (where hyper's version sniff has no
 /// timer), gives its `--connections-max` slot back after the 10 s allowed

@@ -365,9 +365,19 @@ impl Connections {
         let watcher = graceful.map(|graceful| graceful.watcher());
         let served = async move {
             let _permit = permit;
-            if !first_byte_arrives(&stream, shutdown).await {
-                tracing::debug!(%peer, "closing a connection that sent nothing");
-                return;
+            match opening(&stream, shutdown).await {
+                Opening::Http1 => {}
+                Opening::Nothing => {
+                    tracing::debug!(%peer, "closing a connection that sent nothing");
+                    return;
+                }
+                Opening::Http2 => {
+                    tracing::debug!(%peer, "refusing an HTTP/2 connection: HTTP/1.1 required");
+                    use tokio::io::AsyncWriteExt;
+                    let mut stream = stream;
+                    let _ = tokio::time::timeout(HEAD_WAIT, stream.write_all(&HTTP2_REFUSAL)).await;
+                    return;
+                }
             }
             let connection = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service);
             let _ = match watcher {
@@ -392,14 +402,38 @@ impl Connections {
 /// The bytes an HTTP/2 connection with prior knowledge opens with.
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// What an HTTP/2 client hears: the server's preface (an empty SETTINGS
+/// frame), then GOAWAY with the error HTTP_1_1_REQUIRED (RFC 9113, 7).
+/// The server speaks HTTP/1.1 only: hyper's HTTP/2 (compiled in for the
+/// webhooks' client) would serve without the head timer, header limits and
+/// idle close that HTTP/1.1 connections have, so a client could hold
+/// `--connections-max` slots with connections that never send a request.
+const HTTP2_REFUSAL: [u8; 26] = [
+    0, 0, 0, 0x4, 0, 0, 0, 0, 0, // SETTINGS: empty, stream 0
+    0, 0, 8, 0x7, 0, 0, 0, 0, 0, // GOAWAY: 8 bytes, stream 0
+    0, 0, 0, 0, // last stream id: none
+    0, 0, 0, 0xd, // HTTP_1_1_REQUIRED
+];
+
+/// How an accepted connection opened.
+enum Opening {
+    /// Anything but HTTP/2's preface: served as HTTP/1.1 (hyper answers
+    /// what is not HTTP).
+    Http1,
+    /// HTTP/2 with prior knowledge.
+    Http2,
+    /// Nothing in time, or closed.
+    Nothing,
+}
+
 /// Waits until an accepted connection has said which HTTP it speaks: its
 /// first byte, or, while what came could still be the HTTP/2 preface, the
-/// whole preface. False when the peer closed, or did not say within
+/// whole preface. Nothing when the peer closed, or did not say within
 /// `HEAD_WAIT`, or within `DRAIN_MIN` of shutdown beginning: a socket that
-/// never speaks (or stops inside the preface, where hyper's version sniff
-/// has no timer) gives its `--connections-max` slot back. From there,
-/// hyper's head timer bounds the rest of the head.
-async fn first_byte_arrives(stream: &tokio::net::TcpStream, mut shutdown: tokio::sync::watch::Receiver<bool>) -> bool {
+/// never speaks (or stops inside the preface) gives its
+/// `--connections-max` slot back. From there, hyper's head timer bounds
+/// the rest of the head.
+async fn opening(stream: &tokio::net::TcpStream, mut shutdown: tokio::sync::watch::Receiver<bool>) -> Opening {
     let drained = async {
         let _ = shutdown.wait_for(|shutting_down| *shutting_down).await;
         tokio::time::sleep(DRAIN_MIN).await;
@@ -408,11 +442,14 @@ async fn first_byte_arrives(stream: &tokio::net::TcpStream, mut shutdown: tokio:
         let mut start = [0u8; HTTP2_PREFACE.len()];
         loop {
             let read = match stream.peek(&mut start).await {
-                Ok(0) | Err(_) => return false,
+                Ok(0) | Err(_) => return Opening::Nothing,
                 Ok(read) => read,
             };
-            if read == HTTP2_PREFACE.len() || start[..read] != HTTP2_PREFACE[..read] {
-                return true;
+            if start[..read] != HTTP2_PREFACE[..read] {
+                return Opening::Http1;
+            }
+            if read == HTTP2_PREFACE.len() {
+                return Opening::Http2;
             }
             // Part of the preface: the rest is on its way (peeking again at
             // once would find the same bytes).
@@ -421,8 +458,8 @@ async fn first_byte_arrives(stream: &tokio::net::TcpStream, mut shutdown: tokio:
     };
     tokio::select! {
         spoken = spoken => spoken,
-        () = tokio::time::sleep(HEAD_WAIT) => false,
-        () = drained => false,
+        () = tokio::time::sleep(HEAD_WAIT) => Opening::Nothing,
+        () = drained => Opening::Nothing,
     }
 }
 
