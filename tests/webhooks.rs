@@ -497,3 +497,39 @@ fn a_webhook_that_never_answers_does_not_hold_up_the_others() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A delivery that gets no answer is logged without its URL: receivers
+/// often carry their credential in the path or the query.
+#[test]
+fn a_failed_delivery_is_logged_without_its_url() {
+    let dir = TempDir::new("wh-log");
+    let log_path = dir.path().join("server.log");
+    let mut command = std::process::Command::new(binary());
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--cache-mb", "16", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(fast_retries())
+        .env_remove("MARQUEE_LISTEN")
+        .env_remove("MARQUEE_DATA_DIR")
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log_path).unwrap());
+    let server = Server::spawn(command);
+    // A port nothing listens on.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let shop = open_shop(&server, "org@example.com");
+    let url = format!("http://127.0.0.1:{port}/hooks/PATH-CREDENTIAL?api_key=QUERY-CREDENTIAL");
+    create_webhook(&server, &shop.org, &url, &["booking.confirmed"]);
+    book(&server, &shop.org, &shop.ticket_type, "logged");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let log = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap();
+        if log.contains("webhook delivery got no answer") {
+            break log;
+        }
+        assert!(Instant::now() < deadline, "no failed delivery logged in 20 s:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!log.contains("CREDENTIAL"), "the URL is not logged:\n{log}");
+}

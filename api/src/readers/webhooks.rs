@@ -746,8 +746,12 @@ impl Deliverer {
         match sent {
             Ok(response) => Ok(response.status().as_u16()),
             Err(error) => {
+                let why = self.why(&error);
+                // Without the URL: its path or query may carry the
+                // receiver's credential (the logs never hold secrets).
+                let error = error.without_url();
                 tracing::info!(webhook = webhook.id.0, %error, "webhook delivery got no answer");
-                Err(self.why(&error))
+                Err(why)
             }
         }
     }
