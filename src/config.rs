@@ -15,7 +15,7 @@ pub struct StoreArgs {
     /// TOML file with settings (keys as the long flags, with underscores).
     #[arg(long, env = "MARQUEE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Data directory; created if missing [default: ./data]
+    /// Data directory [default: ./data]; `serve` and `user create` start a new store there if it holds none
     #[arg(long, env = "MARQUEE_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Storage page cache in MiB [default: 256]
@@ -197,6 +197,12 @@ pub struct Protections {
     pub query_batch_max: usize,
 }
 
+/// A setting as messages name it: its config file key, flag and variable
+/// (a bad value may have come from any of them).
+fn setting(key: &str) -> String {
+    format!("{key} (--{}, MARQUEE_{})", key.replace('_', "-"), key.to_ascii_uppercase())
+}
+
 /// A number setting: flag, else file, else default; within `min..=max`.
 fn bounded<T: PartialOrd + Copy + std::fmt::Display>(
     name: &str,
@@ -208,7 +214,7 @@ fn bounded<T: PartialOrd + Copy + std::fmt::Display>(
 ) -> Result<T, String> {
     let value = flag.or(file).unwrap_or(default);
     if value < min || value > max {
-        return Err(format!("{name} must be between {min} and {max}"));
+        return Err(format!("{} must be between {min} and {max}; it is {value}", setting(name)));
     }
     Ok(value)
 }
@@ -307,7 +313,7 @@ fn store_config(args: &StoreArgs, file: &FileSettings) -> Result<StoreConfig, St
     let data_dir = args.data_dir.clone().or(file.data_dir.clone()).unwrap_or_else(|| PathBuf::from("./data"));
     let cache_mb = args.cache_mb.or(file.cache_mb).unwrap_or(256);
     if cache_mb == 0 || cache_mb > CACHE_MB_MAX {
-        return Err(format!("cache_mb must be between 1 and {CACHE_MB_MAX}"));
+        return Err(format!("{} must be between 1 and {CACHE_MB_MAX}; it is {cache_mb}", setting("cache_mb")));
     }
     Ok(StoreConfig { data_dir, cache_bytes: cache_mb * 1024 * 1024 })
 }
@@ -358,30 +364,44 @@ impl ServeConfig {
         )?;
         let webhook_attempts_max = args.webhook_attempts_max.or(file.webhook_attempts_max).unwrap_or(20);
         if !(1..=100).contains(&webhook_attempts_max) {
-            return Err("webhook_attempts_max must be between 1 and 100".into());
+            return Err(format!(
+                "{} must be between 1 and 100; it is {webhook_attempts_max}",
+                setting("webhook_attempts_max")
+            ));
         }
         let allow_private_webhooks = args.allow_private_webhooks.or(file.allow_private_webhooks).unwrap_or(false);
         let ws_connections_max = args.ws_connections_max.or(file.ws_connections_max).unwrap_or(10_000);
         if !(1..=1_000_000).contains(&ws_connections_max) {
-            return Err("ws_connections_max must be between 1 and 1000000".into());
+            return Err(format!(
+                "{} must be between 1 and 1000000; it is {ws_connections_max}",
+                setting("ws_connections_max")
+            ));
         }
         let ws_connections_per_ip_max =
             args.ws_connections_per_ip_max.or(file.ws_connections_per_ip_max).unwrap_or(100);
         if !(1..=1_000_000).contains(&ws_connections_per_ip_max) {
-            return Err("ws_connections_per_ip_max must be between 1 and 1000000".into());
+            return Err(format!(
+                "{} must be between 1 and 1000000; it is {ws_connections_per_ip_max}",
+                setting("ws_connections_per_ip_max")
+            ));
         }
         let subscriptions_per_connection_max =
             args.subscriptions_per_connection_max.or(file.subscriptions_per_connection_max).unwrap_or(32);
         if !(1..=1_000).contains(&subscriptions_per_connection_max) {
-            return Err("subscriptions_per_connection_max must be between 1 and 1000".into());
+            return Err(format!(
+                "{} must be between 1 and 1000; it is {subscriptions_per_connection_max}",
+                setting("subscriptions_per_connection_max")
+            ));
         }
         let ledger_shards = args.ledger_shards.or(file.ledger_shards).unwrap_or(16);
         if !ledger_shards.is_power_of_two() || ledger_shards > ledger::SHARDS_MAX {
-            return Err(format!("ledger_shards must be a power of two from 1 to {}", ledger::SHARDS_MAX));
+            let why = format!("must be a power of two from 1 to {}; it is {ledger_shards}", ledger::SHARDS_MAX);
+            return Err(format!("{} {why}", setting("ledger_shards")));
         }
         let body_bytes_max = args.body_bytes_max.or(file.body_bytes_max).unwrap_or(1024 * 1024);
         if !(BODY_BYTES_MIN..=BODY_BYTES_MAX).contains(&body_bytes_max) {
-            return Err(format!("body_bytes_max must be between {BODY_BYTES_MIN} and {BODY_BYTES_MAX}"));
+            let why = format!("must be between {BODY_BYTES_MIN} and {BODY_BYTES_MAX}; it is {body_bytes_max}");
+            return Err(format!("{} {why}", setting("body_bytes_max")));
         }
         let log_format = args.log_format.or(file.log_format).unwrap_or(LogFormat::Text);
         let protections = Protections::resolve(args, &file)?;
@@ -416,13 +436,23 @@ fn duration(
 ) -> Result<Duration, String> {
     let value = match (flag, file) {
         (Some(value), _) => value,
-        (None, Some(text)) => parse_duration(text).map_err(|e| format!("{name}: {e}"))?,
+        (None, Some(text)) => parse_duration(text).map_err(|e| format!("{name} in the config file: {e}"))?,
         (None, None) => default,
     };
     if value < bounds.0 || value > bounds.1 {
-        return Err(format!("{name} must be between {bounds_text}"));
+        return Err(format!("{} must be between {bounds_text}; it is {}", setting(name), shown_duration(value)));
     }
     Ok(value)
+}
+
+/// A duration in the largest unit that says it exactly (`25h`, `1500ms`).
+fn shown_duration(value: Duration) -> String {
+    let millis = value.as_millis();
+    let units = [(86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1_000, "s")];
+    match units.iter().find(|(size, _)| millis >= *size && millis.is_multiple_of(*size)) {
+        Some((size, unit)) => format!("{}{unit}", millis / size),
+        None => format!("{millis}ms"),
+    }
 }
 
 /// Parses durations like `500ms`, `90s`, `10m`, `12h`, `30d`.

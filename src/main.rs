@@ -103,7 +103,7 @@ enum UserCommand {
         #[command(flatten)]
         store: StoreArgs,
         /// Sign-in email of the account.
-        #[arg(long, conflicts_with_all = ["id", "ids_from"], required_unless_present_any = ["id", "ids_from"])]
+        #[arg(long, conflicts_with_all = ["id", "ids_from"])]
         email: Option<String>,
         /// Id of the account (imported accounts have no usable email).
         #[arg(long, conflicts_with = "ids_from")]
@@ -140,6 +140,8 @@ impl From<CliRole> for Role {
 enum Failure {
     /// A setting is wrong: exit 2.
     Config(String),
+    /// A command's argument or input is wrong: exit 2.
+    Usage(String),
     /// Something failed while running: exit 1.
     Runtime(String),
 }
@@ -158,6 +160,10 @@ fn main() -> ExitCode {
             eprintln!("marquee: configuration error: {message}");
             ExitCode::from(2)
         }
+        Err(Failure::Usage(message)) => {
+            eprintln!("marquee: {message}");
+            ExitCode::from(2)
+        }
         Err(Failure::Runtime(message)) => {
             eprintln!("marquee: {message}");
             ExitCode::FAILURE
@@ -166,6 +172,12 @@ fn main() -> ExitCode {
 }
 
 fn open_graph(store: &StoreConfig) -> Result<Graph, Failure> {
+    if store.data_dir.exists() && !store.data_dir.is_dir() {
+        return Err(Failure::Config(format!(
+            "data_dir (--data-dir, MARQUEE_DATA_DIR): {} is a file, not a directory",
+            shown(&store.data_dir).display()
+        )));
+    }
     let options = graph::Options { cache_bytes: store.cache_bytes };
     Graph::open(&store.data_dir, options).map_err(|e| Failure::Runtime(format!("cannot open data directory: {e}")))
 }
@@ -257,6 +269,15 @@ fn serve_with(config: &ServeConfig) -> Result<(), Failure> {
             "serving as root from a directory another user owns: the files written now belong to root, and that user's service could not open them"
         );
     }
+    // The address is taken before the store is opened: a port in use
+    // leaves no new store behind in a mistyped directory.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(format!("cannot start the runtime: {e}")))?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(config.listen))
+        .map_err(|e| Failure::Runtime(format!("cannot listen on {}: {e}", config.listen)))?;
     let new = !holds_store(&config.store.data_dir);
     let graph = Arc::new(open_graph(&config.store)?);
     if new {
@@ -268,11 +289,7 @@ fn serve_with(config: &ServeConfig) -> Result<(), Failure> {
     let ledger = ledger::Ledger::open(graph.clone(), options)
         .map_err(|e| Failure::Runtime(format!("cannot recover the ticket ledger: {e}")))?;
     let ledger = Arc::new(ledger);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::Runtime(format!("cannot start the runtime: {e}")))?;
-    runtime.block_on(run_server(config, graph.clone(), ledger))?;
+    runtime.block_on(run_server(config, listener, graph.clone(), ledger))?;
     graph.store().flush().map_err(|e| Failure::Runtime(format!("final flush failed: {e}")))?;
     tracing::info!("stopped: the store is flushed");
     Ok(())
@@ -339,10 +356,12 @@ fn spawn_hold_reaper(ledger: Arc<ledger::Ledger>) {
     });
 }
 
-async fn run_server(config: &ServeConfig, graph: Arc<Graph>, ledger: Arc<ledger::Ledger>) -> Result<(), Failure> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| Failure::Runtime(format!("cannot listen on {}: {e}", config.listen)))?;
+async fn run_server(
+    config: &ServeConfig,
+    listener: tokio::net::TcpListener,
+    graph: Arc<Graph>,
+    ledger: Arc<ledger::Ledger>,
+) -> Result<(), Failure> {
     let address = listener.local_addr().map_err(|e| Failure::Runtime(e.to_string()))?;
     let settings = api::Settings {
         token_ttl_ms: millis(config.token_ttl),
@@ -427,10 +446,18 @@ fn user(command: UserCommand) -> Result<(), Failure> {
     match command {
         UserCommand::Create { store, email, name, role, password_stdin } => {
             if !password_stdin {
-                return Err(Failure::Config("give the password on standard input with --password-stdin".into()));
+                return Err(Failure::Usage("give the password on standard input with --password-stdin".into()));
             }
             let password = read_password()?;
-            graph::rules::password(&password).map_err(|e| Failure::Config(e.to_string()))?;
+            if password.is_empty() {
+                return Err(Failure::Usage("no password on standard input: give it as the first line".into()));
+            }
+            // The account's input is checked before the store is opened (or
+            // started), so that a typo leaves nothing behind.
+            let usage = |e: graph::Error| Failure::Usage(e.to_string());
+            graph::rules::password(&password).map_err(usage)?;
+            graph::rules::email(&email).map_err(usage)?;
+            graph::rules::required_text("name", &name, graph::rules::NAME_CHARS_MAX).map_err(usage)?;
             let hash = api::auth::hash_password(&password).map_err(|_| Failure::Runtime("hashing failed".into()))?;
             let graph = open_for_command(&store, true)?;
             let user =
@@ -446,6 +473,9 @@ fn user(command: UserCommand) -> Result<(), Failure> {
             Ok(())
         }
         UserCommand::Token { store, email, id, ids_from, ttl } => {
+            if email.is_none() && id.is_none() && ids_from.is_none() {
+                return Err(Failure::Usage("say whose token: give --email, --id or --ids-from".into()));
+            }
             let graph = open_for_command(&store, false)?;
             if let Some(path) = ids_from {
                 return mint_tokens(&graph, &path, millis(ttl));
@@ -453,7 +483,7 @@ fn user(command: UserCommand) -> Result<(), Failure> {
             let user = match (email, id) {
                 (Some(email), _) => find_user(&graph, &email)?,
                 (None, Some(id)) => find_user_by_id(&graph, id)?,
-                (None, None) => return Err(Failure::Config("give --email, --id or --ids-from".into())),
+                (None, None) => return Err(Failure::Usage("give --email, --id or --ids-from".into())),
             };
             let token = api::auth::issue_token(&graph, user.id, millis(ttl))
                 .map_err(|e| Failure::Runtime(e.message().to_string()))?;
@@ -478,7 +508,7 @@ fn mint_tokens(graph: &Graph, path: &std::path::Path, ttl_ms: i64) -> Result<(),
     let mut users = Vec::new();
     for (line, id) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let id: u64 = id.trim().parse().map_err(|_| {
-            Failure::Config(format!("{}:{}: {:?} is not an account id", path.display(), line + 1, id.trim()))
+            Failure::Usage(format!("{}:{}: {:?} is not an account id", path.display(), line + 1, id.trim()))
         })?;
         users.push(find_user_by_id(graph, id)?.id);
     }
@@ -496,7 +526,7 @@ fn import(store: &StoreArgs, from: &std::path::Path) -> Result<(), Failure> {
     let config = StoreConfig::resolve(store).map_err(Failure::Config)?;
     let options = graph::Options { cache_bytes: config.cache_bytes };
     let started = std::time::Instant::now();
-    let mut bar = ProgressBar::default();
+    let mut bar = ProgressBar::new();
     let summary = graph::import::import(&config.data_dir, from, options, &mut |p| bar.show(p))
         .map_err(|e| Failure::Runtime(format!("import failed, nothing was written: {e}")))?;
     bar.finish();
@@ -512,35 +542,49 @@ fn import(store: &StoreArgs, from: &std::path::Path) -> Result<(), Failure> {
     Ok(())
 }
 
-/// A one-line progress bar on stderr, redrawn at most ten times a second.
-#[derive(Default)]
+/// Import progress on stderr: on a terminal, a one-line bar redrawn at
+/// most ten times a second; into a file or pipe (a log), a plain line
+/// every five seconds and one as each phase completes, so the log reads
+/// line by line.
 struct ProgressBar {
     phase: &'static str,
     drawn_at: Option<std::time::Instant>,
+    terminal: bool,
 }
 
 impl ProgressBar {
+    fn new() -> ProgressBar {
+        use std::io::IsTerminal;
+        ProgressBar { phase: "", drawn_at: None, terminal: std::io::stderr().is_terminal() }
+    }
+
     fn show(&mut self, progress: graph::import::Progress) {
         const WIDTH: u64 = 30;
         let now = std::time::Instant::now();
         let finished = progress.done >= progress.total;
-        let recent = self.drawn_at.is_some_and(|at| now.duration_since(at).as_millis() < 100);
+        let pause = if self.terminal { 100 } else { 5_000 };
+        let recent = self.drawn_at.is_some_and(|at| now.duration_since(at).as_millis() < pause);
         if self.phase == progress.phase && recent && !finished {
             return;
         }
-        if self.phase != progress.phase && !self.phase.is_empty() {
+        if self.terminal && self.phase != progress.phase && !self.phase.is_empty() {
             eprintln!();
         }
         self.phase = progress.phase;
         self.drawn_at = Some(now);
-        let filled = (progress.done * WIDTH).checked_div(progress.total).unwrap_or(WIDTH).min(WIDTH);
         let percent = (progress.done * 100).checked_div(progress.total).unwrap_or(100);
+        let (phase, done, total) = (progress.phase, progress.done, progress.total);
+        if !self.terminal {
+            eprintln!("marquee: import: {phase} {percent}% ({done}/{total})");
+            return;
+        }
+        let filled = (progress.done * WIDTH).checked_div(progress.total).unwrap_or(WIDTH).min(WIDTH);
         let bar: String = (0..WIDTH).map(|i| if i < filled { '#' } else { '-' }).collect();
-        eprint!("\r[{bar}] {percent:>3}% {} ({}/{})", progress.phase, progress.done, progress.total);
+        eprint!("\r[{bar}] {percent:>3}% {phase} ({done}/{total})");
     }
 
     fn finish(&self) {
-        if !self.phase.is_empty() {
+        if self.terminal && !self.phase.is_empty() {
             eprintln!();
         }
     }

@@ -176,7 +176,11 @@ fn an_imported_dataset_answers_like_the_brute_force_reference() {
     assert!(output.status.success(), "import failed: {}", String::from_utf8_lossy(&output.stderr));
     let said = String::from_utf8_lossy(&output.stdout);
     assert!(said.contains(&format!("imported {USERS} users, {EVENTS} events")), "{said}");
-    assert!(String::from_utf8_lossy(&output.stderr).contains("100%"), "a progress bar is drawn");
+    let progress = String::from_utf8_lossy(&output.stderr);
+    assert!(progress.contains("100%"), "progress is shown: {progress}");
+    // Into a pipe (a log) it is written line by line, not redrawn.
+    assert!(!progress.contains('\r'), "no carriage returns outside a terminal: {progress:?}");
+    assert!(progress.lines().all(|line| line.starts_with("marquee: ")), "{progress}");
 
     let again = import(&data_dir, &csv);
     assert_eq!(again.status.code(), Some(1));

@@ -1011,6 +1011,39 @@ fn an_unknown_config_key_is_a_configuration_error() {
     assert!(finished.stderr.contains("colour"), "the message should name the key: {}", finished.stderr);
 }
 
+/// A value out of bounds is refused naming every way it could have come
+/// (the file's key, the flag, the variable) and what it was; a data
+/// directory that is a file is a bad setting too; a port in use fails
+/// before the store is opened, leaving no new store behind.
+#[test]
+fn bad_settings_are_named_with_their_value_and_a_busy_port_leaves_no_store() {
+    let dir = TempDir::new("badvalue");
+    let data_dir = dir.path().join("data");
+    let finished = run(serve(&data_dir, &["--hold-ttl", "25h"]), b"");
+    assert_eq!(finished.code, Some(2), "stderr: {}", finished.stderr);
+    for part in ["hold_ttl", "--hold-ttl", "MARQUEE_HOLD_TTL", "between 1s and 24h", "it is 25h"] {
+        assert!(finished.stderr.contains(part), "{part:?} in: {}", finished.stderr);
+    }
+    let mut command = serve(&data_dir, &[]);
+    command.env("MARQUEE_WS_CONNECTIONS_MAX", "0");
+    let finished = run(command, b"");
+    assert_eq!(finished.code, Some(2), "stderr: {}", finished.stderr);
+    assert!(finished.stderr.contains("MARQUEE_WS_CONNECTIONS_MAX") && finished.stderr.contains("it is 0"));
+
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let finished = run(serve(&file, &[]), b"");
+    assert_eq!(finished.code, Some(2), "stderr: {}", finished.stderr);
+    assert!(finished.stderr.contains("is a file, not a directory"), "{}", finished.stderr);
+
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let finished = run(serve(&data_dir, &["--listen", &taken_addr]), b"");
+    assert_eq!(finished.code, Some(1), "stderr: {}", finished.stderr);
+    assert!(finished.stderr.contains("cannot listen"), "{}", finished.stderr);
+    assert!(!data_dir.join("db").exists(), "no store was started in {}", data_dir.display());
+}
+
 fn listen_file(dir: &Path, addr: &str) -> String {
     let file = dir.join("marquee.toml");
     std::fs::write(&file, format!("listen = \"{addr}\"\n")).unwrap();
@@ -1294,6 +1327,25 @@ fn cli_user_commands_refuse_a_missing_store_a_wild_ttl_and_roots_files_in_the_se
     let mut set_role = marquee(&["user", "set-role", "--email", "a@example.com", "--role", "admin", "--data-dir"]);
     set_role.arg(&missing);
     assert_eq!(run(set_role, b"").code, Some(2));
+    // A bad account, or no password, is refused (exit 2) before any store
+    // is started.
+    for (email, name, stdin, said) in [
+        ("not-an-email", "A", &b"a-long-password\n"[..], "email: must look like"),
+        ("a@example.com", " ", &b"a-long-password\n"[..], "name:"),
+        ("a@example.com", "A", &b""[..], "no password on standard input"),
+    ] {
+        let mut create = marquee(&["user", "create", "--email", email, "--name", name, "--password-stdin"]);
+        create.args(["--cache-mb", "16", "--data-dir"]).arg(&missing);
+        let refused = run(create, stdin);
+        assert_eq!(refused.code, Some(2), "{email:?} {name:?}: {}", refused.stderr);
+        assert!(refused.stderr.contains(said), "{said:?} in: {}", refused.stderr);
+        assert!(!missing.exists(), "nothing was started in {}", missing.display());
+    }
+    let mut nobody = marquee(&["user", "token", "--data-dir"]);
+    nobody.arg(&missing);
+    let refused = run(nobody, b"");
+    assert_eq!(refused.code, Some(2), "{}", refused.stderr);
+    assert!(refused.stderr.contains("give --email, --id or --ids-from"), "{}", refused.stderr);
     assert!(!missing.exists(), "a refused command created the directory");
 
     // Creating the first account may start a new store, and says so.
