@@ -72,6 +72,29 @@ fn an_oversized_body_sent_in_two_parts_is_answered_413() {
     assert!(text.contains("BAD_USER_INPUT"), "{text}");
 }
 
+/// A body announced far past the limit (more than would be drained) is
+/// refused at once, not after the request timeout spent waiting for it.
+#[test]
+fn a_body_announced_far_past_the_limit_is_refused_at_once() {
+    use std::io::{Read, Write};
+    let dir = TempDir::new("announced");
+    let server = Server::start(dir.path(), &["--body-bytes-max", "1024"]);
+    let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
+    let head = format!(
+        "POST /graphql HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n",
+        server.addr
+    );
+    let started = Instant::now();
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(5), "answered after {:?}", started.elapsed());
+    assert_serving(&server);
+}
+
 #[test]
 fn hostile_input_gets_clear_errors_and_honest_requests_keep_working() {
     let dir = TempDir::new("hostile");

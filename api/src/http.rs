@@ -237,6 +237,14 @@ const OVERSIZED_DRAIN_MAX: usize = 16 << 20;
 /// the rest of it, up to [`OVERSIZED_DRAIN_MAX`] more).
 async fn read_body(mut body: hyper::body::Incoming, max: usize) -> Result<Bytes, BodyError> {
     use http_body_util::BodyExt;
+    use hyper::body::Body;
+    // Announced beyond what would be drained: refused before a byte is
+    // read, instead of waiting (up to the request timeout) for a body the
+    // answer would not wait for anyway.
+    let announced = usize::try_from(body.size_hint().lower()).unwrap_or(usize::MAX);
+    if announced > max.saturating_add(OVERSIZED_DRAIN_MAX) {
+        return Err(BodyError::TooLarge);
+    }
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut length = 0usize;
     while let Some(frame) = body.frame().await {
