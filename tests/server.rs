@@ -155,6 +155,44 @@ fn health_and_readiness_answer_200() {
     assert_eq!(server.stop(), Some(0));
 }
 
+/// Each GraphQL request is logged once, with its status and its answer's
+/// error codes: a success with none, a refused operation and a field's
+/// error with theirs, and a GET without a query too.
+#[test]
+fn the_access_log_names_each_requests_error_codes() {
+    let dir = TempDir::new("access-log");
+    let log_path = dir.path().join("server.log");
+    let mut command = serve(&dir.path().join("data"), &["--listen", "127.0.0.1:0", "--log-format", "json"]);
+    command.env("RUST_LOG", "info").stdout(Stdio::piped()).stderr(std::fs::File::create(&log_path).unwrap());
+    let server = Server::spawn(command);
+    let post = |body: &[u8], id: &str| {
+        let headers = [("Content-Type", "application/json"), ("X-Request-Id", id)];
+        http(&server.addr, "POST", "/graphql", &headers, body).status
+    };
+    assert_eq!(post(br#"{"query":"{ __typename }"}"#, "fine"), 200);
+    assert_eq!(post(br#"{"query":"{ nope }"}"#, "invalid"), 200);
+    assert_eq!(post(br#"{"query":"{ myBookings { id } }"}"#, "anonymous"), 200);
+    let bare = http(&server.addr, "GET", "/graphql", &[("X-Request-Id", "no-query")], b"");
+    assert_eq!(bare.status, 400, "{}", bare.text());
+    assert_eq!(server.stop(), Some(0));
+
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let line_of = |id: &str| -> Value {
+        let lines: Vec<Value> = log
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|line| line["fields"]["request_id"] == id)
+            .collect();
+        assert_eq!(lines.len(), 1, "one line for {id} in:\n{log}");
+        lines[0]["fields"].clone()
+    };
+    assert_eq!(line_of("fine")["errors"], "-");
+    assert_eq!(line_of("invalid")["errors"], "BAD_USER_INPUT");
+    assert_eq!(line_of("anonymous")["errors"], "UNAUTHENTICATED");
+    let bare = line_of("no-query");
+    assert_eq!((bare["status"].as_u64(), bare["errors"].as_str()), (Some(400), Some("BAD_USER_INPUT")), "{bare}");
+}
+
 /// Every GraphQL response carries a request id (the one logged with it):
 /// the client's X-Request-Id when it is sane, else a fresh one, never the
 /// same twice.

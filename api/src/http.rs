@@ -501,20 +501,12 @@ async fn metrics(State(state): State<HttpState>) -> Response {
 async fn graphql_get(State(state): State<HttpState>, request: Request) -> Response {
     let (mut parts, _) = request.into_parts();
     if !is_websocket_upgrade(&parts.headers) {
-        if carries_graphql(&parts.uri) {
-            let peer = parts.extensions.get::<Peer>().copied();
-            return serve_graphql_get(&state, peer, &parts.headers, parts.uri).await;
-        }
-        if accepts_html(&parts.headers) {
+        if !carries_graphql(&parts.uri) && accepts_html(&parts.headers) {
             return ide().await.into_response();
         }
-        let message =
-            "the request has no query: send its text as `query` (the IDE is served to browsers, Accept: text/html)";
-        return error_response_as(
-            StatusCode::BAD_REQUEST,
-            &ApiError::BadUserInput(message.into()),
-            Media::accepted(&parts.headers),
-        );
+        // A query, or none (refused, and logged, as a request without one).
+        let peer = parts.extensions.get::<Peer>().copied();
+        return serve_graphql_get(&state, peer, &parts.headers, parts.uri).await;
     }
     let Ok(protocol) = GraphQLProtocol::from_request_parts(&mut parts, &state).await else {
         let message = "Sec-WebSocket-Protocol must be graphql-transport-ws (or the legacy graphql-ws)";
@@ -792,6 +784,9 @@ struct Outcome {
     status: StatusCode,
     operation: Option<String>,
     label: &'static str,
+    /// The error codes of its answer, each once, comma-separated ("" when
+    /// none).
+    errors: String,
 }
 
 /// POST /graphql through the router (the server's connections take the
@@ -836,6 +831,7 @@ async fn serve_graphql(state: &HttpState, peer: Option<Peer>, headers: &HeaderMa
         operation = outcome.operation.as_deref().unwrap_or("-"),
         status = outcome.status.as_u16(),
         outcome = outcome.label,
+        errors = if outcome.errors.is_empty() { "-" } else { outcome.errors.as_str() },
         micros = elapsed.as_micros() as u64,
         "graphql"
     );
@@ -848,7 +844,8 @@ async fn serve_graphql(state: &HttpState, peer: Option<Peer>, headers: &HeaderMa
 async fn handle_graphql(state: &HttpState, ip: IpAddr, headers: &HeaderMap, input: Input) -> (Response, Outcome) {
     let media = Media::accepted(headers);
     let refused = |status: StatusCode, error: ApiError, label: &'static str| {
-        (error_response_as(status, &error, media), Outcome { status, operation: None, label })
+        let errors = error.code().to_string();
+        (error_response_as(status, &error, media), Outcome { status, operation: None, label, errors })
     };
     // Refused with the body's rest perhaps unread: the connection cannot
     // carry another request.
@@ -858,7 +855,8 @@ async fn handle_graphql(state: &HttpState, ip: IpAddr, headers: &HeaderMap, inpu
         (response, outcome)
     };
     let rate_limited = |wait: Duration| {
-        let outcome = Outcome { status: StatusCode::TOO_MANY_REQUESTS, operation: None, label: "rate_limited" };
+        let errors = "RATE_LIMITED".to_string();
+        let outcome = Outcome { status: StatusCode::TOO_MANY_REQUESTS, operation: None, label: "rate_limited", errors };
         (rate_limited_response(wait, media), outcome)
     };
     let app = &state.app;
@@ -872,7 +870,12 @@ async fn handle_graphql(state: &HttpState, ip: IpAddr, headers: &HeaderMap, inpu
         set_retry_after(&mut response, Duration::from_secs(1));
         return (
             response,
-            Outcome { status: StatusCode::SERVICE_UNAVAILABLE, operation: None, label: "shutting_down" },
+            Outcome {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                operation: None,
+                label: "shutting_down",
+                errors: "UNAVAILABLE".to_string(),
+            },
         );
     }
     let (batch, method) = match input {
@@ -941,11 +944,13 @@ async fn handle_graphql(state: &HttpState, ip: IpAddr, headers: &HeaderMap, inpu
             // 200 whatever the media type: clients of the protocol take this
             // as the cue to send the query's text.
             let response = GqlResponse::from_errors(vec![persisted_query_not_found()]);
-            let outcome = Outcome { status: StatusCode::OK, operation: None, label: "rejected" };
+            let errors = PERSISTED_QUERY_NOT_FOUND.to_string();
+            let outcome = Outcome { status: StatusCode::OK, operation: None, label: "rejected", errors };
             return (json_response(StatusCode::OK, &response, media), outcome);
         }
         Err(Refusal::NoQuery) => {
-            let message = "the request has no query: send its text as `query` (or a persisted query's hash)";
+            let message = "the request has no query: send its text as `query` (or a persisted query's hash; \
+                           a browser asking for HTML gets the IDE)";
             return refused(StatusCode::BAD_REQUEST, ApiError::BadUserInput(message.into()), "rejected");
         }
         Err(Refusal::NotOverGet) => {
@@ -973,9 +978,9 @@ async fn handle_graphql(state: &HttpState, ip: IpAddr, headers: &HeaderMap, inpu
         BatchRequest::Single(request) => state.validated.check(request),
         BatchRequest::Batch(_) => Check::Full,
     };
-    let (response, label) = execute(state, batch, check, viewer, media).await;
+    let (response, label, errors) = execute(state, batch, check, viewer, media).await;
     let status = response.status();
-    (response, Outcome { status, operation, label })
+    (response, Outcome { status, operation, label, errors })
 }
 
 /// A POST body: one request (a JSON object) or a batch (an array of them).
@@ -994,14 +999,15 @@ fn body_request(body: &[u8]) -> Result<BatchRequest, String> {
     }
 }
 
-/// Runs a checked batch; its response (in `media`) and outcome label.
+/// Runs a checked batch; its response (in `media`), outcome label and
+/// error codes (see [`Outcome::errors`]).
 async fn execute(
     state: &HttpState,
     batch: BatchRequest,
     check: Check,
     viewer: Viewer,
     media: Media,
-) -> (Response, &'static str) {
+) -> (Response, &'static str, String) {
     let app = &state.app;
     let schema = if matches!(check, Check::Known) { &state.known_schema } else { &state.schema };
     // A panic in a resolver becomes a bland 500 instead of a dropped
@@ -1033,10 +1039,13 @@ async fn execute(
                 state.validated.settle(check, response);
             }
             add_missing_codes(&mut response);
-            let codes = error_codes(&response);
+            let mut codes = error_codes(&response);
             for code in &codes {
                 app.metrics.error(code);
             }
+            codes.sort_unstable();
+            codes.dedup();
+            let errors = codes.join(",");
             if codes.iter().any(|code| code == "RATE_LIMITED") {
                 // The wait its message names ("retry in N s"), else the window.
                 let named = responses_of(&response)
@@ -1047,7 +1056,7 @@ async fn execute(
                 let wait = Duration::from_secs(named.unwrap_or(app.settings.login_failures_window_s));
                 let mut response = json_response(StatusCode::TOO_MANY_REQUESTS, &response, media);
                 set_retry_after(&mut response, wait);
-                return (response, "rate_limited");
+                return (response, "rate_limited", errors);
             }
             let label = if codes.iter().any(|c| c == "INTERNAL") {
                 "internal"
@@ -1056,18 +1065,20 @@ async fn execute(
             } else {
                 "error"
             };
-            (graphql_response(&response, media), label)
+            (graphql_response(&response, media), label, errors)
         }
         Ok(Err(_panic)) => {
             tracing::error!("GraphQL execution panicked");
-            (error_response_as(StatusCode::INTERNAL_SERVER_ERROR, &ApiError::Internal, media), "internal")
+            let response = error_response_as(StatusCode::INTERNAL_SERVER_ERROR, &ApiError::Internal, media);
+            (response, "internal", ApiError::Internal.code().to_string())
         }
         Err(_) => {
             let message = format!(
                 "the request took longer than {} ms; it may still complete (retry with the same idempotencyKey)",
                 timeout.as_millis()
             );
-            (error_response_as(StatusCode::SERVICE_UNAVAILABLE, &ApiError::Unavailable(message), media), "timeout")
+            let error = ApiError::Unavailable(message);
+            (error_response_as(StatusCode::SERVICE_UNAVAILABLE, &error, media), "timeout", error.code().to_string())
         }
     }
 }
@@ -1289,8 +1300,11 @@ fn apply_persisted_query(app: &App, request: &mut GqlRequest) -> Result<(), Refu
     Ok(())
 }
 
+/// The automatic persisted queries protocol's code for "send the text".
+const PERSISTED_QUERY_NOT_FOUND: &str = "PERSISTED_QUERY_NOT_FOUND";
+
 fn persisted_query_not_found() -> async_graphql::ServerError {
-    coded_error("PersistedQueryNotFound", "PERSISTED_QUERY_NOT_FOUND")
+    coded_error("PersistedQueryNotFound", PERSISTED_QUERY_NOT_FOUND)
 }
 
 /// A GraphQL error raised outside a resolver, with its code.
