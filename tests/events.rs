@@ -267,6 +267,13 @@ fn invalid_event_input_names_the_field() {
     let mut in_rome = with("venueId", venue);
     in_rome["city"] = json!("rome");
     let at_club = create_event(&server, &org, in_rome);
+    assert_eq!(at_club["city"], "Rome", "the event takes its venue's spelling");
+    // The city is compared as the city filter compares it: accents aside.
+    let hall = "mutation { createVenue(name: \"Hall\", city: \"Zürich\") { id } }";
+    let hall = data(server.gql(Some(&org), hall, json!({})))["createVenue"]["id"].clone();
+    let mut in_zurich = with("venueId", hall);
+    in_zurich["city"] = json!("ZURICH");
+    assert_eq!(create_event(&server, &org, in_zurich)["city"], "Zürich");
     let seats = |name: &str, capacity: i64| {
         let input = json!({"name": name, "priceCents": 100, "currency": "EUR", "capacity": capacity});
         server.gql(Some(&org), ADD_TICKET_TYPE, json!({"id": id(&at_club), "input": input}))

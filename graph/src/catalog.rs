@@ -337,7 +337,7 @@ fn words(text: &str) -> Vec<String> {
 }
 
 /// `text` lower-case, its accents dropped, as filters compare it.
-fn folded(text: &str) -> String {
+pub(crate) fn folded(text: &str) -> String {
     let mut plain = String::with_capacity(text.len());
     for c in text.to_lowercase().chars() {
         match unaccented(c) {

@@ -379,9 +379,12 @@ impl Graph {
         check_times(event.starts_at_ms, event.ends_at_ms)?;
         if let Some(venue) = new.venue {
             let venue = self.venue(venue).ok_or(Error::NotFound("venue"))?;
-            if venue.city.to_lowercase() != event.city.to_lowercase() {
+            // Compared as the city filter compares ("zurich" is Zürich);
+            // the event takes the venue's spelling.
+            if catalog::folded(&venue.city) != catalog::folded(&event.city) {
                 return Err(Error::invalid("city", format!("must be the venue's city, {}", venue.city)));
             }
+            event.city.clone_from(&venue.city);
         }
         let guard = self.writer();
         event.id = EventId(self.next_event.fetch_add(1, Ordering::Relaxed));
