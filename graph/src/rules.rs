@@ -124,8 +124,8 @@ pub fn password(text: &str) -> Result<(), Error> {
     if chars > PASSWORD_CHARS_MAX {
         return Err(Error::invalid("password", format!("must be at most {PASSWORD_CHARS_MAX} characters")));
     }
-    if text.chars().all(char::is_whitespace) {
-        return Err(Error::invalid("password", "must not be only spaces"));
+    if text.chars().all(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Error::invalid("password", "must not be only spaces or control characters"));
     }
     Ok(())
 }
@@ -222,6 +222,9 @@ mod tests {
         assert!(password("12345678").is_ok());
         assert!(password(&"x".repeat(129)).is_err());
         assert!(password("        ").is_err(), "only spaces");
+        assert!(password("\0\0\0\0\0\0\0\0").is_err(), "only NULs");
+        assert!(password("\t\u{7}\n\r \u{1b}\u{7f}\u{85}").is_err(), "only controls and spaces");
+        assert!(password("pass\0word").is_ok(), "a control character among others is the user's business");
         assert!(password("  two words  ").is_ok());
     }
 
