@@ -620,3 +620,27 @@ fn availability_sends_at_most_ten_snapshots_a_second_ending_with_the_latest() {
     assert!(snapshots as u128 <= allowed, "{snapshots} snapshots for 40 bookings in {booking_time:?}");
     assert!(snapshots < 40, "not one snapshot per booking");
 }
+
+/// A cancelled event changes no more: `eventUpdated` delivers the change
+/// that cancelled it, then completes; subscribed to once it is cancelled,
+/// it completes at once.
+#[test]
+fn event_updates_complete_once_the_event_is_cancelled() {
+    let dir = TempDir::new("ws-cancelled");
+    let server = Server::start(dir.path(), &[]);
+    let stage = stage(&server);
+    let updates = "subscription($e: ID!) { eventUpdated(eventId: $e) { id status } }";
+    let mut ws = Ws::connect(&server.addr, Some(&stage.org)).acknowledged();
+    ws.subscribe("e", updates, json!({"e": stage.event}));
+    std::thread::sleep(Duration::from_millis(300));
+    data(server.gql(
+        Some(&stage.org),
+        "mutation($id: ID!) { cancelEvent(id: $id) { id } }",
+        json!({"id": stage.event}),
+    ));
+    assert_eq!(ws.next_data("e")["eventUpdated"], json!({"id": stage.event, "status": "CANCELLED"}));
+    assert_eq!(ws.next(), json!({"id": "e", "type": "complete"}));
+
+    ws.subscribe("again", updates, json!({"e": stage.event}));
+    assert_eq!(ws.next(), json!({"id": "again", "type": "complete"}));
+}

@@ -145,14 +145,21 @@ impl SubscriptionRoot {
         let slot = Slot::take(ctx)?;
         let app = app(ctx).clone();
         let receiver = app.readers.hub.watch_event(event.id);
-        Ok(stream::unfold((receiver, slot), move |(mut receiver, slot)| {
+        // A cancelled event changes no more: the subscription completes
+        // after the change that cancelled it, or at once if it already was.
+        let ended = event.status.is_cancelled();
+        Ok(stream::unfold((receiver, slot, ended), move |(mut receiver, slot, ended)| {
             let app = app.clone();
             let id = event.id;
             async move {
+                if ended {
+                    return None;
+                }
                 receiver.changed().await.ok()?;
                 receiver.borrow_and_update();
                 let event = app.graph.event(id)?;
-                Some((EventObject(event), (receiver, slot)))
+                let ended = event.status.is_cancelled();
+                Some((EventObject(event), (receiver, slot, ended)))
             }
         }))
     }
