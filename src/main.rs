@@ -483,7 +483,7 @@ fn user(command: UserCommand) -> Result<(), Failure> {
             let user = match (email, id) {
                 (Some(email), _) => find_user(&graph, &email)?,
                 (None, Some(id)) => find_user_by_id(&graph, id)?,
-                (None, None) => return Err(Failure::Usage("give --email, --id or --ids-from".into())),
+                (None, None) => unreachable!("a command without --email, --id or --ids-from is refused above"),
             };
             let token = api::auth::issue_token(&graph, user.id, millis(ttl))
                 .map_err(|e| Failure::Runtime(e.message().to_string()))?;

@@ -412,10 +412,11 @@ const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// What an HTTP/2 client hears: the server's preface (an empty SETTINGS
 /// frame), then GOAWAY with the error HTTP_1_1_REQUIRED (RFC 9113, 7).
-/// The server speaks HTTP/1.1 only: hyper's HTTP/2 (compiled in for the
-/// webhooks' client) would serve without the head timer, header limits and
-/// idle close that HTTP/1.1 connections have, so a client could hold
-/// `--connections-max` slots with connections that never send a request.
+/// The server speaks HTTP/1.1 only: hyper's HTTP/2 (compiled in with the
+/// auto connection builder, which sniffs the version) would serve without
+/// the head timer, header limits and idle close that HTTP/1.1 connections
+/// have, so a client could hold `--connections-max` slots with connections
+/// that never send a request.
 const HTTP2_REFUSAL: [u8; 26] = [
     0, 0, 0, 0x4, 0, 0, 0, 0, 0, // SETTINGS: empty, stream 0
     0, 0, 8, 0x7, 0, 0, 0, 0, 0, // GOAWAY: 8 bytes, stream 0

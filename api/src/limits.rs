@@ -902,8 +902,8 @@ mod tests {
         let measured = cost(&bomb, serde_json::json!({})).unwrap();
         let TooComplex(why) = check(&measured, &QueryLimits::default()).unwrap_err();
         assert!(why.contains("complexity"), "{why}");
-        // One type's fields nested ten lists deep, through aliases of one
-        // field, also weighs what it would answer.
+        // One type's fields, their types' fields and so on, five lists
+        // deep, weigh what they would answer too.
         let nested = "{ __type(name: \"Query\") { fields { type { fields { type { fields { type { fields { type { fields { name } } } } } } } } } } }";
         assert!(check(&cost(nested, serde_json::json!({})).unwrap(), &QueryLimits::default()).is_err());
     }
