@@ -381,9 +381,7 @@ impl Connections {
                 }
                 Opening::Http2 => {
                     tracing::debug!(%peer, "refusing an HTTP/2 connection: HTTP/1.1 required");
-                    use tokio::io::AsyncWriteExt;
-                    let mut stream = stream;
-                    let _ = tokio::time::timeout(HEAD_WAIT, stream.write_all(&HTTP2_REFUSAL)).await;
+                    refuse_http2(stream).await;
                     return;
                 }
             }
@@ -423,6 +421,22 @@ const HTTP2_REFUSAL: [u8; 26] = [
     0, 0, 0, 0, // last stream id: none
     0, 0, 0, 0xd, // HTTP_1_1_REQUIRED
 ];
+
+/// Answers an HTTP/2 connection with [`HTTP2_REFUSAL`], then closes it
+/// the polite way: its side shut first, what the client still sends read
+/// and dropped (briefly), so that the close is not a reset that could
+/// discard the GOAWAY before the client reads it.
+async fn refuse_http2(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let refused = async {
+        stream.write_all(&HTTP2_REFUSAL).await?;
+        stream.shutdown().await?;
+        let mut dropped = [0u8; 4096];
+        while stream.read(&mut dropped).await? > 0 {}
+        Ok::<(), std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), refused).await;
+}
 
 /// How an accepted connection opened.
 enum Opening {
