@@ -292,6 +292,7 @@ fn connection_init_takes_the_token_in_the_shapes_clients_send() {
         json!({"headers": {"authorization": format!("Bearer {fan}")}}),
         json!({"authToken": fan}),
         json!({"authToken": format!("Bearer {fan}")}),
+        json!({"authorization": format!("Bearer {fan}"), "authToken": fan}),
     ];
     for payload in shapes {
         let mut ws = Ws { socket: open(&server.addr, "graphql-transport-ws").unwrap(), legacy: false };
@@ -300,7 +301,15 @@ fn connection_init_takes_the_token_in_the_shapes_clients_send() {
         ws.subscribe("q", "{ me { id } }", json!({}));
         assert_eq!(ws.next_data("q")["me"]["id"], me, "{payload}");
     }
-    for payload in [json!({"headers": {"Authorization": "Bearer mq_forged"}}), json!({"authToken": "mq_forged"})] {
+    let forged = [
+        json!({"headers": {"Authorization": "Bearer mq_forged"}}),
+        json!({"authToken": "mq_forged"}),
+        // Two tokens, one of them forged: not the good one taken, the
+        // other ignored.
+        json!({"authorization": format!("Bearer {fan}"), "authToken": "mq_forged"}),
+        json!({"authorization": format!("Bearer {fan}"), "headers": {"Authorization": "Bearer mq_forged"}}),
+    ];
+    for payload in forged {
         let mut ws = Ws { socket: open(&server.addr, "graphql-transport-ws").unwrap(), legacy: false };
         ws.send(json!({"type": "connection_init", "payload": payload.clone()}));
         assert_eq!(ws.next(), json!({"type": "closed", "code": 4403}), "{payload}");

@@ -532,4 +532,5 @@ fn a_failed_delivery_is_logged_without_its_url() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(!log.contains("CREDENTIAL"), "the URL is not logged:\n{log}");
+    assert!(log.contains("could not connect"), "why is logged:\n{log}");
 }

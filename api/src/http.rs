@@ -688,26 +688,33 @@ fn viewer_from_init(app: &App, payload: &serde_json::Value) -> async_graphql::Re
         return Err(ApiError::BadUserInput("the connection_init payload must be an object".into()).into());
     }
     let headers = payload.get("headers").filter(|headers| headers.is_object());
-    let header = ["authorization", "Authorization"]
+    let headers = ["authorization", "Authorization"]
         .iter()
-        .find_map(|name| payload.get(*name).or_else(|| headers.and_then(|headers| headers.get(*name))))
-        .filter(|value| !value.is_null());
-    let token_alone = payload.get("authToken").filter(|value| !value.is_null());
-    let header = match (header, token_alone) {
-        (Some(header), _) => header.as_str().map(std::borrow::Cow::Borrowed),
-        (None, Some(token)) => token.as_str().map(|token| match auth::bearer(token) {
-            Some(_) => std::borrow::Cow::Borrowed(token),
-            None => std::borrow::Cow::Owned(format!("Bearer {token}")),
-        }),
-        (None, None) => return Ok(Viewer::Anonymous),
-    };
-    let Some(header) = header else {
-        return Err(ApiError::Unauthenticated("authorization must be a string: \"Bearer <token>\"".into()).into());
-    };
-    match auth::bearer(&header).map(|token| viewer_of_token(app, token)) {
-        Some(Ok(viewer @ Viewer::User { .. })) => Ok(viewer),
-        Some(Err(error)) => Err(error.into()),
-        _ => Err(auth::bad_token().into()),
+        .flat_map(|name| [payload.get(*name), headers.and_then(|headers| headers.get(*name))])
+        .flatten()
+        .map(|value| (value, true));
+    let alone = payload.get("authToken").map(|value| (value, false));
+    let mut tokens = Vec::new();
+    for (value, is_header) in headers.chain(alone).filter(|(value, _)| !value.is_null()) {
+        let Some(text) = value.as_str() else {
+            return Err(ApiError::Unauthenticated("authorization must be a string: \"Bearer <token>\"".into()).into());
+        };
+        // A header says "Bearer <token>"; authToken may hold the token alone.
+        match auth::bearer(text) {
+            Some(token) => tokens.push(token),
+            None if !is_header => tokens.push(text.trim()),
+            None => return Err(auth::bad_token().into()),
+        }
+    }
+    let Some(&token) = tokens.first() else { return Ok(Viewer::Anonymous) };
+    if tokens.iter().any(|other| *other != token) {
+        let message = "connection_init carries different tokens: send one";
+        return Err(ApiError::Unauthenticated(message.into()).into());
+    }
+    match viewer_of_token(app, token) {
+        Ok(viewer @ Viewer::User { .. }) => Ok(viewer),
+        Ok(_) => Err(auth::bad_token().into()),
+        Err(error) => Err(error.into()),
     }
 }
 

@@ -340,6 +340,11 @@ fn words(text: &str) -> Vec<String> {
 pub(crate) fn folded(text: &str) -> String {
     let mut plain = String::with_capacity(text.len());
     for c in text.to_lowercase().chars() {
+        // An accent typed apart from its letter ("u" then U+0308, as macOS
+        // file names and some keyboards give it) is dropped as well.
+        if ('\u{0300}'..='\u{036F}').contains(&c) {
+            continue;
+        }
         match unaccented(c) {
             Some(letters) => plain.push_str(letters),
             None => plain.push(c),

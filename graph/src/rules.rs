@@ -68,7 +68,8 @@ fn is_reordering(c: char) -> bool {
 fn is_invisible(c: char) -> bool {
     matches!(
         c,
-        '\u{00AD}' | '\u{115F}' | '\u{1160}' | '\u{180E}' | '\u{200C}'..='\u{200F}' | '\u{2800}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}'
+        '\u{00AD}' | '\u{034F}' | '\u{115F}' | '\u{1160}' | '\u{180E}' | '\u{200C}'..='\u{200F}' | '\u{2800}' | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}' | '\u{FFA0}'
     )
 }
 
@@ -124,8 +125,8 @@ pub fn password(text: &str) -> Result<(), Error> {
     if chars > PASSWORD_CHARS_MAX {
         return Err(Error::invalid("password", format!("must be at most {PASSWORD_CHARS_MAX} characters")));
     }
-    if text.chars().all(|c| c.is_whitespace() || c.is_control()) {
-        return Err(Error::invalid("password", "must not be only spaces or control characters"));
+    if text.chars().all(|c| c.is_whitespace() || c.is_control() || is_reordering(c) || is_invisible(c)) {
+        return Err(Error::invalid("password", "must have a visible character"));
     }
     Ok(())
 }
@@ -225,6 +226,9 @@ mod tests {
         assert!(password("\0\0\0\0\0\0\0\0").is_err(), "only NULs");
         assert!(password("\t\u{7}\n\r \u{1b}\u{7f}\u{85}").is_err(), "only controls and spaces");
         assert!(password("pass\0word").is_ok(), "a control character among others is the user's business");
+        for invisible in ["\u{200B}", "\u{FEFF}", "\u{034F}", "\u{2800}", "\u{3164}"] {
+            assert!(password(&invisible.repeat(8)).is_err(), "only {invisible:?}");
+        }
         assert!(password("  two words  ").is_ok());
     }
 

@@ -746,11 +746,11 @@ impl Deliverer {
         match sent {
             Ok(response) => Ok(response.status().as_u16()),
             Err(error) => {
-                let why = self.why(&error);
-                // Without the URL: its path or query may carry the
+                // Why, as the owner reads it, and not reqwest's text: that
+                // names the URL, whose path or query may carry the
                 // receiver's credential (the logs never hold secrets).
-                let error = error.without_url();
-                tracing::info!(webhook = webhook.id.0, %error, "webhook delivery got no answer");
+                let why = self.why(&error);
+                tracing::info!(webhook = webhook.id.0, %why, "webhook delivery got no answer");
                 Err(why)
             }
         }
