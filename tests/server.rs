@@ -193,6 +193,38 @@ fn the_access_log_names_each_requests_error_codes() {
     assert_eq!((bare["status"].as_u64(), bare["errors"].as_str()), (Some(400), Some("BAD_USER_INPUT")), "{bare}");
 }
 
+/// Rate-limited requests, the client's to make at will, are logged at most
+/// once a second, the next line saying how many were left out: a flood of
+/// 429s cannot fill the disk with log lines.
+#[test]
+fn rate_limited_requests_are_logged_at_most_once_a_second() {
+    let dir = TempDir::new("flood-log");
+    let log_path = dir.path().join("server.log");
+    let args = ["--listen", "127.0.0.1:0", "--log-format", "json", "--rate-limit-ip", "1"];
+    let mut command = serve(&dir.path().join("data"), &args);
+    command.env("RUST_LOG", "info").stdout(Stdio::piped()).stderr(std::fs::File::create(&log_path).unwrap());
+    let server = Server::spawn(command);
+    let started = Instant::now();
+    let mut refused = 0;
+    while started.elapsed() < Duration::from_millis(2_500) {
+        let headers = [("Content-Type", "application/json")];
+        if http(&server.addr, "POST", "/graphql", &headers, br#"{"query":"{ __typename }"}"#).status == 429 {
+            refused += 1;
+        }
+    }
+    assert!(refused > 100, "the flood was refused: {refused}");
+    assert_eq!(server.stop(), Some(0));
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<Value> = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["fields"]["outcome"] == "rate_limited")
+        .collect();
+    assert!((1..=4).contains(&lines.len()), "{} lines for {refused} refusals:\n{log}", lines.len());
+    let left_out: u64 = lines.iter().filter_map(|line| line["fields"]["rate_limited_left_out"].as_u64()).sum();
+    assert!(left_out as usize + lines.len() >= refused / 2, "the lines count what they left out: {left_out}");
+}
+
 /// Every GraphQL response carries a request id (the one logged with it):
 /// the client's X-Request-Id when it is sane, else a fresh one, never the
 /// same twice.

@@ -61,6 +61,36 @@ pub(crate) struct HttpState {
     ws_open: Arc<AtomicUsize>,
     /// WebSocket connections open now, by client address.
     ws_open_by_ip: Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
+    /// The log lines of rate-limited requests.
+    rate_limited_lines: Arc<LogThrottle>,
+    /// The log lines of connections refused at the connection limit.
+    refused_connection_lines: Arc<LogThrottle>,
+}
+
+/// Lines a client can make the server write at will (a rate-limited
+/// request, a connection over the limit): at most one a second, the next
+/// one written saying how many were left out. A flood of them (500,000
+/// lines in 10 s from one client's 429s) would otherwise fill the disk, or
+/// push other lines past the journal's rate limit.
+#[derive(Default)]
+struct LogThrottle {
+    /// The second (since the epoch) of the last line written.
+    second: std::sync::atomic::AtomicU64,
+    /// Lines left out since then.
+    left_out: std::sync::atomic::AtomicU64,
+}
+
+impl LogThrottle {
+    /// Whether to write a line now; if so, how many were left out before it.
+    fn admit(&self) -> Option<u64> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let last = self.second.load(Ordering::Relaxed);
+        if now != last && self.second.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            return Some(self.left_out.swap(0, Ordering::Relaxed));
+        }
+        self.left_out.fetch_add(1, Ordering::Relaxed);
+        None
+    }
 }
 
 /// Builds the router: `/graphql` (POST to execute; GET opens the IDE, or a
@@ -81,6 +111,8 @@ fn router_and_state(app: Arc<App>) -> (Router, HttpState) {
         app,
         ws_open: Arc::new(AtomicUsize::new(0)),
         ws_open_by_ip: Arc::default(),
+        rate_limited_lines: Arc::default(),
+        refused_connection_lines: Arc::default(),
     };
     let router = Router::new()
         .route("/graphql", get(graphql_get).post(graphql))
@@ -363,7 +395,9 @@ impl Connections {
         graceful: Option<&hyper_util::server::graceful::GracefulShutdown>,
     ) {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "connection limit reached; closing a new connection");
+            if let Some(left_out) = self.state.refused_connection_lines.admit() {
+                tracing::warn!(%peer, left_out, "connection limit reached; closing a new connection");
+            }
             return;
         };
         tune_accepted(&stream);
@@ -844,9 +878,18 @@ async fn serve_graphql(state: &HttpState, peer: Option<Peer>, headers: &HeaderMa
     let started = Instant::now();
     let id = request_id(headers);
     let ip = client_ip(&state.app, peer, headers);
-    let (mut response, outcome) = handle_graphql(state, ip, headers, input).await;
+    let (response, outcome) = handle_graphql(state, ip, headers, input).await;
     let elapsed = started.elapsed();
     state.app.metrics.request(outcome.operation.as_deref(), outcome.label, elapsed.as_secs_f64());
+    // Rate-limited requests (counted in marquee_rate_limited_total) are
+    // logged at most once a second: a flood of them is the client's to make.
+    let left_out = match outcome.label {
+        "rate_limited" => match state.rate_limited_lines.admit() {
+            Some(left_out) => Some(left_out),
+            None => return with_request_id(response, &id),
+        },
+        _ => None,
+    };
     tracing::info!(
         request_id = %id,
         client = %ip,
@@ -855,9 +898,14 @@ async fn serve_graphql(state: &HttpState, peer: Option<Peer>, headers: &HeaderMa
         outcome = outcome.label,
         errors = if outcome.errors.is_empty() { "-" } else { outcome.errors.as_str() },
         micros = elapsed.as_micros() as u64,
+        rate_limited_left_out = left_out,
         "graphql"
     );
-    if let Ok(value) = HeaderValue::from_str(&id) {
+    with_request_id(response, &id)
+}
+
+fn with_request_id(mut response: Response, id: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(id) {
         response.headers_mut().insert("x-request-id", value);
     }
     response
