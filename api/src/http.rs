@@ -1633,6 +1633,23 @@ impl async_graphql::Executor for GuardedSchema {
         // life (a subscription's results are completed each against it).
         let document = request.parsed_query().ok().cloned();
         let subscription = document.as_ref().is_some_and(|d| is_subscription(d, operation_name.as_deref()));
+        // A subscription takes its slot of the connection's budget now, as
+        // its message arrives: over the budget are the last to come.
+        let budget = session_data.as_deref().and_then(|data| data.get(&TypeId::of::<schema::SubscriptionBudget>()));
+        let slot = match budget.and_then(|budget| budget.downcast_ref::<schema::SubscriptionBudget>()) {
+            Some(budget) if subscription => match budget.take() {
+                Ok(slot) => Some(slot),
+                Err(error) => {
+                    let mut refused = GqlResponse::from_errors(vec![coded_error(error.message(), error.code())]);
+                    add_missing_code(&mut refused);
+                    return async_graphql::futures_util::stream::once(async move { refused }).boxed();
+                }
+            },
+            _ => None,
+        };
+        if slot.is_some() {
+            request.data.insert(schema::SlotTaken);
+        }
         // A subscription runs as its viewer was when it started: it ends, in
         // place of its next result, once that changed (a query or mutation
         // ran as the viewer stood when it started, and its answer stands).
@@ -1645,6 +1662,9 @@ impl async_graphql::Executor for GuardedSchema {
         let app = self.app.clone();
         let results =
             async_graphql::Executor::execute_stream(&self.schema, request, session_data).map(move |mut response| {
+                // Held as long as the stream: dropped with it, the slot
+                // goes back to the budget.
+                let _slot = &slot;
                 let changed = watched.and_then(|(token_hash, role)| {
                     match viewer_of_token_hash(&app, token_hash).unwrap_or(Viewer::BadToken) {
                         Viewer::User { user, .. } if user.role == role => None,

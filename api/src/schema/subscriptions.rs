@@ -32,25 +32,38 @@ impl SubscriptionBudget {
 }
 
 /// One subscription's slot; released when its stream is dropped.
-struct Slot(Option<SubscriptionBudget>);
+pub struct Slot(Option<SubscriptionBudget>);
 
-impl Slot {
-    fn take(ctx: &Context<'_>) -> ApiResult<Slot> {
-        let Some(budget) = ctx.data_opt::<SubscriptionBudget>() else {
-            return Ok(Slot(None));
-        };
-        let running = budget.running.fetch_add(1, Ordering::AcqRel) + 1;
-        if running > budget.max {
-            budget.running.fetch_sub(1, Ordering::AcqRel);
+impl SubscriptionBudget {
+    /// Takes a slot of the budget, or says none is left.
+    pub fn take(&self) -> ApiResult<Slot> {
+        let running = self.running.fetch_add(1, Ordering::AcqRel) + 1;
+        if running > self.max {
+            self.running.fetch_sub(1, Ordering::AcqRel);
             // Over a limit, nothing run: the contract's QUERY_TOO_COMPLEX
             // (its LIMIT_EXCEEDED is the per-user ticket limit).
-            return Err(ApiError::TooComplex(format!(
-                "a connection runs at most {} subscriptions at once",
-                budget.max
-            )));
+            return Err(ApiError::TooComplex(format!("a connection runs at most {} subscriptions at once", self.max)));
         }
-        budget.metrics.subscriptions.fetch_add(1, Ordering::Relaxed);
-        Ok(Slot(Some(budget.clone())))
+        self.metrics.subscriptions.fetch_add(1, Ordering::Relaxed);
+        Ok(Slot(Some(self.clone())))
+    }
+}
+
+/// In a subscription's request data: its slot was taken as its message
+/// arrived (so that the subscriptions over the budget are the last to
+/// come, not whichever stream first runs), and is held with its stream.
+pub struct SlotTaken;
+
+impl Slot {
+    /// The subscription's slot, unless it was taken as it arrived.
+    fn take(ctx: &Context<'_>) -> ApiResult<Slot> {
+        if ctx.data_opt::<SlotTaken>().is_some() {
+            return Ok(Slot(None));
+        }
+        match ctx.data_opt::<SubscriptionBudget>() {
+            Some(budget) => budget.take(),
+            None => Ok(Slot(None)),
+        }
     }
 }
 
