@@ -547,6 +547,49 @@ fn a_required_variable_that_was_not_sent_refuses_the_whole_request() {
     assert_eq!(server.stop(), Some(0));
 }
 
+/// A variable that is no date-time does not coerce, like any other: the
+/// whole request is refused before anything runs, whether its text is new
+/// or already known to be valid (which skips the validation rules).
+#[test]
+fn a_date_time_variable_that_does_not_coerce_refuses_the_whole_request() {
+    let dir = TempDir::new("datetime-variable");
+    let server = Server::start(dir.path(), &[]);
+    let (org, _) = register(&server, "org@dates.example", "ORGANIZER");
+    let (event, ticket_type) =
+        event_with_tickets(&server, &org, "Dates", "2097-06-01T20:00:00Z", general_admission(1000, 10), true);
+    let query = "mutation($t: ID!, $e: ID!, $key: String!, $s: DateTime!) { \
+        a: bookTickets(input: {ticketTypeId: $t, quantity: 1, idempotencyKey: $key}) { id } \
+        b: updateEvent(id: $e, input: {startsAt: $s}) { id } }";
+    let sold = || {
+        let stock =
+            server.gql(Some(&org), "query($e: ID!) { event(id: $e) { ticketTypes { sold } } }", json!({"e": event}));
+        data(stock)["event"]["ticketTypes"][0]["sold"].as_u64().unwrap()
+    };
+    let send = |key: &str, starts_at: &str| {
+        let variables = json!({"t": ticket_type, "e": event, "key": key, "s": starts_at});
+        let body = serde_json::to_vec(&json!({"query": query, "variables": variables})).unwrap();
+        let auth = format!("Bearer {org}");
+        let headers = [
+            ("Content-Type", "application/json"),
+            ("Accept", "application/graphql-response+json"),
+            ("Authorization", auth.as_str()),
+        ];
+        http(&server.addr, "POST", "/graphql", &headers, &body)
+    };
+    let refused = send("new-text", "tomorrow");
+    assert_eq!(refused.status, 400, "a request error: {}", refused.text());
+    assert!(refused.json().get("data").is_none(), "nothing ran: {}", refused.text());
+    assert_eq!(error_code(&refused.json()), "BAD_USER_INPUT");
+    assert_eq!(sold(), 0, "the booking beside it was not made");
+    // Run once with a good date, the text is known; a bad one is still
+    // refused whole.
+    assert_eq!(send("good", "2097-06-02T20:00:00Z").status, 200);
+    assert_eq!(sold(), 1);
+    let refused = send("known-text", "2097-13-45T99:00:00Z");
+    assert_eq!(refused.status, 400, "a request error: {}", refused.text());
+    assert_eq!(sold(), 1, "the booking beside it was not made");
+}
+
 #[test]
 fn graphql_response_media_type_follows_accept() {
     let dir = TempDir::new("media");

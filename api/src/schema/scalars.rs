@@ -22,6 +22,14 @@ impl DateTime {
 /// ("2026-12-31T20:00:00.250Z"). Input takes any RFC 3339 offset.
 #[Scalar(name = "DateTime", specified_by_url = "https://www.rfc-editor.org/rfc/rfc3339")]
 impl ScalarType for DateTime {
+    /// Checked when the request is validated, so that a variable that is
+    /// no date-time refuses the whole request (HTTP 400 with
+    /// graphql-response+json), as any value that does not coerce does,
+    /// instead of failing only its field while the others run.
+    fn is_valid(value: &Value) -> bool {
+        matches!(value, Value::String(text) if chrono::DateTime::parse_from_rfc3339(text).is_ok())
+    }
+
     fn parse(value: Value) -> InputValueResult<Self> {
         let Value::String(text) = &value else {
             return Err(InputValueError::expected_type(value));
