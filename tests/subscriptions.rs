@@ -319,6 +319,19 @@ fn connection_init_takes_the_token_in_the_shapes_clients_send() {
         assert_eq!(ws.next(), json!({"type": "closed", "code": 4403}), "{payload}");
     }
 
+    // The upgrade request's own Authorization header signs in too; with a
+    // different token in the payload, the connection is refused.
+    let bearer = format!("Bearer {fan}");
+    let upgrade = [("Authorization", bearer.as_str())];
+    let mut ws = Ws { socket: open_with(&server.addr, "graphql-transport-ws", &upgrade).unwrap(), legacy: false };
+    ws.send(json!({"type": "connection_init", "payload": {}}));
+    assert_eq!(ws.next()["type"], "connection_ack");
+    ws.subscribe("q", "{ me { id } }", json!({}));
+    assert_eq!(ws.next_data("q")["me"]["id"], me, "signed in by the upgrade's header");
+    let mut ws = Ws { socket: open_with(&server.addr, "graphql-transport-ws", &upgrade).unwrap(), legacy: false };
+    ws.send(json!({"type": "connection_init", "payload": {"authorization": "Bearer mq_forged"}}));
+    assert_eq!(ws.next(), json!({"type": "closed", "code": 4403}));
+
     let mut ws = Ws::connect(&server.addr, Some(&fan)).acknowledged();
     ws.send(json!({"id": "1", "type": "subscribe", "payload": {"variables": {}}}));
     assert_eq!(ws.next(), json!({"type": "closed", "code": 4400}));

@@ -586,10 +586,14 @@ async fn graphql_get(State(state): State<HttpState>, request: Request) -> Respon
         return error_response(StatusCode::SERVICE_UNAVAILABLE, &ApiError::Unavailable(message.into()));
     };
     let slot = (slot, address_slot);
+    // Clients that can set headers on the upgrade (not browsers) may sign
+    // in there; connection_init's payload is the usual place.
+    let upgrade_authorization =
+        parts.headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok()).map(str::to_string);
     upgrade
         .protocols([spoken])
         .max_message_size(WS_MESSAGE_BYTES_MAX)
-        .on_upgrade(move |socket| serve_websocket(state, socket, protocol, slot, ip))
+        .on_upgrade(move |socket| serve_websocket(state, socket, protocol, slot, ip, upgrade_authorization))
 }
 
 /// Whether the client takes HTML at least as gladly as JSON (a browser
@@ -661,6 +665,7 @@ async fn serve_websocket(
     protocol: GraphQLProtocol,
     slot: (ConnectionSlot, AddressSlot),
     ip: IpAddr,
+    upgrade_authorization: Option<String>,
 ) {
     let _slot = slot;
     let app = state.app.clone();
@@ -697,7 +702,8 @@ async fn serve_websocket(
     GraphQLWebSocket::new_with_pair(&mut sink, input, executor, protocol)
         .with_data(data)
         .on_connection_init(move |payload| async move {
-            let viewer = viewer_from_init(&init_app, &payload).inspect_err(|_| init_conformance.init_refused())?;
+            let viewer = viewer_from_init(&init_app, &payload, upgrade_authorization.as_deref())
+                .inspect_err(|_| init_conformance.init_refused())?;
             let mut data = Data::default();
             data.insert(viewer);
             Ok(data)
@@ -716,8 +722,14 @@ async fn serve_websocket(
 /// The viewer of a WebSocket connection, from its connection_init payload
 /// (`{"authorization": "Bearer <token>"}`; no payload: anonymous). The
 /// shapes common clients' examples send are read too: the header inside
-/// `headers` (Apollo's), and `authToken` holding the token alone.
-fn viewer_from_init(app: &App, payload: &serde_json::Value) -> async_graphql::Result<Viewer> {
+/// `headers` (Apollo's), `authToken` holding the token alone, and the
+/// upgrade request's own `Authorization` header. Different tokens in two
+/// of them are refused.
+fn viewer_from_init(
+    app: &App,
+    payload: &serde_json::Value,
+    upgrade_authorization: Option<&str>,
+) -> async_graphql::Result<Viewer> {
     if !(payload.is_object() || payload.is_null()) {
         return Err(ApiError::BadUserInput("the connection_init payload must be an object".into()).into());
     }
@@ -728,8 +740,10 @@ fn viewer_from_init(app: &App, payload: &serde_json::Value) -> async_graphql::Re
         .flatten()
         .map(|value| (value, true));
     let alone = payload.get("authToken").map(|value| (value, false));
+    let upgraded = upgrade_authorization.map(|header| (serde_json::Value::String(header.to_string()), true));
     let mut tokens = Vec::new();
-    for (value, is_header) in headers.chain(alone).filter(|(value, _)| !value.is_null()) {
+    let given = headers.chain(alone).chain(upgraded.as_ref().map(|(value, is_header)| (value, *is_header)));
+    for (value, is_header) in given.filter(|(value, _)| !value.is_null()) {
         let Some(text) = value.as_str() else {
             return Err(ApiError::Unauthenticated("authorization must be a string: \"Bearer <token>\"".into()).into());
         };

@@ -17,8 +17,16 @@ pub struct Ws {
 /// Opens a WebSocket to /graphql with `protocol`; returns the handshake error
 /// status instead when the server refuses the upgrade.
 pub fn open(addr: &str, protocol: &str) -> Result<WebSocket<TcpStream>, u16> {
+    open_with(addr, protocol, &[])
+}
+
+/// [`open`], with more headers on the upgrade request.
+pub fn open_with(addr: &str, protocol: &str, headers: &[(&'static str, &str)]) -> Result<WebSocket<TcpStream>, u16> {
     let mut request = format!("ws://{addr}/graphql").into_client_request().unwrap();
     request.headers_mut().insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
+    for (name, value) in headers {
+        request.headers_mut().insert(*name, value.parse().unwrap());
+    }
     let stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     match tungstenite::client(request, stream) {
