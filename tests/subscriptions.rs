@@ -70,6 +70,16 @@ fn availability_follows_bookings_holds_expiries_and_cancellations() {
     ws.send(json!({"id": "1", "type": "complete"}));
     ws.subscribe("9", AVAILABILITY, json!({"e": "424242"}));
     assert_eq!(ws.next_error_code("9"), "NOT_FOUND");
+    assert_eq!(ws.next(), json!({"id": "9", "type": "complete"}));
+
+    // The ticket type itself comes with the figures, for clients' caches.
+    let cached = "subscription($e: ID!) { availability(eventId: $e) { sold ticketType { id sold available } } }";
+    ws.subscribe("2", cached, json!({"e": stage.event}));
+    std::thread::sleep(Duration::from_millis(300));
+    book(&server, &fan, &stage.ticket_type, 1, "d", false);
+    let with_type = ws.next_data("2")["availability"].clone();
+    let ticket_type = json!({"id": stage.ticket_type, "sold": 3, "available": 997});
+    assert_eq!(with_type, json!({"sold": 3, "ticketType": ticket_type}));
 }
 
 #[test]

@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_graphql::futures_util::stream::{self, Stream};
-use async_graphql::{Context, SimpleObject, Subscription, ID};
+use async_graphql::{ComplexObject, Context, SimpleObject, Subscription, ID};
 use graph::ids::TicketTypeId;
 
-use super::events::EventObject;
+use super::events::{EventObject, TicketTypeObject};
 use super::notifications::NotificationObject;
 use super::{app, viewer};
 use crate::error::{ApiError, ApiResult};
@@ -78,11 +78,25 @@ impl Drop for Slot {
 
 /// A change of a ticket type's seats.
 #[derive(SimpleObject, Clone)]
+#[graphql(complex)]
 pub struct AvailabilityUpdate {
     event_id: ID,
     ticket_type_id: ID,
     sold: u32,
     available: u32,
+    #[graphql(skip)]
+    ticket_type: TicketTypeId,
+}
+
+#[ComplexObject]
+impl AvailabilityUpdate {
+    /// The ticket type itself (beyond the contract), its figures as they
+    /// are now: a client's normalized cache (Apollo, graphcache) takes the
+    /// update in by its id and type, with no updater of its own.
+    async fn ticket_type(&self, ctx: &Context<'_>) -> ApiResult<TicketTypeObject> {
+        let ticket_type = app(ctx).graph.ticket_type(self.ticket_type);
+        ticket_type.map(TicketTypeObject).ok_or_else(|| ApiError::NotFound("no such ticket type".into()))
+    }
 }
 
 /// The shortest time between two availability snapshots of one
@@ -139,6 +153,7 @@ impl SubscriptionRoot {
                                 ticket_type_id: ID(ticket_type.to_string()),
                                 sold: figures.sold,
                                 available: figures.available,
+                                ticket_type: *ticket_type,
                             });
                         }
                     }
