@@ -341,6 +341,11 @@ fn connection_init_takes_the_token_in_the_shapes_clients_send() {
     let mut ws = Ws { socket: open_with(&server.addr, "graphql-transport-ws", &upgrade).unwrap(), legacy: false };
     ws.send(json!({"type": "connection_init", "payload": {"authorization": "Bearer mq_forged"}}));
     assert_eq!(ws.next(), json!({"type": "closed", "code": 4403}));
+    // A proxy's Basic credentials on the upgrade are not the client's token.
+    let basic = [("Authorization", "Basic dXNlcjpwYXNz")];
+    let mut ws = Ws { socket: open_with(&server.addr, "graphql-transport-ws", &basic).unwrap(), legacy: false };
+    ws.send(json!({"type": "connection_init", "payload": {"authorization": bearer}}));
+    assert_eq!(ws.next()["type"], "connection_ack");
 
     let mut ws = Ws::connect(&server.addr, Some(&fan)).acknowledged();
     ws.send(json!({"id": "1", "type": "subscribe", "payload": {"variables": {}}}));

@@ -740,7 +740,10 @@ fn viewer_from_init(
         .flatten()
         .map(|value| (value, true));
     let alone = payload.get("authToken").map(|value| (value, false));
-    let upgraded = upgrade_authorization.map(|header| (serde_json::Value::String(header.to_string()), true));
+    // Only a bearer token: a proxy in front may speak Basic on the upgrade.
+    let upgraded = upgrade_authorization
+        .filter(|header| auth::bearer(header).is_some())
+        .map(|header| (serde_json::Value::String(header.to_string()), true));
     let mut tokens = Vec::new();
     let given = headers.chain(alone).chain(upgraded.as_ref().map(|(value, is_header)| (value, *is_header)));
     for (value, is_header) in given.filter(|(value, _)| !value.is_null()) {
