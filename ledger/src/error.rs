@@ -56,6 +56,7 @@ impl fmt::Display for Error {
         match self {
             Error::Invalid { field, reason } => write!(f, "{field}: {reason}"),
             Error::NotFound(what) => write!(f, "no such {what}"),
+            Error::SoldOut { available: 1 } => write!(f, "sold out: 1 seat left"),
             Error::SoldOut { available } => write!(f, "sold out: {available} seats left"),
             Error::LimitExceeded { limit, owned } => {
                 write!(f, "per-user limit is {limit} seats and you already have {owned}")
@@ -70,3 +71,15 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+
+    #[test]
+    fn sold_out_says_how_many_seats_are_left() {
+        assert_eq!(Error::SoldOut { available: 0 }.to_string(), "sold out: 0 seats left");
+        assert_eq!(Error::SoldOut { available: 1 }.to_string(), "sold out: 1 seat left");
+        assert_eq!(Error::SoldOut { available: 3 }.to_string(), "sold out: 3 seats left");
+    }
+}
