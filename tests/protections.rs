@@ -529,12 +529,18 @@ fn an_http2_connection_is_told_http_1_1_is_required_and_closed() {
         socket.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").unwrap();
         let mut answer = Vec::new();
         let _ = socket.read_to_end(&mut answer);
+        // The server drains what the client sends until the client closes.
+        drop(socket);
         assert!(started.elapsed() < Duration::from_secs(3), "closed at once, not after {:?}", started.elapsed());
         let settings = [0u8, 0, 0, 0x4, 0, 0, 0, 0, 0];
         let goaway = [0u8, 0, 8, 0x7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xd];
         assert_eq!(answer, [&settings[..], &goaway[..]].concat(), "SETTINGS then GOAWAY(HTTP_1_1_REQUIRED)");
-        // The slot is given back just after the close the client saw.
-        std::thread::sleep(Duration::from_millis(100));
+        // The slot comes back once the server has seen the client's close.
+        let back = Instant::now();
+        while try_http(&server.addr, "GET", "/healthz", &[], b"").is_err() {
+            assert!(back.elapsed() < Duration::from_secs(3), "the slot did not come back");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     // The one slot came back each time; HTTP/1.1 is served.
     assert_serving(&server);
