@@ -311,10 +311,7 @@ fn read_file(path: Option<&Path>) -> Result<FileSettings, String> {
 
 fn store_config(args: &StoreArgs, file: &FileSettings) -> Result<StoreConfig, String> {
     let data_dir = args.data_dir.clone().or(file.data_dir.clone()).unwrap_or_else(|| PathBuf::from("./data"));
-    let cache_mb = args.cache_mb.or(file.cache_mb).unwrap_or(256);
-    if cache_mb == 0 || cache_mb > CACHE_MB_MAX {
-        return Err(format!("{} must be between 1 and {CACHE_MB_MAX}; it is {cache_mb}", setting("cache_mb")));
-    }
+    let cache_mb = bounded("cache_mb", args.cache_mb, file.cache_mb, 256, 1, CACHE_MB_MAX)?;
     Ok(StoreConfig { data_dir, cache_bytes: cache_mb * 1024 * 1024 })
 }
 
@@ -362,47 +359,40 @@ impl ServeConfig {
             (millis(100), secs(60)),
             "100ms and 60s",
         )?;
-        let webhook_attempts_max = args.webhook_attempts_max.or(file.webhook_attempts_max).unwrap_or(20);
-        if !(1..=100).contains(&webhook_attempts_max) {
-            return Err(format!(
-                "{} must be between 1 and 100; it is {webhook_attempts_max}",
-                setting("webhook_attempts_max")
-            ));
-        }
+        let webhook_attempts_max =
+            bounded("webhook_attempts_max", args.webhook_attempts_max, file.webhook_attempts_max, 20, 1, 100)?;
         let allow_private_webhooks = args.allow_private_webhooks.or(file.allow_private_webhooks).unwrap_or(false);
-        let ws_connections_max = args.ws_connections_max.or(file.ws_connections_max).unwrap_or(10_000);
-        if !(1..=1_000_000).contains(&ws_connections_max) {
-            return Err(format!(
-                "{} must be between 1 and 1000000; it is {ws_connections_max}",
-                setting("ws_connections_max")
-            ));
-        }
-        let ws_connections_per_ip_max =
-            args.ws_connections_per_ip_max.or(file.ws_connections_per_ip_max).unwrap_or(100);
-        if !(1..=1_000_000).contains(&ws_connections_per_ip_max) {
-            return Err(format!(
-                "{} must be between 1 and 1000000; it is {ws_connections_per_ip_max}",
-                setting("ws_connections_per_ip_max")
-            ));
-        }
-        let subscriptions_per_connection_max =
-            args.subscriptions_per_connection_max.or(file.subscriptions_per_connection_max).unwrap_or(32);
-        if !(1..=1_000).contains(&subscriptions_per_connection_max) {
-            return Err(format!(
-                "{} must be between 1 and 1000; it is {subscriptions_per_connection_max}",
-                setting("subscriptions_per_connection_max")
-            ));
-        }
+        let ws_connections_max =
+            bounded("ws_connections_max", args.ws_connections_max, file.ws_connections_max, 10_000, 1, 1_000_000)?;
+        let ws_connections_per_ip_max = bounded(
+            "ws_connections_per_ip_max",
+            args.ws_connections_per_ip_max,
+            file.ws_connections_per_ip_max,
+            100,
+            1,
+            1_000_000,
+        )?;
+        let subscriptions_per_connection_max = bounded(
+            "subscriptions_per_connection_max",
+            args.subscriptions_per_connection_max,
+            file.subscriptions_per_connection_max,
+            32,
+            1,
+            1_000,
+        )?;
         let ledger_shards = args.ledger_shards.or(file.ledger_shards).unwrap_or(16);
         if !ledger_shards.is_power_of_two() || ledger_shards > ledger::SHARDS_MAX {
             let why = format!("must be a power of two from 1 to {}; it is {ledger_shards}", ledger::SHARDS_MAX);
             return Err(format!("{} {why}", setting("ledger_shards")));
         }
-        let body_bytes_max = args.body_bytes_max.or(file.body_bytes_max).unwrap_or(1024 * 1024);
-        if !(BODY_BYTES_MIN..=BODY_BYTES_MAX).contains(&body_bytes_max) {
-            let why = format!("must be between {BODY_BYTES_MIN} and {BODY_BYTES_MAX}; it is {body_bytes_max}");
-            return Err(format!("{} {why}", setting("body_bytes_max")));
-        }
+        let body_bytes_max = bounded(
+            "body_bytes_max",
+            args.body_bytes_max,
+            file.body_bytes_max,
+            1024 * 1024,
+            BODY_BYTES_MIN,
+            BODY_BYTES_MAX,
+        )?;
         let log_format = args.log_format.or(file.log_format).unwrap_or(LogFormat::Text);
         let protections = Protections::resolve(args, &file)?;
         Ok(ServeConfig {
