@@ -1404,6 +1404,11 @@ fn persisted_query_not_found() -> async_graphql::ServerError {
     coded_error("PersistedQueryNotFound", PERSISTED_QUERY_NOT_FOUND)
 }
 
+/// An answer of one error raised outside a resolver, with its code.
+fn error_answer(error: &ApiError) -> GqlResponse {
+    GqlResponse::from_errors(vec![coded_error(error.message(), error.code())])
+}
+
 /// A GraphQL error raised outside a resolver, with its code.
 fn coded_error(message: &str, code: &str) -> async_graphql::ServerError {
     let mut error = async_graphql::ServerError::new(message, None);
@@ -1564,11 +1569,7 @@ impl GuardedSchema {
         if !app.settings.introspection {
             *request = std::mem::replace(request, GqlRequest::new("")).disable_introspection();
         }
-        let refusal = |error: ApiError| {
-            let mut refused = GqlResponse::from_errors(vec![coded_error(error.message(), error.code())]);
-            add_missing_code(&mut refused);
-            Some(refused)
-        };
+        let refusal = |error: ApiError| Some(error_answer(&error));
         let rate_limited = |wait: Duration| {
             refusal(ApiError::RateLimited(format!("too many requests; retry in {} s", limits::retry_seconds(wait))))
         };
@@ -1657,16 +1658,12 @@ impl async_graphql::Executor for GuardedSchema {
             Some(budget) if subscription => match budget.take() {
                 Ok(slot) => Some(slot),
                 Err(error) => {
-                    let mut refused = GqlResponse::from_errors(vec![coded_error(error.message(), error.code())]);
-                    add_missing_code(&mut refused);
+                    let refused = error_answer(&error);
                     return async_graphql::futures_util::stream::once(async move { refused }).boxed();
                 }
             },
             _ => None,
         };
-        if slot.is_some() {
-            request.data.insert(schema::SlotTaken);
-        }
         // A subscription runs as its viewer was when it started: it ends, in
         // place of its next result, once that changed (a query or mutation
         // ran as the viewer stood when it started, and its answer stands).
@@ -1692,7 +1689,7 @@ impl async_graphql::Executor for GuardedSchema {
                     }
                 });
                 if let Some(error) = &changed {
-                    response = GqlResponse::from_errors(vec![coded_error(error.message(), error.code())]);
+                    response = error_answer(error);
                 } else if let Some(document) = &document {
                     field_types.complete(document, operation_name.as_deref(), &mut response);
                 }

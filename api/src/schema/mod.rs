@@ -21,7 +21,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::App;
 
 pub use scalars::DateTime;
-pub use subscriptions::{Slot, SlotTaken, SubscriptionBudget, SubscriptionRoot};
+pub use subscriptions::{Slot, SubscriptionBudget, SubscriptionRoot};
 
 /// The served schema type.
 pub type MarqueeSchema = Schema<Query, Mutation, SubscriptionRoot>;

@@ -1,6 +1,8 @@
 //! Subscriptions over WebSocket: availability, event changes and the
-//! viewer's notifications. Each stream holds a slot of its connection's
-//! subscription budget until it ends.
+//! viewer's notifications. Each holds a slot of its connection's
+//! subscription budget until its stream ends: the WebSocket executor takes
+//! it as the `subscribe` message arrives (`api::http`), so that the ones
+//! over the budget are the last sent, whichever stream first runs.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,7 +18,7 @@ use super::{app, viewer};
 use crate::error::{ApiError, ApiResult};
 use crate::readers::live::{Availability, Snapshot};
 
-/// A connection's subscription budget, in its connection data.
+/// A connection's subscription budget, in its session data.
 #[derive(Clone)]
 pub struct SubscriptionBudget {
     running: Arc<AtomicUsize>,
@@ -31,8 +33,8 @@ impl SubscriptionBudget {
     }
 }
 
-/// One subscription's slot; released when its stream is dropped.
-pub struct Slot(Option<SubscriptionBudget>);
+/// One subscription's slot; given back when dropped with its stream.
+pub struct Slot(SubscriptionBudget);
 
 impl SubscriptionBudget {
     /// Takes a slot of the budget, or says none is left.
@@ -45,34 +47,14 @@ impl SubscriptionBudget {
             return Err(ApiError::TooComplex(format!("a connection runs at most {} subscriptions at once", self.max)));
         }
         self.metrics.subscriptions.fetch_add(1, Ordering::Relaxed);
-        Ok(Slot(Some(self.clone())))
-    }
-}
-
-/// In a subscription's request data: its slot was taken as its message
-/// arrived (so that the subscriptions over the budget are the last to
-/// come, not whichever stream first runs), and is held with its stream.
-pub struct SlotTaken;
-
-impl Slot {
-    /// The subscription's slot, unless it was taken as it arrived.
-    fn take(ctx: &Context<'_>) -> ApiResult<Slot> {
-        if ctx.data_opt::<SlotTaken>().is_some() {
-            return Ok(Slot(None));
-        }
-        match ctx.data_opt::<SubscriptionBudget>() {
-            Some(budget) => budget.take(),
-            None => Ok(Slot(None)),
-        }
+        Ok(Slot(self.clone()))
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Some(budget) = &self.0 {
-            budget.running.fetch_sub(1, Ordering::AcqRel);
-            budget.metrics.subscriptions.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.0.running.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.subscriptions.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -120,7 +102,6 @@ impl SubscriptionRoot {
         event_id: ID,
     ) -> async_graphql::Result<impl Stream<Item = AvailabilityUpdate>> {
         let event = super::events::visible_event(ctx, "eventId", &event_id)?;
-        let slot = Slot::take(ctx)?;
         let app = app(ctx).clone();
         let receiver = app.readers.hub.watch_availability(event.id, || {
             let current = app.graph.ticket_types(event.id).into_iter().map(|t| {
@@ -130,13 +111,13 @@ impl SubscriptionRoot {
             Arc::new(current.collect())
         });
         let seen: HashMap<TicketTypeId, u64> = receiver.borrow().iter().map(|(id, a)| (*id, a.version)).collect();
-        let state = (receiver, seen, VecDeque::<AvailabilityUpdate>::new(), None, slot);
-        Ok(stream::unfold(state, move |(mut receiver, mut seen, mut pending, mut next_snapshot, slot)| {
+        let state = (receiver, seen, VecDeque::<AvailabilityUpdate>::new(), None);
+        Ok(stream::unfold(state, move |(mut receiver, mut seen, mut pending, mut next_snapshot)| {
             let event_id = event.id;
             async move {
                 loop {
                     if let Some(update) = pending.pop_front() {
-                        return Some((update, (receiver, seen, pending, next_snapshot, slot)));
+                        return Some((update, (receiver, seen, pending, next_snapshot)));
                     }
                     // Asleep, the subscriber is not woken by each change in
                     // between; the next snapshot holds them all.
@@ -170,13 +151,12 @@ impl SubscriptionRoot {
         event_id: ID,
     ) -> async_graphql::Result<impl Stream<Item = EventObject>> {
         let event = super::events::visible_event(ctx, "eventId", &event_id)?;
-        let slot = Slot::take(ctx)?;
         let app = app(ctx).clone();
         let receiver = app.readers.hub.watch_event(event.id);
         // A cancelled event changes no more: the subscription completes
         // after the change that cancelled it, or at once if it already was.
         let ended = event.status.is_cancelled();
-        Ok(stream::unfold((receiver, slot, ended), move |(mut receiver, slot, ended)| {
+        Ok(stream::unfold((receiver, ended), move |(mut receiver, ended)| {
             let app = app.clone();
             let id = event.id;
             async move {
@@ -187,7 +167,7 @@ impl SubscriptionRoot {
                 receiver.borrow_and_update();
                 let event = app.graph.event(id)?;
                 let ended = event.status.is_cancelled();
-                Some((EventObject(event), (receiver, slot, ended)))
+                Some((EventObject(event), (receiver, ended)))
             }
         }))
     }
@@ -196,11 +176,10 @@ impl SubscriptionRoot {
     /// slow for the live buffer skips ahead (the inbox keeps them all).
     async fn notifications(&self, ctx: &Context<'_>) -> async_graphql::Result<impl Stream<Item = NotificationObject>> {
         let user = viewer(ctx).require()?.id;
-        let slot = Slot::take(ctx)?;
         let receiver = app(ctx).readers.live_notifications.subscribe(user);
-        Ok(stream::unfold((receiver, slot), move |(mut receiver, slot)| async move {
+        Ok(stream::unfold(receiver, move |mut receiver| async move {
             let notification = receiver.recv().await?;
-            Some((NotificationObject((*notification).clone()), (receiver, slot)))
+            Some((NotificationObject((*notification).clone()), receiver))
         }))
     }
 }
