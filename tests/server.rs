@@ -155,16 +155,30 @@ fn health_and_readiness_answer_200() {
     assert_eq!(server.stop(), Some(0));
 }
 
+/// `marquee serve` on `dir/data` logging JSON lines at info (access lines
+/// included) to `dir/server.log`; the log's path.
+fn serve_with_json_log(dir: &Path, extra: &[&str]) -> (Server, std::path::PathBuf) {
+    let log_path = dir.join("server.log");
+    let mut command = serve(&dir.join("data"), &["--listen", "127.0.0.1:0", "--log-format", "json"]);
+    command.args(extra);
+    command.env("RUST_LOG", "info").stdout(Stdio::piped()).stderr(std::fs::File::create(&log_path).unwrap());
+    (Server::spawn(command), log_path)
+}
+
+/// The fields of the JSON log lines in `path` that `keep` selects.
+fn logged_fields(path: &Path, keep: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let log = std::fs::read_to_string(path).unwrap();
+    let lines = log.lines().filter_map(|line| serde_json::from_str::<Value>(line).ok());
+    lines.map(|line| line["fields"].clone()).filter(|fields| keep(fields)).collect()
+}
+
 /// Each GraphQL request is logged once, with its status and its answer's
 /// error codes: a success with none, a refused operation and a field's
 /// error with theirs, and a GET without a query too.
 #[test]
 fn the_access_log_names_each_requests_error_codes() {
     let dir = TempDir::new("access-log");
-    let log_path = dir.path().join("server.log");
-    let mut command = serve(&dir.path().join("data"), &["--listen", "127.0.0.1:0", "--log-format", "json"]);
-    command.env("RUST_LOG", "info").stdout(Stdio::piped()).stderr(std::fs::File::create(&log_path).unwrap());
-    let server = Server::spawn(command);
+    let (server, log_path) = serve_with_json_log(dir.path(), &[]);
     let post = |body: &[u8], id: &str| {
         let headers = [("Content-Type", "application/json"), ("X-Request-Id", id)];
         http(&server.addr, "POST", "/graphql", &headers, body).status
@@ -176,15 +190,10 @@ fn the_access_log_names_each_requests_error_codes() {
     assert_eq!(bare.status, 400, "{}", bare.text());
     assert_eq!(server.stop(), Some(0));
 
-    let log = std::fs::read_to_string(&log_path).unwrap();
     let line_of = |id: &str| -> Value {
-        let lines: Vec<Value> = log
-            .lines()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .filter(|line| line["fields"]["request_id"] == id)
-            .collect();
-        assert_eq!(lines.len(), 1, "one line for {id} in:\n{log}");
-        lines[0]["fields"].clone()
+        let lines = logged_fields(&log_path, |fields| fields["request_id"] == id);
+        assert_eq!(lines.len(), 1, "one line for {id}: {lines:?}");
+        lines[0].clone()
     };
     assert_eq!(line_of("fine").get("errors"), None, "no errors, no field");
     assert_eq!(line_of("invalid")["errors"], "BAD_USER_INPUT");
@@ -199,11 +208,7 @@ fn the_access_log_names_each_requests_error_codes() {
 #[test]
 fn rate_limited_requests_are_logged_at_most_once_a_second() {
     let dir = TempDir::new("flood-log");
-    let log_path = dir.path().join("server.log");
-    let args = ["--listen", "127.0.0.1:0", "--log-format", "json", "--rate-limit-ip", "1"];
-    let mut command = serve(&dir.path().join("data"), &args);
-    command.env("RUST_LOG", "info").stdout(Stdio::piped()).stderr(std::fs::File::create(&log_path).unwrap());
-    let server = Server::spawn(command);
+    let (server, log_path) = serve_with_json_log(dir.path(), &["--rate-limit-ip", "1"]);
     let started = Instant::now();
     let mut refused = 0;
     while started.elapsed() < Duration::from_millis(2_500) {
@@ -214,14 +219,9 @@ fn rate_limited_requests_are_logged_at_most_once_a_second() {
     }
     assert!(refused > 100, "the flood was refused: {refused}");
     assert_eq!(server.stop(), Some(0));
-    let log = std::fs::read_to_string(&log_path).unwrap();
-    let lines: Vec<Value> = log
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|line| line["fields"]["outcome"] == "rate_limited")
-        .collect();
-    assert!((1..=4).contains(&lines.len()), "{} lines for {refused} refusals:\n{log}", lines.len());
-    let left_out: u64 = lines.iter().filter_map(|line| line["fields"]["rate_limited_left_out"].as_u64()).sum();
+    let lines = logged_fields(&log_path, |fields| fields["outcome"] == "rate_limited");
+    assert!((1..=4).contains(&lines.len()), "{} lines for {refused} refusals: {lines:?}", lines.len());
+    let left_out: u64 = lines.iter().filter_map(|fields| fields["rate_limited_left_out"].as_u64()).sum();
     assert!(left_out as usize + lines.len() >= refused / 2, "the lines count what they left out: {left_out}");
 }
 

@@ -504,17 +504,8 @@ fn a_webhook_that_never_answers_does_not_hold_up_the_others() {
 fn a_failed_delivery_is_logged_without_its_url() {
     let dir = TempDir::new("wh-log");
     let log_path = dir.path().join("server.log");
-    let mut command = std::process::Command::new(binary());
-    command
-        .args(["serve", "--listen", "127.0.0.1:0", "--cache-mb", "16", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args(fast_retries())
-        .env_remove("MARQUEE_LISTEN")
-        .env_remove("MARQUEE_DATA_DIR")
-        .env("RUST_LOG", "info")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(&log_path).unwrap());
+    let mut command = Server::command(&dir.path().join("data"), &fast_retries());
+    command.env("RUST_LOG", "info").stderr(std::fs::File::create(&log_path).unwrap());
     let server = Server::spawn(command);
     // A port nothing listens on.
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

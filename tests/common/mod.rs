@@ -50,6 +50,12 @@ pub struct Server {
 impl Server {
     /// Starts `marquee serve` on `data_dir` with extra arguments.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        Server::spawn(Server::command(data_dir, extra))
+    }
+
+    /// The command [`Server::start`] runs, to change before
+    /// [`Server::spawn`] (its log level, where its log goes).
+    pub fn command(data_dir: &Path, extra: &[&str]) -> Command {
         let mut command = Command::new(binary());
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--cache-mb", "16", "--data-dir"])
@@ -61,7 +67,7 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        Server::spawn(command)
+        command
     }
 
     /// Spawns a prepared command and waits for its "listening on" line.
