@@ -595,13 +595,7 @@ impl<'a> Walker<'a> {
         if name.starts_with("__") {
             return Ok((0, self.measure_introspection(field, depth)?));
         }
-        self.measured += 1;
-        if depth > MEASURED_DEPTH_MAX {
-            return Err(TooComplex(format!("the query nests deeper than {MEASURED_DEPTH_MAX} levels")));
-        }
-        if self.measured > MEASURED_FIELDS_MAX {
-            return Err(TooComplex(format!("the query expands to more than {MEASURED_FIELDS_MAX} fields")));
-        }
+        self.count_measured(depth)?;
         let mut deepest = depth;
         let mut below: u64 = 0;
         for child in self.fields(&field.node.selection_set)? {
@@ -613,6 +607,19 @@ impl<'a> Walker<'a> {
         Ok((deepest, 1u64.saturating_add(below.saturating_mul(weight))))
     }
 
+    /// Counts one more field measured at `depth`, within what is measured
+    /// at all.
+    fn count_measured(&mut self, depth: usize) -> Result<(), TooComplex> {
+        self.measured += 1;
+        if depth > MEASURED_DEPTH_MAX {
+            return Err(TooComplex(format!("the query nests deeper than {MEASURED_DEPTH_MAX} levels")));
+        }
+        if self.measured > MEASURED_FIELDS_MAX {
+            return Err(TooComplex(format!("the query expands to more than {MEASURED_FIELDS_MAX} fields")));
+        }
+        Ok(())
+    }
+
     /// The complexity of an introspection field (`__schema`, `__type`) and
     /// everything below it: each field 1, each list of the schema's types,
     /// fields, arguments and the like weighing [`INTROSPECTION_LIST_WEIGHT`].
@@ -621,13 +628,7 @@ impl<'a> Walker<'a> {
     /// lists in lists (a 2 KB query asking for 18 MB) are refused;
     /// graphql-js' query weighs about 49,400 (51,900 with every option).
     fn measure_introspection(&mut self, field: &'a Positioned<Field>, depth: usize) -> Result<u64, TooComplex> {
-        self.measured += 1;
-        if depth > MEASURED_DEPTH_MAX {
-            return Err(TooComplex(format!("the query nests deeper than {MEASURED_DEPTH_MAX} levels")));
-        }
-        if self.measured > MEASURED_FIELDS_MAX {
-            return Err(TooComplex(format!("the query expands to more than {MEASURED_FIELDS_MAX} fields")));
-        }
+        self.count_measured(depth)?;
         let mut below: u64 = 0;
         for child in self.fields(&field.node.selection_set)? {
             below = below.saturating_add(self.measure_introspection(child, depth + 1)?);
