@@ -517,7 +517,11 @@ impl Ledger {
     }
 
     /// Expires a shard's due holds. The records are written with the next
-    /// sync; an expiry lost in a crash is simply redone at start.
+    /// round, which is asked for here: the change that found them due may
+    /// be refused and sync nothing, and the reaper no longer sees them,
+    /// while the log's readers (the `availability` subscribers) wait for
+    /// the records to be durable. An expiry lost in a crash is simply
+    /// redone at start.
     fn expire_due(&self, shard: &mut Shard, now_ms: i64) -> usize {
         let due = shard.expired_holds(now_ms);
         for id in &due {
@@ -527,6 +531,9 @@ impl Ledger {
             let booking = Arc::new(booking);
             self.commit(|| Record::BookingExpired(booking.clone()), now_ms);
             shard.replace(booking);
+        }
+        if !due.is_empty() && self.durable {
+            self.graph.store().request_flush();
         }
         due.len()
     }

@@ -145,6 +145,22 @@ fn expired_hold_returns_seats_and_cannot_be_confirmed() {
 }
 
 #[test]
+fn an_expiry_found_by_a_refused_change_is_made_durable_without_another_write() {
+    let f = fixture("expiry-refused", 2, None);
+    let hold = f.ledger.book(&request(1, f.ticket_type, 2, "h", true), 0).unwrap();
+    // The confirm finds the hold due, logs its expiry, and is refused: it
+    // syncs nothing, and the reaper will not see the hold again.
+    assert!(matches!(f.ledger.confirm(hold.id, 1_001), Err(Error::HoldExpired)));
+    let store = f.graph.store();
+    let expiry = store.appended_seq();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.durable_seq() < expiry {
+        assert!(std::time::Instant::now() < deadline, "the expiry never became durable (readers never see it)");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+#[test]
 fn hold_confirms_before_expiry() {
     let f = fixture("hold-confirm", 2, None);
     let hold = f.ledger.book(&request(1, f.ticket_type, 2, "h", true), 0).unwrap();
