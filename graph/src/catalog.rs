@@ -327,22 +327,29 @@ fn has_no_words(query: &EventQuery) -> bool {
 }
 
 /// Distinct lower-case alphanumeric words of `text`, their accents
-/// dropped ("Café" is "cafe"), sorted.
+/// dropped ("Café" is "cafe"), sorted. Folded before it is split: an accent
+/// typed apart from its letter is not a letter, and would split the word.
 fn words(text: &str) -> Vec<String> {
     let mut words: Vec<String> =
-        text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(folded).collect();
+        folded(text).split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_string).collect();
     words.sort_unstable();
     words.dedup();
     words
 }
 
-/// `text` lower-case, its accents dropped, as filters compare it.
+/// `text` as filters and text search compare it: decomposed (Unicode NFKD,
+/// so "é" precomposed and "e" followed by U+0301 are alike, and "ﬁ" is
+/// "fi"), lower-case, its combining marks dropped (accents of Latin, Greek
+/// and Cyrillic letters, Romanian "ș", Vietnamese "ộ"), and the letters that
+/// carry their mark inside them spelled plain (`ø`, `ł`, `đ`, `ß`).
 pub(crate) fn folded(text: &str) -> String {
-    let mut plain = String::with_capacity(text.len());
-    for c in text.to_lowercase().chars() {
-        // An accent typed apart from its letter ("u" then U+0308, as macOS
-        // file names and some keyboards give it) is dropped as well.
-        if ('\u{0300}'..='\u{036F}').contains(&c) {
+    if text.is_ascii() {
+        return text.to_ascii_lowercase();
+    }
+    let decomposed = icu_normalizer::DecomposingNormalizerBorrowed::new_nfkd().normalize(text);
+    let mut plain = String::with_capacity(decomposed.len());
+    for c in decomposed.chars().flat_map(char::to_lowercase) {
+        if is_combining_mark(c) {
             continue;
         }
         match unaccented(c) {
@@ -353,34 +360,28 @@ pub(crate) fn folded(text: &str) -> String {
     plain
 }
 
-/// A lower-case Latin letter without its accent (`é` is `e`, `ß` is `ss`),
-/// so that a search finds a word however its accents were typed; `None`
-/// for any other character.
+/// The blocks of combining diacritical marks, which decomposition leaves
+/// after the letters they accent.
+fn is_combining_mark(c: char) -> bool {
+    matches!(c, '\u{0300}'..='\u{036F}' | '\u{1AB0}'..='\u{1AFF}' | '\u{1DC0}'..='\u{1DFF}' | '\u{20D0}'..='\u{20FF}' | '\u{FE20}'..='\u{FE2F}')
+}
+
+/// A lower-case letter whose mark decomposition does not take off (`ø` is
+/// `o`, `ß` is `ss`), and the final sigma (`ς` is `σ`, as a word typed
+/// in capitals lower-cases); `None` for any other character.
 fn unaccented(c: char) -> Option<&'static str> {
     Some(match c {
-        'à' | 'á' | 'â' | 'ã' | 'ä' | 'å' | 'ā' | 'ă' | 'ą' => "a",
         'æ' => "ae",
-        'ç' | 'ć' | 'ĉ' | 'ċ' | 'č' => "c",
-        'ď' | 'đ' | 'ð' => "d",
-        'è' | 'é' | 'ê' | 'ë' | 'ē' | 'ĕ' | 'ė' | 'ę' | 'ě' => "e",
-        'ĝ' | 'ğ' | 'ġ' | 'ģ' => "g",
-        'ĥ' | 'ħ' => "h",
-        'ì' | 'í' | 'î' | 'ï' | 'ĩ' | 'ī' | 'ĭ' | 'į' | 'ı' => "i",
-        'ĵ' => "j",
-        'ķ' => "k",
-        'ĺ' | 'ļ' | 'ľ' | 'ŀ' | 'ł' => "l",
-        'ñ' | 'ń' | 'ņ' | 'ň' => "n",
-        'ò' | 'ó' | 'ô' | 'õ' | 'ö' | 'ø' | 'ō' | 'ŏ' | 'ő' => "o",
+        'đ' | 'ð' => "d",
+        'ħ' => "h",
+        'ı' => "i",
+        'ł' => "l",
+        'ø' => "o",
         'œ' => "oe",
-        'ŕ' | 'ŗ' | 'ř' => "r",
-        'ś' | 'ŝ' | 'ş' | 'š' => "s",
         'ß' => "ss",
-        'ţ' | 'ť' | 'ŧ' => "t",
+        'ŧ' => "t",
         'þ' => "th",
-        'ù' | 'ú' | 'û' | 'ü' | 'ũ' | 'ū' | 'ŭ' | 'ů' | 'ű' | 'ų' => "u",
-        'ŵ' => "w",
-        'ý' | 'ÿ' | 'ŷ' => "y",
-        'ź' | 'ż' | 'ž' => "z",
+        'ς' => "σ",
         _ => return None,
     })
 }

@@ -176,6 +176,56 @@ fn listings_hold_published_events_in_start_order_with_filters() {
 }
 
 #[test]
+fn search_folds_accents_typed_apart_and_of_every_latin_greek_and_cyrillic_letter() {
+    let dir = TempDir::new("fold");
+    let graph = open(&dir);
+    let org = graph.register("o@example.com", "O", Role::Organizer, None).unwrap();
+    let publish = |title: &str, city: &str| {
+        let event = graph.create_event(org.id, NewEvent { title: title.into(), ..event_at(1_000, city, &[]) }).unwrap();
+        graph.publish_event(event.id).unwrap().id
+    };
+    // Accents typed apart from their letters (as macOS gives them), and
+    // letters a hand-made table of Latin accents lacked.
+    let muller = publish("Cafe\u{0301} Mu\u{0308}ller Abend", "Zu\u{0308}rich");
+    let bucuresti = publish("Muzică în Brașov și Timișoara", "București");
+    let hanoi = publish("Đêm nhạc Hà Nội", "Hà Nội");
+    let athens = publish("ΣΥΝΑΥΛΙΑ ΤΖΑΖ", "Αθήνα");
+    let moscow = publish("Ёлка", "Москва");
+    let found = |query: EventQuery| {
+        graph.events(&EventQuery { first: 10, ..query }).events.iter().map(|e| e.id).collect::<Vec<_>>()
+    };
+    let text = |text: &str| found(EventQuery { text: Some(text.into()), ..EventQuery::default() });
+    let city = |city: &str| found(EventQuery { city: Some(city.into()), ..EventQuery::default() });
+    for (typed, event) in [
+        ("muller", muller),
+        ("Müller", muller),
+        ("zurich", muller),
+        ("Zürich", muller),
+        ("cafe", muller),
+        ("brasov timisoara", bucuresti),
+        ("Brașov", bucuresti),
+        ("nhac", hanoi),
+        ("dem ha noi", hanoi),
+        ("συναυλια", athens),
+        ("Συναυλία τζαζ", athens),
+        ("елка", moscow),
+    ] {
+        assert_eq!(text(typed), [event], "text {typed:?}");
+    }
+    for (typed, event) in [
+        ("zurich", muller),
+        ("Zürich", muller),
+        ("Bucuresti", bucuresti),
+        ("BUCUREȘTI", bucuresti),
+        ("ha noi", hanoi),
+        ("Αθηνα", athens),
+        ("ΑΘΉΝΑ", athens),
+    ] {
+        assert_eq!(city(typed), [event], "city {typed:?}");
+    }
+}
+
+#[test]
 fn an_update_that_changes_nothing_is_not_logged() {
     let dir = TempDir::new("no-op-update");
     let graph = open(&dir);
