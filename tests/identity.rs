@@ -40,6 +40,11 @@ fn register_login_me_and_logout() {
     assert_eq!(out["logout"], true);
     let revoked = server.gql(Some(&second), ME, json!({}));
     assert_eq!(error_code(&revoked), "UNAUTHENTICATED");
+    // Fields that answer anonymous viewers too do not take a revoked token
+    // for an anonymous one: an empty list would hide that the client must
+    // sign in again.
+    assert_eq!(error_code(&server.gql(Some(&second), "{ recommendedEvents { id } }", json!({}))), "UNAUTHENTICATED");
+    assert_eq!(data(server.gql(None, "{ recommendedEvents { id } }", json!({})))["recommendedEvents"], json!([]));
     // The other session is untouched.
     assert_eq!(data(server.gql(Some(token), ME, json!({})))["me"]["name"], "Ada");
     assert_eq!(error_code(&server.gql(None, "mutation { logout }", json!({}))), "UNAUTHENTICATED");

@@ -234,6 +234,37 @@ fn an_imported_dataset_answers_like_the_brute_force_reference() {
     // Imported events are listed like any other.
     let listed = data(server.gql(None, "{ events(first: 100) { totalCount } }", json!({})));
     assert_eq!(listed["events"]["totalCount"], EVENTS);
+
+    // A cancelled event has no one going: its imported attendances count
+    // as confirmed bookings, and cancelling an event cancels those.
+    let &(user, event, _) = draws
+        .iter()
+        .find(|&&(user, event, _)| !reference.friends_going(user, event).is_empty())
+        .expect("a draw with friends going");
+    let cancelled = server.gql(
+        Some(&admin),
+        "mutation($e: ID!) { cancelEvent(id: $e) { status attendeeCount } }",
+        json!({"e": event.to_string()}),
+    );
+    assert_eq!(data(cancelled)["cancelEvent"], json!({"status": "CANCELLED", "attendeeCount": 0}));
+    let going = |server: &Server| {
+        let answer = server.gql(
+            Some(&admin),
+            "query($e: ID!) { event(id: $e) { attendeeCount whosGoing { id } } }",
+            json!({"e": event.to_string()}),
+        );
+        let friends = server.gql(
+            Some(tokens[&user].as_str()),
+            "query($e: ID!) { event(id: $e) { friendsGoing { id } } }",
+            json!({"e": event.to_string()}),
+        );
+        (data(answer)["event"].clone(), data(friends)["event"]["friendsGoing"].clone())
+    };
+    let none = (json!({"attendeeCount": 0, "whosGoing": []}), json!([]));
+    assert_eq!(going(&server), none, "nobody is going to cancelled event {event}");
+    drop(server);
+    let server = Server::start(&data_dir, &[]);
+    assert_eq!(going(&server), none, "nor after a restart");
 }
 
 #[test]

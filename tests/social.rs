@@ -112,6 +112,9 @@ fn friends_going_counts_mutual_follows_with_confirmed_bookings() {
         "mutual, CONFIRMED, not cancelled"
     );
     assert_eq!(friends_going(&server, None, &gig), Vec::<String>::new(), "[] when anonymous");
+    let forged =
+        server.gql(Some("mq_forged"), "query($id: ID!) { event(id: $id) { friendsGoing { id } } }", json!({"id": gig}));
+    assert_eq!(error_code(&forged), "UNAUTHENTICATED", "a bad token is not anonymous: {forged}");
     let attendees = data(server.gql(None, "query($id: ID!) { event(id: $id) { attendeeCount } }", json!({"id": gig})));
     assert_eq!(attendees["event"]["attendeeCount"], 2, "friend and fan hold confirmed tickets");
     let none = server.gql(
@@ -155,12 +158,18 @@ fn recommendations_rank_by_followees_going_and_skip_what_they_cannot_book() {
 
     // Popular has two followees going; Early and Late one each (a held
     // booking does not count), Early first by start; Mine is booked by me.
-    assert_eq!(recommended(&server, &me.token), [popular.clone(), early, late]);
+    assert_eq!(recommended(&server, &me.token), [popular.clone(), early.clone(), late.clone()]);
     let first = data(server.gql(Some(&me.token), "{ recommendedEvents(first: 1) { id } }", json!({})));
-    assert_eq!(ids(&first["recommendedEvents"]), [popular]);
+    assert_eq!(ids(&first["recommendedEvents"]), [popular.clone()]);
     let all = recommended(&server, &me.token);
     assert!(!all.contains(&draft) && !all.contains(&mine) && !all.contains(&called_off));
     assert_eq!(data(server.gql(None, "{ recommendedEvents { id } }", json!({})))["recommendedEvents"], json!([]));
+
+    // Seats I hold are booked too; cancelled, the event comes back.
+    let hold = book(&server, &me, &early_tickets, "mine-held", true);
+    assert_eq!(recommended(&server, &me.token), [popular.clone(), late.clone()]);
+    data(server.gql(Some(&me.token), "mutation($id: ID!) { cancelBooking(id: $id) { id } }", json!({"id": hold})));
+    assert_eq!(recommended(&server, &me.token), [popular, early, late]);
 }
 
 #[test]

@@ -47,6 +47,18 @@ impl Viewer {
         }
     }
 
+    /// The signed-in user, `None` when anonymous, for fields that answer
+    /// anonymous viewers too; a bad token is UNAUTHENTICATED there as well,
+    /// not anonymous: its client expects its user's answer, and an empty
+    /// one would hide that it must sign in again.
+    pub fn optional(&self) -> Result<Option<&User>, ApiError> {
+        match self {
+            Viewer::User { user, .. } => Ok(Some(user)),
+            Viewer::Anonymous => Ok(None),
+            Viewer::BadToken => Err(bad_token()),
+        }
+    }
+
     /// The user, if signed in with a valid token.
     pub fn user(&self) -> Option<&User> {
         match self {

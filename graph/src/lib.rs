@@ -482,13 +482,25 @@ impl Graph {
 
     /// Recommendations (Q2) for `user` as the API serves them: the best
     /// `first` events by how many of the people `user` follows attend,
-    /// counting only published events that start after `now_ms`; ties go to
-    /// the earlier start, then the smaller id.
-    pub fn recommended_events(&self, user: UserId, first: usize, now_ms: i64) -> Vec<Arc<Event>> {
+    /// counting only published events that start after `now_ms` and are not
+    /// in `left_out` (those `user` holds seats of); ties go to the earlier
+    /// start, then the smaller id.
+    pub fn recommended_events(
+        &self,
+        user: UserId,
+        first: usize,
+        now_ms: i64,
+        left_out: &std::collections::HashSet<EventId>,
+    ) -> Vec<Arc<Event>> {
         let social = self.social();
         // One catalog lock for all the candidates, none copied.
         let catalog = self.catalog();
-        let ranked = social.recommend(user, first, |id| catalog.upcoming_start(id, now_ms).map(|start| (start, id)));
+        let ranked = social.recommend(user, first, |id| {
+            if left_out.contains(&id) {
+                return None;
+            }
+            catalog.upcoming_start(id, now_ms).map(|start| (start, id))
+        });
         ranked.into_iter().filter_map(|(id, _)| catalog.event(id)).collect()
     }
 

@@ -133,6 +133,9 @@ impl EventObject {
     }
     /// Distinct users with a CONFIRMED booking.
     async fn attendee_count(&self, ctx: &Context<'_>) -> usize {
+        if self.0.status.is_cancelled() {
+            return 0; // see `whos_going`
+        }
         app(ctx).graph.social().attendees(self.0.id).len()
     }
 
@@ -144,8 +147,8 @@ impl EventObject {
         #[graphql(default_with = "Some(20)")] first: Option<i64>,
     ) -> ApiResult<Vec<UserObject>> {
         let first = page_size(first, 20)?;
-        let Some(me) = viewer(ctx).user() else {
-            return Ok(Vec::new());
+        let Some(me) = viewer(ctx).optional()?.filter(|_| !self.0.status.is_cancelled()) else {
+            return Ok(Vec::new()); // anonymous, or see `whos_going`
         };
         let friends = app(ctx).graph.social().friends_going(me.id, self.0.id, first).first;
         super::social::users(ctx, friends)
@@ -162,6 +165,13 @@ impl EventObject {
         let user = viewer(ctx).require()?;
         if !acts_for_event(user, &self.0) {
             return Err(ApiError::Forbidden("whosGoing: only the event's organizer or an admin".into()));
+        }
+        // A cancelled event has no one going. Its bookings' ATTENDS edges
+        // go with the cascade that cancels them, but attendances imported
+        // from another system (confirmed bookings made elsewhere) stay in
+        // the index: they are the event's attendance history.
+        if self.0.status.is_cancelled() {
+            return Ok(Vec::new());
         }
         let going = app(ctx).graph.social().whos_going(self.0.id, first).first;
         super::social::users(ctx, going.into_iter().map(|(user, _)| user).collect())

@@ -37,10 +37,20 @@ impl SocialQuery {
         #[graphql(default_with = "Some(10)")] first: Option<i64>,
     ) -> ApiResult<Vec<EventObject>> {
         let first = page_size(first, 10)?;
-        let Some(me) = viewer(ctx).user() else {
+        let Some(me) = viewer(ctx).optional()? else {
             return Ok(Vec::new());
         };
-        let events = app(ctx).graph.recommended_events(me.id, first, graph::now_ms());
+        // Events the viewer holds seats of are booked too, not only those
+        // confirmed (which the index already leaves out).
+        let app = app(ctx);
+        let held = app
+            .ledger
+            .bookings_of(me.id)
+            .iter()
+            .filter(|booking| booking.status == graph::model::BookingStatus::Held)
+            .map(|booking| booking.event)
+            .collect();
+        let events = app.graph.recommended_events(me.id, first, graph::now_ms(), &held);
         Ok(events.into_iter().map(EventObject).collect())
     }
 
