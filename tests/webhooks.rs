@@ -525,3 +525,122 @@ fn a_failed_delivery_is_logged_without_its_url() {
     assert!(!log.contains("CREDENTIAL"), "the URL is not logged:\n{log}");
     assert!(log.contains("could not connect"), "why is logged:\n{log}");
 }
+
+/// Polls `webhookDeliveries` (bounded) until `done` holds for the list.
+fn deliveries_until(server: &Server, token: &str, hook: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = data(server.gql(Some(token), DELIVERIES, json!({"id": hook})))["webhookDeliveries"].clone();
+        let listed = listed.as_array().unwrap().clone();
+        if done(&listed) {
+            return listed;
+        }
+        assert!(Instant::now() < deadline, "deliveries never got there: {listed:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One payload the endpoint refuses, while another got through after it
+/// was made, is given up alone, also when the server restarted between
+/// the success and the last attempt: when a delivery last got through is
+/// kept with the deliveries, not only in memory.
+#[test]
+fn a_payload_refused_across_a_restart_is_given_up_alone_when_others_got_through() {
+    let dir = TempDir::new("webhooks-poison-restart");
+    let args = ["--allow-private-webhooks", "--webhook-retry-base", "1s", "--webhook-attempts-max", "3"];
+    let server = Server::start(dir.path(), &args);
+    let shop = open_shop(&server, "org@example.com");
+    // The refused payload's three attempts, and the other one's success
+    // between its first two.
+    let script = [Reply::Status(422), Reply::Status(200), Reply::Status(422), Reply::Status(422)];
+    let receiver = Receiver::start(&script);
+    let (hook, _) = create_webhook(&server, &shop.org, &receiver.url, &["booking.confirmed"]);
+    let (fan, _) = register(&server, "fan@example.com", "ATTENDEE");
+    let refused = book(&server, &fan, &shop.ticket_type, "refused");
+    receiver.wait_for(1, Duration::from_secs(10));
+    book(&server, &fan, &shop.ticket_type, "taken");
+    receiver.wait_for(2, Duration::from_secs(10));
+    deliveries_until(&server, &shop.org, &hook, |listed| listed.iter().any(|d| d["statusCode"] == 200));
+    assert_eq!(server.stop(), Some(0));
+
+    let server = Server::start(dir.path(), &args);
+    let listed = deliveries_until(&server, &shop.org, &hook, |listed| {
+        listed.iter().any(|d| d["attempt"] == 3 && d["nextAttemptAt"].is_null())
+    });
+    assert!(receiver.received()[2..4].iter().all(|r| r.body.contains(&refused)), "{listed:?}");
+    let hooks = data(server.gql(Some(&shop.org), "{ webhooks { id active } }", json!({})));
+    assert_eq!(hooks["webhooks"], json!([{"id": hook, "active": true}]), "the webhook is not marked failing");
+    let later = book(&server, &fan, &shop.ticket_type, "later");
+    let got = receiver.wait_for(5, Duration::from_secs(10));
+    assert!(got[4].body.contains(&later), "later changes are still sent");
+}
+
+/// `booking.cancelled` tells of a cancelled sale: a hold dropped before it
+/// was confirmed sold nothing, so (as for an expired hold) nothing is sent.
+#[test]
+fn a_hold_cancelled_before_it_was_confirmed_is_not_sent_as_a_cancelled_booking() {
+    let dir = TempDir::new("webhooks-holds");
+    let server = Server::start(dir.path(), &fast_retries());
+    let shop = open_shop(&server, "org@example.com");
+    let receiver = Receiver::start(&[]);
+    let (hook, _) = create_webhook(&server, &shop.org, &receiver.url, &["booking.confirmed", "booking.cancelled"]);
+    let (fan, _) = register(&server, "fan@example.com", "ATTENDEE");
+    let book_query = "mutation($input: BookInput!) { bookTickets(input: $input) { id } }";
+    let cancel = "mutation($id: ID!) { cancelBooking(id: $id) { status } }";
+    let hold_input =
+        json!({"input": {"ticketTypeId": shop.ticket_type, "quantity": 1, "idempotencyKey": "h", "hold": true}});
+    let hold = data(server.gql(Some(&fan), book_query, hold_input))["bookTickets"]["id"].as_str().unwrap().to_string();
+    assert_eq!(data(server.gql(Some(&fan), cancel, json!({"id": hold})))["cancelBooking"]["status"], "CANCELLED");
+    let sale = book(&server, &fan, &shop.ticket_type, "sale");
+    assert_eq!(data(server.gql(Some(&fan), cancel, json!({"id": sale})))["cancelBooking"]["status"], "CANCELLED");
+
+    let got = receiver.wait_for(2, Duration::from_secs(10));
+    let mut told: Vec<(String, String)> = got
+        .iter()
+        .map(|r| {
+            let body: Value = serde_json::from_str(&r.body).unwrap();
+            (body["event"].as_str().unwrap().to_string(), body["data"]["id"].as_str().unwrap().to_string())
+        })
+        .collect();
+    told.sort();
+    assert_eq!(told, [("booking.cancelled".into(), sale.clone()), ("booking.confirmed".into(), sale.clone())]);
+    // The outbox takes the log in order: the hold's cancellation came
+    // before both, so its delivery would be listed by now.
+    let listed = deliveries_until(&server, &shop.org, &hook, |listed| listed.len() >= 2);
+    assert_eq!(listed.len(), 2, "nothing for the hold: {listed:?}");
+}
+
+/// A leaked signing secret is replaced without losing a delivery: every
+/// attempt after the rotation, retries of earlier deliveries included, is
+/// signed with the new secret, across a restart too.
+#[test]
+fn a_rotated_secret_signs_every_attempt_from_then_on() {
+    let dir = TempDir::new("webhooks-rotate");
+    let args = ["--allow-private-webhooks", "--webhook-retry-base", "1s", "--webhook-timeout", "1s"];
+    let server = Server::start(dir.path(), &args);
+    let shop = open_shop(&server, "org@example.com");
+    let receiver = Receiver::start(&[Reply::Status(500)]);
+    let (hook, old_secret) = create_webhook(&server, &shop.org, &receiver.url, &["booking.confirmed"]);
+    let (fan, _) = register(&server, "fan@example.com", "ATTENDEE");
+    book(&server, &fan, &shop.ticket_type, "before");
+    let first = receiver.wait_for(1, Duration::from_secs(10));
+    assert_signed(&first[0], &old_secret);
+
+    let rotate = "mutation($id: ID!) { rotateWebhookSecret(id: $id) { secret webhook { id url active } } }";
+    let (rival, _) = register(&server, "rival@example.com", "ORGANIZER");
+    assert_eq!(error_code(&server.gql(Some(&rival), rotate, json!({"id": hook}))), "NOT_FOUND");
+    assert_eq!(error_code(&server.gql(Some(&shop.org), rotate, json!({"id": "999"}))), "NOT_FOUND");
+    let rotated = data(server.gql(Some(&shop.org), rotate, json!({"id": hook})))["rotateWebhookSecret"].clone();
+    assert_eq!(rotated["webhook"], json!({"id": hook, "url": receiver.url, "active": true}));
+    let secret = rotated["secret"].as_str().unwrap().to_string();
+    assert!(secret.starts_with("whsec_") && secret.len() == old_secret.len() && secret != old_secret);
+
+    let got = receiver.wait_for(2, Duration::from_secs(10));
+    assert_eq!(got[1].headers["x-marquee-delivery"], first[0].headers["x-marquee-delivery"], "the retry");
+    assert_signed(&got[1], &secret);
+    drop(server);
+    let server = Server::start(dir.path(), &args);
+    book(&server, &fan, &shop.ticket_type, "after");
+    let got = receiver.wait_for(3, Duration::from_secs(10));
+    assert_signed(&got[2], &secret);
+}

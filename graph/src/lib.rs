@@ -660,6 +660,18 @@ impl Graph {
         self.set_webhook_active(id, true)
     }
 
+    /// Gives a webhook a new signing secret (checked by the caller): every
+    /// attempt from now on, retries included, is signed with it.
+    pub fn rotate_webhook_secret(&self, id: WebhookId, secret: String) -> Result<Webhook, Error> {
+        let guard = self.writer();
+        let mut webhook = self.webhook(id).ok_or(Error::NotFound("webhook"))?;
+        webhook.secret = secret;
+        let seq = self.store.commit(now_ms(), &[Record::WebhookSecretRotated(webhook.clone())])?;
+        drop(guard);
+        self.store.sync(seq)?;
+        Ok(webhook)
+    }
+
     /// Sets a webhook's `active`, logged as failing or reactivated; a
     /// no-op when it already is so.
     fn set_webhook_active(&self, id: WebhookId, active: bool) -> Result<Webhook, Error> {
@@ -675,6 +687,11 @@ impl Graph {
         drop(guard);
         self.store.sync(seq)?;
         Ok(webhook)
+    }
+
+    /// The highest id of a webhook there is now (0 for none).
+    pub fn webhooks_created_through(&self) -> u64 {
+        self.memory.webhooks.read().expect("webhook table lock poisoned").keys().map(|id| id.0).max().unwrap_or(0)
     }
 
     /// A webhook by id.
@@ -803,7 +820,10 @@ fn materialize(record: &Record, payload: &[u8], writes: &mut RoundWrites, memory
             }
         }
         Record::Imported(_) => {}
-        Record::WebhookCreated(webhook) | Record::WebhookFailing(webhook) | Record::WebhookReactivated(webhook) => {
+        Record::WebhookCreated(webhook)
+        | Record::WebhookFailing(webhook)
+        | Record::WebhookReactivated(webhook)
+        | Record::WebhookSecretRotated(webhook) => {
             if matches!(record, Record::WebhookCreated(_)) {
                 // Ids are given in order: the newest is the highest.
                 writes.insert(key(table::WEBHOOK_ID_HIGH, &[]), webhook.id.to_key().to_vec());

@@ -65,6 +65,9 @@ pub enum Record {
     /// A failing webhook was made active again by its owner; the record
     /// holds the new row.
     WebhookReactivated(Webhook),
+    /// A webhook's owner replaced its signing secret; the record holds the
+    /// new row.
+    WebhookSecretRotated(Webhook),
 }
 
 /// Payload of [`Record::Imported`]: what the import brought.
@@ -150,6 +153,7 @@ impl Record {
             Record::WebhookDeleted(_) => 20,
             Record::WebhookFailing(_) => 21,
             Record::WebhookReactivated(_) => 22,
+            Record::WebhookSecretRotated(_) => 23,
         }
     }
 
@@ -176,7 +180,8 @@ impl Record {
             Record::WebhookCreated(p)
             | Record::WebhookDeleted(p)
             | Record::WebhookFailing(p)
-            | Record::WebhookReactivated(p) => encode(p),
+            | Record::WebhookReactivated(p)
+            | Record::WebhookSecretRotated(p) => encode(p),
         }
     }
 
@@ -205,6 +210,7 @@ impl Record {
             20 => Record::WebhookDeleted(decode(bytes, WHAT)?),
             21 => Record::WebhookFailing(decode(bytes, WHAT)?),
             22 => Record::WebhookReactivated(decode(bytes, WHAT)?),
+            23 => Record::WebhookSecretRotated(decode(bytes, WHAT)?),
             _ => return Err(Error::Corrupt("log record kind")),
         })
     }
@@ -234,6 +240,7 @@ impl Record {
             Record::WebhookDeleted(_) => "webhook.deleted",
             Record::WebhookFailing(_) => "webhook.failing",
             Record::WebhookReactivated(_) => "webhook.reactivated",
+            Record::WebhookSecretRotated(_) => "webhook.secret_rotated",
         }
     }
 }

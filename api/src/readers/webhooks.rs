@@ -1,6 +1,7 @@
 //! Webhooks: a durable outbox filled from the log, and a delivery worker.
 //!
-//! For each log record named booking.confirmed, booking.cancelled,
+//! For each log record named booking.confirmed, booking.cancelled (of a
+//! booking that was confirmed: a dropped hold sold nothing),
 //! event.published, event.updated or event.cancelled, every active webhook
 //! subscribed to it, allowed to see it (admins' webhooks see every event,
 //! partners' every event but drafts and drafts withdrawn, organizers' only
@@ -20,7 +21,10 @@
 //! never followed.
 //!
 //! Rows (reader 3): `d|webhook|seq` a delivery; `q|due ms|webhook|seq` the
-//! due queue of pending deliveries.
+//! due queue of pending deliveries; `s|webhook` when a delivery of the
+//! webhook last got through (unix ms, BE), which decides after a restart
+//! too whether a delivery that ran out of attempts marks it failing; `w`
+//! the highest webhook id whose creation the reader has applied.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -66,6 +70,8 @@ const ACCOUNT_PICKED_MAX: usize = 8 * ACCOUNT_IN_FLIGHT_MAX;
 
 const DELIVERY: u8 = b'd';
 const DUE: u8 = b'q';
+const LAST_SUCCESS: u8 = b's';
+const CREATED_THROUGH: u8 = b'w';
 
 /// Delivery settings.
 #[derive(Clone, Debug)]
@@ -124,6 +130,10 @@ fn delivery_key(webhook: WebhookId, seq: u64) -> Vec<u8> {
     key(&[&[DELIVERY], &webhook.to_key(), &seq.to_be_bytes()])
 }
 
+fn last_success_key(webhook: WebhookId) -> Vec<u8> {
+    key(&[&[LAST_SUCCESS], &webhook.to_key()])
+}
+
 fn due_key(due_ms: i64, webhook: WebhookId, seq: u64) -> Vec<u8> {
     key(&[&[DUE], &due_ms.max(0).to_be_bytes(), &webhook.to_key(), &seq.to_be_bytes()])
 }
@@ -134,6 +144,11 @@ pub struct Outbox {
     /// Woken when new deliveries are committed.
     wake: Arc<tokio::sync::Notify>,
     created: bool,
+    /// The highest webhook id whose creation the reader has applied: a
+    /// webhook above it was made after the entry being applied (ids are
+    /// given in log order), and does not hear of it. (The creation time
+    /// could not tell a change made in the same millisecond, before it.)
+    created_through: u64,
 }
 
 impl Outbox {
@@ -146,7 +161,9 @@ impl Outbox {
         if let Some((row, _)) = rows.scan(&[DELIVERY], true, 1)?.into_iter().next() {
             graph.webhook_ids_taken_through(u64_at(&row, 1, "webhook delivery key")?);
         }
-        Ok(Outbox { graph, wake, created: false })
+        let mut outbox = Outbox { graph: graph.clone(), wake, created: false, created_through: 0 };
+        outbox.reload(&rows)?;
+        Ok(outbox)
     }
 
     /// Drops a deleted webhook's deliveries, pending or not, with their
@@ -160,6 +177,7 @@ impl Outbox {
             }
             batch.remove(rows, &row);
         }
+        batch.remove(rows, &last_success_key(webhook));
         Ok(())
     }
 
@@ -187,6 +205,9 @@ struct About {
 /// The `data` of a record's delivery, and whose event it is about.
 fn payload(graph: &Graph, record: &Record) -> Option<(serde_json::Value, About)> {
     match record {
+        // A hold dropped before it was confirmed sold nothing: partners
+        // hear of cancelled sales only (an expired hold sends nothing either).
+        Record::BookingCancelled(b) if b.confirmed_at_ms.is_none() => None,
         Record::BookingConfirmed(b) | Record::BookingCancelled(b) => {
             let event = graph.event(b.event)?;
             let data = serde_json::json!({
@@ -226,8 +247,14 @@ impl Reader for Outbox {
     const NAME: &'static str = "webhooks";
 
     fn apply(&mut self, rows: &ReaderRows<'_>, entry: &Entry, batch: &mut ReaderBatch) -> Result<(), graph::Error> {
-        if let Record::WebhookDeleted(webhook) = &entry.record {
-            return self.forget(rows, webhook.id, batch);
+        match &entry.record {
+            Record::WebhookDeleted(webhook) => return self.forget(rows, webhook.id, batch),
+            Record::WebhookCreated(webhook) => {
+                self.created_through = self.created_through.max(webhook.id.0);
+                batch.put(rows, &[CREATED_THROUGH], &self.created_through.to_be_bytes());
+                return Ok(());
+            }
+            _ => {}
         }
         let name = entry.record.name();
         if !EVENT_NAMES.contains(&name) {
@@ -245,7 +272,7 @@ impl Reader for Outbox {
             let row = delivery_key(webhook.id, entry.seq);
             // The reader runs behind the log, and the webhooks are today's:
             // one made after the change does not hear of it.
-            let made_after = webhook.created_at_ms > entry.at_ms;
+            let made_after = webhook.id.0 > self.created_through;
             if made_after || !self.may_see(&webhook, &about) || rows.get(&row)?.is_some() {
                 continue;
             }
@@ -286,8 +313,17 @@ impl Reader for Outbox {
         }
     }
 
-    fn reload(&mut self, _rows: &ReaderRows<'_>) -> Result<(), graph::Error> {
+    fn reload(&mut self, rows: &ReaderRows<'_>) -> Result<(), graph::Error> {
         self.created = false;
+        self.created_through = match rows.get(&[CREATED_THROUGH])? {
+            Some(value) => u64::from_be_bytes(
+                value.as_slice().try_into().map_err(|_| graph::Error::Corrupt("webhooks created through"))?,
+            ),
+            // Stored before this row was kept: every webhook there is now
+            // was made before the entries still to read (a few made just
+            // before the upgrade may hear of changes made just before them).
+            None => self.graph.webhooks_created_through(),
+        };
         Ok(())
     }
 }
@@ -537,7 +573,8 @@ pub struct Deliverer {
     /// before one of `permits`, so a slow endpoint's deliveries wait on
     /// their own account's.
     account_permits: Mutex<HashMap<UserId, Arc<tokio::sync::Semaphore>>>,
-    /// When each webhook last had a delivery get through (since start-up).
+    /// When each webhook last had a delivery get through, as far as this
+    /// process has read or written its `s|webhook` row.
     last_success_ms: Mutex<HashMap<u64, i64>>,
 }
 
@@ -695,11 +732,11 @@ impl Deliverer {
             delivery.delivered_at_ms = Some(now);
             delivery.next_attempt_at_ms = None;
             self.last_success_ms.lock().expect("last success lock poisoned").insert(webhook_id.0, now);
+            batch.put(&rows, &last_success_key(webhook_id), &now.to_be_bytes());
             self.metrics.webhooks_delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         } else if delivery.attempt >= self.settings.attempts_max {
             delivery.next_attempt_at_ms = None;
-            let last_success =
-                self.last_success_ms.lock().expect("last success lock poisoned").get(&webhook_id.0).copied();
+            let last_success = self.last_success(&rows, webhook_id)?;
             failing = is_failing(last_success, delivery.made_at_ms);
             self.metrics.webhooks_given_up.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         } else {
@@ -721,6 +758,19 @@ impl Deliverer {
                 .map_err(|e| graph::Error::Storage(e.to_string()))??;
         }
         Ok(())
+    }
+
+    /// When a delivery of `webhook` last got through: kept in memory once
+    /// known, read from its row after a restart.
+    fn last_success(&self, rows: &ReaderRows<'_>, webhook: WebhookId) -> Result<Option<i64>, graph::Error> {
+        if let Some(&at) = self.last_success_ms.lock().expect("last success lock poisoned").get(&webhook.0) {
+            return Ok(Some(at));
+        }
+        let Some(value) = rows.get(&last_success_key(webhook))? else { return Ok(None) };
+        let at =
+            i64::from_be_bytes(value.as_slice().try_into().map_err(|_| graph::Error::Corrupt("webhook last success"))?);
+        let mut known = self.last_success_ms.lock().expect("last success lock poisoned");
+        Ok(Some(*known.entry(webhook.0).or_insert(at)))
     }
 
     /// POSTs the delivery; the status, or why no answer came.

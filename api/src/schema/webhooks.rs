@@ -102,6 +102,11 @@ fn check_events(events: Vec<String>) -> ApiResult<Vec<String>> {
     Ok(checked)
 }
 
+/// A new signing secret: 256 random bits, like a session token.
+fn new_secret() -> String {
+    format!("whsec_{}", &crate::auth::new_token()[crate::auth::TOKEN_PREFIX.len()..])
+}
+
 #[derive(Default)]
 pub struct WebhooksQuery;
 
@@ -146,9 +151,21 @@ impl WebhooksMutation {
             webhooks::check_host_resolves_publicly(&url).await.map_err(|why| ApiError::bad_input("url", why))?;
         }
         let events = check_events(events)?;
-        let secret = format!("whsec_{}", &crate::auth::new_token()[crate::auth::TOKEN_PREFIX.len()..]);
+        let secret = new_secret();
         let kept = secret.clone();
         let webhook = blocking(move || Ok(app.graph.create_webhook(owner, url, events, kept)?)).await?;
+        Ok(WebhookCreated { webhook: WebhookObject(webhook), secret })
+    }
+
+    /// Replaces a webhook's signing secret (its owner, admins) and shows
+    /// the new one, once. Every attempt from now on is signed with it,
+    /// retries of earlier deliveries included; nothing pending is lost.
+    async fn rotate_webhook_secret(&self, ctx: &Context<'_>, id: ID) -> ApiResult<WebhookCreated> {
+        let webhook = owned_webhook(ctx, &id, "id")?;
+        let app = app(ctx).clone();
+        let secret = new_secret();
+        let kept = secret.clone();
+        let webhook = blocking(move || Ok(app.graph.rotate_webhook_secret(webhook.id, kept)?)).await?;
         Ok(WebhookCreated { webhook: WebhookObject(webhook), secret })
     }
 
