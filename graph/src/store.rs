@@ -982,18 +982,45 @@ struct Appender {
 /// out; sled's own lock can still be held for a moment by the background
 /// threads of a database this process just closed (an import reopened at
 /// once), so that case is retried briefly.
+///
+/// A start on a full disk can leave sled's snapshot half written under its
+/// temporary name, `snap.<lsn>.generating` (sled renames it only once it is
+/// complete and synced), and sled 0.34 then takes it for the newest
+/// snapshot and refuses to open, as corrupt, for good. When an open fails
+/// with such a file there, the file is removed and the open tried again:
+/// freeing space is then the whole fix.
 fn open_sled(dir: &Path, cache_bytes: u64) -> Result<sled::Db, Error> {
     let config = sled::Config::new().path(dir.join("db")).cache_capacity(cache_bytes).flush_every_ms(Some(500));
     let mut tries = 0;
+    let mut unfinished_removed = false;
     loop {
         match config.open() {
             Err(sled::Error::Io(error)) if tries < 100 && error.to_string().contains("could not acquire lock") => {
                 tries += 1;
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
+            Err(sled::Error::Corruption { .. }) if !unfinished_removed && remove_unfinished_snapshots(dir)? > 0 => {
+                unfinished_removed = true;
+            }
             opened => return opened.map_err(Error::storage),
         }
     }
+}
+
+/// Removes sled's unfinished snapshots (`db/snap.*.generating`); returns how many.
+fn remove_unfinished_snapshots(dir: &Path) -> Result<usize, Error> {
+    let db = dir.join("db");
+    let mut removed = 0;
+    for entry in std::fs::read_dir(&db).map_err(|e| Error::io(&db, e))? {
+        let path = entry.map_err(|e| Error::io(&db, e))?.path();
+        let name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            tracing::warn!(file = %path.display(), "removed an unfinished snapshot (a start on a full disk leaves one)");
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// The seq of the last log entry: the last segment's first seq plus its count.

@@ -226,6 +226,22 @@ fn search_folds_accents_typed_apart_and_of_every_latin_greek_and_cyrillic_letter
 }
 
 #[test]
+fn an_unfinished_snapshot_left_by_a_full_disk_does_not_stop_the_next_start() {
+    let dir = TempDir::new("unfinished-snapshot");
+    let user = {
+        let graph = open(&dir);
+        graph.register("ada@example.com", "Ada", Role::Attendee, None).unwrap()
+    };
+    // What sled leaves when a start runs out of space while it writes its
+    // snapshot: the file under its temporary name, empty, newest by name.
+    let unfinished = dir.0.join("db").join("snap.FFFFFFFFFFFFFFFF.generating");
+    std::fs::write(&unfinished, b"").unwrap();
+    let graph = open(&dir);
+    assert_eq!(graph.user(user.id).unwrap().unwrap().email, "ada@example.com");
+    assert!(!unfinished.exists(), "the unfinished snapshot is removed");
+}
+
+#[test]
 fn an_update_that_changes_nothing_is_not_logged() {
     let dir = TempDir::new("no-op-update");
     let graph = open(&dir);
