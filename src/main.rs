@@ -2,6 +2,27 @@
 //! parses the command line, dispatches to one function per command and
 //! picks the exit code: 0 success, 1 a runtime failure, 2 a bad setting.
 
+/// Lines for the operator on stderr (`tell!`, `tell_partial!` without the
+/// newline) and results on stdout (`say!`). A stream that cannot be written
+/// (stderr sent to a file on the disk that just filled up) is passed over:
+/// `eprintln!` panics there, and the exit code would be 101 instead of the
+/// one that tells the operator (and systemd) what happened.
+macro_rules! tell {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+macro_rules! tell_partial {
+    ($($arg:tt)*) => {{
+        let _ = write!(std::io::stderr(), $($arg)*);
+    }};
+}
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod config;
 mod logging;
 
@@ -157,15 +178,15 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Config(message)) => {
-            eprintln!("marquee: configuration error: {message}");
+            tell!("marquee: configuration error: {message}");
             ExitCode::from(2)
         }
         Err(Failure::Usage(message)) => {
-            eprintln!("marquee: {message}");
+            tell!("marquee: {message}");
             ExitCode::from(2)
         }
         Err(Failure::Runtime(message)) => {
-            eprintln!("marquee: {message}");
+            tell!("marquee: {message}");
             ExitCode::FAILURE
         }
     }
@@ -214,7 +235,7 @@ fn open_for_command(store: &StoreArgs, create_new: bool) -> Result<Graph, Failur
     }
     let graph = open_graph(&store)?;
     if new {
-        eprintln!("marquee: {} held no store; started a new one there", shown.display());
+        tell!("marquee: {} held no store; started a new one there", shown.display());
     }
     Ok(graph)
 }
@@ -391,7 +412,7 @@ async fn run_server(
     };
     tracing::info!(%address, data_dir = %config.store.data_dir.display(), "marquee serving");
     // Tests and scripts read the bound address (port 0 picks one) from this line.
-    println!("marquee listening on http://{address}");
+    say!("marquee listening on http://{address}");
     let _ = std::io::stdout().flush();
     let served = api::serve(listener, app.clone(), shutdown).await;
     // The readers finish their current batches; their checkpoints are
@@ -462,14 +483,14 @@ fn user(command: UserCommand) -> Result<(), Failure> {
             let graph = open_for_command(&store, true)?;
             let user =
                 graph.register(&email, &name, role.into(), Some(hash)).map_err(|e| Failure::Runtime(e.to_string()))?;
-            println!("created user {} <{}> with role {:?}", user.id, user.email, user.role);
+            say!("created user {} <{}> with role {:?}", user.id, user.email, user.role);
             Ok(())
         }
         UserCommand::SetRole { store, email, role } => {
             let graph = open_for_command(&store, false)?;
             let user = find_user(&graph, &email)?;
             let user = graph.set_role(user.id, role.into()).map_err(|e| Failure::Runtime(e.to_string()))?;
-            println!("user {} <{}> now has role {:?}", user.id, user.email, user.role);
+            say!("user {} <{}> now has role {:?}", user.id, user.email, user.role);
             Ok(())
         }
         UserCommand::Token { store, email, id, ids_from, ttl } => {
@@ -487,7 +508,7 @@ fn user(command: UserCommand) -> Result<(), Failure> {
             };
             let token = api::auth::issue_token(&graph, user.id, millis(ttl))
                 .map_err(|e| Failure::Runtime(e.message().to_string()))?;
-            println!("{token}");
+            say!("{token}");
             Ok(())
         }
     }
@@ -530,7 +551,7 @@ fn import(store: &StoreArgs, from: &std::path::Path) -> Result<(), Failure> {
     let summary = graph::import::import(&config.data_dir, from, options, &mut |p| bar.show(p))
         .map_err(|e| Failure::Runtime(format!("import failed, nothing was written: {e}")))?;
     bar.finish();
-    println!(
+    say!(
         "imported {} users, {} events, {} follows, {} attendances into {} in {:.1} s",
         summary.users,
         summary.events,
@@ -568,24 +589,24 @@ impl ProgressBar {
             return;
         }
         if self.terminal && self.phase != progress.phase && !self.phase.is_empty() {
-            eprintln!();
+            tell!();
         }
         self.phase = progress.phase;
         self.drawn_at = Some(now);
         let percent = (progress.done * 100).checked_div(progress.total).unwrap_or(100);
         let (phase, done, total) = (progress.phase, progress.done, progress.total);
         if !self.terminal {
-            eprintln!("marquee: import: {phase} {percent}% ({done}/{total})");
+            tell!("marquee: import: {phase} {percent}% ({done}/{total})");
             return;
         }
         let filled = (progress.done * WIDTH).checked_div(progress.total).unwrap_or(WIDTH).min(WIDTH);
         let bar: String = (0..WIDTH).map(|i| if i < filled { '#' } else { '-' }).collect();
-        eprint!("\r[{bar}] {percent:>3}% {phase} ({done}/{total})");
+        tell_partial!("\r[{bar}] {percent:>3}% {phase} ({done}/{total})");
     }
 
     fn finish(&self) {
         if self.terminal && !self.phase.is_empty() {
-            eprintln!();
+            tell!();
         }
     }
 }

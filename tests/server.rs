@@ -1157,6 +1157,17 @@ fn bad_settings_are_named_with_their_value_and_a_busy_port_leaves_no_store() {
     assert!(!data_dir.join("db").exists(), "no store was started in {}", data_dir.display());
 }
 
+/// A last message that cannot be written (stderr sent to a file on a disk
+/// that is full) leaves the exit code as it is, instead of a panic's 101.
+#[test]
+fn an_unwritable_stderr_does_not_change_the_exit_code() {
+    let dir = TempDir::new("full-stderr");
+    let mut command = serve(&dir.path().join("data"), &["--hold-ttl", "25h"]);
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    command.stdout(Stdio::null()).stderr(full);
+    assert_eq!(command.status().unwrap().code(), Some(2), "a bad setting, told or not");
+}
+
 fn listen_file(dir: &Path, addr: &str) -> String {
     let file = dir.join("marquee.toml");
     std::fs::write(&file, format!("listen = \"{addr}\"\n")).unwrap();
