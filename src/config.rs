@@ -15,7 +15,7 @@ pub struct StoreArgs {
     /// TOML file with settings (keys as the long flags, with underscores).
     #[arg(long, env = "MARQUEE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Data directory [default: ./data]; `serve` and `user create` start a new store there if it holds none
+    /// Data directory [default: ./data]; `serve` and `user create` start a new store there if it holds none; `import` needs it new or empty
     #[arg(long, env = "MARQUEE_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Storage page cache in MiB [default: 256]
@@ -328,9 +328,10 @@ impl ServeConfig {
         let file = read_file(args.store.config.as_deref())?;
         let store = store_config(&args.store, &file)?;
         let listen_text = args.listen.clone().or(file.listen.clone()).unwrap_or_else(|| "127.0.0.1:8080".into());
-        let listen = listen_text
-            .parse()
-            .map_err(|_| format!("listen: {listen_text:?} is not an address like 127.0.0.1:8080"))?;
+        let listen = listen_text.parse().map_err(|_| {
+            let listen = setting("listen");
+            format!("{listen}: {listen_text:?} is not an IP address and port like 127.0.0.1:8080 (no host names)")
+        })?;
         let secs = Duration::from_secs;
         let millis = Duration::from_millis;
         let token_ttl = duration(

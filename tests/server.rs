@@ -1110,7 +1110,9 @@ fn a_bad_listen_address_is_a_configuration_error() {
     let dir = TempDir::new("badlisten");
     let finished = run(serve(dir.path(), &["--listen", "nonsense"]), b"");
     assert_eq!(finished.code, Some(2), "stderr: {}", finished.stderr);
-    assert!(finished.stderr.contains("listen"), "the message should name the setting: {}", finished.stderr);
+    for part in ["listen", "--listen", "MARQUEE_LISTEN", "\"nonsense\""] {
+        assert!(finished.stderr.contains(part), "the message names the setting ({part}): {}", finished.stderr);
+    }
     assert!(!finished.stdout.contains("listening"), "{}", finished.stdout);
 }
 
