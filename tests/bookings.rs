@@ -108,7 +108,7 @@ fn booking_rules_and_error_codes() {
     let (_, over) = event_with_tickets(&server, &org, "Last year", "2020-01-01T20:00:00Z", ticket, true);
     let refused = book(&server, &fan, &over, 1, "too-late", false);
     assert_eq!(error_code(&refused), "CONFLICT", "{refused}");
-    assert!(error_message(&refused).contains("over"), "{refused}");
+    assert!(error_message(&refused).contains("closed at its start"), "{refused}");
 }
 
 #[test]
@@ -181,4 +181,124 @@ fn holds_expire_on_their_own_and_cancel_event_cascades() {
     let mine = data(server.gql(Some(&fan), "{ myBookings { status } }", json!({})));
     assert_eq!(mine["myBookings"], json!([{"status": "CANCELLED"}, {"status": "EXPIRED"}]));
     assert_eq!(error_code(&book(&server, &fan, &ticket_type, 1, "late", false)), "CONFLICT");
+}
+
+/// What a refused buyer is told: "sold out" only when nothing is left, and
+/// what counts towards the per-user limit.
+#[test]
+fn refusals_say_what_is_left_and_what_counts() {
+    let dir = TempDir::new("refusals");
+    let server = Server::start(dir.path(), &[]);
+    let (org, event, ticket_type) = on_sale(&server, 4, Some(3));
+    publish(&server, &org, &event);
+    let [a, b, c] = ["a", "b", "c"].map(|n| register(&server, &format!("{n}@example.com"), "ATTENDEE").0);
+    let refused = |answer: Value, code: &str, message: &str| {
+        assert_eq!((error_code(&answer), error_message(&answer)), (code.to_string(), message.to_string()), "{answer}");
+    };
+    refused(
+        book(&server, &a, &ticket_type, 5, "1", false),
+        "SOLD_OUT",
+        "only 4 seats left, fewer than the 5 asked for",
+    );
+    refused(
+        book(&server, &a, &ticket_type, 4, "2", false),
+        "LIMIT_EXCEEDED",
+        "the limit is 3 seats per buyer, fewer than the 4 asked for",
+    );
+    data(book(&server, &a, &ticket_type, 3, "3", true));
+    let over = book(&server, &a, &ticket_type, 1, "4", false);
+    assert_eq!(error_code(&over), "LIMIT_EXCEEDED");
+    assert!(error_message(&over).contains("you hold or have bought 3 (a hold counts"), "{over}");
+    refused(book(&server, &b, &ticket_type, 2, "5", false), "SOLD_OUT", "only 1 seat left, fewer than the 2 asked for");
+    data(book(&server, &b, &ticket_type, 1, "6", false));
+    refused(book(&server, &c, &ticket_type, 1, "7", false), "SOLD_OUT", "sold out");
+}
+
+/// At the door: a scanner told its event refuses another event's ticket
+/// without using it up, reads codes in either case, and the messages say
+/// when the event (not the booking) was called off.
+#[test]
+fn check_in_at_one_event_refuses_another_events_ticket_and_keeps_it_unused() {
+    let dir = TempDir::new("door");
+    let server = Server::start(dir.path(), &[]);
+    let (org, _) = register(&server, "org@example.com", "ORGANIZER");
+    let ticket = || general_admission(1000, 10);
+    let (friday, _) = event_with_tickets(&server, &org, "Friday night", "2097-06-05T20:00:00Z", ticket(), true);
+    let (saturday, saturday_tickets) =
+        event_with_tickets(&server, &org, "Saturday night", "2097-06-06T20:00:00Z", ticket(), true);
+    let (rival, _) = register(&server, "rival@example.com", "ORGANIZER");
+    let (elsewhere, elsewhere_tickets) =
+        event_with_tickets(&server, &rival, "Elsewhere", "2097-06-05T20:00:00Z", ticket(), true);
+    let (fan, _) = register(&server, "fan@example.com", "ATTENDEE");
+    let code_of = |answer: Value| data(answer)["bookTickets"]["tickets"][0]["code"].as_str().unwrap().to_string();
+    let code = code_of(book(&server, &fan, &saturday_tickets, 1, "sat", false));
+    let rivals_code = code_of(book(&server, &fan, &elsewhere_tickets, 1, "else", false));
+
+    let check_in = "mutation($c: String!, $e: ID) { checkIn(code: $c, eventId: $e) { checkedInAt } }";
+    let wrong_door = server.gql(Some(&org), check_in, json!({"c": code, "e": friday}));
+    assert_eq!(error_code(&wrong_door), "CONFLICT");
+    let message = error_message(&wrong_door);
+    assert!(message.contains("another event: \"Saturday night\"") && message.contains("not checked in"), "{message}");
+    let strangers = server.gql(Some(&org), check_in, json!({"c": rivals_code, "e": friday}));
+    assert_eq!(error_code(&strangers), "CONFLICT");
+    assert!(!error_message(&strangers).contains("Elsewhere"), "another organizer's event is not named: {strangers}");
+    assert_eq!(error_code(&server.gql(Some(&org), check_in, json!({"c": code, "e": elsewhere}))), "FORBIDDEN");
+    assert_eq!(error_code(&server.gql(Some(&org), check_in, json!({"c": code, "e": "9999"}))), "NOT_FOUND");
+    // The right door, the code read back upper-case: admitted, once.
+    let upper = format!(" {} ", code.to_ascii_uppercase());
+    data(server.gql(Some(&org), check_in, json!({"c": upper, "e": saturday})));
+    assert_eq!(error_code(&server.gql(Some(&org), check_in, json!({"c": code, "e": null}))), "CONFLICT");
+
+    // Called off: the messages say so, not that the booking was cancelled.
+    let held = data(book(&server, &fan, &saturday_tickets, 1, "held", true))["bookTickets"]["id"].clone();
+    let unused = code_of(book(&server, &fan, &saturday_tickets, 1, "unused", false));
+    data(server.gql(Some(&org), "mutation($id: ID!) { cancelEvent(id: $id) { id } }", json!({"id": saturday})));
+    let scanned = server.gql(Some(&org), check_in, json!({"c": unused, "e": saturday}));
+    assert_eq!((error_code(&scanned), error_message(&scanned)), ("CONFLICT".into(), "the event is cancelled".into()));
+    let confirm = "mutation($id: ID!) { confirmBooking(id: $id) { id } }";
+    let confirmed = server.gql(Some(&fan), confirm, json!({"id": held}));
+    assert_eq!(
+        (error_code(&confirmed), error_message(&confirmed)),
+        ("CONFLICT".into(), "the event is cancelled".into())
+    );
+}
+
+/// Sales close when an event ends, or at its start when it has no end, and
+/// the message says which; once they are closed, a buyer may no longer
+/// cancel a confirmed booking (a no-show would take their sale out of the
+/// organizer's figures after the show), while the organizer may.
+#[test]
+fn once_sales_close_the_owner_keeps_their_booking_and_the_message_says_why() {
+    let dir = TempDir::new("closed");
+    let server = Server::start(dir.path(), &[]);
+    let (org, _) = register(&server, "org@example.com", "ORGANIZER");
+    let (fan, _) = register(&server, "fan@example.com", "ATTENDEE");
+    let (_, started) =
+        event_with_tickets(&server, &org, "Started", "2020-01-01T20:00:00Z", general_admission(500, 5), true);
+    let refused = book(&server, &fan, &started, 1, "late", false);
+    assert_eq!(error_code(&refused), "CONFLICT");
+    assert_eq!(
+        error_message(&refused),
+        "the event has started: with no end time (endsAt), its sales closed at its start"
+    );
+
+    let (event, tickets) =
+        event_with_tickets(&server, &org, "Soon", "2097-01-01T20:00:00Z", general_admission(500, 5), true);
+    let mine = data(book(&server, &fan, &tickets, 2, "mine", false))["bookTickets"]["id"].clone();
+    let theirs = data(book(&server, &fan, &tickets, 1, "theirs", false))["bookTickets"]["id"].clone();
+    let held = data(book(&server, &fan, &tickets, 1, "held", true))["bookTickets"]["id"].clone();
+    let update = "mutation($id: ID!, $i: UpdateEventInput!) { updateEvent(id: $id, input: $i) { id } }";
+    let input = json!({"startsAt": "2020-01-01T20:00:00Z", "endsAt": "2020-01-01T23:00:00Z"});
+    data(server.gql(Some(&org), update, json!({"id": event, "i": input})));
+    let over = book(&server, &fan, &tickets, 1, "over", false);
+    assert_eq!(error_message(&over), "the event is over: its sales closed when it ended", "{over}");
+
+    let cancel = "mutation($id: ID!) { cancelBooking(id: $id) { status } }";
+    let kept = server.gql(Some(&fan), cancel, json!({"id": mine}));
+    assert_eq!(error_code(&kept), "CONFLICT");
+    assert!(error_message(&kept).contains("only its organizer or an admin"), "{kept}");
+    let dropped = data(server.gql(Some(&fan), cancel, json!({"id": held})));
+    assert_eq!(dropped["cancelBooking"]["status"], "CANCELLED", "a hold sold nothing: its owner may drop it");
+    let refunded = data(server.gql(Some(&org), cancel, json!({"id": theirs})));
+    assert_eq!(refunded["cancelBooking"]["status"], "CANCELLED");
 }

@@ -18,6 +18,8 @@ pub enum Error {
     SoldOut {
         /// Seats still available.
         available: u32,
+        /// Seats asked for.
+        asked: u32,
     },
     /// The user's seats of this ticket type would pass its per-user limit.
     LimitExceeded {
@@ -25,6 +27,8 @@ pub enum Error {
         limit: u32,
         /// Seats the user already holds or owns.
         owned: u32,
+        /// Seats asked for.
+        asked: u32,
     },
     /// Confirming a hold whose time ran out.
     HoldExpired,
@@ -56,11 +60,20 @@ impl fmt::Display for Error {
         match self {
             Error::Invalid { field, reason } => write!(f, "{field}: {reason}"),
             Error::NotFound(what) => write!(f, "no such {what}"),
-            Error::SoldOut { available: 1 } => write!(f, "sold out: 1 seat left"),
-            Error::SoldOut { available } => write!(f, "sold out: {available} seats left"),
-            Error::LimitExceeded { limit, owned } => {
-                write!(f, "per-user limit is {limit} seats and you already have {owned}")
+            // Buyers are shown this as it is: "sold out" only when it is.
+            Error::SoldOut { available: 0, .. } => f.write_str("sold out"),
+            Error::SoldOut { available, asked } => {
+                write!(f, "only {} left, fewer than the {asked} asked for", seats(*available))
             }
+            Error::LimitExceeded { limit, owned: 0, asked } => {
+                write!(f, "the limit is {} per buyer, fewer than the {asked} asked for", seats(*limit))
+            }
+            Error::LimitExceeded { limit, owned, asked } => write!(
+                f,
+                "the limit is {} per buyer: you hold or have bought {owned} (a hold counts until it is confirmed, \
+                 cancelled or expires), and {asked} more would pass it",
+                seats(*limit)
+            ),
             Error::HoldExpired => f.write_str("the hold has expired and its seats were released"),
             Error::Conflict(why) => f.write_str(why),
             Error::AlreadyCheckedIn { at_ms } => write!(f, "already checked in at {at_ms} ms since the epoch"),
@@ -72,14 +85,40 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// "1 seat", "3 seats".
+fn seats(n: u32) -> String {
+    if n == 1 {
+        "1 seat".into()
+    } else {
+        format!("{n} seats")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Error;
 
     #[test]
-    fn sold_out_says_how_many_seats_are_left() {
-        assert_eq!(Error::SoldOut { available: 0 }.to_string(), "sold out: 0 seats left");
-        assert_eq!(Error::SoldOut { available: 1 }.to_string(), "sold out: 1 seat left");
-        assert_eq!(Error::SoldOut { available: 3 }.to_string(), "sold out: 3 seats left");
+    fn sold_out_says_sold_out_only_when_nothing_is_left() {
+        assert_eq!(Error::SoldOut { available: 0, asked: 2 }.to_string(), "sold out");
+        assert_eq!(
+            Error::SoldOut { available: 1, asked: 2 }.to_string(),
+            "only 1 seat left, fewer than the 2 asked for"
+        );
+        assert_eq!(
+            Error::SoldOut { available: 49, asked: 50 }.to_string(),
+            "only 49 seats left, fewer than the 50 asked for"
+        );
+    }
+
+    #[test]
+    fn a_limit_says_what_counts_towards_it() {
+        assert_eq!(
+            Error::LimitExceeded { limit: 4, owned: 0, asked: 5 }.to_string(),
+            "the limit is 4 seats per buyer, fewer than the 5 asked for"
+        );
+        let held = Error::LimitExceeded { limit: 4, owned: 4, asked: 1 }.to_string();
+        assert!(held.starts_with("the limit is 4 seats per buyer: you hold or have bought 4"), "{held}");
+        assert!(held.contains("a hold counts") && held.ends_with("and 1 more would pass it"), "{held}");
     }
 }

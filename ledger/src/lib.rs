@@ -125,14 +125,16 @@ pub struct Outcomes {
     pub refused: AtomicU64,
 }
 
-/// Whether a cancellation may take a booking whose tickets were used.
+/// Who cancels a booking, which decides what they may cancel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UsedTickets {
-    /// The event's organizer and admins may cancel it (a refund after the
-    /// door, say).
-    Allowed,
-    /// Its owner may not: they were let in.
-    Refused,
+pub enum Canceller {
+    /// The event's organizer or an admin: any live booking (a refund after
+    /// the door, say).
+    EventSide,
+    /// Its owner: not once a ticket of it was used (they were let in), nor a
+    /// confirmed booking once the event's sales closed (a no-show would take
+    /// their sale out of the organizer's figures after the show).
+    Owner,
 }
 
 /// Booking by user and idempotency key (nested so lookups borrow the key).
@@ -284,7 +286,7 @@ impl Ledger {
     /// Cancels a booking, used tickets or not; returns once durable. See
     /// [`Ledger::cancel_logged`].
     pub fn cancel(&self, id: BookingId, now_ms: i64) -> Result<Arc<Booking>, Error> {
-        let logged = self.cancel_logged(id, now_ms, UsedTickets::Allowed)?;
+        let logged = self.cancel_logged(id, now_ms, Canceller::EventSide)?;
         self.settle(logged)
     }
 
@@ -329,7 +331,7 @@ impl Ledger {
         let stock = self.ensure_stock(&mut shard, request.ticket_type)?;
         match self.graph.event_sales(stock.event) {
             Some((EventStatus::Published, closes_ms)) if now_ms >= closes_ms => {
-                return Err(Error::Conflict("the event is over: its sales closed when it ended".into()))
+                return Err(self.sales_closed(stock.event))
             }
             Some((EventStatus::Published, _)) => {}
             Some((EventStatus::Draft, _)) => {
@@ -341,12 +343,12 @@ impl Ledger {
             None => return Err(Error::NotFound("event")),
         }
         if request.quantity > stock.available() {
-            return Err(Error::SoldOut { available: stock.available() });
+            return Err(Error::SoldOut { available: stock.available(), asked: request.quantity });
         }
         let owned = stock.seats_by_user.get(&request.user).copied().unwrap_or(0);
         if let Some(limit) = stock.per_user_limit {
             if owned + request.quantity > limit {
-                return Err(Error::LimitExceeded { limit, owned });
+                return Err(Error::LimitExceeded { limit, owned, asked: request.quantity });
             }
         }
         let counter = self.next_booking.fetch_add(1, Ordering::Relaxed);
@@ -404,12 +406,12 @@ impl Ledger {
         match current.status {
             BookingStatus::Confirmed => return Ok(Logged { value: current, seq: self.replay_seq() }),
             BookingStatus::Expired => return Err(Error::HoldExpired),
-            BookingStatus::Cancelled => return Err(Error::Conflict("the booking is cancelled".into())),
+            BookingStatus::Cancelled => return Err(self.booking_cancelled(current.event, "the booking is cancelled")),
             BookingStatus::Held => {}
         }
         // A hold is a place in a sale: it cannot be bought once the sale closed.
         if self.graph.event_sales(current.event).is_some_and(|(_, closes_ms)| now_ms >= closes_ms) {
-            return Err(Error::Conflict("the event is over: its sales closed when it ended".into()));
+            return Err(self.sales_closed(current.event));
         }
         let mut booking = Booking::clone(&current);
         // Confirmed after the millisecond it was made, even on a quick
@@ -420,6 +422,24 @@ impl Ledger {
         let seq = self.commit(|| Record::BookingConfirmed(booking.clone()), now_ms);
         shard.replace(booking.clone());
         Ok(Logged { value: booking, seq })
+    }
+
+    /// Why an event's sales are closed: it ended, or (with no end) it started.
+    fn sales_closed(&self, event: EventId) -> Error {
+        let has_end = self.graph.event(event).is_some_and(|event| event.ends_at_ms.is_some());
+        Error::Conflict(if has_end {
+            "the event is over: its sales closed when it ended".into()
+        } else {
+            "the event has started: with no end time (endsAt), its sales closed at its start".into()
+        })
+    }
+
+    /// Why a cancelled booking cannot be used: its event was called off, or
+    /// (`otherwise`) it was cancelled itself.
+    fn booking_cancelled(&self, event: EventId, otherwise: &str) -> Error {
+        let called_off =
+            matches!(self.graph.event_sales(event), Some((EventStatus::Cancelled | EventStatus::Withdrawn, _)));
+        Error::Conflict(if called_off { "the event is cancelled".into() } else { otherwise.into() })
     }
 
     /// The seq to wait for when answering with state another request may
@@ -433,9 +453,9 @@ impl Ledger {
     }
 
     /// Cancels a held or confirmed booking and returns its seats; a
-    /// cancelled booking is returned as it is. With [`UsedTickets::Refused`]
-    /// a booking with a checked-in ticket stays (`Error::TicketUsed`).
-    pub fn cancel_logged(&self, id: BookingId, now_ms: i64, used: UsedTickets) -> Result<Logged<Arc<Booking>>, Error> {
+    /// cancelled booking is returned as it is. See [`Canceller`] for what
+    /// its owner may not cancel (`Error::TicketUsed`, `Error::Conflict`).
+    pub fn cancel_logged(&self, id: BookingId, now_ms: i64, by: Canceller) -> Result<Logged<Arc<Booking>>, Error> {
         let mut shard = self.shard_of_booking(id);
         self.expire_due(&mut shard, now_ms);
         let current = shard.bookings.get(&id).cloned().ok_or(Error::NotFound("booking"))?;
@@ -446,8 +466,14 @@ impl Ledger {
         }
         // Decided under the shard's lock, so a check-in cannot slip between.
         let first_used = current.tickets.iter().filter_map(|ticket| ticket.checked_in_at_ms).min();
-        if let (UsedTickets::Refused, Some(at_ms)) = (used, first_used) {
+        if let (Canceller::Owner, Some(at_ms)) = (by, first_used) {
             return Err(Error::TicketUsed { at_ms });
+        }
+        let sales_closed = self.graph.event_sales(current.event).is_some_and(|(_, closes_ms)| now_ms >= closes_ms);
+        if by == Canceller::Owner && current.status == BookingStatus::Confirmed && sales_closed {
+            return Err(Error::Conflict(
+                "the event is over: only its organizer or an admin may cancel a booking of it now".into(),
+            ));
         }
         let (booking, seq) = self.cancel_locked(&mut shard, &current, now_ms);
         Ok(Logged { value: booking, seq })
@@ -490,7 +516,7 @@ impl Ledger {
         }
         let mut booking = Booking::clone(current);
         if booking.status != BookingStatus::Confirmed {
-            return Err(Error::Conflict("the ticket's booking is cancelled".into()));
+            return Err(self.booking_cancelled(booking.event, "the ticket's booking is cancelled"));
         }
         if let Some(at) = booking.tickets[seat].checked_in_at_ms {
             return Err(Error::AlreadyCheckedIn { at_ms: at });

@@ -79,12 +79,12 @@ fn sold_out_and_limits_and_bad_quantities_are_refused() {
     f.ledger.book(&request(1, f.ticket_type, 2, "a", true), 0).unwrap();
     assert!(matches!(
         f.ledger.book(&request(1, f.ticket_type, 2, "b", false), 0),
-        Err(Error::LimitExceeded { limit: 3, owned: 2 })
+        Err(Error::LimitExceeded { limit: 3, owned: 2, asked: 2 })
     ));
     f.ledger.book(&request(2, f.ticket_type, 3, "c", false), 0).unwrap();
     assert!(matches!(
         f.ledger.book(&request(3, f.ticket_type, 1, "d", false), 0),
-        Err(Error::SoldOut { available: 0 })
+        Err(Error::SoldOut { available: 0, asked: 1 })
     ));
     let missing = request(1, TicketTypeId(999), 1, "e", false);
     assert!(matches!(f.ledger.book(&missing, 0), Err(Error::NotFound("ticket type"))));
@@ -184,13 +184,13 @@ fn check_in_works_once_for_confirmed_tickets() {
     assert!(matches!(f.ledger.check_in(&code, 78), Err(Error::AlreadyCheckedIn { at_ms: 77 })));
     assert!(matches!(f.ledger.check_in("nope", 78), Err(Error::NotFound("ticket"))));
     // A used booking stays unless the caller may cancel used ones.
-    let refused = f.ledger.cancel_logged(booking.id, 79, crate::UsedTickets::Refused);
+    let refused = f.ledger.cancel_logged(booking.id, 79, crate::Canceller::Owner);
     assert!(matches!(refused, Err(Error::TicketUsed { at_ms: 77 })), "{refused:?}");
     assert_eq!(f.ledger.sold(f.ticket_type), 2);
     f.ledger.cancel(booking.id, 80).unwrap();
     assert_eq!(f.ledger.sold(f.ticket_type), 0);
     let unused = f.ledger.book(&request(2, f.ticket_type, 1, "u", false), 81).unwrap();
-    assert!(f.ledger.cancel_logged(unused.id, 82, crate::UsedTickets::Refused).is_ok());
+    assert!(f.ledger.cancel_logged(unused.id, 82, crate::Canceller::Owner).is_ok());
     assert!(matches!(f.ledger.check_in(&booking.tickets[0].code, 83), Err(Error::Conflict(_))));
 }
 
@@ -212,13 +212,14 @@ fn sales_close_when_the_event_ends_or_without_an_end_when_it_starts() {
     let starts = event.starts_at_ms;
     f.ledger.book(&request(1, f.ticket_type, 1, "before", false), starts - 1).unwrap();
     let late = f.ledger.book(&request(1, f.ticket_type, 1, "at-start", false), starts);
-    assert!(matches!(&late, Err(Error::Conflict(why)) if why.contains("over")), "{late:?}");
+    assert!(matches!(&late, Err(Error::Conflict(why)) if why.contains("closed at its start")), "{late:?}");
     // With an end, sales go on until it.
     let ends = starts + 3 * 3_600_000;
     let changes = graph::EventChanges { ends_at_ms: Some(Some(ends)), ..graph::EventChanges::default() };
     f.graph.update_event(f.event, changes).unwrap();
     f.ledger.book(&request(1, f.ticket_type, 1, "at-the-door", false), starts + 60_000).unwrap();
-    assert!(matches!(f.ledger.book(&request(1, f.ticket_type, 1, "after", false), ends), Err(Error::Conflict(_))));
+    let after = f.ledger.book(&request(1, f.ticket_type, 1, "after", false), ends);
+    assert!(matches!(&after, Err(Error::Conflict(why)) if why.contains("closed when it ended")), "{after:?}");
     assert_eq!(f.ledger.sold(f.ticket_type), 2);
     // A hold taken before the end cannot be bought after it.
     let held = f.ledger.book(&request(2, f.ticket_type, 1, "held", true), ends - 500).unwrap();
@@ -270,7 +271,10 @@ fn in_memory_ledger_decides_alike_but_writes_nothing() {
     let head = f.graph.store().appended_seq();
     let booking = memory.book(&request(1, f.ticket_type, 2, "a", false), 0).unwrap();
     assert_eq!(booking.tickets.len(), 2);
-    assert!(matches!(memory.book(&request(2, f.ticket_type, 2, "b", false), 0), Err(Error::SoldOut { available: 1 })));
+    assert!(matches!(
+        memory.book(&request(2, f.ticket_type, 2, "b", false), 0),
+        Err(Error::SoldOut { available: 1, asked: 2 })
+    ));
     assert_eq!(memory.book(&request(1, f.ticket_type, 2, "a", false), 0).unwrap().id, booking.id);
     memory.cancel(booking.id, 1).unwrap();
     assert_eq!(memory.sold(f.ticket_type), 0);

@@ -199,27 +199,59 @@ impl BookingsMutation {
     }
 
     /// Its owner, the event's organizer, ADMIN; seats return. Once a ticket
-    /// of it was checked in, its owner may no longer.
+    /// of it was checked in, or (when confirmed) once the event's sales
+    /// closed, its owner may no longer.
     async fn cancel_booking(&self, ctx: &Context<'_>, id: ID) -> ApiResult<BookingObject> {
         let (booking, for_event) = accessible_booking(ctx, &id, true, "cancelBooking")?;
         let app = app(ctx);
-        // Once a ticket was used at the door, only the event's side may
-        // cancel (and so put the seat back on sale).
-        let used = if for_event { ledger::UsedTickets::Allowed } else { ledger::UsedTickets::Refused };
-        let logged = app.ledger.cancel_logged(booking.id, graph::now_ms(), used)?;
+        // Once a ticket was used at the door, or the show is over, only the
+        // event's side may cancel (and so put the seat back on sale).
+        let by = if for_event { ledger::Canceller::EventSide } else { ledger::Canceller::Owner };
+        let logged = app.ledger.cancel_logged(booking.id, graph::now_ms(), by)?;
         Ok(BookingObject(app.settle(logged).await?))
     }
 
     /// The event's organizer, ADMIN: admits a CONFIRMED ticket, once. The
     /// organizer is whoever made the event, whatever their role now, as for
     /// cancelling its bookings and reading its analytics.
-    async fn check_in(&self, ctx: &Context<'_>, code: String) -> ApiResult<TicketObject> {
+    ///
+    /// With `eventId` (beyond the contract), the event at the door: a ticket
+    /// of another event is refused (CONFLICT) and stays unused, so a
+    /// scanner at one of an organizer's events cannot use up a ticket for
+    /// another. Codes are read in either case (scanners of upper-case QR
+    /// codes), spaces around them ignored.
+    async fn check_in(&self, ctx: &Context<'_>, code: String, event_id: Option<ID>) -> ApiResult<TicketObject> {
         let user = viewer(ctx).require()?;
         let app = app(ctx).clone();
+        let forbidden = || ApiError::Forbidden("checkIn: only the event's organizer or an admin may check in".into());
+        let at_door = match &event_id {
+            Some(id) => {
+                let event = super::events::visible_event(ctx, "eventId", id)?;
+                if !acts_for_event(user, &event) {
+                    return Err(forbidden());
+                }
+                Some(event)
+            }
+            None => None,
+        };
+        let code = code.trim().to_ascii_lowercase();
         let not_found = || ApiError::NotFound("no ticket with this code".into());
         let (booking, _) = app.ledger.booking_of_ticket(&code).ok_or_else(not_found)?;
+        if let Some(at_door) = at_door.filter(|event| event.id != booking.event) {
+            // Which other event, to those who act for it too.
+            let other = app.graph.event(booking.event).filter(|event| acts_for_event(user, event));
+            return Err(ApiError::Conflict(match other {
+                Some(other) => format!(
+                    "this ticket is for another event: {:?} on {}, not {:?}; it was not checked in",
+                    other.title,
+                    DateTime(other.starts_at_ms).to_rfc3339(),
+                    at_door.title
+                ),
+                None => format!("this ticket is for another event, not {:?}; it was not checked in", at_door.title),
+            }));
+        }
         if !acts_for_event_id(ctx, user, booking.event) {
-            return Err(ApiError::Forbidden("checkIn: only the event's organizer or an admin may check in".into()));
+            return Err(forbidden());
         }
         let logged = app.ledger.check_in_logged(&code, graph::now_ms())?;
         let (booking, seat) = app.settle(logged).await?;
