@@ -195,15 +195,15 @@ fn invalid_event_input_names_the_field() {
         input
     };
     let cases = [
-        (with("title", json!("  ")), "title"),
-        (with("title", json!("Gig\tnight")), "title"),
-        (with("tags", json!(["a\nb"])), "tags"),
-        (with("title", json!("t".repeat(201))), "title"),
-        (with("description", json!("d".repeat(5001))), "description"),
-        (with("city", json!("")), "city"),
-        (with("tags", json!(vec!["t"; 11])), "tags"),
-        (with("tags", json!(["x".repeat(41)])), "tags"),
-        (with("endsAt", json!("2097-01-01T19:00:00Z")), "endsAt"),
+        (with("title", json!("  ")), "input.title"),
+        (with("title", json!("Gig\tnight")), "input.title"),
+        (with("tags", json!(["a\nb"])), "input.tags"),
+        (with("title", json!("t".repeat(201))), "input.title"),
+        (with("description", json!("d".repeat(5001))), "input.description"),
+        (with("city", json!("")), "input.city"),
+        (with("tags", json!(vec!["t"; 11])), "input.tags"),
+        (with("tags", json!(["x".repeat(41)])), "input.tags"),
+        (with("endsAt", json!("2097-01-01T19:00:00Z")), "input.endsAt"),
         (with("venueId", json!("not-an-id")), "input.venueId"),
     ];
     for (input, field) in cases {
@@ -224,18 +224,18 @@ fn invalid_event_input_names_the_field() {
         json!({"id": id(&event), "input": input})
     };
     let cases = [
-        (with_ticket("name", json!("")), "name"),
-        (with_ticket("priceCents", json!(-1)), "priceCents"),
-        (with_ticket("priceCents", json!(100_000_001)), "priceCents"),
-        (with_ticket("currency", json!("euro")), "currency"),
-        (with_ticket("capacity", json!(0)), "capacity"),
-        (with_ticket("capacity", json!(1_000_001)), "capacity"),
-        (with_ticket("perUserLimit", json!(0)), "perUserLimit"),
-        (with_ticket("perUserLimit", json!(6)), "perUserLimit"),
+        (with_ticket("name", json!("")), "input.name"),
+        (with_ticket("priceCents", json!(-1)), "input.priceCents"),
+        (with_ticket("priceCents", json!(100_000_001)), "input.priceCents"),
+        (with_ticket("currency", json!("euro")), "input.currency"),
+        (with_ticket("capacity", json!(0)), "input.capacity"),
+        (with_ticket("capacity", json!(1_000_001)), "input.capacity"),
+        (with_ticket("perUserLimit", json!(0)), "input.perUserLimit"),
+        (with_ticket("perUserLimit", json!(6)), "input.perUserLimit"),
         // Past 32 bits: still the field's own range in the message.
-        (with_ticket("priceCents", json!(99_999_999_999i64)), "priceCents"),
-        (with_ticket("capacity", json!(-99_999_999_999i64)), "capacity"),
-        (with_ticket("perUserLimit", json!(99_999_999_999i64)), "perUserLimit"),
+        (with_ticket("priceCents", json!(99_999_999_999i64)), "input.priceCents"),
+        (with_ticket("capacity", json!(-99_999_999_999i64)), "input.capacity"),
+        (with_ticket("perUserLimit", json!(99_999_999_999i64)), "input.perUserLimit"),
     ];
     for (variables, field) in cases {
         let response = server.gql(Some(&org), ADD_TICKET_TYPE, variables.clone());
@@ -251,7 +251,7 @@ fn invalid_event_input_names_the_field() {
     let yen = json!({"id": id(&event), "input": {"name": "VIP", "priceCents": 100, "currency": "JPY", "capacity": 5}});
     let response = server.gql(Some(&org), ADD_TICKET_TYPE, yen);
     assert_eq!(error_code(&response), "BAD_USER_INPUT");
-    assert!(error_message(&response).starts_with("currency: must be EUR"), "{response}");
+    assert!(error_message(&response).starts_with("input.currency: must be EUR"), "{response}");
     let twin = server.gql(Some(&org), ADD_TICKET_TYPE, with_ticket("name", json!("ga")));
     assert_eq!(error_code(&twin), "CONFLICT", "{twin}");
 
@@ -263,7 +263,7 @@ fn invalid_event_input_names_the_field() {
     in_paris["city"] = json!("Paris");
     let response = server.gql(Some(&org), CREATE_EVENT, json!({"input": in_paris}));
     assert_eq!(error_code(&response), "BAD_USER_INPUT");
-    assert!(error_message(&response).starts_with("city: must be the venue's city, Rome"), "{response}");
+    assert!(error_message(&response).starts_with("input.city: must be the venue's city, Rome"), "{response}");
     let mut in_rome = with("venueId", venue);
     in_rome["city"] = json!("rome");
     let at_club = create_event(&server, &org, in_rome);
@@ -285,7 +285,7 @@ fn invalid_event_input_names_the_field() {
     let response = seats("Balcony", 3);
     assert_eq!(error_code(&response), "BAD_USER_INPUT");
     assert!(
-        error_message(&response).starts_with("capacity: the event's ticket types would hold 11 seats"),
+        error_message(&response).starts_with("input.capacity: the event's ticket types would hold 11 seats"),
         "{response}"
     );
     data(seats("Balcony", 2));

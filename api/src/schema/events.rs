@@ -314,6 +314,16 @@ fn event_query(filter: Option<EventFilter>, first: Option<i64>, after: Option<St
 
 const ORGANIZING: &[Role] = &[Role::Organizer, Role::Admin];
 
+/// An error of a mutation that takes an `input` object: an invalid field is
+/// named as the client sent it, `input.<field>` (as `bookTickets` names
+/// its fields, and `events` its `filter.<field>`).
+fn in_input(error: graph::Error) -> ApiError {
+    match error {
+        graph::Error::Invalid { field, reason } => ApiError::bad_input(&format!("input.{field}"), reason),
+        other => other.into(),
+    }
+}
+
 /// The event `id`, if the viewer may manage it (its organizer or an admin).
 fn managed_event(ctx: &Context<'_>, field: &str, id: &ID, action: &str) -> ApiResult<Arc<model::Event>> {
     let user = viewer(ctx).require_role(ORGANIZING, action)?;
@@ -414,14 +424,14 @@ impl EventsMutation {
             tags: input.tags.unwrap_or_default(),
         };
         let app = app(ctx).clone();
-        blocking(move || Ok(EventObject(app.graph.create_event(organizer, new)?))).await
+        blocking(move || Ok(EventObject(app.graph.create_event(organizer, new).map_err(in_input)?))).await
     }
 
     /// Its organizer, ADMIN.
     async fn update_event(&self, ctx: &Context<'_>, id: ID, input: UpdateEventInput) -> ApiResult<EventObject> {
         let event = managed_event(ctx, "id", &id, "updateEvent")?;
         let app = app(ctx).clone();
-        blocking(move || Ok(EventObject(app.graph.update_event(event.id, changes(input))?))).await
+        blocking(move || Ok(EventObject(app.graph.update_event(event.id, changes(input)).map_err(in_input)?))).await
     }
 
     /// Its organizer, ADMIN: DRAFT to PUBLISHED.
@@ -459,6 +469,6 @@ impl EventsMutation {
             per_user_limit: input.per_user_limit,
         };
         let app = app(ctx).clone();
-        blocking(move || Ok(TicketTypeObject(app.graph.add_ticket_type(event.id, new)?))).await
+        blocking(move || Ok(TicketTypeObject(app.graph.add_ticket_type(event.id, new).map_err(in_input)?))).await
     }
 }
