@@ -51,11 +51,13 @@ fn booking_rules_and_error_codes() {
     let (fan, _) = register(&server, "fan@example.com", "ATTENDEE");
     let (other, _) = register(&server, "other@example.com", "ATTENDEE");
 
-    assert_eq!(
-        error_code(&book(&server, &fan, &ticket_type, 1, "draft", false)),
-        "CONFLICT",
-        "DRAFT events are not on sale"
-    );
+    let draft = book(&server, &org, &ticket_type, 1, "draft", false);
+    assert_eq!(error_code(&draft), "CONFLICT", "DRAFT events are not on sale");
+    assert!(error_message(&draft).contains("DRAFT"), "{draft}");
+    // To anyone who may not see the draft, its ticket type is not there,
+    // as the event is not (its CONFLICT would tell them it exists).
+    let hidden = book(&server, &fan, &ticket_type, 1, "draft", false);
+    assert_eq!((error_code(&hidden), error_message(&hidden)), ("NOT_FOUND".into(), "no such ticket type".into()));
     publish(&server, &org, &event);
     assert_eq!(
         error_code(&server.gql(

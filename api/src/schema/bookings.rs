@@ -120,6 +120,14 @@ pub struct BookInput {
     hold: Option<bool>,
 }
 
+/// Whether the viewer may see the event of ticket type `id` (see
+/// [`super::events::may_see_event`]); true for a ticket type there is not.
+fn may_see_ticket_type(ctx: &Context<'_>, id: TicketTypeId) -> bool {
+    let graph = &app(ctx).graph;
+    let event = graph.ticket_type(id).and_then(|ticket_type| graph.event(ticket_type.event));
+    event.is_none_or(|event| super::events::may_see_event(viewer(ctx), &event))
+}
+
 /// Whether `user` acts for the side of the event `id` (see [`acts_for_event`]).
 fn acts_for_event_id(ctx: &Context<'_>, user: &model::User, id: EventId) -> bool {
     user.role == Role::Admin || app(ctx).graph.event(id).is_some_and(|event| acts_for_event(user, &event))
@@ -179,6 +187,13 @@ impl BookingsMutation {
         // The input's fields are named as the client wrote them.
         let logged = app.ledger.book_logged(&request, graph::now_ms()).map_err(|error| match error {
             ledger::Error::Invalid { field, reason } => ApiError::bad_input(&format!("input.{field}"), reason),
+            // A private event's ticket type (a draft's, or one cancelled
+            // before it was published) is not there for those who may not
+            // see the event, as for `event(id)`: its CONFLICT would tell them
+            // it exists. (Checked only on this refusal: bookings pay nothing.)
+            ledger::Error::Conflict(_) if !may_see_ticket_type(ctx, ticket_type) => {
+                ApiError::NotFound("no such ticket type".into())
+            }
             other => other.into(),
         })?;
         match app.settle(logged).await {
