@@ -12,6 +12,8 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use foldhash::HashMap;
+use icu_properties::props::{GeneralCategory, GeneralCategoryGroup};
+use icu_properties::CodePointMapData;
 
 use crate::ids::{EventId, TicketTypeId, UserId, VenueId};
 use crate::model::{Event, EventStatus, TicketType, Venue};
@@ -326,22 +328,34 @@ fn has_no_words(query: &EventQuery) -> bool {
     query.text.as_deref().is_some_and(|text| !text.trim().is_empty() && words(text).is_empty())
 }
 
-/// Distinct lower-case alphanumeric words of `text`, their accents
-/// dropped ("Café" is "cafe"), sorted. Folded before it is split: an accent
-/// typed apart from its letter is not a letter, and would split the word.
+/// Distinct lower-case words of `text` (runs of letters, digits and the
+/// marks on them), their accents dropped ("Café" is "cafe"), sorted.
+/// Folded before it is split, and a mark left after folding stays in its
+/// word (a Devanagari nukta): a mark is not a letter, and would split it.
 fn words(text: &str) -> Vec<String> {
     let mut words: Vec<String> =
-        folded(text).split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_string).collect();
+        folded(text).split(|c: char| !in_word(c)).filter(|w| !w.is_empty()).map(str::to_string).collect();
     words.sort_unstable();
     words.dedup();
     words
 }
 
+/// Whether `c` belongs to a word: a letter or digit, or a mark on one.
+fn in_word(c: char) -> bool {
+    if c.is_ascii() {
+        return c.is_ascii_alphanumeric();
+    }
+    c.is_alphanumeric() || GeneralCategoryGroup::Mark.contains(CodePointMapData::<GeneralCategory>::new().get(c))
+}
+
 /// `text` as filters and text search compare it: decomposed (Unicode NFKD,
 /// so "é" precomposed and "e" followed by U+0301 are alike, and "ﬁ" is
-/// "fi"), lower-case, its combining marks dropped (accents of Latin, Greek
-/// and Cyrillic letters, Romanian "ș", Vietnamese "ộ"), and the letters that
-/// carry their mark inside them spelled plain (`ø`, `ł`, `đ`, `ß`).
+/// "fi"), lower-case, its diacritical marks dropped (accents of Latin,
+/// Greek and Cyrillic letters, Romanian "ș", Vietnamese "ộ"), the letters
+/// that carry their mark inside them spelled plain (`ø`, `ł`, `đ`, `ß`),
+/// and composed again (NFC): the marks of other scripts, which stay (the
+/// Japanese voicing mark of "ガ", a Hangul syllable's parts), are one
+/// character with their letter again, as typed.
 pub(crate) fn folded(text: &str) -> String {
     if text.is_ascii() {
         return text.to_ascii_lowercase();
@@ -349,7 +363,7 @@ pub(crate) fn folded(text: &str) -> String {
     let decomposed = icu_normalizer::DecomposingNormalizerBorrowed::new_nfkd().normalize(text);
     let mut plain = String::with_capacity(decomposed.len());
     for c in decomposed.chars().flat_map(char::to_lowercase) {
-        if is_combining_mark(c) {
+        if is_diacritical_mark(c) {
             continue;
         }
         match unaccented(c) {
@@ -357,12 +371,12 @@ pub(crate) fn folded(text: &str) -> String {
             None => plain.push(c),
         }
     }
-    plain
+    icu_normalizer::ComposingNormalizerBorrowed::new_nfc().normalize(&plain).into_owned()
 }
 
 /// The blocks of combining diacritical marks, which decomposition leaves
 /// after the letters they accent.
-fn is_combining_mark(c: char) -> bool {
+fn is_diacritical_mark(c: char) -> bool {
     matches!(c, '\u{0300}'..='\u{036F}' | '\u{1AB0}'..='\u{1AFF}' | '\u{1DC0}'..='\u{1DFF}' | '\u{20D0}'..='\u{20FF}' | '\u{FE20}'..='\u{FE2F}')
 }
 

@@ -191,6 +191,14 @@ fn search_folds_accents_typed_apart_and_of_every_latin_greek_and_cyrillic_letter
     let hanoi = publish("Đêm nhạc Hà Nội", "Hà Nội");
     let athens = publish("ΣΥΝΑΥΛΙΑ ΤΖΑΖ", "Αθήνα");
     let moscow = publish("Ёлка", "Москва");
+    // Marks of other scripts stay with their letters: the Japanese voicing
+    // mark (ガ is カ with it; half-width ｶﾞ types it apart), a Devanagari
+    // nukta typed apart (क + ़) or precomposed (क़), Hangul syllables.
+    let gas = publish("ガス展", "Tokyo");
+    let sweets = publish("カフェ スイーツ", "Tokyo");
+    let games = publish("ゲーム大会", "Tokyo");
+    let fort = publish("\u{915}\u{93C}\u{93F}\u{932}\u{93E} tour", "Delhi");
+    let concert = publish("콘서트", "Seoul");
     let found = |query: EventQuery| {
         graph.events(&EventQuery { first: 10, ..query }).events.iter().map(|e| e.id).collect::<Vec<_>>()
     };
@@ -209,8 +217,17 @@ fn search_folds_accents_typed_apart_and_of_every_latin_greek_and_cyrillic_letter
         ("συναυλια", athens),
         ("Συναυλία τζαζ", athens),
         ("елка", moscow),
+        ("ガス", gas),
+        ("ｶﾞｽ", gas),
+        ("カフェ", sweets),
+        ("ゲー", games),
+        ("\u{958}\u{93F}\u{932}\u{93E}", fort),
+        ("콘서", concert),
     ] {
         assert_eq!(text(typed), [event], "text {typed:?}");
+    }
+    for typed in ["ケ", "ーム", "ツ", "\u{915}\u{93F}"] {
+        assert_eq!(text(typed), [], "text {typed:?} begins no word");
     }
     for (typed, event) in [
         ("zurich", muller),
