@@ -303,4 +303,40 @@ fn once_sales_close_the_owner_keeps_their_booking_and_the_message_says_why() {
     assert_eq!(dropped["cancelBooking"]["status"], "CANCELLED", "a hold sold nothing: its owner may drop it");
     let refunded = data(server.gql(Some(&org), cancel, json!({"id": theirs})));
     assert_eq!(refunded["cancelBooking"]["status"], "CANCELLED");
+
+    // Without an end, sales closed at the start, and the message says so.
+    let (tonight, tickets) =
+        event_with_tickets(&server, &org, "Tonight", "2097-01-01T20:00:00Z", general_admission(500, 5), true);
+    let booked = data(book(&server, &fan, &tickets, 1, "tonight", false))["bookTickets"]["id"].clone();
+    let started = json!({"id": tonight, "i": {"startsAt": "2020-01-01T20:00:00Z"}});
+    data(server.gql(Some(&org), update, started));
+    let kept = server.gql(Some(&fan), cancel, json!({"id": booked}));
+    assert_eq!(
+        error_message(&kept),
+        "the event has started: only its organizer or an admin may cancel a booking of it now"
+    );
+}
+
+/// Whatever a stranger sends, a draft's ticket type answers as one that
+/// does not exist: with a new key (NOT_FOUND) and with a key they used
+/// before (CONFLICT, the key's other input).
+#[test]
+fn a_drafts_ticket_type_answers_strangers_as_a_missing_one_does() {
+    let dir = TempDir::new("draft-probe");
+    let server = Server::start(dir.path(), &[]);
+    let (org, _) = register(&server, "org@example.com", "ORGANIZER");
+    let (_, draft) =
+        event_with_tickets(&server, &org, "Secret", "2097-01-01T20:00:00Z", general_admission(100, 5), false);
+    let (_, public) =
+        event_with_tickets(&server, &org, "Public", "2097-01-01T20:00:00Z", general_admission(100, 5), true);
+    let (fan, _) = register(&server, "fan@example.com", "ATTENDEE");
+    data(book(&server, &fan, &public, 1, "used", false));
+    let answer = |ticket_type: &str, key: &str| {
+        let answer = book(&server, &fan, ticket_type, 1, key, false);
+        (error_code(&answer), error_message(&answer))
+    };
+    assert_eq!(answer(&draft, "new"), answer("999999", "new"));
+    assert_eq!(answer(&draft, "new").0, "NOT_FOUND");
+    assert_eq!(answer(&draft, "used"), answer("999999", "used"));
+    assert_eq!(answer(&draft, "used").0, "CONFLICT");
 }

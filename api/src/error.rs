@@ -118,6 +118,7 @@ impl From<ledger::Error> for ApiError {
             ledger::Error::LimitExceeded { .. } => ApiError::LimitExceeded(error.to_string()),
             ledger::Error::HoldExpired => ApiError::HoldExpired(error.to_string()),
             ledger::Error::Conflict(why) => ApiError::Conflict(why),
+            ledger::Error::NotOnSale(why) => ApiError::Conflict(why.into()),
             ledger::Error::AlreadyCheckedIn { at_ms } => {
                 let at = crate::schema::DateTime(at_ms).to_rfc3339();
                 ApiError::Conflict(format!("this ticket was already checked in at {at}"))

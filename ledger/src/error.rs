@@ -32,8 +32,12 @@ pub enum Error {
     },
     /// Confirming a hold whose time ran out.
     HoldExpired,
-    /// The state forbids it (event not on sale, key reused, cancelled booking).
+    /// The state forbids it (key reused, cancelled booking, sales closed).
     Conflict(String),
+    /// Booking an event that is not on sale: a draft, or one called off
+    /// (apart from [`Error::Conflict`] so that the API can answer it as
+    /// absent to those who may not see a draft).
+    NotOnSale(&'static str),
     /// The ticket was checked in before, at `at_ms` (unix ms).
     AlreadyCheckedIn {
         /// When the first check-in happened.
@@ -76,6 +80,7 @@ impl fmt::Display for Error {
             ),
             Error::HoldExpired => f.write_str("the hold has expired and its seats were released"),
             Error::Conflict(why) => f.write_str(why),
+            Error::NotOnSale(why) => f.write_str(why),
             Error::AlreadyCheckedIn { at_ms } => write!(f, "already checked in at {at_ms} ms since the epoch"),
             Error::TicketUsed { at_ms } => write!(f, "a ticket of it was checked in at {at_ms} ms since the epoch"),
             Error::Graph(error) => write!(f, "{error}"),

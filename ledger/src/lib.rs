@@ -334,11 +334,9 @@ impl Ledger {
                 return Err(self.sales_closed(stock.event))
             }
             Some((EventStatus::Published, _)) => {}
-            Some((EventStatus::Draft, _)) => {
-                return Err(Error::Conflict("the event is not on sale yet (DRAFT)".into()))
-            }
+            Some((EventStatus::Draft, _)) => return Err(Error::NotOnSale("the event is not on sale yet (DRAFT)")),
             Some((EventStatus::Cancelled | EventStatus::Withdrawn, _)) => {
-                return Err(Error::Conflict("the event is cancelled".into()))
+                return Err(Error::NotOnSale("the event is cancelled"))
             }
             None => return Err(Error::NotFound("event")),
         }
@@ -471,9 +469,11 @@ impl Ledger {
         }
         let sales_closed = self.graph.event_sales(current.event).is_some_and(|(_, closes_ms)| now_ms >= closes_ms);
         if by == Canceller::Owner && current.status == BookingStatus::Confirmed && sales_closed {
-            return Err(Error::Conflict(
-                "the event is over: only its organizer or an admin may cancel a booking of it now".into(),
-            ));
+            let has_end = self.graph.event(current.event).is_some_and(|event| event.ends_at_ms.is_some());
+            let over = if has_end { "the event is over" } else { "the event has started" };
+            return Err(Error::Conflict(format!(
+                "{over}: only its organizer or an admin may cancel a booking of it now"
+            )));
         }
         let (booking, seq) = self.cancel_locked(&mut shard, &current, now_ms);
         Ok(Logged { value: booking, seq })

@@ -202,7 +202,10 @@ fn cancelling_an_event_cancels_its_bookings_and_refuses_new_ones() {
     f.graph.cancel_event(f.event).unwrap();
     assert_eq!(f.ledger.cancel_event(f.event, 1).unwrap(), 2);
     assert_eq!(f.ledger.sold(f.ticket_type), 0);
-    assert!(matches!(f.ledger.book(&request(3, f.ticket_type, 1, "c", false), 2), Err(Error::Conflict(_))));
+    assert!(matches!(
+        f.ledger.book(&request(3, f.ticket_type, 1, "c", false), 2),
+        Err(Error::NotOnSale("the event is cancelled"))
+    ));
 }
 
 #[test]

@@ -191,7 +191,7 @@ impl BookingsMutation {
             // before it was published) is not there for those who may not
             // see the event, as for `event(id)`: its CONFLICT would tell them
             // it exists. (Checked only on this refusal: bookings pay nothing.)
-            ledger::Error::Conflict(_) if !may_see_ticket_type(ctx, ticket_type) => {
+            ledger::Error::NotOnSale(_) if !may_see_ticket_type(ctx, ticket_type) => {
                 ApiError::NotFound("no such ticket type".into())
             }
             other => other.into(),
