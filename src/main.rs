@@ -3,10 +3,12 @@
 //! picks the exit code: 0 success, 1 a runtime failure, 2 a bad setting.
 
 /// Lines for the operator on stderr (`tell!`, `tell_partial!` without the
-/// newline) and results on stdout (`say!`). A stream that cannot be written
-/// (stderr sent to a file on the disk that just filled up) is passed over:
+/// newline) and results on stdout (`say!`). A stderr that cannot be written
+/// (sent to a file on the disk that just filled up) is passed over:
 /// `eprintln!` panics there, and the exit code would be 101 instead of the
-/// one that tells the operator (and systemd) what happened.
+/// one that tells the operator (and systemd) what happened. A result that
+/// cannot be written is the command's failure (`say!` is a `Result`): a
+/// token written nowhere was not given.
 macro_rules! tell {
     ($($arg:tt)*) => {{
         let _ = writeln!(std::io::stderr(), $($arg)*);
@@ -18,9 +20,11 @@ macro_rules! tell_partial {
     }};
 }
 macro_rules! say {
-    ($($arg:tt)*) => {{
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout(), $($arg)*)
+            .and_then(|()| std::io::stdout().flush())
+            .map_err(|e| Failure::Runtime(format!("cannot write the result to stdout: {e}")))
+    };
 }
 
 mod config;
@@ -412,8 +416,8 @@ async fn run_server(
     };
     tracing::info!(%address, data_dir = %config.store.data_dir.display(), "marquee serving");
     // Tests and scripts read the bound address (port 0 picks one) from this line.
-    say!("marquee listening on http://{address}");
-    let _ = std::io::stdout().flush();
+    // Serving goes on without this line (the log says where it listens).
+    let _ = say!("marquee listening on http://{address}");
     let served = api::serve(listener, app.clone(), shutdown).await;
     // The readers finish their current batches; their checkpoints are
     // written with the final flush.
@@ -483,14 +487,14 @@ fn user(command: UserCommand) -> Result<(), Failure> {
             let graph = open_for_command(&store, true)?;
             let user =
                 graph.register(&email, &name, role.into(), Some(hash)).map_err(|e| Failure::Runtime(e.to_string()))?;
-            say!("created user {} <{}> with role {:?}", user.id, user.email, user.role);
+            say!("created user {} <{}> with role {:?}", user.id, user.email, user.role)?;
             Ok(())
         }
         UserCommand::SetRole { store, email, role } => {
             let graph = open_for_command(&store, false)?;
             let user = find_user(&graph, &email)?;
             let user = graph.set_role(user.id, role.into()).map_err(|e| Failure::Runtime(e.to_string()))?;
-            say!("user {} <{}> now has role {:?}", user.id, user.email, user.role);
+            say!("user {} <{}> now has role {:?}", user.id, user.email, user.role)?;
             Ok(())
         }
         UserCommand::Token { store, email, id, ids_from, ttl } => {
@@ -508,7 +512,7 @@ fn user(command: UserCommand) -> Result<(), Failure> {
             };
             let token = api::auth::issue_token(&graph, user.id, millis(ttl))
                 .map_err(|e| Failure::Runtime(e.message().to_string()))?;
-            say!("{token}");
+            say!("{token}")?;
             Ok(())
         }
     }
@@ -559,7 +563,7 @@ fn import(store: &StoreArgs, from: &std::path::Path) -> Result<(), Failure> {
         summary.attends,
         config.data_dir.display(),
         started.elapsed().as_secs_f64()
-    );
+    )?;
     Ok(())
 }
 

@@ -1170,6 +1170,21 @@ fn an_unwritable_stderr_does_not_change_the_exit_code() {
     assert_eq!(command.status().unwrap().code(), Some(2), "a bad setting, told or not");
 }
 
+/// A result that cannot be written (stdout on a full disk) fails the
+/// command: a token written nowhere was not given.
+#[test]
+fn a_token_that_cannot_be_written_fails_the_command() {
+    let dir = TempDir::new("full-stdout");
+    create_admin(dir.path(), "root@example.com");
+    let mut token = marquee(&["user", "token", "--email", "root@example.com", "--cache-mb", "16", "--data-dir"]);
+    token.arg(dir.path());
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let output = token.stdout(full).stderr(Stdio::piped()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot write the result to stdout"), "{stderr}");
+}
+
 fn listen_file(dir: &Path, addr: &str) -> String {
     let file = dir.join("marquee.toml");
     std::fs::write(&file, format!("listen = \"{addr}\"\n")).unwrap();
