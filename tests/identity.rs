@@ -45,6 +45,20 @@ fn register_login_me_and_logout() {
     // sign in again.
     assert_eq!(error_code(&server.gql(Some(&second), "{ recommendedEvents { id } }", json!({}))), "UNAUTHENTICATED");
     assert_eq!(data(server.gql(None, "{ recommendedEvents { id } }", json!({})))["recommendedEvents"], json!([]));
+    // Nor does `event(id)` answer null for an event the token's owner could
+    // see (a draft of theirs), nor for a missing one, to tell them apart.
+    let draft = data(server.gql(
+        Some(token),
+        "mutation { createEvent(input: {title: \"Draft\", startsAt: \"2097-01-01T20:00:00Z\", city: \"Oslo\"}) { id } }",
+        json!({}),
+    ))["createEvent"]["id"]
+        .clone();
+    for id in [draft.clone(), json!("987654")] {
+        let answer = server.gql(Some(&second), "query($id: ID!) { event(id: $id) { id } }", json!({"id": id}));
+        assert_eq!(error_code(&answer), "UNAUTHENTICATED", "{answer}");
+    }
+    let mine = data(server.gql(Some(token), "query($id: ID!) { event(id: $id) { id } }", json!({"id": draft})));
+    assert_eq!(mine["event"]["id"], draft);
     // The other session is untouched.
     assert_eq!(data(server.gql(Some(token), ME, json!({})))["me"]["name"], "Ada");
     assert_eq!(error_code(&server.gql(None, "mutation { logout }", json!({}))), "UNAUTHENTICATED");

@@ -359,12 +359,18 @@ pub struct EventsQuery;
 impl EventsQuery {
     /// An event by id. DRAFT events (and drafts cancelled before they were
     /// published): only their organizer and admins.
+    ///
+    /// With a bad, expired or revoked token, an event that is not there for
+    /// the viewer is UNAUTHENTICATED rather than null (its organizer would
+    /// take their draft for gone), whether it is a draft or missing, so
+    /// that the answer tells neither apart.
     async fn event(&self, ctx: &Context<'_>, id: ID) -> ApiResult<Option<EventObject>> {
         let id: EventId = parse_id("id", &id)?;
-        let Some(event) = app(ctx).graph.event(id) else {
-            return Ok(None);
-        };
-        Ok(may_see_event(viewer(ctx), &event).then_some(EventObject(event)))
+        let event = app(ctx).graph.event(id).filter(|event| may_see_event(viewer(ctx), event));
+        if event.is_none() {
+            viewer(ctx).optional()?;
+        }
+        Ok(event.map(EventObject))
     }
 
     /// PUBLISHED events, by startsAt then id.
