@@ -197,11 +197,9 @@ fn refusals_say_what_is_left_and_what_counts() {
     let refused = |answer: Value, code: &str, message: &str| {
         assert_eq!((error_code(&answer), error_message(&answer)), (code.to_string(), message.to_string()), "{answer}");
     };
-    refused(
-        book(&server, &a, &ticket_type, 5, "1", false),
-        "SOLD_OUT",
-        "only 4 seats left, fewer than the 5 asked for",
-    );
+    let five = book(&server, &a, &ticket_type, 5, "1", false);
+    assert_eq!(five["errors"][0]["extensions"], json!({"code": "SOLD_OUT", "available": 4}), "for programs: {five}");
+    refused(five, "SOLD_OUT", "only 4 seats left, fewer than the 5 asked for");
     refused(
         book(&server, &a, &ticket_type, 4, "2", false),
         "LIMIT_EXCEEDED",
@@ -209,7 +207,7 @@ fn refusals_say_what_is_left_and_what_counts() {
     );
     data(book(&server, &a, &ticket_type, 3, "3", true));
     let over = book(&server, &a, &ticket_type, 1, "4", false);
-    assert_eq!(error_code(&over), "LIMIT_EXCEEDED");
+    assert_eq!(over["errors"][0]["extensions"], json!({"code": "LIMIT_EXCEEDED", "limit": 3, "owned": 3}), "{over}");
     assert!(error_message(&over).contains("you hold or have bought 3 (a hold counts"), "{over}");
     refused(book(&server, &b, &ticket_type, 2, "5", false), "SOLD_OUT", "only 1 seat left, fewer than the 2 asked for");
     data(book(&server, &b, &ticket_type, 1, "6", false));

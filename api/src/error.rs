@@ -17,9 +17,22 @@ pub enum ApiError {
     /// The state forbids it (duplicate email, cancelled event, ...).
     Conflict(String),
     /// Fewer seats available than asked for.
-    SoldOut(String),
+    SoldOut {
+        /// For the buyer.
+        message: String,
+        /// Seats left, also in `extensions.available` (a client need not
+        /// read the message).
+        available: u32,
+    },
     /// The per-user ticket limit would be passed.
-    LimitExceeded(String),
+    LimitExceeded {
+        /// For the buyer.
+        message: String,
+        /// The limit, also in `extensions.limit`.
+        limit: u32,
+        /// The buyer's held and confirmed seats, also in `extensions.owned`.
+        owned: u32,
+    },
     /// Confirming a hold whose time ran out.
     HoldExpired(String),
     /// The server cannot take more of this now (a resource limit).
@@ -41,8 +54,8 @@ impl ApiError {
             ApiError::NotFound(_) => "NOT_FOUND",
             ApiError::BadUserInput(_) => "BAD_USER_INPUT",
             ApiError::Conflict(_) => "CONFLICT",
-            ApiError::SoldOut(_) => "SOLD_OUT",
-            ApiError::LimitExceeded(_) => "LIMIT_EXCEEDED",
+            ApiError::SoldOut { .. } => "SOLD_OUT",
+            ApiError::LimitExceeded { .. } => "LIMIT_EXCEEDED",
             ApiError::HoldExpired(_) => "HOLD_EXPIRED",
             ApiError::Unavailable(_) => "UNAVAILABLE",
             ApiError::RateLimited(_) => "RATE_LIMITED",
@@ -59,8 +72,8 @@ impl ApiError {
             | ApiError::NotFound(m)
             | ApiError::BadUserInput(m)
             | ApiError::Conflict(m)
-            | ApiError::SoldOut(m)
-            | ApiError::LimitExceeded(m)
+            | ApiError::SoldOut { message: m, .. }
+            | ApiError::LimitExceeded { message: m, .. }
             | ApiError::HoldExpired(m)
             | ApiError::Unavailable(m)
             | ApiError::RateLimited(m)
@@ -114,8 +127,10 @@ impl From<ledger::Error> for ApiError {
         match error {
             ledger::Error::Invalid { .. } => ApiError::BadUserInput(error.to_string()),
             ledger::Error::NotFound(_) => ApiError::NotFound(error.to_string()),
-            ledger::Error::SoldOut { .. } => ApiError::SoldOut(error.to_string()),
-            ledger::Error::LimitExceeded { .. } => ApiError::LimitExceeded(error.to_string()),
+            ledger::Error::SoldOut { available, .. } => ApiError::SoldOut { message: error.to_string(), available },
+            ledger::Error::LimitExceeded { limit, owned, .. } => {
+                ApiError::LimitExceeded { message: error.to_string(), limit, owned }
+            }
             ledger::Error::HoldExpired => ApiError::HoldExpired(error.to_string()),
             ledger::Error::Conflict(why) => ApiError::Conflict(why),
             ledger::Error::NotOnSale(why) => ApiError::Conflict(why.into()),
@@ -136,7 +151,17 @@ impl From<ledger::Error> for ApiError {
 
 impl From<ApiError> for async_graphql::Error {
     fn from(error: ApiError) -> async_graphql::Error {
-        async_graphql::Error::new(error.message()).extend_with(|_, ext| ext.set("code", error.code()))
+        async_graphql::Error::new(error.message()).extend_with(|_, ext| {
+            ext.set("code", error.code());
+            match error {
+                ApiError::SoldOut { available, .. } => ext.set("available", available),
+                ApiError::LimitExceeded { limit, owned, .. } => {
+                    ext.set("limit", limit);
+                    ext.set("owned", owned);
+                }
+                _ => {}
+            }
+        })
     }
 }
 
