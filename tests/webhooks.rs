@@ -251,6 +251,19 @@ fn a_webhook_whose_retries_run_out_is_marked_failing_and_reactivated_gets_what_i
     }
     let delivery = data(server.gql(Some(&shop.org), DELIVERIES, json!({"id": hook})))["webhookDeliveries"][0].clone();
     assert_eq!((delivery["attempt"].clone(), delivery["statusCode"].clone()), (json!(2), json!(500)));
+    // Its owner is told, naming the endpoint's host, never its path.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let told = loop {
+        let inbox = data(server.gql(Some(&shop.org), "{ notifications { kind message } }", json!({})));
+        let found = inbox["notifications"].as_array().unwrap().iter().find(|n| n["kind"] == "webhook.failing").cloned();
+        if let Some(found) = found {
+            break found["message"].as_str().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "the owner was not told: {inbox}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(told.contains(&format!("webhook {hook} to 127.0.0.1 is failing")), "{told}");
+    assert!(!told.contains("/hooks/marquee"), "{told}");
     assert_eq!(delivery["nextAttemptAt"], Value::Null, "given up");
     let missed = book(&server, &fan, &shop.ticket_type, "k2");
     std::thread::sleep(Duration::from_millis(800));

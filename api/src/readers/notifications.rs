@@ -2,6 +2,7 @@
 //! the `notifications` subscription.
 //!
 //! Kinds: `booking.confirmed` and `booking.cancelled` to the booker;
+//! `webhook.failing` to a webhook's owner when it is marked failing;
 //! `event.updated` and `event.cancelled` to everyone holding a live (held or
 //! confirmed) booking of the event when the change happened; `friend.going`
 //! to the friends (mutual follows) of a user whose booking is confirmed, at
@@ -225,6 +226,18 @@ impl Notifications {
             }
             Record::EventUpdated(event) => vec![self.event_note(event, "event.updated", "has changed")],
             Record::EventCancelled(event) => vec![self.event_note(event, "event.cancelled", "was cancelled")],
+            // Its owner hears at once, rather than when they next look.
+            // The host only: a URL's path or query may hold a credential.
+            Record::WebhookFailing(webhook) => {
+                let host = reqwest::Url::parse(&webhook.url).ok().and_then(|url| url.host_str().map(str::to_string));
+                let message = format!(
+                    "Your webhook {} to {} is failing: a delivery ran out of retries, and nothing more is sent \
+                     until you reactivate it (reactivateWebhook sends everything it missed).",
+                    webhook.id,
+                    host.as_deref().unwrap_or("its endpoint")
+                );
+                vec![Note { users: vec![webhook.owner], kind: "webhook.failing", message, event: None }]
+            }
             _ => Vec::new(),
         }
     }
