@@ -82,8 +82,8 @@ pub struct ServeArgs {
     /// Take the client address from X-Forwarded-For (only behind a trusted proxy); the flag alone means true [default: false]
     #[arg(long, env = "MARQUEE_TRUST_PROXY_HEADERS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub trust_proxy_headers: Option<bool>,
-    /// Serve GraphQL introspection: true or false [default: true]
-    #[arg(long, env = "MARQUEE_INTROSPECTION", value_name = "BOOL")]
+    /// Serve GraphQL introspection: true or false; the flag alone means true [default: true]
+    #[arg(long, env = "MARQUEE_INTROSPECTION", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub introspection: Option<bool>,
     /// Longest a GraphQL request may run, and its body may take to arrive [default: 30s]
     #[arg(long, env = "MARQUEE_REQUEST_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]

@@ -1185,6 +1185,15 @@ fn a_token_that_cannot_be_written_fails_the_command() {
     assert!(stderr.contains("cannot write the result to stdout"), "{stderr}");
 }
 
+/// Every boolean flag alone means true, as the README's table shows them.
+#[test]
+fn a_bare_boolean_flag_means_true() {
+    let dir = TempDir::new("bare-bool");
+    let server = Server::start(dir.path(), &["--introspection", "--trust-proxy-headers", "--allow-private-webhooks"]);
+    let schema = server.gql(None, "{ __schema { queryType { name } } }", json!({}));
+    assert_eq!(data(schema)["__schema"]["queryType"]["name"], "Query");
+}
+
 fn listen_file(dir: &Path, addr: &str) -> String {
     let file = dir.join("marquee.toml");
     std::fs::write(&file, format!("listen = \"{addr}\"\n")).unwrap();
