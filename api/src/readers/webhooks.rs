@@ -23,8 +23,7 @@
 //! Rows (reader 3): `d|webhook|seq` a delivery; `q|due ms|webhook|seq` the
 //! due queue of pending deliveries; `s|webhook` when a delivery of the
 //! webhook last got through (unix ms, BE), which decides after a restart
-//! too whether a delivery that ran out of attempts marks it failing; `w`
-//! the highest webhook id whose creation the reader has applied.
+//! too whether a delivery that ran out of attempts marks it failing.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -71,7 +70,10 @@ const ACCOUNT_PICKED_MAX: usize = 8 * ACCOUNT_IN_FLIGHT_MAX;
 const DELIVERY: u8 = b'd';
 const DUE: u8 = b'q';
 const LAST_SUCCESS: u8 = b's';
-const CREATED_THROUGH: u8 = b'w';
+/// Deliveries read, newest first, to find when a webhook's last got
+/// through when no `s|webhook` row says it (one written before the row
+/// was kept).
+const LAST_SUCCESS_SCAN_MAX: usize = 10_000;
 
 /// Delivery settings.
 #[derive(Clone, Debug)]
@@ -148,6 +150,8 @@ pub struct Outbox {
     /// webhook above it was made after the entry being applied (ids are
     /// given in log order), and does not hear of it. (The creation time
     /// could not tell a change made in the same millisecond, before it.)
+    /// Worked out from the log at load, never stored: a store an older
+    /// release wrote to meanwhile cannot leave it behind.
     created_through: u64,
 }
 
@@ -251,7 +255,6 @@ impl Reader for Outbox {
             Record::WebhookDeleted(webhook) => return self.forget(rows, webhook.id, batch),
             Record::WebhookCreated(webhook) => {
                 self.created_through = self.created_through.max(webhook.id.0);
-                batch.put(rows, &[CREATED_THROUGH], &self.created_through.to_be_bytes());
                 return Ok(());
             }
             _ => {}
@@ -315,13 +318,24 @@ impl Reader for Outbox {
 
     fn reload(&mut self, rows: &ReaderRows<'_>) -> Result<(), graph::Error> {
         self.created = false;
-        self.created_through = match rows.get(&[CREATED_THROUGH])? {
-            Some(value) => u64::from_be_bytes(
-                value.as_slice().try_into().map_err(|_| graph::Error::Corrupt("webhooks created through"))?,
-            ),
-            // Stored before this row was kept: every webhook there is now
-            // was made before the entries still to read (a few made just
-            // before the upgrade may hear of changes made just before them).
+        // Every webhook there is now was made by the entries up to the
+        // checkpoint, but those made by the entries still to apply: the
+        // lowest of these is the first the reader has yet to see made.
+        let store = self.graph.store();
+        let mut after = rows.checkpoint()?;
+        let mut first_unmade: Option<u64> = None;
+        loop {
+            let entries = store.read_durable_log(after, 4_096)?;
+            let Some(last) = entries.last() else { break };
+            after = last.seq;
+            for entry in &entries {
+                if let Record::WebhookCreated(webhook) = &entry.record {
+                    first_unmade = Some(first_unmade.map_or(webhook.id.0, |first| first.min(webhook.id.0)));
+                }
+            }
+        }
+        self.created_through = match first_unmade {
+            Some(first) => first.saturating_sub(1),
             None => self.graph.webhooks_created_through(),
         };
         Ok(())
@@ -761,14 +775,23 @@ impl Deliverer {
     }
 
     /// When a delivery of `webhook` last got through: kept in memory once
-    /// known, read from its row after a restart.
+    /// known, read from its row after a restart, and without one (the
+    /// deliveries of an older release) from its newest deliveries.
     fn last_success(&self, rows: &ReaderRows<'_>, webhook: WebhookId) -> Result<Option<i64>, graph::Error> {
         if let Some(&at) = self.last_success_ms.lock().expect("last success lock poisoned").get(&webhook.0) {
             return Ok(Some(at));
         }
-        let Some(value) = rows.get(&last_success_key(webhook))? else { return Ok(None) };
-        let at =
-            i64::from_be_bytes(value.as_slice().try_into().map_err(|_| graph::Error::Corrupt("webhook last success"))?);
+        let at = match rows.get(&last_success_key(webhook))? {
+            Some(value) => Some(i64::from_be_bytes(
+                value.as_slice().try_into().map_err(|_| graph::Error::Corrupt("webhook last success"))?,
+            )),
+            None => rows
+                .scan(&deliveries_key(webhook), true, LAST_SUCCESS_SCAN_MAX)?
+                .into_iter()
+                .filter_map(|(_, value)| serde_json::from_slice::<Delivery>(&value).ok()?.delivered_at_ms)
+                .max(),
+        };
+        let Some(at) = at else { return Ok(None) };
         let mut known = self.last_success_ms.lock().expect("last success lock poisoned");
         Ok(Some(*known.entry(webhook.0).or_insert(at)))
     }
@@ -884,6 +907,98 @@ mod tests {
             assert_eq!(deliveries(&graph, deleted.id, 10).unwrap(), [], "its deliveries are gone");
             assert_eq!(due(), 1, "and so is its place in the due queue");
             assert_eq!(deliveries(&graph, kept.id, 10).unwrap().len(), 1, "the other webhook's stay");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn scratch_graph(name: &str) -> (std::path::PathBuf, Arc<Graph>, graph::model::User) {
+        let dir = std::env::temp_dir().join(format!("marquee-outbox-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let graph = Arc::new(Graph::open(&dir, graph::Options { cache_bytes: 8 << 20 }).unwrap());
+        let admin = graph.register("root@example.com", "Root", Role::Admin, None).unwrap();
+        (dir, graph, admin)
+    }
+
+    /// A reader that starts behind the log (a crash, an older release's
+    /// store) tells from the log which webhooks were made after a change:
+    /// a webhook made between two publications hears of the second only.
+    #[test]
+    fn a_webhook_made_after_a_change_the_reader_has_yet_to_read_does_not_hear_of_it() {
+        let (dir, graph, admin) = scratch_graph("made-after");
+        {
+            let hook = || {
+                let events = vec!["event.published".to_string()];
+                graph.create_webhook(admin.id, "https://example.com/h".into(), events, "s".into()).unwrap()
+            };
+            let publish = |title: &str| {
+                let new = graph::NewEvent {
+                    title: title.into(),
+                    city: "Oslo".into(),
+                    starts_at_ms: 4_102_444_800_000,
+                    ..Default::default()
+                };
+                let event = graph.create_event(admin.id, new).unwrap();
+                graph.publish_event(event.id).unwrap();
+            };
+            let early = hook();
+            publish("First");
+            let late = hook();
+            publish("Second");
+            let mut outbox = Outbox::new(graph.clone(), Arc::default()).unwrap();
+            let rows = graph.store().reader(Outbox::ID);
+            let entries = graph.store().read_log(0, 1_000).unwrap();
+            crate::readers::apply_and_commit(&mut outbox, &rows, &entries).unwrap();
+            let titles = |webhook: WebhookId| -> Vec<String> {
+                let mut told: Vec<String> = deliveries(&graph, webhook, 10)
+                    .unwrap()
+                    .iter()
+                    .map(|d| serde_json::from_str::<serde_json::Value>(&d.body).unwrap()["data"]["title"].to_string())
+                    .collect();
+                told.sort();
+                told
+            };
+            assert_eq!(titles(early.id), ["\"First\"", "\"Second\""]);
+            assert_eq!(titles(late.id), ["\"Second\""], "made after the first publication");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Without a row saying when a webhook's delivery last got through (one
+    /// an older release delivered), its deliveries say it.
+    #[test]
+    fn when_a_delivery_last_got_through_is_found_in_the_deliveries_without_a_row() {
+        let (dir, graph, admin) = scratch_graph("last-success");
+        {
+            let webhook = graph
+                .create_webhook(admin.id, "https://example.com/h".into(), vec!["event.published".into()], "s".into())
+                .unwrap();
+            let rows = graph.store().reader(Outbox::ID);
+            let delivery = |seq: u64, delivered_at_ms: Option<i64>| Delivery {
+                id: format!("{seq}-{}", webhook.id),
+                webhook: webhook.id.0,
+                event: "event.published".into(),
+                body: "{}".into(),
+                attempt: 1,
+                status_code: Some(200),
+                delivered_at_ms,
+                next_attempt_at_ms: None,
+                made_at_ms: 1_000,
+                error: None,
+            };
+            let mut batch = ReaderBatch::default();
+            for (seq, delivered) in [(7, Some(2_000)), (9, Some(5_000)), (11, None)] {
+                let value = serde_json::to_vec(&delivery(seq, delivered)).unwrap();
+                batch.put(&rows, &delivery_key(webhook.id, seq), &value);
+            }
+            rows.commit(batch, None).unwrap();
+            let deliverer = Deliverer::new(
+                graph.clone(),
+                DeliverySettings::default(),
+                Arc::new(crate::metrics::Metrics::default()),
+            )
+            .unwrap();
+            assert_eq!(deliverer.last_success(&rows, webhook.id).unwrap(), Some(5_000));
+            assert_eq!(deliverer.last_success(&rows, WebhookId(webhook.id.0 + 1)).unwrap(), None);
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
