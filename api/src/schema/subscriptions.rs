@@ -91,11 +91,14 @@ pub struct SubscriptionRoot;
 
 #[Subscription(name = "Subscription")]
 impl SubscriptionRoot {
-    /// Every change of sold/available of the event's ticket types. A slow
-    /// subscriber gets the latest figures, not every step in between, and
-    /// every subscriber at most one snapshot per [`AVAILABILITY_INTERVAL`]:
-    /// at an on-sale's peak the figures change thousands of times a second,
-    /// and each snapshot costs the server for each subscriber.
+    /// Every change of sold/available of the event's ticket types, after
+    /// the current figures of each (so that a page opened between changes,
+    /// or a client back after a dropped connection or a restart, shows the
+    /// figures as they are). A slow subscriber gets the latest figures, not
+    /// every step in between, and every subscriber at most one snapshot per
+    /// [`AVAILABILITY_INTERVAL`]: at an on-sale's peak the figures change
+    /// thousands of times a second, and each snapshot costs the server for
+    /// each subscriber.
     async fn availability(
         &self,
         ctx: &Context<'_>,
@@ -103,42 +106,47 @@ impl SubscriptionRoot {
     ) -> async_graphql::Result<impl Stream<Item = AvailabilityUpdate>> {
         let event = super::events::visible_event(ctx, "eventId", &event_id)?;
         let app = app(ctx).clone();
-        let receiver = app.readers.hub.watch_availability(event.id, || {
+        let mut receiver = app.readers.hub.watch_availability(event.id, || {
             let current = app.graph.ticket_types(event.id).into_iter().map(|t| {
                 let sold = app.ledger.sold(t.id);
                 (t.id, Availability { sold, available: t.capacity.saturating_sub(sold), version: 0 })
             });
             Arc::new(current.collect())
         });
-        let seen: HashMap<TicketTypeId, u64> = receiver.borrow().iter().map(|(id, a)| (*id, a.version)).collect();
-        let state = (receiver, seen, VecDeque::<AvailabilityUpdate>::new(), None);
-        Ok(stream::unfold(state, move |(mut receiver, mut seen, mut pending, mut next_snapshot)| {
-            let event_id = event.id;
-            async move {
-                loop {
-                    if let Some(update) = pending.pop_front() {
-                        return Some((update, (receiver, seen, pending, next_snapshot)));
-                    }
-                    // Asleep, the subscriber is not woken by each change in
-                    // between; the next snapshot holds them all.
-                    if let Some(at) = next_snapshot {
-                        tokio::time::sleep_until(at).await;
-                    }
-                    receiver.changed().await.ok()?;
-                    next_snapshot = Some(tokio::time::Instant::now() + AVAILABILITY_INTERVAL);
-                    let snapshot: Snapshot = receiver.borrow_and_update().clone();
-                    for (ticket_type, figures) in snapshot.iter() {
-                        if seen.insert(*ticket_type, figures.version) != Some(figures.version) {
-                            pending.push_back(AvailabilityUpdate {
-                                event_id: ID(event_id.to_string()),
-                                ticket_type_id: ID(ticket_type.to_string()),
-                                sold: figures.sold,
-                                available: figures.available,
-                                ticket_type: *ticket_type,
-                            });
-                        }
-                    }
+        // What changed since `seen` (every ticket type, the first time),
+        // as updates to send.
+        let event_id = event.id;
+        let changes = move |snapshot: &Snapshot, seen: &mut HashMap<TicketTypeId, u64>, pending: &mut VecDeque<_>| {
+            for (ticket_type, figures) in snapshot.iter() {
+                if seen.insert(*ticket_type, figures.version) != Some(figures.version) {
+                    pending.push_back(AvailabilityUpdate {
+                        event_id: ID(event_id.to_string()),
+                        ticket_type_id: ID(ticket_type.to_string()),
+                        sold: figures.sold,
+                        available: figures.available,
+                        ticket_type: *ticket_type,
+                    });
                 }
+            }
+        };
+        let (mut seen, mut pending) = (HashMap::new(), VecDeque::new());
+        changes(&receiver.borrow_and_update().clone(), &mut seen, &mut pending);
+        let next_snapshot = Some(tokio::time::Instant::now() + AVAILABILITY_INTERVAL);
+        let state = (receiver, seen, pending, next_snapshot);
+        Ok(stream::unfold(state, move |(mut receiver, mut seen, mut pending, mut next_snapshot)| async move {
+            loop {
+                if let Some(update) = pending.pop_front() {
+                    return Some((update, (receiver, seen, pending, next_snapshot)));
+                }
+                // Asleep, the subscriber is not woken by each change in
+                // between; the next snapshot holds them all.
+                if let Some(at) = next_snapshot {
+                    tokio::time::sleep_until(at).await;
+                }
+                receiver.changed().await.ok()?;
+                next_snapshot = Some(tokio::time::Instant::now() + AVAILABILITY_INTERVAL);
+                let snapshot: Snapshot = receiver.borrow_and_update().clone();
+                changes(&snapshot, &mut seen, &mut pending);
             }
         }))
     }
