@@ -159,10 +159,21 @@ fn holds_expire_on_their_own_and_cancel_event_cascades() {
     publish(&server, &org, &event);
     let (fan, _) = register(&server, "fan@example.com", "ATTENDEE");
     let held = data(book(&server, &fan, &ticket_type, 2, "hold-1", true))["bookTickets"].clone();
+    let answered = std::time::Instant::now();
     assert_eq!(held["status"], "HELD");
     assert_eq!(held["tickets"], json!([]));
     assert!(held["expiresAt"].is_string());
     assert_eq!(held["ticketType"]["available"], 0);
+    // Past its expiresAt the hold reads EXPIRED, also before its seats come
+    // back (up to half a second later): a confirm would be HOLD_EXPIRED.
+    // (It was made before it was answered, so a second after that is past
+    // its expiresAt.)
+    std::thread::sleep(std::time::Duration::from_secs(1).saturating_sub(answered.elapsed()));
+    while answered.elapsed() < std::time::Duration::from_millis(1_400) {
+        let mine = data(server.gql(Some(&fan), "{ myBookings { status expiresAt } }", json!({})));
+        assert_eq!(mine["myBookings"], json!([{"status": "EXPIRED", "expiresAt": null}]));
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     // Without any confirm attempt, the seats come back once the hold runs out.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {

@@ -66,12 +66,26 @@ impl TicketObject {
 /// A booking.
 pub struct BookingObject(pub std::sync::Arc<model::Booking>);
 
+impl BookingObject {
+    /// Whether it is a hold whose time has run out, though its expiry has
+    /// yet to be written.
+    fn run_out(&self) -> bool {
+        self.0.status == model::BookingStatus::Held && self.0.expires_at_ms.is_some_and(|at| graph::now_ms() >= at)
+    }
+}
+
 #[Object(name = "Booking", serial)]
 impl BookingObject {
     async fn id(&self) -> ID {
         ID(self.0.id.to_string())
     }
+    /// A hold past its expiresAt is EXPIRED, also in the moment before the
+    /// reaper (every half second) returns its seats: a confirm would
+    /// already be HOLD_EXPIRED.
     async fn status(&self) -> BookingStatus {
+        if self.run_out() {
+            return BookingStatus::Expired;
+        }
         self.0.status.into()
     }
     async fn event(&self, ctx: &Context<'_>) -> ApiResult<EventObject> {
@@ -100,7 +114,7 @@ impl BookingObject {
     }
     /// Set while HELD.
     async fn expires_at(&self) -> Option<DateTime> {
-        self.0.expires_at_ms.map(DateTime)
+        self.0.expires_at_ms.filter(|_| !self.run_out()).map(DateTime)
     }
     /// When it was confirmed (tickets issued); null until then.
     async fn confirmed_at(&self) -> Option<DateTime> {
