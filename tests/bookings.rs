@@ -169,9 +169,15 @@ fn holds_expire_on_their_own_and_cancel_event_cascades() {
     // (It was made before it was answered, so a second after that is past
     // its expiresAt.)
     std::thread::sleep(std::time::Duration::from_secs(1).saturating_sub(answered.elapsed()));
+    let csv_path = format!("/events/{event}/bookings.csv");
     while answered.elapsed() < std::time::Duration::from_millis(1_400) {
         let mine = data(server.gql(Some(&fan), "{ myBookings { status expiresAt } }", json!({})));
         assert_eq!(mine["myBookings"], json!([{"status": "EXPIRED", "expiresAt": null}]));
+        let csv = http(&server.addr, "GET", &csv_path, &[("Authorization", &format!("Bearer {org}"))], b"").text();
+        assert!(
+            csv.lines().nth(1).is_some_and(|row| row.contains(",EXPIRED,")),
+            "the organizer's export agrees: {csv}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     // Without any confirm attempt, the seats come back once the hold runs out.

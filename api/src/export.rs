@@ -92,6 +92,7 @@ pub(crate) async fn bookings_csv(
 /// The CSV and its number of rows; buyers' emails only `with_emails`.
 fn render(app: &Arc<crate::App>, event: EventId, with_emails: bool) -> Result<(String, usize), ApiError> {
     let mut csv = String::from(HEADER);
+    let now_ms = graph::now_ms();
     let mut rows = 0;
     for booking in app.ledger.bookings_of_event(event) {
         let buyer = app.graph.user(booking.user)?;
@@ -103,7 +104,7 @@ fn render(app: &Arc<crate::App>, event: EventId, with_emails: bool) -> Result<(S
         let checked_in = booking.tickets.iter().filter(|t| t.checked_in_at_ms.is_some()).count();
         let row = [
             booking.id.to_string(),
-            status(booking.status).to_string(),
+            status(booking.status_at(now_ms)).to_string(),
             booking.user.to_string(),
             field(&name),
             field(&email),

@@ -196,6 +196,16 @@ impl Booking {
         matches!(self.status, BookingStatus::Held | BookingStatus::Confirmed)
     }
 
+    /// Its status as shown at `now_ms`: a hold past its `expires_at` is
+    /// expired, also in the moment before the ledger's reaper writes so
+    /// (a confirm would already be refused).
+    pub fn status_at(&self, now_ms: i64) -> BookingStatus {
+        match self.status {
+            BookingStatus::Held if self.expires_at_ms.is_some_and(|at| now_ms >= at) => BookingStatus::Expired,
+            status => status,
+        }
+    }
+
     /// Whether it was asked for as a hold (`hold: true`) rather than
     /// confirmed at once: only a booking confirmed at once has its
     /// confirmation time equal to its creation time (the ledger confirms a

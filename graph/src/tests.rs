@@ -768,3 +768,14 @@ fn a_deleted_webhooks_id_is_never_given_again_not_even_after_a_restart() {
     let next = hook(&graph, owner).id;
     assert!(next.0 > newest.0, "webhook {} was given again after its deletion and a restart", newest.0);
 }
+
+#[test]
+fn a_hold_reads_expired_from_its_expiry_on_and_nothing_else_changes_with_time() {
+    use model::BookingStatus::{Cancelled, Confirmed, Expired, Held};
+    let (event, ticket_type) = (EventId(1), TicketTypeId(1));
+    let held = booking_of(1, event, ticket_type, Held);
+    assert_eq!((held.status_at(600_000), held.status_at(600_001), held.status_at(i64::MAX)), (Held, Expired, Expired));
+    for status in [Confirmed, Cancelled, Expired] {
+        assert_eq!(booking_of(2, event, ticket_type, status).status_at(i64::MAX), status);
+    }
+}

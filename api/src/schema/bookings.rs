@@ -68,9 +68,9 @@ pub struct BookingObject(pub std::sync::Arc<model::Booking>);
 
 impl BookingObject {
     /// Whether it is a hold whose time has run out, though its expiry has
-    /// yet to be written.
+    /// yet to be written (see [`model::Booking::status_at`]).
     fn run_out(&self) -> bool {
-        self.0.status == model::BookingStatus::Held && self.0.expires_at_ms.is_some_and(|at| graph::now_ms() >= at)
+        self.0.status != self.0.status_at(graph::now_ms())
     }
 }
 
