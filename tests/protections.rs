@@ -257,6 +257,21 @@ fn rate_limits_answer_429_recover_and_isolate_clients() {
     assert_eq!(as_user(&noisy).status, 200, "the budget comes back");
 }
 
+/// Each operation of a batch pays the caller's budget: a batch of ten
+/// expensive searches is ten requests' work, not one.
+#[test]
+fn each_operation_of_a_batch_pays_the_rate_limit() {
+    let dir = TempDir::new("rate-batch");
+    // Five a second, bursts of ten.
+    let server = Server::start(dir.path(), &["--rate-limit-ip", "5"]);
+    let batch: Vec<Value> = (0..10).map(|_| json!({"query": "{ __typename }"})).collect();
+    let first = post_json(&server, json!(batch));
+    assert_eq!(first.status, 200, "{}", first.text());
+    let second = post_json(&server, json!(batch));
+    assert_eq!(second.status, 429, "ten more at once is past the burst: {}", second.text());
+    assert_eq!(code_of(&second), "RATE_LIMITED");
+}
+
 /// Each `login` and `register` pays the address's sign-in budget, however
 /// many one request holds (aliases) and whether it comes over HTTP or a
 /// WebSocket; a refusal's message and Retry-After name the same wait.

@@ -1028,7 +1028,14 @@ async fn handle_graphql(state: &HttpState, ip: IpAddr, headers: &HeaderMap, inpu
         Ok(viewer) => viewer,
         Err(error) => return refused(StatusCode::INTERNAL_SERVER_ERROR, error, "internal"),
     };
-    if let Err(wait) = check_request_rate(app, &viewer, ip) {
+    // Each operation of a batch is a request's worth of work (a batch of
+    // ten expensive searches was charged as one); those past the batch
+    // limit are refused below, not charged.
+    let operations = match &batch {
+        BatchRequest::Single(_) => 1,
+        BatchRequest::Batch(requests) => requests.len().clamp(1, app.settings.query_limits.batch_max),
+    };
+    if let Err(wait) = check_request_rate(app, &viewer, ip, operations) {
         return rate_limited(wait);
     }
     let (mut batch, operation) = match prepare(app, batch, ip, method) {
@@ -1266,11 +1273,12 @@ enum Method {
 }
 
 /// Per-caller budget: the token's for a signed-in viewer, the address's
-/// for anyone else.
-fn check_request_rate(app: &App, viewer: &Viewer, ip: IpAddr) -> Result<(), Duration> {
+/// for anyone else; `operations` requests' worth of it, all or none.
+fn check_request_rate(app: &App, viewer: &Viewer, ip: IpAddr, operations: usize) -> Result<(), Duration> {
+    let count = u32::try_from(operations).unwrap_or(u32::MAX);
     let limited = match viewer {
-        Viewer::User { token_hash, .. } => app.limits.per_token.check(token_hash).map_err(|w| (w, "token")),
-        _ => app.limits.per_ip.check(ip).map_err(|w| (w, "ip")),
+        Viewer::User { token_hash, .. } => app.limits.per_token.check_many(token_hash, count).map_err(|w| (w, "token")),
+        _ => app.limits.per_ip.check_many(ip, count).map_err(|w| (w, "ip")),
     };
     limited.map_err(|(wait, scope)| {
         app.metrics.rate_limited(scope);
@@ -1573,7 +1581,7 @@ impl GuardedSchema {
         let rate_limited = |wait: Duration| {
             refusal(ApiError::RateLimited(format!("too many requests; retry in {} s", limits::retry_seconds(wait))))
         };
-        if let Err(wait) = check_request_rate(app, viewer, self.ip) {
+        if let Err(wait) = check_request_rate(app, viewer, self.ip, 1) {
             return rate_limited(wait);
         }
         let cost = match limits::inspect(request, &app.settings.query_limits, None) {
