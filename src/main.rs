@@ -6,9 +6,10 @@
 /// newline) and results on stdout (`say!`). A stderr that cannot be written
 /// (sent to a file on the disk that just filled up) is passed over:
 /// `eprintln!` panics there, and the exit code would be 101 instead of the
-/// one that tells the operator (and systemd) what happened. A result that
-/// cannot be written is the command's failure (`say!` is a `Result`): a
-/// token written nowhere was not given.
+/// one that tells the operator (and systemd) what happened. `say!` is a
+/// `Result`: a result that is the command's point and cannot be written (a
+/// token written nowhere was not given) fails it; the report of a change
+/// made anyway does not.
 macro_rules! tell {
     ($($arg:tt)*) => {{
         let _ = writeln!(std::io::stderr(), $($arg)*);
@@ -487,14 +488,15 @@ fn user(command: UserCommand) -> Result<(), Failure> {
             let graph = open_for_command(&store, true)?;
             let user =
                 graph.register(&email, &name, role.into(), Some(hash)).map_err(|e| Failure::Runtime(e.to_string()))?;
-            say!("created user {} <{}> with role {:?}", user.id, user.email, user.role)?;
+            // Made whether or not this can be told (as for the lines below).
+            let _ = say!("created user {} <{}> with role {:?}", user.id, user.email, user.role);
             Ok(())
         }
         UserCommand::SetRole { store, email, role } => {
             let graph = open_for_command(&store, false)?;
             let user = find_user(&graph, &email)?;
             let user = graph.set_role(user.id, role.into()).map_err(|e| Failure::Runtime(e.to_string()))?;
-            say!("user {} <{}> now has role {:?}", user.id, user.email, user.role)?;
+            let _ = say!("user {} <{}> now has role {:?}", user.id, user.email, user.role);
             Ok(())
         }
         UserCommand::Token { store, email, id, ids_from, ttl } => {
@@ -555,7 +557,7 @@ fn import(store: &StoreArgs, from: &std::path::Path) -> Result<(), Failure> {
     let summary = graph::import::import(&config.data_dir, from, options, &mut |p| bar.show(p))
         .map_err(|e| Failure::Runtime(format!("import failed, nothing was written: {e}")))?;
     bar.finish();
-    say!(
+    let _ = say!(
         "imported {} users, {} events, {} follows, {} attendances into {} in {:.1} s",
         summary.users,
         summary.events,
@@ -563,7 +565,7 @@ fn import(store: &StoreArgs, from: &std::path::Path) -> Result<(), Failure> {
         summary.attends,
         config.data_dir.display(),
         started.elapsed().as_secs_f64()
-    )?;
+    );
     Ok(())
 }
 

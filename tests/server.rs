@@ -1171,15 +1171,21 @@ fn an_unwritable_stderr_does_not_change_the_exit_code() {
 }
 
 /// A result that cannot be written (stdout on a full disk) fails the
-/// command: a token written nowhere was not given.
+/// command when it is the command's point (a token written nowhere was not
+/// given), not when it reports a change made anyway (an account created).
 #[test]
 fn a_token_that_cannot_be_written_fails_the_command() {
     let dir = TempDir::new("full-stdout");
-    create_admin(dir.path(), "root@example.com");
+    let full = || std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let mut create = marquee(&["user", "create", "--email", "root@example.com", "--name", "Root", "--role", "admin"]);
+    create.args(["--password-stdin", "--cache-mb", "16", "--data-dir"]).arg(dir.path());
+    let mut child = create.stdin(Stdio::piped()).stdout(full()).stderr(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"admin-password\n").unwrap();
+    let created = child.wait_with_output().unwrap();
+    assert_eq!(created.status.code(), Some(0), "created: {}", String::from_utf8_lossy(&created.stderr));
     let mut token = marquee(&["user", "token", "--email", "root@example.com", "--cache-mb", "16", "--data-dir"]);
     token.arg(dir.path());
-    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
-    let output = token.stdout(full).stderr(Stdio::piped()).output().unwrap();
+    let output = token.stdout(full()).stderr(Stdio::piped()).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("cannot write the result to stdout"), "{stderr}");
