@@ -172,6 +172,28 @@ fn recommendations_rank_by_followees_going_and_skip_what_they_cannot_book() {
     assert_eq!(recommended(&server, &me.token), [popular, early, late]);
 }
 
+/// A hold past its expiresAt is no booking any more: its event is
+/// recommended again at once, as the booking reads EXPIRED at once.
+#[test]
+fn a_run_out_hold_no_longer_keeps_its_event_from_recommendations() {
+    let dir = TempDir::new("recommend-hold");
+    let server = Server::start(dir.path(), &["--hold-ttl", "1s"]);
+    let (org, _) = register(&server, "org@example.com", "ORGANIZER");
+    let (gig, tickets) = event(&server, &org, "Gig", "2097-01-01T20:00:00Z", true);
+    let [me, friend] = ["me", "friend"].map(|n| person(&server, n));
+    follow(&server, &me, &friend);
+    book(&server, &friend, &tickets, "f", false);
+    book(&server, &me, &tickets, "mine", true);
+    let answered = std::time::Instant::now();
+    assert_eq!(recommended(&server, &me.token), Vec::<String>::new(), "held: booked");
+    // Made before it was answered: a second after that, it has run out.
+    std::thread::sleep(std::time::Duration::from_secs(1).saturating_sub(answered.elapsed()));
+    while answered.elapsed() < std::time::Duration::from_millis(1_400) {
+        assert_eq!(recommended(&server, &me.token), [gig.clone()]);
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn social_distance_walks_follows_up_to_four_hops() {
     let dir = TempDir::new("distance");

@@ -43,14 +43,15 @@ impl SocialQuery {
         // Events the viewer holds seats of are booked too, not only those
         // confirmed (which the index already leaves out).
         let app = app(ctx);
+        let now_ms = graph::now_ms();
         let held = app
             .ledger
             .bookings_of(me.id)
             .iter()
-            .filter(|booking| booking.status == graph::model::BookingStatus::Held)
+            .filter(|booking| booking.status_at(now_ms) == graph::model::BookingStatus::Held)
             .map(|booking| booking.event)
             .collect();
-        let events = app.graph.recommended_events(me.id, first, graph::now_ms(), &held);
+        let events = app.graph.recommended_events(me.id, first, now_ms, &held);
         Ok(events.into_iter().map(EventObject).collect())
     }
 
