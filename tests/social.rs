@@ -189,7 +189,7 @@ fn a_run_out_hold_no_longer_keeps_its_event_from_recommendations() {
     // Made before it was answered: a second after that, it has run out.
     std::thread::sleep(std::time::Duration::from_secs(1).saturating_sub(answered.elapsed()));
     while answered.elapsed() < std::time::Duration::from_millis(1_400) {
-        assert_eq!(recommended(&server, &me.token), [gig.clone()]);
+        assert_eq!(recommended(&server, &me.token), std::slice::from_ref(&gig));
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
