@@ -270,6 +270,16 @@ fn each_operation_of_a_batch_pays_the_rate_limit() {
     let second = post_json(&server, json!(batch));
     assert_eq!(second.status, 429, "ten more at once is past the burst: {}", second.text());
     assert_eq!(code_of(&second), "RATE_LIMITED");
+
+    // A batch past the batch limit is refused for its size, charged as one
+    // request: sent twice, it is told the same both times.
+    let other_dir = TempDir::new("rate-batch-size");
+    let other = Server::start(other_dir.path(), &["--rate-limit-ip", "5"]);
+    let too_big: Vec<Value> = (0..11).map(|_| json!({"query": "{ __typename }"})).collect();
+    for _ in 0..2 {
+        let refused = post_json(&other, json!(too_big));
+        assert_eq!((refused.status, code_of(&refused)), (400, "QUERY_TOO_COMPLEX".to_string()), "{}", refused.text());
+    }
 }
 
 /// Each `login` and `register` pays the address's sign-in budget, however

@@ -1029,11 +1029,11 @@ async fn handle_graphql(state: &HttpState, ip: IpAddr, headers: &HeaderMap, inpu
         Err(error) => return refused(StatusCode::INTERNAL_SERVER_ERROR, error, "internal"),
     };
     // Each operation of a batch is a request's worth of work (a batch of
-    // ten expensive searches was charged as one); those past the batch
-    // limit are refused below, not charged.
+    // ten expensive searches was charged as one); a batch past the batch
+    // limit is refused below, charged as one request.
     let operations = match &batch {
-        BatchRequest::Single(_) => 1,
-        BatchRequest::Batch(requests) => requests.len().clamp(1, app.settings.query_limits.batch_max),
+        BatchRequest::Batch(requests) if requests.len() <= app.settings.query_limits.batch_max => requests.len().max(1),
+        _ => 1,
     };
     if let Err(wait) = check_request_rate(app, &viewer, ip, operations) {
         return rate_limited(wait);
