@@ -199,6 +199,7 @@ fn search_folds_accents_typed_apart_and_of_every_latin_greek_and_cyrillic_letter
     let games = publish("ゲーム大会", "Tokyo");
     let fort = publish("\u{915}\u{93C}\u{93F}\u{932}\u{93E} tour", "Delhi");
     let concert = publish("콘서트", "Seoul");
+    let drive = publish("🅰🅱 blood drive", "Oslo");
     let found = |query: EventQuery| {
         graph.events(&EventQuery { first: 10, ..query }).events.iter().map(|e| e.id).collect::<Vec<_>>()
     };
@@ -223,6 +224,7 @@ fn search_folds_accents_typed_apart_and_of_every_latin_greek_and_cyrillic_letter
         ("ゲー", games),
         ("\u{958}\u{93F}\u{932}\u{93E}", fort),
         ("콘서", concert),
+        ("🅰", drive),
     ] {
         assert_eq!(text(typed), [event], "text {typed:?}");
     }
