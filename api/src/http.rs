@@ -1277,8 +1277,10 @@ enum Method {
 fn check_request_rate(app: &App, viewer: &Viewer, ip: IpAddr, operations: usize) -> Result<(), Duration> {
     let count = u32::try_from(operations).unwrap_or(u32::MAX);
     let limited = match viewer {
-        Viewer::User { token_hash, .. } => app.limits.per_token.check_many(token_hash, count).map_err(|w| (w, "token")),
-        _ => app.limits.per_ip.check_many(ip, count).map_err(|w| (w, "ip")),
+        Viewer::User { token_hash, .. } => {
+            app.limits.per_token.check_up_to_burst(token_hash, count).map_err(|w| (w, "token"))
+        }
+        _ => app.limits.per_ip.check_up_to_burst(ip, count).map_err(|w| (w, "ip")),
     };
     limited.map_err(|(wait, scope)| {
         app.metrics.rate_limited(scope);

@@ -81,6 +81,14 @@ impl RateLimiter {
         self.take(key, count)
     }
 
+    /// Takes `count` requests of `key`'s budget at once, as `check_many`,
+    /// but at most the whole burst: more than the burst (a batch under a
+    /// low rate) passes once the budget is full, instead of never. Not for
+    /// budgets that bound a cost per unit (sign-ins).
+    pub fn check_up_to_burst(&self, key: impl Hash, count: u32) -> Result<(), Duration> {
+        self.take(key, count.min(self.rate.burst.max(1.0) as u32))
+    }
+
     /// How long `key` must wait before its next request would be allowed,
     /// without taking anything (for budgets spent only on failures).
     pub fn blocked(&self, key: impl Hash) -> Option<Duration> {
@@ -101,9 +109,6 @@ impl RateLimiter {
             shard.retain(|_, arrival| *arrival > now);
         }
         let arrival = shard.get(&hash).copied().unwrap_or(now).max(now);
-        // More than the burst at once is charged the whole burst: it passes
-        // once the budget is full, instead of never.
-        let count = count.min(self.rate.burst.max(1.0) as u32);
         // The last of `count` requests arrives (count - 1) intervals after
         // the first. (A billionth of an interval of slack: a full burst on
         // a full budget sits exactly at the tolerance, and rounding put it
@@ -949,11 +954,12 @@ mod tests {
             }
         }
         let limiter = RateLimiter::new(Rate { per_second: 100.0, burst: 4.0 });
-        assert!(limiter.check_many("a", 9).is_ok(), "more than the burst, on a full budget");
-        let wait = limiter.check_many("a", 9).unwrap_err();
+        assert!(limiter.check_many("strict", 9).is_err(), "a budget per unit (sign-ins) never takes more at once");
+        assert!(limiter.check_up_to_burst("a", 9).is_ok(), "more than the burst, on a full budget");
+        let wait = limiter.check_up_to_burst("a", 9).unwrap_err();
         assert!(wait <= Duration::from_millis(40), "waits for the whole burst back: {wait:?}");
         std::thread::sleep(wait + Duration::from_millis(5));
-        assert!(limiter.check_many("a", 9).is_ok(), "and then passes");
+        assert!(limiter.check_up_to_burst("a", 9).is_ok(), "and then passes");
     }
 
     #[test]
