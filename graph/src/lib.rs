@@ -207,6 +207,14 @@ impl Graph {
         self.store.sync(seq)
     }
 
+    /// Commits one record decided under the writer's `guard`, lets the
+    /// writer go, then waits for the shared flush.
+    fn commit_released(&self, guard: MutexGuard<'_, ()>, record: Record) -> Result<(), Error> {
+        let seq = self.store.commit(now_ms(), &[record])?;
+        drop(guard);
+        self.store.sync(seq)
+    }
+
     /// Creates an account. `password_hash` is a PHC string, or `None` for an
     /// imported account that must reset its password before signing in.
     pub fn register(&self, email: &str, name: &str, role: Role, password_hash: Option<String>) -> Result<User, Error> {
@@ -299,9 +307,7 @@ impl Graph {
             return Ok(user);
         }
         user.role = role;
-        let seq = self.store.commit(now_ms(), &[Record::RoleSet(user.clone())])?;
-        drop(guard);
-        self.store.sync(seq)?;
+        self.commit_released(guard, Record::RoleSet(user.clone()))?;
         Ok(user)
     }
 
@@ -599,9 +605,7 @@ impl Graph {
         }
         let edge = Follow { follower, followee };
         let record = if follow { Record::Followed(edge) } else { Record::Unfollowed(edge) };
-        let seq = self.store.commit(now_ms(), &[record])?;
-        drop(guard);
-        self.store.sync(seq)?;
+        self.commit_released(guard, record)?;
         Ok(true)
     }
 }
@@ -624,9 +628,7 @@ impl Graph {
         }
         let id = WebhookId(self.next_webhook.fetch_add(1, Ordering::Relaxed));
         let webhook = Webhook { id, owner, url, events, secret, active: true, created_at_ms: now_ms() };
-        let seq = self.store.commit(now_ms(), &[Record::WebhookCreated(webhook.clone())])?;
-        drop(guard);
-        self.store.sync(seq)?;
+        self.commit_released(guard, Record::WebhookCreated(webhook.clone()))?;
         Ok(webhook)
     }
 
@@ -640,9 +642,7 @@ impl Graph {
     pub fn delete_webhook(&self, id: WebhookId) -> Result<bool, Error> {
         let guard = self.writer();
         let Some(webhook) = self.webhook(id) else { return Ok(false) };
-        let seq = self.store.commit(now_ms(), &[Record::WebhookDeleted(webhook)])?;
-        drop(guard);
-        self.store.sync(seq)?;
+        self.commit_released(guard, Record::WebhookDeleted(webhook))?;
         Ok(true)
     }
 
@@ -666,9 +666,7 @@ impl Graph {
         let guard = self.writer();
         let mut webhook = self.webhook(id).ok_or(Error::NotFound("webhook"))?;
         webhook.secret = secret;
-        let seq = self.store.commit(now_ms(), &[Record::WebhookSecretRotated(webhook.clone())])?;
-        drop(guard);
-        self.store.sync(seq)?;
+        self.commit_released(guard, Record::WebhookSecretRotated(webhook.clone()))?;
         Ok(webhook)
     }
 
@@ -683,9 +681,7 @@ impl Graph {
         webhook.active = active;
         let record =
             if active { Record::WebhookReactivated(webhook.clone()) } else { Record::WebhookFailing(webhook.clone()) };
-        let seq = self.store.commit(now_ms(), &[record])?;
-        drop(guard);
-        self.store.sync(seq)?;
+        self.commit_released(guard, record)?;
         Ok(webhook)
     }
 
