@@ -408,7 +408,7 @@ impl Ledger {
             BookingStatus::Held => {}
         }
         // A hold is a place in a sale: it cannot be bought once the sale closed.
-        if self.graph.event_sales(current.event).is_some_and(|(_, closes_ms)| now_ms >= closes_ms) {
+        if self.sales_are_closed(current.event, now_ms) {
             return Err(self.sales_closed(current.event));
         }
         let mut booking = Booking::clone(&current);
@@ -422,10 +422,21 @@ impl Ledger {
         Ok(Logged { value: booking, seq })
     }
 
+    /// Whether the event's sales closed by `now_ms` (at its end, or at its
+    /// start when it has none).
+    fn sales_are_closed(&self, event: EventId, now_ms: i64) -> bool {
+        self.graph.event_sales(event).is_some_and(|(_, closes_ms)| now_ms >= closes_ms)
+    }
+
+    /// Whether the event has an end, so its sales close when it ends
+    /// rather than when it starts (what the messages say).
+    fn has_end(&self, event: EventId) -> bool {
+        self.graph.event(event).is_some_and(|event| event.ends_at_ms.is_some())
+    }
+
     /// Why an event's sales are closed: it ended, or (with no end) it started.
     fn sales_closed(&self, event: EventId) -> Error {
-        let has_end = self.graph.event(event).is_some_and(|event| event.ends_at_ms.is_some());
-        Error::Conflict(if has_end {
+        Error::Conflict(if self.has_end(event) {
             "the event is over: its sales closed when it ended".into()
         } else {
             "the event has started: with no end time (endsAt), its sales closed at its start".into()
@@ -467,10 +478,11 @@ impl Ledger {
         if let (Canceller::Owner, Some(at_ms)) = (by, first_used) {
             return Err(Error::TicketUsed { at_ms });
         }
-        let sales_closed = self.graph.event_sales(current.event).is_some_and(|(_, closes_ms)| now_ms >= closes_ms);
-        if by == Canceller::Owner && current.status == BookingStatus::Confirmed && sales_closed {
-            let has_end = self.graph.event(current.event).is_some_and(|event| event.ends_at_ms.is_some());
-            let over = if has_end { "the event is over" } else { "the event has started" };
+        if by == Canceller::Owner
+            && current.status == BookingStatus::Confirmed
+            && self.sales_are_closed(current.event, now_ms)
+        {
+            let over = if self.has_end(current.event) { "the event is over" } else { "the event has started" };
             return Err(Error::Conflict(format!(
                 "{over}: only its organizer or an admin may cancel a booking of it now"
             )));
