@@ -441,6 +441,25 @@ fn graphql_errors_all_carry_a_code() {
     assert_eq!(server.stop(), Some(0));
 }
 
+/// A batch is answered with an array, also a batch of one (batching
+/// clients, Apollo's BatchHttpLink among them, send one operation as an
+/// array when no other came within their interval, and read an array
+/// back); one operation sent alone is answered with an object.
+#[test]
+fn a_batch_of_one_is_answered_with_an_array_of_one() {
+    let dir = TempDir::new("batch-of-one");
+    let server = Server::start(dir.path(), &[]);
+    let addr = server.addr.as_str();
+    let one = post_graphql(addr, Some("application/json"), br#"[{"query":"{ __typename }"}]"#).json();
+    assert_eq!(one, json!([{"data": {"__typename": "Query"}}]));
+    let failed = post_graphql(addr, Some("application/json"), br#"[{"query":"{ nope }"}]"#).json();
+    assert_eq!(failed.as_array().map(Vec::len), Some(1), "{failed}");
+    assert_errors_coded(&failed);
+    let alone = post_graphql(addr, Some("application/json"), br#"{"query":"{ __typename }"}"#).json();
+    assert_eq!(alone, json!({"data": {"__typename": "Query"}}));
+    assert_eq!(server.stop(), Some(0));
+}
+
 /// GraphQL over HTTP: `application/graphql-response+json` when the client
 /// asks for it (a request error is then a 400), `application/json`
 /// otherwise (200 for every well-formed request); a request error never

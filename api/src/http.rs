@@ -1316,6 +1316,8 @@ fn prepare(
     method: Method,
 ) -> Result<(BatchRequest, Option<String>), Refusal> {
     let limits = &app.settings.query_limits;
+    // A batch of one is still a batch: its client reads an array back.
+    let single = matches!(batch, BatchRequest::Single(_));
     let mut requests = match batch {
         BatchRequest::Single(request) => vec![request],
         BatchRequest::Batch(requests) => {
@@ -1330,7 +1332,6 @@ fn prepare(
             requests
         }
     };
-    let single = requests.len() == 1;
     let mut first_name = None;
     let mut sign_in_attempts = 0;
     for request in &mut requests {
