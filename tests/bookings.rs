@@ -355,3 +355,129 @@ fn a_drafts_ticket_type_answers_strangers_as_a_missing_one_does() {
     assert_eq!(answer(&draft, "used"), answer("999999", "used"));
     assert_eq!(answer(&draft, "used").0, "CONFLICT");
 }
+
+/// Sends `body` to /graphql as-is; the response's status and raw text.
+fn post_raw(server: &Server, token: Option<&str>, body: &Value) -> (u16, String) {
+    let auth = token.map(|token| format!("Bearer {token}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(auth) = &auth {
+        headers.push(("Authorization", auth.as_str()));
+    }
+    let response = http(&server.addr, "POST", "/graphql", &headers, &serde_json::to_vec(body).unwrap());
+    (response.status, response.text())
+}
+
+fn direct_runs(server: &Server) -> u64 {
+    metric(server, "marquee_graphql_direct_operations_total").expect("direct runs counted").parse().unwrap()
+}
+
+/// A known `bookTickets` operation runs without the GraphQL executor (see
+/// api/src/direct.rs); its answers must be the executor's, byte for byte.
+/// A batch always runs on the executor, so each request is sent alone
+/// (run directly, counted by the metric) and then as a batch of one, and
+/// the two bodies compared: a success a second time replays its
+/// idempotency key, so both answer the same booking.
+#[test]
+fn bookings_run_without_the_executor_answer_as_the_executor_does() {
+    let dir = TempDir::new("bookings-direct");
+    let server = Server::start(dir.path(), &["--rate-limit-token", "0", "--rate-limit-ip", "0"]);
+    let (org, event, ticket_type) = on_sale(&server, 6, Some(3));
+    publish(&server, &org, &event);
+    // The dearest ticket: 50 of them come to just under an Int's 32 bits.
+    let (_, dear) =
+        event_with_tickets(&server, &org, "Gala", "2097-02-01T20:00:00Z", general_admission(42_949_672, 500), true);
+    let (_, draft) =
+        event_with_tickets(&server, &org, "Draft", "2097-03-01T20:00:00Z", general_admission(100, 10), false);
+    let (fan, _) = register(&server, "fan@example.com", "ATTENDEE");
+    let (rich, _) = register(&server, "rich@example.com", "ATTENDEE");
+
+    let documents: [(&str, Option<&str>); 5] = [
+        ("mutation($input: BookInput!) { bookTickets(input: $input) { id status quantity tickets { code } } }", None),
+        (
+            "mutation Book($in: BookInput!) { b: bookTickets(input: $in) { __typename n: id s: status quantity totalCents \
+             totalCentsExact createdAt expiresAt confirmedAt tickets { __typename id code checkedInAt again: code } } }",
+            Some("Book"),
+        ),
+        (
+            "query Other { __typename } mutation Pick($input: BookInput!) { bookTickets(input: $input) { status expiresAt } }",
+            Some("Pick"),
+        ),
+        ("mutation($input: BookInput!) { bookTickets(input: $input) { totalCents id } }", None),
+        ("mutation($input: BookInput!) { bookTickets(input: $input) { totalCents } }", None),
+    ];
+    let input = |ticket_type: &str, quantity: Value, key: &str, hold: Option<Value>| {
+        let mut input = json!({"ticketTypeId": ticket_type, "quantity": quantity, "idempotencyKey": key});
+        if let Some(hold) = hold {
+            input["hold"] = hold;
+        }
+        input
+    };
+    let mut cases: Vec<(String, Option<&str>, Value)> = Vec::new();
+    for (d, (_, _)) in documents.iter().enumerate() {
+        let key = |name: &str| format!("doc{d}-{name}");
+        cases.extend([
+            ("confirmed".into(), Some(fan.as_str()), input(&ticket_type, json!(1), &key("confirmed"), None)),
+            ("held".into(), Some(fan.as_str()), input(&ticket_type, json!(1), &key("held"), Some(json!(true)))),
+            ("hold null".into(), Some(rich.as_str()), input(&ticket_type, json!(1), &key("null"), Some(json!(null)))),
+            ("sold out".into(), Some(rich.as_str()), input(&ticket_type, json!(5), &key("sold-out"), None)),
+            ("over the limit".into(), Some(fan.as_str()), input(&ticket_type, json!(2), &key("limit"), None)),
+            ("quantity 0".into(), Some(fan.as_str()), input(&ticket_type, json!(0), &key("zero"), None)),
+            ("quantity 51".into(), Some(fan.as_str()), input(&ticket_type, json!(51), &key("51"), None)),
+            ("quantity 2^40".into(), Some(fan.as_str()), input(&ticket_type, json!(1u64 << 40), &key("huge"), None)),
+            ("not an id".into(), Some(fan.as_str()), input("x", json!(1), &key("bad-id"), None)),
+            ("no such ticket type".into(), Some(fan.as_str()), input("999999", json!(1), &key("missing"), None)),
+            ("a draft's".into(), Some(fan.as_str()), input(&draft, json!(1), &key("draft"), None)),
+            ("the organizer, a draft's".into(), Some(org.as_str()), input(&draft, json!(1), &key("draft"), None)),
+            ("anonymous".into(), None, input(&ticket_type, json!(1), &key("anonymous"), None)),
+            ("a bad token".into(), Some("not-a-token"), input(&ticket_type, json!(1), &key("bad-token"), None)),
+            ("the most an Int holds".into(), Some(rich.as_str()), input(&dear, json!(50), &key("dear"), None)),
+        ]);
+        // A ticket type id sent as an integer (GraphQL's ID takes both).
+        let numeric: i64 = dear.parse().unwrap();
+        cases.push(("id as an integer".into(), Some(rich.as_str()), input("", json!(1), &key("numeric"), None)));
+        cases.last_mut().unwrap().2["ticketTypeId"] = json!(numeric);
+    }
+
+    let per_document = cases.len() / documents.len();
+    for (d, (query, name)) in documents.iter().enumerate() {
+        let variable = if query.contains("$in:") { "in" } else { "input" };
+        let request = |input: &Value| {
+            let mut request = json!({"query": query, "variables": {variable: input}});
+            if let Some(name) = name {
+                request["operationName"] = json!(name);
+            }
+            request
+        };
+        // The first request of a document validates it (on the executor);
+        // from then on it is known.
+        let warm = input(&ticket_type, json!(0), &format!("doc{d}-warm"), None);
+        let (_, first) = post_raw(&server, Some(&fan), &request(&warm));
+        assert!(first.contains("BAD_USER_INPUT"), "document {d}: {first}");
+        for (case, token, input) in &cases[d * per_document..(d + 1) * per_document] {
+            let before = direct_runs(&server);
+            let (status, direct) = post_raw(&server, *token, &request(input));
+            assert_eq!(direct_runs(&server), before + 1, "document {d}, {case}: not run directly: {direct}");
+            let (batch_status, batch) = post_raw(&server, *token, &json!([request(input)]));
+            assert_eq!(direct_runs(&server), before + 1, "a batch runs on the executor");
+            let executor = batch.strip_prefix('[').and_then(|b| b.strip_suffix(']')).expect("a batch of one");
+            assert_eq!((status, direct.as_str()), (batch_status, executor), "document {d}, {case}");
+        }
+    }
+
+    // Shapes it does not follow run on the executor, as before.
+    for query in [
+        "mutation($input: BookInput!) { bookTickets(input: $input) { id ticketType { sold } } }",
+        "mutation($input: BookInput!) { bookTickets(input: $input) { ...b } } fragment b on Booking { id }",
+        "mutation($input: BookInput!) { bookTickets(input: $input) { id @include(if: true) } }",
+        "mutation($input: BookInput!) { bookTickets(input: $input) { id id } }",
+        "mutation($input: BookInput!) { bookTickets(input: $input) { id } __typename }",
+    ] {
+        for attempt in 0..2 {
+            let before = direct_runs(&server);
+            let key = format!("{query}-{attempt}");
+            let answer = server.gql(Some(&rich), query, json!({"input": input(&dear, json!(1), &key, None)}));
+            assert!(answer["data"]["bookTickets"]["id"].is_string(), "{query}: {answer}");
+            assert_eq!(direct_runs(&server), before, "{query} ran directly");
+        }
+    }
+}

@@ -25,6 +25,7 @@ use axum::{Extension, Router};
 
 use crate::auth::{self, Viewer};
 use crate::completion::{is_subscription, unusable_variable_of, FieldTypes};
+use crate::direct::DirectAnswer;
 use crate::error::ApiError;
 use crate::limits::{self, TooComplex};
 use crate::schema::{self, MarqueeSchema};
@@ -541,6 +542,12 @@ async fn metrics(State(state): State<HttpState>) -> Response {
         "marquee_graphql_known_operations_total",
         "GraphQL requests over HTTP run without the validation rules: their operation passed them before.",
         state.validated.known(),
+    );
+    crate::metrics::counter(
+        &mut text,
+        "marquee_graphql_direct_operations_total",
+        "GraphQL requests over HTTP run without the GraphQL executor: known bookTickets operations of a shape it follows.",
+        state.validated.direct(),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
@@ -1103,6 +1110,14 @@ fn body_request(body: &[u8]) -> Result<BatchRequest, String> {
     }
 }
 
+/// What running a batch came to.
+enum Ran {
+    Executed(BatchResponse),
+    /// A direct run's success, written out (see [`crate::direct`]): no
+    /// error, nothing left to do but send it.
+    Written(Vec<u8>),
+}
+
 /// Runs a checked batch; its response (in `media`), outcome label and
 /// error codes (see [`Outcome::errors`]).
 async fn execute(
@@ -1113,18 +1128,32 @@ async fn execute(
     media: Media,
 ) -> (Response, &'static str, String) {
     let app = &state.app;
-    let schema = if matches!(check, Check::Known) { &state.known_schema } else { &state.schema };
+    let (schema, direct) = match &check {
+        Check::Known(direct) => (&state.known_schema, direct.clone()),
+        _ => (&state.schema, None),
+    };
     // A panic in a resolver becomes a bland 500 instead of a dropped
     // connection or a leaked message. (Caught here rather than by running
     // the request as a task of its own: handing every request to another
     // task costs a wake-up on a second thread.)
     let field_types = &*state.field_types;
+    let validated = &*state.validated;
     let run = async move {
         match batch {
-            BatchRequest::Single(request) => {
-                BatchResponse::Single(run_completed(schema, field_types, &app.parsed, request.data(viewer)).await)
+            BatchRequest::Single(mut request) => {
+                let direct = direct.and_then(|plan| Some((plan.input(&request)?, plan)));
+                Ran::Executed(BatchResponse::Single(match direct {
+                    Some((input, plan)) => {
+                        validated.ran_direct();
+                        match plan.run(app, &viewer, input, &mut request, field_types).await {
+                            DirectAnswer::Written(body) => return Ran::Written(body),
+                            DirectAnswer::Response(response) => response,
+                        }
+                    }
+                    None => run_completed(schema, field_types, &app.parsed, request.data(viewer)).await,
+                }))
             }
-            BatchRequest::Batch(requests) => BatchResponse::Batch(
+            BatchRequest::Batch(requests) => Ran::Executed(BatchResponse::Batch(
                 async_graphql::futures_util::stream::FuturesOrdered::from_iter(
                     requests
                         .into_iter()
@@ -1132,13 +1161,17 @@ async fn execute(
                 )
                 .collect()
                 .await,
-            ),
+            )),
         }
     };
     let task = AssertUnwindSafe(run).catch_unwind();
     let timeout = Duration::from_millis(app.settings.request_timeout_ms);
     match tokio::time::timeout(timeout, task).await {
-        Ok(Ok(mut response)) => {
+        Ok(Ok(Ran::Written(body))) => {
+            let response = (StatusCode::OK, [(header::CONTENT_TYPE, media.content_type())], body).into_response();
+            (response, "ok", String::new())
+        }
+        Ok(Ok(Ran::Executed(mut response))) => {
             if let BatchResponse::Single(response) = &response {
                 state.validated.settle(check, response);
             }

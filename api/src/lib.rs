@@ -20,6 +20,7 @@
 
 pub mod auth;
 mod completion;
+mod direct;
 pub mod durable;
 pub mod error;
 mod export;

@@ -30,6 +30,7 @@ use async_graphql::registry::{MetaType, MetaTypeName, Registry, ScalarValidatorF
 use async_graphql::{InputType, OutputType, Positioned, Request, Response, Variables};
 use async_graphql_value::{ConstValue, Value};
 
+use crate::direct::DirectPlan;
 use crate::limits::Bounded;
 
 /// Operations that passed validation, shared by every request.
@@ -40,10 +41,12 @@ pub struct ValidatedOperations {
     documents: Mutex<Bounded<Arc<str>, ByOperation>>,
     /// Requests run as known.
     known: AtomicU64,
+    /// Requests run without the executor, by their plans.
+    direct: AtomicU64,
 }
 
 /// A document's validated operations, by name.
-type ByOperation = Vec<(Option<String>, Arc<ArgumentTypes>)>;
+type ByOperation = Vec<(Option<String>, Arc<ArgumentTypes>, Option<Arc<DirectPlan>>)>;
 
 /// The arguments of an operation whose values come from variables, each
 /// with the type its value must have, resolved against the registry when
@@ -98,8 +101,9 @@ struct InputField {
 /// What to do with one request.
 pub enum Check {
     /// Validated before, and its variables suit: run it on the schema that
-    /// skips the rules.
-    Known,
+    /// skips the rules, or without the executor when it has a plan for
+    /// that (see [`crate::direct`]).
+    Known(Option<Arc<DirectPlan>>),
     /// Run it on the validating schema, then [`ValidatedOperations::settle`]
     /// the outcome: if it passes, it is known from then on.
     New(Candidate),
@@ -113,6 +117,7 @@ pub struct Candidate {
     query: Arc<str>,
     operation: Option<String>,
     arguments: ArgumentTypes,
+    direct: Option<DirectPlan>,
 }
 
 impl ValidatedOperations {
@@ -126,12 +131,28 @@ impl ValidatedOperations {
         registry.mutation_type = Some(Mutation::type_name().into_owned());
         // The type of `@skip(if:)` and `@include(if:)`.
         <bool as InputType>::create_type_info(&mut registry);
-        ValidatedOperations { registry, documents: Mutex::new(Bounded::new(entries_max)), known: AtomicU64::new(0) }
+        ValidatedOperations {
+            registry,
+            documents: Mutex::new(Bounded::new(entries_max)),
+            known: AtomicU64::new(0),
+            direct: AtomicU64::new(0),
+        }
     }
 
     /// How many requests have run as known.
     pub fn known(&self) -> u64 {
         self.known.load(Ordering::Relaxed)
+    }
+
+    /// How many requests have run without the executor (see
+    /// [`crate::direct`]).
+    pub fn direct(&self) -> u64 {
+        self.direct.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request run without the executor.
+    pub fn ran_direct(&self) {
+        self.direct.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Decides how `request` runs (its text parsed or not).
@@ -140,13 +161,16 @@ impl ValidatedOperations {
             let documents = self.documents.lock().expect("validated operations lock poisoned");
             documents.get(request.query.as_str()).map(|operations| {
                 let operation = request.operation_name.as_deref();
-                operations.iter().find(|(name, _)| name.as_deref() == operation).map(|(_, arguments)| arguments.clone())
+                operations
+                    .iter()
+                    .find(|(name, _, _)| name.as_deref() == operation)
+                    .map(|(_, arguments, direct)| (arguments.clone(), direct.clone()))
             })
         };
         match found {
-            Some(Some(arguments)) if arguments.accept(&request.variables) => {
+            Some(Some((arguments, direct))) if arguments.accept(&request.variables) => {
                 self.known.fetch_add(1, Ordering::Relaxed);
-                Check::Known
+                Check::Known(direct)
             }
             Some(Some(_)) => Check::Full,
             Some(None) | None => {
@@ -155,6 +179,7 @@ impl ValidatedOperations {
                 let Ok(document) = request.parsed_query() else { return Check::Full };
                 match variable_arguments(&self.registry, document, operation.as_deref()) {
                     Some(arguments) => Check::New(Candidate {
+                        direct: crate::direct::plan(document, operation.as_deref()),
                         query,
                         operation,
                         arguments: ArgumentTypes::resolve(&self.registry, arguments),
@@ -169,19 +194,20 @@ impl ValidatedOperations {
     /// every error, if any, comes from a field (validation errors, like
     /// those of parsing or of picking the operation, have no path).
     pub fn settle(&self, check: Check, response: &Response) {
-        let Check::New(Candidate { query, operation, arguments }) = check else { return };
+        let Check::New(Candidate { query, operation, arguments, direct }) = check else { return };
         if response.errors.iter().any(|error| error.path.is_empty()) {
             return;
         }
         let arguments = Arc::new(arguments);
+        let direct = direct.map(Arc::new);
         let mut documents = self.documents.lock().expect("validated operations lock poisoned");
         match documents.get_mut(&*query) {
             Some(operations) => {
-                if !operations.iter().any(|(name, _)| *name == operation) {
-                    operations.push((operation, arguments));
+                if !operations.iter().any(|(name, _, _)| *name == operation) {
+                    operations.push((operation, arguments, direct));
                 }
             }
-            None => documents.insert(query, vec![(operation, arguments)]),
+            None => documents.insert(query, vec![(operation, arguments, direct)]),
         }
     }
 }
@@ -498,7 +524,7 @@ mod tests {
         async fn run(&self, query: &str, name: Option<&str>, variables: serde_json::Value) -> serde_json::Value {
             let mut request = request(query, name, variables);
             let check = self.validated.check(&mut request);
-            let schema = if matches!(check, Check::Known) { &self.known } else { &self.full };
+            let schema = if matches!(check, Check::Known(_)) { &self.known } else { &self.full };
             let response = schema.execute(request).await;
             self.validated.settle(check, &response);
             serde_json::to_value(response).unwrap()

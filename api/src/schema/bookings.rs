@@ -1,12 +1,20 @@
 //! Bookings: book, confirm, cancel, check in, and the viewer's bookings.
 
-use async_graphql::{Context, Enum, InputObject, Object, ID};
+use async_graphql::indexmap::IndexMap;
+use async_graphql::{
+    Context, Enum, InputObject, InputType, Name, Object, PathSegment, ServerError, Value as ConstValue, ID,
+};
 use graph::ids::{BookingId, EventId, TicketTypeId};
 use graph::model::{self, Role};
 
+use std::sync::Arc;
+
 use super::events::{EventObject, TicketTypeObject};
 use super::{acts_for_event, app, parse_id, viewer, DateTime};
+use crate::auth::Viewer;
+use crate::direct::{BookingField, Selected, TicketField};
 use crate::error::{ApiError, ApiResult};
+use crate::App;
 
 /// Where a booking is in its life.
 #[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
@@ -46,10 +54,19 @@ pub struct TicketObject {
     ticket_type: TicketTypeId,
 }
 
+/// A ticket's fields, for its resolvers and for [`crate::direct`].
+fn ticket_id(ticket: &model::Ticket) -> ID {
+    ID(ticket.id.to_string())
+}
+
+fn ticket_checked_in_at(ticket: &model::Ticket) -> Option<DateTime> {
+    ticket.checked_in_at_ms.map(DateTime)
+}
+
 #[Object(name = "Ticket", serial)]
 impl TicketObject {
     async fn id(&self) -> ID {
-        ID(self.ticket.id.to_string())
+        ticket_id(&self.ticket)
     }
     /// Unguessable; what a QR code at the door carries.
     async fn code(&self) -> &str {
@@ -59,34 +76,56 @@ impl TicketObject {
         ticket_type(ctx, self.ticket_type)
     }
     async fn checked_in_at(&self) -> Option<DateTime> {
-        self.ticket.checked_in_at_ms.map(DateTime)
+        ticket_checked_in_at(&self.ticket)
     }
 }
 
 /// A booking.
 pub struct BookingObject(pub std::sync::Arc<model::Booking>);
 
+/// The booking's fields that take more than a read, for its resolvers and
+/// for [`crate::direct`].
 impl BookingObject {
     /// Whether it is a hold whose time has run out, though its expiry has
     /// yet to be written (see [`model::Booking::status_at`]).
     fn run_out(&self) -> bool {
         self.0.status != self.0.status_at(graph::now_ms())
     }
+
+    fn id_now(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+
+    fn status_now(&self) -> BookingStatus {
+        if self.run_out() {
+            return BookingStatus::Expired;
+        }
+        self.0.status.into()
+    }
+
+    fn total_cents_now(&self) -> ApiResult<i32> {
+        super::graphql_int("totalCents", i64::from(self.0.quantity) * i64::from(self.0.unit_price_cents))
+    }
+
+    fn total_cents_exact_now(&self) -> String {
+        (u64::from(self.0.quantity) * u64::from(self.0.unit_price_cents)).to_string()
+    }
+
+    fn expires_at_now(&self) -> Option<DateTime> {
+        self.0.expires_at_ms.filter(|_| !self.run_out()).map(DateTime)
+    }
 }
 
 #[Object(name = "Booking", serial)]
 impl BookingObject {
     async fn id(&self) -> ID {
-        ID(self.0.id.to_string())
+        self.id_now()
     }
     /// A hold past its expiresAt is EXPIRED, also in the moment before the
     /// reaper (every half second) returns its seats: a confirm would
     /// already be HOLD_EXPIRED.
     async fn status(&self) -> BookingStatus {
-        if self.run_out() {
-            return BookingStatus::Expired;
-        }
-        self.0.status.into()
+        self.status_now()
     }
     async fn event(&self, ctx: &Context<'_>) -> ApiResult<EventObject> {
         app(ctx).graph.event(self.0.event).map(EventObject).ok_or(ApiError::Internal)
@@ -98,11 +137,11 @@ impl BookingObject {
         self.0.quantity
     }
     async fn total_cents(&self) -> ApiResult<i32> {
-        super::graphql_int("totalCents", i64::from(self.0.quantity) * i64::from(self.0.unit_price_cents))
+        self.total_cents_now()
     }
     /// totalCents as a decimal string: exact past the 32 bits of an Int.
     async fn total_cents_exact(&self) -> String {
-        (u64::from(self.0.quantity) * u64::from(self.0.unit_price_cents)).to_string()
+        self.total_cents_exact_now()
     }
     /// Issued on confirmation, one per seat; [] while HELD.
     async fn tickets(&self) -> Vec<TicketObject> {
@@ -114,12 +153,150 @@ impl BookingObject {
     }
     /// Set while HELD.
     async fn expires_at(&self) -> Option<DateTime> {
-        self.0.expires_at_ms.filter(|_| !self.run_out()).map(DateTime)
+        self.expires_at_now()
     }
     /// When it was confirmed (tickets issued); null until then.
     async fn confirmed_at(&self) -> Option<DateTime> {
         self.0.confirmed_at_ms.map(DateTime)
     }
+}
+
+impl BookingObject {
+    /// This booking as the GraphQL executor would answer `selection` (see
+    /// [`crate::direct`]), each field as its resolver above has it. A
+    /// failed field is left out of the object and its error added to
+    /// `errors` (its path under `key`, the booking's response key), and an
+    /// object left with no field is null, as async-graphql has it.
+    pub(crate) fn direct_value(
+        &self,
+        selection: &[Selected<BookingField>],
+        key: &Name,
+        errors: &mut Vec<ServerError>,
+    ) -> ConstValue {
+        let mut object = IndexMap::with_capacity(selection.len());
+        for selected in selection {
+            let value = match &selected.field {
+                BookingField::Typename => ConstValue::String("Booking".into()),
+                BookingField::Id => self.id_now().to_value(),
+                BookingField::Status => self.status_now().to_value(),
+                BookingField::Quantity => self.0.quantity.to_value(),
+                BookingField::TotalCents => match self.total_cents_now() {
+                    Ok(total) => total.to_value(),
+                    Err(error) => {
+                        let path =
+                            vec![PathSegment::Field(key.to_string()), PathSegment::Field(selected.key.to_string())];
+                        errors.push(ServerError {
+                            path,
+                            ..async_graphql::Error::from(error).into_server_error(selected.pos)
+                        });
+                        continue;
+                    }
+                },
+                BookingField::TotalCentsExact => self.total_cents_exact_now().to_value(),
+                BookingField::CreatedAt => DateTime(self.0.created_at_ms).to_value(),
+                BookingField::ExpiresAt => self.expires_at_now().to_value(),
+                BookingField::ConfirmedAt => self.0.confirmed_at_ms.map(DateTime).to_value(),
+                BookingField::Tickets(fields) => {
+                    ConstValue::List(self.0.tickets.iter().map(|ticket| direct_ticket(ticket, fields)).collect())
+                }
+            };
+            object.insert(selected.key.clone(), value);
+        }
+        if object.is_empty() {
+            ConstValue::Null
+        } else {
+            ConstValue::Object(object)
+        }
+    }
+}
+
+/// A booking written out as [`BookingObject::direct_value`] gives it, once
+/// every selected field is known to succeed (see
+/// [`BookingObject::serves_all`]): the same JSON, without building the value
+/// first.
+pub(crate) struct DirectBooking<'a> {
+    pub booking: &'a BookingObject,
+    pub selection: &'a [Selected<BookingField>],
+}
+
+impl BookingObject {
+    /// Whether every field of `selection` succeeds on this booking.
+    pub(crate) fn serves_all(&self, selection: &[Selected<BookingField>]) -> bool {
+        selection.iter().all(|selected| !matches!(selected.field, BookingField::TotalCents))
+            || self.total_cents_now().is_ok()
+    }
+}
+
+impl serde::Serialize for DirectBooking<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeMap};
+        let booking = self.booking;
+        let mut map = serializer.serialize_map(Some(self.selection.len()))?;
+        for selected in self.selection {
+            let key = selected.key.as_str();
+            match &selected.field {
+                BookingField::Typename => map.serialize_entry(key, "Booking")?,
+                BookingField::Id => map.serialize_entry(key, booking.id_now().as_str())?,
+                BookingField::Status => map.serialize_entry(key, &booking.status_now().to_value())?,
+                BookingField::Quantity => map.serialize_entry(key, &booking.0.quantity)?,
+                BookingField::TotalCents => {
+                    let total = booking.total_cents_now().map_err(|_| S::Error::custom("totalCents fails"))?;
+                    map.serialize_entry(key, &total)?
+                }
+                BookingField::TotalCentsExact => map.serialize_entry(key, &booking.total_cents_exact_now())?,
+                BookingField::CreatedAt => map.serialize_entry(key, &DateTime(booking.0.created_at_ms).to_value())?,
+                BookingField::ExpiresAt => map.serialize_entry(key, &booking.expires_at_now().to_value())?,
+                BookingField::ConfirmedAt => {
+                    map.serialize_entry(key, &booking.0.confirmed_at_ms.map(DateTime).to_value())?
+                }
+                BookingField::Tickets(fields) => {
+                    let tickets: Vec<DirectTicket<'_>> =
+                        booking.0.tickets.iter().map(|ticket| DirectTicket { ticket, selection: fields }).collect();
+                    map.serialize_entry(key, &tickets)?
+                }
+            }
+        }
+        map.end()
+    }
+}
+
+/// A ticket written out as [`direct_ticket`] gives it.
+struct DirectTicket<'a> {
+    ticket: &'a model::Ticket,
+    selection: &'a [Selected<TicketField>],
+}
+
+impl serde::Serialize for DirectTicket<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.selection.len()))?;
+        for selected in self.selection {
+            let key = selected.key.as_str();
+            match selected.field {
+                TicketField::Typename => map.serialize_entry(key, "Ticket")?,
+                TicketField::Id => map.serialize_entry(key, ticket_id(self.ticket).as_str())?,
+                TicketField::Code => map.serialize_entry(key, &self.ticket.code)?,
+                TicketField::CheckedInAt => map.serialize_entry(key, &ticket_checked_in_at(self.ticket).to_value())?,
+            }
+        }
+        map.end()
+    }
+}
+
+/// A ticket as the executor would answer `selection` (none of these fields
+/// fails).
+fn direct_ticket(ticket: &model::Ticket, selection: &[Selected<TicketField>]) -> ConstValue {
+    let mut object = IndexMap::with_capacity(selection.len());
+    for selected in selection {
+        let value = match selected.field {
+            TicketField::Typename => ConstValue::String("Ticket".into()),
+            TicketField::Id => ticket_id(ticket).to_value(),
+            TicketField::Code => ConstValue::String(ticket.code.clone()),
+            TicketField::CheckedInAt => ticket_checked_in_at(ticket).to_value(),
+        };
+        object.insert(selected.key.clone(), value);
+    }
+    ConstValue::Object(object)
 }
 
 /// A request for seats.
@@ -134,12 +311,52 @@ pub struct BookInput {
     hold: Option<bool>,
 }
 
-/// Whether the viewer may see the event of ticket type `id` (see
+/// Whether `viewer` may see the event of ticket type `id` (see
 /// [`super::events::may_see_event`]); true for a ticket type there is not.
-fn may_see_ticket_type(ctx: &Context<'_>, id: TicketTypeId) -> bool {
-    let graph = &app(ctx).graph;
+fn may_see_ticket_type(app: &App, viewer: &Viewer, id: TicketTypeId) -> bool {
+    let graph = &app.graph;
     let event = graph.ticket_type(id).and_then(|ticket_type| graph.event(ticket_type.event));
-    event.is_none_or(|event| super::events::may_see_event(viewer(ctx), &event))
+    event.is_none_or(|event| super::events::may_see_event(viewer, &event))
+}
+
+/// What `bookTickets` was asked, read from its input (by async-graphql, or
+/// by [`crate::direct`]).
+pub(crate) struct BookArguments {
+    pub ticket_type_id: String,
+    pub quantity: i64,
+    pub idempotency_key: String,
+    pub hold: bool,
+}
+
+/// `bookTickets`: books for `viewer` and answers once the booking is
+/// durable.
+pub(crate) async fn book(app: &Arc<App>, viewer: &Viewer, input: BookArguments) -> ApiResult<Arc<model::Booking>> {
+    let user = viewer.require()?.id;
+    let ticket_type: TicketTypeId = parse_id("input.ticketTypeId", &ID(input.ticket_type_id))?;
+    let quantity = u32::try_from(input.quantity).map_err(|_| {
+        ApiError::bad_input("input.quantity", format!("must be between 1 and {}", ledger::QUANTITY_MAX))
+    })?;
+    let request =
+        ledger::BookRequest { user, ticket_type, quantity, idempotency_key: input.idempotency_key, hold: input.hold };
+    // The input's fields are named as the client wrote them.
+    let logged = app.ledger.book_logged(&request, graph::now_ms()).map_err(|error| match error {
+        ledger::Error::Invalid { field, reason } => ApiError::bad_input(&format!("input.{field}"), reason),
+        // A private event's ticket type (a draft's, or one cancelled
+        // before it was published) is not there for those who may not
+        // see the event, as for `event(id)`: its CONFLICT would tell them
+        // it exists. (Checked only on this refusal: bookings pay nothing.)
+        ledger::Error::NotOnSale(_) if !may_see_ticket_type(app, viewer, ticket_type) => {
+            ApiError::NotFound("no such ticket type".into())
+        }
+        other => other.into(),
+    })?;
+    match app.settle(logged).await {
+        Ok(booking) => Ok(booking),
+        Err(error) => {
+            app.metrics.bookings_not_durable.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Err(error)
+        }
+    }
 }
 
 /// Whether `user` acts for the side of the event `id` (see [`acts_for_event`]).
@@ -185,38 +402,13 @@ pub struct BookingsMutation;
 impl BookingsMutation {
     /// Books seats of a ticket type of a PUBLISHED event.
     async fn book_tickets(&self, ctx: &Context<'_>, input: BookInput) -> ApiResult<BookingObject> {
-        let user = viewer(ctx).require()?.id;
-        let ticket_type: TicketTypeId = parse_id("input.ticketTypeId", &input.ticket_type_id)?;
-        let quantity = u32::try_from(input.quantity).map_err(|_| {
-            ApiError::bad_input("input.quantity", format!("must be between 1 and {}", ledger::QUANTITY_MAX))
-        })?;
-        let request = ledger::BookRequest {
-            user,
-            ticket_type,
-            quantity,
+        let input = BookArguments {
+            ticket_type_id: input.ticket_type_id.0,
+            quantity: input.quantity,
             idempotency_key: input.idempotency_key,
             hold: input.hold.unwrap_or(false),
         };
-        let app = app(ctx);
-        // The input's fields are named as the client wrote them.
-        let logged = app.ledger.book_logged(&request, graph::now_ms()).map_err(|error| match error {
-            ledger::Error::Invalid { field, reason } => ApiError::bad_input(&format!("input.{field}"), reason),
-            // A private event's ticket type (a draft's, or one cancelled
-            // before it was published) is not there for those who may not
-            // see the event, as for `event(id)`: its CONFLICT would tell them
-            // it exists. (Checked only on this refusal: bookings pay nothing.)
-            ledger::Error::NotOnSale(_) if !may_see_ticket_type(ctx, ticket_type) => {
-                ApiError::NotFound("no such ticket type".into())
-            }
-            other => other.into(),
-        })?;
-        match app.settle(logged).await {
-            Ok(booking) => Ok(BookingObject(booking)),
-            Err(error) => {
-                app.metrics.bookings_not_durable.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Err(error)
-            }
-        }
+        book(app(ctx), viewer(ctx), input).await.map(BookingObject)
     }
 
     /// Confirms the viewer's HELD booking: tickets are issued.

@@ -2,7 +2,7 @@
 //! call `graph` (and later `ledger`) through [`crate::App`].
 
 mod analytics;
-mod bookings;
+pub(crate) mod bookings;
 mod events;
 mod identity;
 mod notifications;
