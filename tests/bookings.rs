@@ -464,6 +464,36 @@ fn bookings_run_without_the_executor_answer_as_the_executor_does() {
         }
     }
 
+    // Bodies beyond the plain one: with `extensions` (read as usual, then
+    // run directly as a known operation), with a variable the operation
+    // does not use (GraphQL ignores it), and inputs async-graphql refuses
+    // (never run directly).
+    let query = documents[0].0;
+    let plain = |key: &str| input(&ticket_type, json!(1), key, None);
+    let variants: [(&str, Value, bool); 5] = [
+        ("with extensions", json!({"query": query, "variables": {"input": plain("ext")}, "extensions": {}}), true),
+        ("another variable", json!({"query": query, "variables": {"input": plain("other"), "unused": 1}}), true),
+        (
+            "quantity 1.0",
+            json!({"query": query, "variables": {"input": input(&ticket_type, json!(1.0), "float", None)}}),
+            false,
+        ),
+        (
+            "hold a string",
+            json!({"query": query, "variables": {"input": input(&ticket_type, json!(1), "s", Some(json!("yes")))}}),
+            false,
+        ),
+        ("a field it has not", json!({"query": query, "variables": {"input": {"seat": "A1"}}}), false),
+    ];
+    for (case, body, direct) in &variants {
+        let before = direct_runs(&server);
+        let (status, alone) = post_raw(&server, Some(&rich), body);
+        assert_eq!(direct_runs(&server), before + u64::from(*direct), "{case}: {alone}");
+        let (batch_status, batch) = post_raw(&server, Some(&rich), &json!([body]));
+        let executor = batch.strip_prefix('[').and_then(|b| b.strip_suffix(']')).expect("a batch of one");
+        assert_eq!((status, alone.as_str()), (batch_status, executor), "{case}");
+    }
+
     // Shapes it does not follow run on the executor, as before.
     for query in [
         "mutation($input: BookInput!) { bookTickets(input: $input) { id ticketType { sold } } }",

@@ -25,6 +25,7 @@
 //! field it does not know, a value of another type) runs on the executor
 //! as before.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use async_graphql::parser::types::{
@@ -33,14 +34,20 @@ use async_graphql::parser::types::{
 };
 use async_graphql::{Name, PathSegment, Pos, Positioned, Request, Response, ServerError, Value as ConstValue};
 use async_graphql_value::Value;
+use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, Visitor};
+use serde_json::value::RawValue;
 
 use crate::auth::Viewer;
 use crate::completion::FieldTypes;
 use crate::schema::bookings::{self, BookArguments, BookingObject, DirectBooking};
+use crate::validated::ValidatedOperations;
 use crate::App;
 
 /// How to run one known operation without the executor.
 pub struct DirectPlan {
+    /// What the metrics and the access log call the operation: its name,
+    /// else its field's (as the query limits' measure names it).
+    label: String,
     /// The variable that holds `bookTickets`' input.
     variable: Name,
     /// The mutation field's response key (its alias, else `bookTickets`).
@@ -84,7 +91,8 @@ pub(crate) enum TicketField {
 /// The plan for the operation `operation_name` picks in `document` (as
 /// async-graphql picks it), if its shape is one this module follows.
 pub(crate) fn plan(document: &ExecutableDocument, operation_name: Option<&str>) -> Option<DirectPlan> {
-    let operation = &picked_operation(document, operation_name)?.node;
+    let (name, operation) = picked_operation(document, operation_name)?;
+    let operation = &operation.node;
     if operation.ty != OperationType::Mutation || !operation.directives.is_empty() {
         return None;
     }
@@ -107,6 +115,7 @@ pub(crate) fn plan(document: &ExecutableDocument, operation_name: Option<&str>) 
         _ => return None,
     }
     Some(DirectPlan {
+        label: name.map_or_else(|| book.name.node.to_string(), |name| name.to_string()),
         variable: definition.name.node.clone(),
         key: book.response_key().node.clone(),
         pos: field.pos,
@@ -114,15 +123,19 @@ pub(crate) fn plan(document: &ExecutableDocument, operation_name: Option<&str>) 
     })
 }
 
-/// The operation async-graphql runs for `operation_name`.
+/// The operation async-graphql runs for `operation_name`, and its name.
 fn picked_operation<'a>(
     document: &'a ExecutableDocument,
     operation_name: Option<&str>,
-) -> Option<&'a Positioned<OperationDefinition>> {
+) -> Option<(Option<&'a Name>, &'a Positioned<OperationDefinition>)> {
     match (&document.operations, operation_name) {
-        (DocumentOperations::Multiple(operations), Some(name)) => operations.get(name),
-        (DocumentOperations::Single(operation), None) => Some(operation),
-        (DocumentOperations::Multiple(operations), None) if operations.len() == 1 => operations.values().next(),
+        (DocumentOperations::Multiple(operations), Some(name)) => {
+            operations.get_key_value(name).map(|(n, o)| (Some(n), o))
+        }
+        (DocumentOperations::Single(operation), None) => Some((None, operation)),
+        (DocumentOperations::Multiple(operations), None) if operations.len() == 1 => {
+            operations.iter().next().map(|(n, o)| (Some(n), o))
+        }
         _ => None,
     }
 }
@@ -206,14 +219,20 @@ impl DirectPlan {
         })
     }
 
+    /// What the metrics and the access log call the operation.
+    pub(crate) fn label(&self) -> &str {
+        &self.label
+    }
+
     /// Books for `viewer` and answers as the executor would have answered
-    /// `request` (whose document is parsed: a known operation's is).
+    /// the request of `query` and `operation_name`.
     pub(crate) async fn run(
         &self,
         app: &Arc<App>,
         viewer: &Viewer,
         input: BookArguments,
-        request: &mut Request,
+        query: &str,
+        operation_name: Option<&str>,
         field_types: &FieldTypes,
     ) -> DirectAnswer {
         let mut errors = Vec::new();
@@ -243,12 +262,164 @@ impl DirectPlan {
         let mut response = Response::new(data);
         response.errors = errors;
         if !response.errors.is_empty() {
-            let operation_name = request.operation_name.clone();
-            if let Ok(document) = request.parsed_query() {
-                field_types.complete(document, operation_name.as_deref(), &mut response);
+            // The kept parse of the text (a SOLD_OUT in a rush comes here).
+            let document =
+                app.parsed.document(query).or_else(|| async_graphql::parser::parse_query(query).ok().map(Arc::new));
+            if let Some(document) = document {
+                field_types.complete(&document, operation_name, &mut response);
             }
         }
         DirectAnswer::Response(response)
+    }
+}
+
+/// A POST body read for a direct run, without an async-graphql request:
+/// the operation's text and name, its plan, and the booking's input.
+pub(crate) struct DirectRequest<'a> {
+    pub query: Cow<'a, str>,
+    pub operation_name: Option<Cow<'a, str>>,
+    pub plan: Arc<DirectPlan>,
+    pub input: BookArguments,
+}
+
+/// A POST body of one operation, its variables left unread until it is
+/// known whether the operation runs directly. A body with any other
+/// member (`extensions`: a persisted query) is not read this way.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PostBody<'a> {
+    #[serde(borrow)]
+    query: Cow<'a, str>,
+    #[serde(borrow, default, rename = "operationName")]
+    operation_name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    variables: Option<&'a RawValue>,
+}
+
+impl<'a> PostBody<'a> {
+    /// `body` as one operation, if it is a JSON object of the members
+    /// `query`, `operationName` and `variables` alone.
+    pub(crate) fn read(body: &'a [u8]) -> Option<PostBody<'a>> {
+        serde_json::from_slice(body).ok()
+    }
+
+    /// This body as a direct run, when it is one: an operation with a plan
+    /// (known, see [`ValidatedOperations::direct_plan`]) and variables of
+    /// no more than `variables_bytes_max` bytes that hold exactly its
+    /// input, read as [`DirectPlan::input`] reads it. Otherwise the body
+    /// back, nothing done.
+    pub(crate) fn direct(
+        self,
+        validated: &ValidatedOperations,
+        variables_bytes_max: usize,
+    ) -> Result<DirectRequest<'a>, PostBody<'a>> {
+        let Some(variables) = self.variables else { return Err(self) };
+        // Their text is at least as long as they are written out, which is
+        // what the query limits measure.
+        if variables.get().len() > variables_bytes_max {
+            return Err(self);
+        }
+        let Some(plan) = validated.direct_plan(&self.query, self.operation_name.as_deref()) else { return Err(self) };
+        let mut reader = serde_json::Deserializer::from_str(variables.get());
+        let read = VariablesOf { variable: plan.variable.as_str() }.deserialize(&mut reader);
+        match read.and_then(|input| reader.end().map(|()| input)) {
+            Ok(input) => Ok(DirectRequest { query: self.query, operation_name: self.operation_name, plan, input }),
+            Err(_) => Err(self),
+        }
+    }
+
+    /// This body as async-graphql's request, as async-graphql reads the
+    /// same JSON; `None` if its variables are not what it reads (the body
+    /// is then read as usual, which says why).
+    pub(crate) fn into_request(self) -> Option<Request> {
+        let mut request = Request::new(self.query.into_owned());
+        request.operation_name = self.operation_name.map(Cow::into_owned);
+        if let Some(variables) = self.variables {
+            request.variables = serde_json::from_str(variables.get()).ok()?;
+        }
+        Some(request)
+    }
+}
+
+/// The variables of a plan, as JSON: an object holding its variable and no
+/// other, the input as [`StrictInput`] reads it.
+struct VariablesOf<'v> {
+    variable: &'v str,
+}
+
+impl<'de> DeserializeSeed<'de> for VariablesOf<'_> {
+    type Value = BookArguments;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<BookArguments, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for VariablesOf<'_> {
+    type Value = BookArguments;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(formatter, "an object holding ${} alone", self.variable)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<BookArguments, A::Error> {
+        let mut input = None;
+        while let Some(name) = map.next_key::<Cow<'de, str>>()? {
+            if name != self.variable || input.is_some() {
+                return Err(A::Error::custom("another variable, or the input twice"));
+            }
+            input = Some(map.next_value::<StrictInput>()?);
+        }
+        let input = input.ok_or_else(|| A::Error::custom("no input"))?;
+        Ok(BookArguments {
+            ticket_type_id: input.ticket_type_id.0,
+            quantity: input.quantity,
+            idempotency_key: input.idempotency_key,
+            hold: input.hold.unwrap_or(false),
+        })
+    }
+}
+
+/// `BookInput` as JSON, read only where async-graphql reads it the same
+/// way: its four fields and no other, none twice, each of its own JSON
+/// type (`quantity` an integer that fits 64 bits, as async-graphql's
+/// `Int` parse of it needs; `hold` absent or null meaning false).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct StrictInput {
+    ticket_type_id: IdOf,
+    quantity: i64,
+    idempotency_key: String,
+    #[serde(default)]
+    hold: Option<bool>,
+}
+
+/// A GraphQL `ID` as JSON: a string, or an integer that fits an i64
+/// (written in decimal), as async-graphql reads one.
+struct IdOf(String);
+
+impl<'de> serde::Deserialize<'de> for IdOf {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<IdOf, D::Error> {
+        struct IdVisitor;
+        impl Visitor<'_> for IdVisitor {
+            type Value = IdOf;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("a string or an integer")
+            }
+            fn visit_str<E: serde::de::Error>(self, id: &str) -> Result<IdOf, E> {
+                Ok(IdOf(id.to_string()))
+            }
+            fn visit_string<E: serde::de::Error>(self, id: String) -> Result<IdOf, E> {
+                Ok(IdOf(id))
+            }
+            fn visit_i64<E: serde::de::Error>(self, id: i64) -> Result<IdOf, E> {
+                Ok(IdOf(id.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, id: u64) -> Result<IdOf, E> {
+                i64::try_from(id).map(|id| IdOf(id.to_string())).map_err(|_| E::custom("past an i64"))
+            }
+        }
+        deserializer.deserialize_any(IdVisitor)
     }
 }
 

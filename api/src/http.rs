@@ -25,7 +25,7 @@ use axum::{Extension, Router};
 
 use crate::auth::{self, Viewer};
 use crate::completion::{is_subscription, unusable_variable_of, FieldTypes};
-use crate::direct::DirectAnswer;
+use crate::direct::{DirectAnswer, DirectRequest, PostBody};
 use crate::error::ApiError;
 use crate::limits::{self, TooComplex};
 use crate::schema::{self, MarqueeSchema};
@@ -947,10 +947,8 @@ fn with_request_id(mut response: Response, id: &str) -> Response {
 
 async fn handle_graphql(state: &HttpState, ip: IpAddr, headers: &HeaderMap, input: Input) -> (Response, Outcome) {
     let media = Media::accepted(headers);
-    let refused = |status: StatusCode, error: ApiError, label: &'static str| {
-        let errors = error.code().to_string();
-        (error_response_as(status, &error, media), Outcome { status, operation: None, label, errors })
-    };
+    let refused =
+        |status: StatusCode, error: ApiError, label: &'static str| refused_answer(status, error, label, media);
     // Refused with the body's rest perhaps unread: the connection cannot
     // carry another request.
     let refused_closing = |status: StatusCode, error: ApiError| {
@@ -958,11 +956,7 @@ async fn handle_graphql(state: &HttpState, ip: IpAddr, headers: &HeaderMap, inpu
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         (response, outcome)
     };
-    let rate_limited = |wait: Duration| {
-        let errors = "RATE_LIMITED".to_string();
-        let outcome = Outcome { status: StatusCode::TOO_MANY_REQUESTS, operation: None, label: "rate_limited", errors };
-        (rate_limited_response(wait, media), outcome)
-    };
+    let rate_limited = |wait: Duration| rate_limited_answer(wait, media);
     let app = &state.app;
     if app.is_shutting_down() {
         let mut response = error_response_as(
@@ -1018,7 +1012,18 @@ async fn handle_graphql(state: &HttpState, ip: IpAddr, headers: &HeaderMap, inpu
                     "rejected",
                 );
             }
-            match body_request(&body) {
+            // One operation of the usual members is read once, and run
+            // directly when it can be (see [`crate::direct`]); anything
+            // else is read as a whole.
+            let variables_bytes_max = app.settings.query_limits.variables_bytes_max;
+            let single = match PostBody::read(&body).map(|post| post.direct(&state.validated, variables_bytes_max)) {
+                // Boxed, so that every other request's future does not
+                // hold room for its state.
+                Some(Ok(direct)) => return Box::pin(serve_direct(state, ip, headers, direct, media)).await,
+                Some(Err(post)) => post.into_request(),
+                None => None,
+            };
+            match single.map(|request| Ok(BatchRequest::Single(request))).unwrap_or_else(|| body_request(&body)) {
                 Ok(batch) => (batch, Method::Post),
                 Err(why) => {
                     let message = format!("the body is not a GraphQL request: {why}");
@@ -1094,6 +1099,19 @@ async fn handle_graphql(state: &HttpState, ip: IpAddr, headers: &HeaderMap, inpu
     (response, Outcome { status, operation, label, errors })
 }
 
+/// A request refused before it ran.
+fn refused_answer(status: StatusCode, error: ApiError, label: &'static str, media: Media) -> (Response, Outcome) {
+    let errors = error.code().to_string();
+    (error_response_as(status, &error, media), Outcome { status, operation: None, label, errors })
+}
+
+/// A request refused by a rate limit, to retry after `wait`.
+fn rate_limited_answer(wait: Duration, media: Media) -> (Response, Outcome) {
+    let errors = "RATE_LIMITED".to_string();
+    let outcome = Outcome { status: StatusCode::TOO_MANY_REQUESTS, operation: None, label: "rate_limited", errors };
+    (rate_limited_response(wait, media), outcome)
+}
+
 /// A POST body: one request (a JSON object) or a batch (an array of them).
 /// Read as the one or the other by its first byte: parsing it as "either"
 /// would buffer the whole document first and, on a mistake, say only that
@@ -1139,13 +1157,14 @@ async fn execute(
     let field_types = &*state.field_types;
     let validated = &*state.validated;
     let run = async move {
-        match batch {
-            BatchRequest::Single(mut request) => {
+        let ran = match batch {
+            BatchRequest::Single(request) => {
                 let direct = direct.and_then(|plan| Some((plan.input(&request)?, plan)));
                 Ran::Executed(BatchResponse::Single(match direct {
                     Some((input, plan)) => {
                         validated.ran_direct();
-                        match plan.run(app, &viewer, input, &mut request, field_types).await {
+                        let (query, operation_name) = (&request.query, request.operation_name.as_deref());
+                        match plan.run(app, &viewer, input, query, operation_name, field_types).await {
                             DirectAnswer::Written(body) => return Ran::Written(body),
                             DirectAnswer::Response(response) => response,
                         }
@@ -1162,19 +1181,70 @@ async fn execute(
                 .collect()
                 .await,
             )),
+        };
+        if let Ran::Executed(BatchResponse::Single(response)) = &ran {
+            validated.settle(check, response);
+        }
+        ran
+    };
+    let timeout = Duration::from_millis(app.settings.request_timeout_ms);
+    let ran = tokio::time::timeout(timeout, AssertUnwindSafe(run).catch_unwind()).await;
+    answer(state, ran, timeout, media)
+}
+
+/// A POST body run directly (see [`crate::direct`]): as [`handle_graphql`]
+/// runs a request, but without an async-graphql request, its query limits
+/// (a known operation's text passed them, and its variables' text is
+/// within theirs) or the check of a known operation (its input was read).
+async fn serve_direct(
+    state: &HttpState,
+    ip: IpAddr,
+    headers: &HeaderMap,
+    direct: DirectRequest<'_>,
+    media: Media,
+) -> (Response, Outcome) {
+    let app = &state.app;
+    let viewer = match resolve_viewer(app, headers) {
+        Ok(viewer) => viewer,
+        Err(error) => return refused_answer(StatusCode::INTERNAL_SERVER_ERROR, error, "internal", media),
+    };
+    if let Err(wait) = check_request_rate(app, &viewer, ip, 1) {
+        return rate_limited_answer(wait, media);
+    }
+    let operation = Some(direct.plan.label().to_string());
+    let DirectRequest { query, operation_name, plan, input } = direct;
+    let field_types = &*state.field_types;
+    state.validated.ran_known_directly();
+    let run = async move {
+        match plan.run(app, &viewer, input, &query, operation_name.as_deref(), field_types).await {
+            DirectAnswer::Written(body) => Ran::Written(body),
+            DirectAnswer::Response(response) => Ran::Executed(BatchResponse::Single(response)),
         }
     };
-    let task = AssertUnwindSafe(run).catch_unwind();
     let timeout = Duration::from_millis(app.settings.request_timeout_ms);
-    match tokio::time::timeout(timeout, task).await {
+    let ran = tokio::time::timeout(timeout, AssertUnwindSafe(run).catch_unwind()).await;
+    let (response, label, errors) = answer(state, ran, timeout, media);
+    let status = response.status();
+    (response, Outcome { status, operation, label, errors })
+}
+
+/// How a run within `timeout`, its panic caught, came out: its response
+/// (in `media`), outcome label and error codes (see [`Outcome::errors`]).
+/// (Given the outcome rather than the run: an async fn given the run held
+/// copies of its state, and every request paid for moving them.)
+fn answer(
+    state: &HttpState,
+    ran: Result<std::thread::Result<Ran>, tokio::time::error::Elapsed>,
+    timeout: Duration,
+    media: Media,
+) -> (Response, &'static str, String) {
+    let app = &state.app;
+    match ran {
         Ok(Ok(Ran::Written(body))) => {
             let response = (StatusCode::OK, [(header::CONTENT_TYPE, media.content_type())], body).into_response();
             (response, "ok", String::new())
         }
         Ok(Ok(Ran::Executed(mut response))) => {
-            if let BatchResponse::Single(response) = &response {
-                state.validated.settle(check, response);
-            }
             add_missing_codes(&mut response);
             let mut codes = error_codes(&response);
             for code in &codes {

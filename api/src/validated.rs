@@ -155,6 +155,21 @@ impl ValidatedOperations {
         self.direct.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The direct plan of a known operation, if it has one (see
+    /// [`crate::direct`]).
+    pub fn direct_plan(&self, query: &str, operation: Option<&str>) -> Option<Arc<DirectPlan>> {
+        let documents = self.documents.lock().expect("validated operations lock poisoned");
+        let operations = documents.get(query)?;
+        let (_, _, plan) = operations.iter().find(|(name, _, _)| name.as_deref() == operation)?;
+        plan.clone()
+    }
+
+    /// Counts a known operation run directly without [`Self::check`].
+    pub fn ran_known_directly(&self) {
+        self.known.fetch_add(1, Ordering::Relaxed);
+        self.direct.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Decides how `request` runs (its text parsed or not).
     pub fn check(&self, request: &mut Request) -> Check {
         let found = {
