@@ -8,12 +8,16 @@
 //!
 //! A known operation (see [`crate::validated`]: it passed every validation
 //! rule before) whose shape this module follows gets a [`DirectPlan`] when
-//! it is first validated, and its later requests run the plan: the input
-//! read straight from the variables, the same booking function as the
-//! resolver, and the response built field by field from the resolvers'
-//! own methods, with errors given the locations and paths async-graphql
-//! gives them. The answer is the one the executor gives, byte for byte;
-//! the end-to-end tests hold each shape to it by sending the same request
+//! it is first validated, and its later requests run the plan: a POST
+//! body is read once into its members ([`PostBody`]) and the input
+//! straight from its JSON, with no async-graphql request made; the same
+//! booking function as the resolver's books; and the response is written
+//! field by field from the values the resolvers give, with errors given
+//! the locations and paths async-graphql gives them. (A request that
+//! reaches the executor's path anyway, one with `extensions`, is run by
+//! the plan from there, its input read from async-graphql's variables.)
+//! The answer is the one the executor gives, byte for byte; the
+//! end-to-end tests hold each shape to it by sending the same request
 //! through both.
 //!
 //! The shape followed: a mutation with one variable, `$name: BookInput!`
