@@ -470,7 +470,7 @@ fn bookings_run_without_the_executor_answer_as_the_executor_does() {
     // (never run directly).
     let query = documents[0].0;
     let plain = |key: &str| input(&ticket_type, json!(1), key, None);
-    let variants: [(&str, Value, bool); 5] = [
+    let variants: [(&str, Value, bool); 6] = [
         ("with extensions", json!({"query": query, "variables": {"input": plain("ext")}, "extensions": {}}), true),
         ("another variable", json!({"query": query, "variables": {"input": plain("other"), "unused": 1}}), true),
         (
@@ -484,6 +484,13 @@ fn bookings_run_without_the_executor_answer_as_the_executor_does() {
             false,
         ),
         ("a field it has not", json!({"query": query, "variables": {"input": {"seat": "A1"}}}), false),
+        // Past an i64: not an Int to the validator (a known operation took
+        // it for one, and answered a field error instead).
+        (
+            "quantity 2^63",
+            json!({"query": query, "variables": {"input": input(&ticket_type, json!(1u64 << 63), "big", None)}}),
+            false,
+        ),
     ];
     for (case, body, direct) in &variants {
         let before = direct_runs(&server);

@@ -14,8 +14,10 @@
 //! booking function as the resolver's books; and the response is written
 //! field by field from the values the resolvers give, with errors given
 //! the locations and paths async-graphql gives them. (A request that
-//! reaches the executor's path anyway, one with `extensions`, is run by
-//! the plan from there, its input read from async-graphql's variables.)
+//! reaches the executor's path anyway, when its body is not read that
+//! way, with `extensions`, a byte order mark, a key twice or a variable
+//! the operation does not use, is run by the plan from there, its input
+//! read from async-graphql's variables.)
 //! The answer is the one the executor gives, byte for byte; the
 //! end-to-end tests hold each shape to it by sending the same request
 //! through both.

@@ -125,6 +125,10 @@ impl ValidatedOperations {
     /// `Query` and `Mutation` (subscriptions do not come over HTTP).
     pub fn new<Query: OutputType, Mutation: OutputType>(entries_max: usize) -> ValidatedOperations {
         let mut registry = Registry::default();
+        // `Int` takes the validator of the first type to register it, and
+        // unsigned ones accept 2^63..2^64 where the schema's validation (a
+        // signed one's) refuses them: register a signed one first.
+        <i64 as InputType>::create_type_info(&mut registry);
         Query::create_type_info(&mut registry);
         Mutation::create_type_info(&mut registry);
         registry.query_type = Query::type_name().into_owned();
