@@ -1,13 +1,13 @@
 //! Bookings: book, confirm, cancel, check in, and the viewer's bookings.
 
+use std::sync::Arc;
+
 use async_graphql::indexmap::IndexMap;
 use async_graphql::{
     Context, Enum, InputObject, InputType, Name, Object, PathSegment, ServerError, Value as ConstValue, ID,
 };
 use graph::ids::{BookingId, EventId, TicketTypeId};
 use graph::model::{self, Role};
-
-use std::sync::Arc;
 
 use super::events::{EventObject, TicketTypeObject};
 use super::{acts_for_event, app, parse_id, viewer, DateTime};
