@@ -241,32 +241,36 @@ impl DirectPlan {
         operation_name: Option<&str>,
         field_types: &FieldTypes,
     ) -> DirectAnswer {
-        let mut errors = Vec::new();
-        let data = match bookings::book(app, viewer, input).await {
+        let root_error = |error: crate::ApiError| {
+            let path = vec![PathSegment::Field(self.key.to_string())];
+            ServerError { path, ..async_graphql::Error::from(error).into_server_error(self.pos) }
+        };
+        let errors = match bookings::book(app, viewer, input).await {
             Ok(booking) => {
                 let booking = BookingObject(booking);
-                if booking.serves_all(&self.selection) {
+                let failed = booking.failed_fields(&self.selection, &self.key);
+                if !failed.is_empty() {
+                    // A failed field is non-null in a non-null `Booking`,
+                    // itself the non-null root field: the executor's answer,
+                    // completed, has `data` null and these errors.
+                    failed
+                } else {
                     let written = Written {
                         key: &self.key,
                         booking: DirectBooking { booking: &booking, selection: &self.selection },
                     };
-                    if let Ok(body) = serde_json::to_vec(&written) {
-                        return DirectAnswer::Written(body);
+                    match serde_json::to_vec(&written) {
+                        Ok(body) => return DirectAnswer::Written(body),
+                        Err(error) => {
+                            tracing::error!(%error, "a booking's answer did not serialise");
+                            vec![root_error(crate::ApiError::Internal)]
+                        }
                     }
                 }
-                let value = booking.direct_value(&self.selection, &self.key, &mut errors);
-                let mut data = async_graphql::indexmap::IndexMap::with_capacity(1);
-                data.insert(self.key.clone(), value);
-                ConstValue::Object(data)
             }
-            Err(error) => {
-                let path = vec![PathSegment::Field(self.key.to_string())];
-                errors.push(ServerError { path, ..async_graphql::Error::from(error).into_server_error(self.pos) });
-                ConstValue::Null
-            }
+            Err(error) => vec![root_error(error)],
         };
-        let mut response = Response::new(data);
-        response.errors = errors;
+        let mut response = Response::from_errors(errors);
         if !response.errors.is_empty() {
             // The kept parse of the text (a SOLD_OUT in a rush comes here).
             let document =

@@ -1136,6 +1136,15 @@ enum Ran {
     Written(Vec<u8>),
 }
 
+impl From<DirectAnswer> for Ran {
+    fn from(answer: DirectAnswer) -> Ran {
+        match answer {
+            DirectAnswer::Written(body) => Ran::Written(body),
+            DirectAnswer::Response(response) => Ran::Executed(BatchResponse::Single(response)),
+        }
+    }
+}
+
 /// Runs a checked batch; its response (in `media`), outcome label and
 /// error codes (see [`Outcome::errors`]).
 async fn execute(
@@ -1158,20 +1167,16 @@ async fn execute(
     let validated = &*state.validated;
     let run = async move {
         let ran = match batch {
-            BatchRequest::Single(request) => {
-                let direct = direct.and_then(|plan| Some((plan.input(&request)?, plan)));
-                Ran::Executed(BatchResponse::Single(match direct {
-                    Some((input, plan)) => {
-                        validated.ran_direct();
-                        let (query, operation_name) = (&request.query, request.operation_name.as_deref());
-                        match plan.run(app, &viewer, input, query, operation_name, field_types).await {
-                            DirectAnswer::Written(body) => return Ran::Written(body),
-                            DirectAnswer::Response(response) => response,
-                        }
-                    }
-                    None => run_completed(schema, field_types, &app.parsed, request.data(viewer)).await,
-                }))
-            }
+            BatchRequest::Single(request) => match direct.and_then(|plan| Some((plan.input(&request)?, plan))) {
+                Some((input, plan)) => {
+                    validated.ran_direct();
+                    let (query, operation_name) = (&request.query, request.operation_name.as_deref());
+                    plan.run(app, &viewer, input, query, operation_name, field_types).await.into()
+                }
+                None => Ran::Executed(BatchResponse::Single(
+                    run_completed(schema, field_types, &app.parsed, request.data(viewer)).await,
+                )),
+            },
             BatchRequest::Batch(requests) => Ran::Executed(BatchResponse::Batch(
                 async_graphql::futures_util::stream::FuturesOrdered::from_iter(
                     requests
@@ -1215,12 +1220,8 @@ async fn serve_direct(
     let DirectRequest { query, operation_name, plan, input } = direct;
     let field_types = &*state.field_types;
     state.validated.ran_known_directly();
-    let run = async move {
-        match plan.run(app, &viewer, input, &query, operation_name.as_deref(), field_types).await {
-            DirectAnswer::Written(body) => Ran::Written(body),
-            DirectAnswer::Response(response) => Ran::Executed(BatchResponse::Single(response)),
-        }
-    };
+    let run =
+        async move { Ran::from(plan.run(app, &viewer, input, &query, operation_name.as_deref(), field_types).await) };
     let timeout = Duration::from_millis(app.settings.request_timeout_ms);
     let ran = tokio::time::timeout(timeout, AssertUnwindSafe(run).catch_unwind()).await;
     let (response, label, errors) = answer(state, ran, timeout, media);

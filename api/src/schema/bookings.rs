@@ -2,10 +2,7 @@
 
 use std::sync::Arc;
 
-use async_graphql::indexmap::IndexMap;
-use async_graphql::{
-    Context, Enum, InputObject, InputType, Name, Object, PathSegment, ServerError, Value as ConstValue, ID,
-};
+use async_graphql::{Context, Enum, InputObject, InputType, Name, Object, PathSegment, ServerError, ID};
 use graph::ids::{BookingId, EventId, TicketTypeId};
 use graph::model::{self, Role};
 
@@ -161,69 +158,27 @@ impl BookingObject {
     }
 }
 
-impl BookingObject {
-    /// This booking as the GraphQL executor would answer `selection` (see
-    /// [`crate::direct`]), each field as its resolver above has it. A
-    /// failed field is left out of the object and its error added to
-    /// `errors` (its path under `key`, the booking's response key), and an
-    /// object left with no field is null, as async-graphql has it.
-    pub(crate) fn direct_value(
-        &self,
-        selection: &[Selected<BookingField>],
-        key: &Name,
-        errors: &mut Vec<ServerError>,
-    ) -> ConstValue {
-        let mut object = IndexMap::with_capacity(selection.len());
-        for selected in selection {
-            let value = match &selected.field {
-                BookingField::Typename => ConstValue::String("Booking".into()),
-                BookingField::Id => self.id_now().to_value(),
-                BookingField::Status => self.status_now().to_value(),
-                BookingField::Quantity => self.0.quantity.to_value(),
-                BookingField::TotalCents => match self.total_cents_now() {
-                    Ok(total) => total.to_value(),
-                    Err(error) => {
-                        let path =
-                            vec![PathSegment::Field(key.to_string()), PathSegment::Field(selected.key.to_string())];
-                        errors.push(ServerError {
-                            path,
-                            ..async_graphql::Error::from(error).into_server_error(selected.pos)
-                        });
-                        continue;
-                    }
-                },
-                BookingField::TotalCentsExact => self.total_cents_exact_now().to_value(),
-                BookingField::CreatedAt => DateTime(self.0.created_at_ms).to_value(),
-                BookingField::ExpiresAt => self.expires_at_now().to_value(),
-                BookingField::ConfirmedAt => self.0.confirmed_at_ms.map(DateTime).to_value(),
-                BookingField::Tickets(fields) => {
-                    ConstValue::List(self.0.tickets.iter().map(|ticket| direct_ticket(ticket, fields)).collect())
-                }
-            };
-            object.insert(selected.key.clone(), value);
-        }
-        if object.is_empty() {
-            ConstValue::Null
-        } else {
-            ConstValue::Object(object)
-        }
-    }
-}
-
-/// A booking written out as [`BookingObject::direct_value`] gives it, once
-/// every selected field is known to succeed (see
-/// [`BookingObject::serves_all`]): the same JSON, without building the value
-/// first.
+/// A booking written out for [`crate::direct`] as the executor writes its
+/// `selection`, each field as its resolver above has it, once none of them
+/// fails (see [`BookingObject::failed_fields`]).
 pub(crate) struct DirectBooking<'a> {
     pub booking: &'a BookingObject,
     pub selection: &'a [Selected<BookingField>],
 }
 
 impl BookingObject {
-    /// Whether every field of `selection` succeeds on this booking.
-    pub(crate) fn serves_all(&self, selection: &[Selected<BookingField>]) -> bool {
-        selection.iter().all(|selected| !matches!(selected.field, BookingField::TotalCents))
-            || self.total_cents_now().is_ok()
+    /// The errors of the fields of `selection` that fail on this booking,
+    /// as the executor reports them (their paths under `key`, the
+    /// booking's response key); none when every field succeeds.
+    pub(crate) fn failed_fields(&self, selection: &[Selected<BookingField>], key: &Name) -> Vec<ServerError> {
+        let Err(error) = self.total_cents_now() else { return Vec::new() };
+        let failed = selection.iter().filter(|selected| matches!(selected.field, BookingField::TotalCents));
+        failed
+            .map(|selected| {
+                let path = vec![PathSegment::Field(key.to_string()), PathSegment::Field(selected.key.to_string())];
+                ServerError { path, ..async_graphql::Error::from(error.clone()).into_server_error(selected.pos) }
+            })
+            .collect()
     }
 }
 
@@ -260,7 +215,7 @@ impl serde::Serialize for DirectBooking<'_> {
     }
 }
 
-/// A ticket written out as [`direct_ticket`] gives it.
+/// A ticket written out as the executor writes its `selection`.
 struct DirectTicket<'a> {
     ticket: &'a model::Ticket,
     selection: &'a [Selected<TicketField>],
@@ -281,22 +236,6 @@ impl serde::Serialize for DirectTicket<'_> {
         }
         map.end()
     }
-}
-
-/// A ticket as the executor would answer `selection` (none of these fields
-/// fails).
-fn direct_ticket(ticket: &model::Ticket, selection: &[Selected<TicketField>]) -> ConstValue {
-    let mut object = IndexMap::with_capacity(selection.len());
-    for selected in selection {
-        let value = match selected.field {
-            TicketField::Typename => ConstValue::String("Ticket".into()),
-            TicketField::Id => ticket_id(ticket).to_value(),
-            TicketField::Code => ConstValue::String(ticket.code.clone()),
-            TicketField::CheckedInAt => ticket_checked_in_at(ticket).to_value(),
-        };
-        object.insert(selected.key.clone(), value);
-    }
-    ConstValue::Object(object)
 }
 
 /// A request for seats.
