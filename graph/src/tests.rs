@@ -549,10 +549,11 @@ fn a_round_under_load_gathers_what_is_appended_meanwhile() {
     assert_eq!(store.flush_count(), loaded + 1, "the two records went in one round");
 }
 
-/// A gathering round starts as soon as as many records are pending as the
-/// round before made durable (8 here), not after its whole gather.
+/// A gathering round starts as soon as three quarters as many records are
+/// pending as the round before made durable (6 of 8 here), not after its
+/// whole gather.
 #[test]
-fn a_gathering_round_starts_once_as_many_records_are_pending_as_the_last_round_made_durable() {
+fn a_gathering_round_starts_once_three_quarters_of_the_last_rounds_count_are_pending() {
     let dir = TempDir::new("gather-full");
     let graph = open(&dir);
     let store = graph.store();
@@ -561,20 +562,24 @@ fn a_gathering_round_starts_once_as_many_records_are_pending_as_the_last_round_m
     let started = std::time::Instant::now();
     append_held(store, 9, 1);
     std::thread::sleep(std::time::Duration::from_millis(50));
-    store.sync(append_held(store, 10, 7)).unwrap();
+    store.sync(append_held(store, 10, 5)).unwrap();
     assert!(started.elapsed() < std::time::Duration::from_secs(10), "the round waited out its gather");
     drop(graph);
     assert!(started.elapsed() < std::time::Duration::from_secs(10), "closing waited out a gather");
 }
 
-/// What ends a gather follows the round before, within 1..=128.
+/// What ends a gather follows the round before (three quarters of its
+/// count), within 1..=128.
 #[test]
-fn a_gather_waits_for_the_last_rounds_count_within_bounds() {
+fn a_gather_waits_for_three_quarters_of_the_last_rounds_count_within_bounds() {
     use crate::store::gather_enough;
-    assert_eq!(gather_enough(31), 31);
-    assert_eq!(gather_enough(128), 128);
-    assert_eq!(gather_enough(5_000), 128, "a huge round does not make the next wait for as many");
+    assert_eq!(gather_enough(40), 30);
+    assert_eq!(gather_enough(31), 23);
+    assert_eq!(gather_enough(8), 6);
+    assert_eq!(gather_enough(1), 1);
     assert_eq!(gather_enough(0), 1);
+    assert_eq!(gather_enough(5_000), 128, "a huge round does not make the next wait for as many");
+    assert_eq!(gather_enough(u64::MAX), 128);
 }
 
 /// Booking rows are written behind the log. After a crash that left them
