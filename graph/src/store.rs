@@ -107,11 +107,11 @@ const GATHER_AFTER_RECORDS: u64 = 8;
 /// left the cores idle a fifth of the time; waiting for the last round's
 /// count sold 7-13% more bookings/s in three runs of
 /// `loadtest/compare-builds.sh`, in rounds of 31 records instead of 45.
-/// The last quarter of a round's records are the slowest to come back (the
-/// burst of answers a flush releases is written before new requests are
-/// read), so a round that starts without them and leaves them to the next
-/// sold 5.8-7.1% more again (two runs, one in each order; 60% and 85% sold
-/// 3-4% more, half as many no more than the full count).
+/// The last quarter of a round's records are the slowest to come back (most
+/// likely because a flush releases its round's answers in one burst, all
+/// written before new requests are read), so a round that starts without
+/// them and leaves them to the next sold 2-7% more again (four runs, two in
+/// each order; ending at 60% or 85% sold 3-4% more, at half nothing more).
 const GATHER_RECORDS: usize = 128;
 
 /// How many pending records end the gather of a round that follows one of
