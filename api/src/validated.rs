@@ -162,10 +162,19 @@ impl ValidatedOperations {
     /// The direct plan of a known operation, if it has one (see
     /// [`crate::direct`]).
     pub fn direct_plan(&self, query: &str, operation: Option<&str>) -> Option<Arc<DirectPlan>> {
+        self.known_operation(query, operation)?.1
+    }
+
+    /// What was kept of `operation` of the document `query` when it passed
+    /// validation (its arguments' types, its direct plan), if it did.
+    fn known_operation(
+        &self,
+        query: &str,
+        operation: Option<&str>,
+    ) -> Option<(Arc<ArgumentTypes>, Option<Arc<DirectPlan>>)> {
         let documents = self.documents.lock().expect("validated operations lock poisoned");
-        let operations = documents.get(query)?;
-        let (_, _, plan) = operations.iter().find(|(name, _, _)| name.as_deref() == operation)?;
-        plan.clone()
+        let (_, arguments, plan) = documents.get(query)?.iter().find(|(name, _, _)| name.as_deref() == operation)?;
+        Some((arguments.clone(), plan.clone()))
     }
 
     /// Counts a known operation run directly without [`Self::check`].
@@ -176,23 +185,13 @@ impl ValidatedOperations {
 
     /// Decides how `request` runs (its text parsed or not).
     pub fn check(&self, request: &mut Request) -> Check {
-        let found = {
-            let documents = self.documents.lock().expect("validated operations lock poisoned");
-            documents.get(request.query.as_str()).map(|operations| {
-                let operation = request.operation_name.as_deref();
-                operations
-                    .iter()
-                    .find(|(name, _, _)| name.as_deref() == operation)
-                    .map(|(_, arguments, direct)| (arguments.clone(), direct.clone()))
-            })
-        };
-        match found {
-            Some(Some((arguments, direct))) if arguments.accept(&request.variables) => {
+        match self.known_operation(request.query.as_str(), request.operation_name.as_deref()) {
+            Some((arguments, direct)) if arguments.accept(&request.variables) => {
                 self.known.fetch_add(1, Ordering::Relaxed);
                 Check::Known(direct)
             }
-            Some(Some(_)) => Check::Full,
-            Some(None) | None => {
+            Some(_) => Check::Full,
+            None => {
                 let query: Arc<str> = request.query.as_str().into();
                 let operation = request.operation_name.clone();
                 let Ok(document) = request.parsed_query() else { return Check::Full };
