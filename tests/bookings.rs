@@ -358,12 +358,8 @@ fn a_drafts_ticket_type_answers_strangers_as_a_missing_one_does() {
 
 /// Sends `body` to /graphql as-is; the response's status and raw text.
 fn post_raw(server: &Server, token: Option<&str>, body: &Value) -> (u16, String) {
-    let auth = token.map(|token| format!("Bearer {token}"));
-    let mut headers = vec![("Content-Type", "application/json")];
-    if let Some(auth) = &auth {
-        headers.push(("Authorization", auth.as_str()));
-    }
-    let response = http(&server.addr, "POST", "/graphql", &headers, &serde_json::to_vec(body).unwrap());
+    let response = try_post_json(&server.addr, token, &serde_json::to_vec(body).unwrap())
+        .unwrap_or_else(|e| panic!("POST /graphql on {} failed: {e}", server.addr));
     (response.status, response.text())
 }
 

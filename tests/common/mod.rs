@@ -215,13 +215,19 @@ pub fn gql(addr: &str, token: Option<&str>, query: &str, variables: Value) -> Va
 /// Like [`gql`], but a failed or broken connection is an error.
 pub fn try_gql(addr: &str, token: Option<&str>, query: &str, variables: Value) -> std::io::Result<Value> {
     let body = serde_json::to_vec(&json!({ "query": query, "variables": variables })).unwrap();
+    let response = try_post_json(addr, token, &body)?;
+    serde_json::from_slice(&response.body).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// POSTs `body` to /graphql as `application/json`, with `token` as the
+/// bearer when given; the response as it came (any status).
+pub fn try_post_json(addr: &str, token: Option<&str>, body: &[u8]) -> std::io::Result<HttpResponse> {
     let auth = token.map(|t| format!("Bearer {t}"));
     let mut headers = vec![("Content-Type", "application/json")];
     if let Some(auth) = &auth {
         headers.push(("Authorization", auth.as_str()));
     }
-    let response = try_http(addr, "POST", "/graphql", &headers, &body)?;
-    serde_json::from_slice(&response.body).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    try_http(addr, "POST", "/graphql", &headers, body)
 }
 
 /// The `extensions.code` of the first error, or panics showing the response.
