@@ -10,23 +10,30 @@
 #       Throughput = rows in bookings / duration; p50/p99 from pgbench's
 #       per-transaction log.
 #   (b) Marquee: POST /graphql bookTickets (quantity 1) on one hot ticket type
-#       (capacity 1,000,000, no per-user limit), driven by wrk with
-#       loadtest/book.lua. Throughput = seats sold during the run (the server's
-#       `sold`, read before and after) / duration; p50/p99 from wrk --latency.
-#       Then the same load from k6 (64 constant VUs, a fresh ticket type): its
-#       req/s and p50/p99, the view of a scripted client.
+#       (capacity 1,000,000, no per-user limit, a fresh one each round),
+#       driven by wrk with loadtest/book.lua. Throughput = seats sold (the
+#       server's `sold`, read before and after) / duration; p50/p99 from wrk
+#       --latency. Then the same load from k6 (64 constant VUs, a fresh
+#       ticket type): its req/s and p50/p99, the view of a scripted client.
 #   (c) Marquee: POST /graphql `{ __typename }` with wrk: the ceiling of the
 #       HTTP + GraphQL path with no work behind it.
 #   (d) For reference, the stack alone: a bare async-graphql mutation on axum
 #       (loadtest/stack_ceiling.rs, built here with cargo), same wrk load. What
 #       this machine gives any server of Marquee's stack.
+# (b) with wrk and (c) take turns, ROUNDS of each, in the order b c, c b,
+# b c, ...: this machine's speed drifts by 20-30% within minutes, so one run
+# of each, a minute apart, put (b)/(c) anywhere between 41% and 61% for the
+# same build. Their figures are the means over the rounds (the ratio is
+# the ratio of the means); p50 is the rounds' median and p99 the highest of
+# the rounds' p99s, which bounds the p99 of all their requests.
 # Targets: (b)/(a) >= 10x, (b)/(c) >= 50%, p99 of (b) < 20 ms.
 #
 # Everything listens on 127.0.0.1 only, lives in a temp dir and is stopped and
 # removed on exit. Exits 0 when the measurements ran (targets missed or not),
 # non-zero when something failed to run.
 #
-# Env: DURATION (seconds per measurement, default 15), BUYERS (pre-registered
+# Env: DURATION (seconds per measurement, default 15), ROUNDS (turns of (b)
+#      and (c), default 3), BUYERS (pre-registered
 #      buyer tokens for (b), default 256), MARQUEE_BIN, PG_BIN
 #      (default /usr/lib/postgresql/15/bin), STACK_CEILING_BIN (a prebuilt
 #      stack_ceiling example), PG_USER (the non-root user that
@@ -40,6 +47,7 @@ repo=$(dirname "$here")
 source "$here/lib.sh"
 
 DURATION=${DURATION:-15}
+ROUNDS=${ROUNDS:-3}
 CONNECTIONS=64
 THREADS=2
 BUYERS=${BUYERS:-256}
@@ -56,6 +64,7 @@ step() { echo "--- $*"; }
 # ------------------------------------------------------------ preconditions
 
 [[ $DURATION =~ ^[0-9]+$ && $DURATION -ge 1 ]] || die "DURATION must be a whole number of seconds"
+[[ $ROUNDS =~ ^[0-9]+$ && $ROUNDS -ge 1 ]] || die "ROUNDS must be a positive integer"
 [[ $BUYERS =~ ^[0-9]+$ && $BUYERS -ge 1 ]] || die "BUYERS must be a positive integer"
 [[ -x $MARQUEE_BIN ]] || die "no executable at $MARQUEE_BIN (build the release binary first)"
 for tool in initdb pg_ctl postgres; do
@@ -205,7 +214,7 @@ step "Marquee: start $MARQUEE_BIN on a temp data dir"
 # The comparison measures the booking path itself: every buyer comes from
 # this one address with a few hundred tokens at tens of thousands of
 # requests a second, so the rate limits (there to stop bots) are off.
-timeout --kill-after=10 $((6 * BOUND + 300)) \
+timeout --kill-after=10 $(((2 * ROUNDS + 4) * BOUND + 300)) \
   "$MARQUEE_BIN" serve --listen 127.0.0.1:0 --data-dir "$tmp/marquee" --cache-mb 256 \
   --rate-limit-token 0 --rate-limit-ip 0 --rate-limit-credentials 0 \
   >"$tmp/marquee.out" 2>"$tmp/marquee.log" &
@@ -215,32 +224,107 @@ echo "  listening on $url"
 
 run_id=$(date +%s)
 open_hot_event organizer@compare.example "Hot event"
-tt_wrk=$(add_hot_ticket_type "GA (wrk)")
 tt_k6=$(add_hot_ticket_type "GA (k6)")
 
 step "Marquee: registering $BUYERS buyers (4 at a time; argon2id makes each one cost tens of ms)"
 register_buyers "$BUYERS" "$run_id" "$tmp/tokens.txt"
 
-# ------------------------------------------------------------ (b) wrk
-
-step "(b) wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency -s loadtest/book.lua (ticket type $tt_wrk)"
-sold_before=$(stock "$tt_wrk" sold)
-MARQUEE_TOKENS_FILE=$tmp/tokens.txt MARQUEE_TICKET_TYPE=$tt_wrk MARQUEE_KEY_PREFIX=wrk-$run_id \
+# wrk_one NAME URL BODY EXPECT: the wrk load of (b) with one fixed request
+# body, counting answers that are not 200 with EXPECT in the body (like
+# book.lua it looks at every response, so the client does the same work).
+# Sets ${NAME}_rps, ${NAME}_p50, ${NAME}_p99 and ${NAME}_bad.
+wrk_one() {
+  local name=$1 url=$2 body=$3 expect=$4
+  cat >"$tmp/$name.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '$body'
+wrk.headers["Content-Type"] = "application/json"
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+bad = 0
+function response(status, headers, body)
+  if status ~= 200 or not body:find('$expect', 1, true) then bad = bad + 1 end
+end
+function done(summary, latency, requests)
+  local total = 0
+  for _, thread in ipairs(threads) do total = total + (thread:get("bad") or 0) end
+  io.write(string.format("$name.lua: requests=%d bad=%d\\n", summary.requests, total))
+end
+LUA
   timeout --kill-after=10 "$BOUND" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency \
-  -s "$here/book.lua" "$url/graphql" >"$tmp/wrk_book.out" 2>&1 || { cat "$tmp/wrk_book.out" >&2; die "wrk (book) failed"; }
-sold_after=$(stock "$tt_wrk" sold)
-available_after=$(stock "$tt_wrk" available)
-grep -E 'requests in|Requests/sec|Socket errors|Non-2xx|^book.lua:' "$tmp/wrk_book.out" | sed 's/^ */  wrk: /'
-b_seats=$((sold_after - sold_before))
-[[ $b_seats -gt 0 ]] || die "marquee sold nothing during the wrk run"
-b_rate=$(calc "$b_seats / $DURATION")
-b_p50=$(wrk_percentile 50 "$tmp/wrk_book.out")
-b_p99=$(wrk_percentile 99 "$tmp/wrk_book.out")
-b_wrk_rps=$(awk '/^Requests\/sec:/ { print $2 }' "$tmp/wrk_book.out")
-echo "  marquee: $b_seats seats sold in ${DURATION}s; available after: $available_after"
-b_sold_out=false
-[[ $available_after -gt 0 ]] || b_sold_out=true
-b_other=$(sed -n 's/^book.lua:.* other_errors=\([0-9]*\) non_200=\([0-9]*\).*/\1 \2/p' "$tmp/wrk_book.out")
+    -s "$tmp/$name.lua" "$url/graphql" >"$tmp/wrk_$name.out" 2>&1 \
+    || { cat "$tmp/wrk_$name.out" >&2; die "wrk ($name) failed"; }
+  grep -E "requests in|Requests/sec|Socket errors|Non-2xx|^$name.lua:" "$tmp/wrk_$name.out" | sed 's/^ */  wrk: /'
+  local rps
+  rps=$(awk '/^Requests\/sec:/ { print $2 }' "$tmp/wrk_$name.out")
+  [[ -n $rps ]] || die "no Requests/sec in the wrk output ($name)"
+  printf -v "${name}_rps" '%s' "$rps"
+  printf -v "${name}_p50" '%s' "$(wrk_percentile 50 "$tmp/wrk_$name.out")"
+  printf -v "${name}_p99" '%s' "$(wrk_percentile 99 "$tmp/wrk_$name.out")"
+  printf -v "${name}_bad" '%s' "$(sed -n "s/^$name.lua:.* bad=\([0-9]*\).*/\1/p" "$tmp/wrk_$name.out")"
+}
+
+# ------------------------------------------------------------ (b) wrk and (c), in turns
+
+# book_round N: one round of (b), on a fresh ticket type.
+book_round() {
+  local tt before after available other
+  tt=$(add_hot_ticket_type "GA (wrk, round $1)")
+  step "(b) round $1: wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency -s loadtest/book.lua (ticket type $tt)"
+  before=$(stock "$tt" sold)
+  MARQUEE_TOKENS_FILE=$tmp/tokens.txt MARQUEE_TICKET_TYPE=$tt MARQUEE_KEY_PREFIX=wrk-$run_id-$1 \
+    timeout --kill-after=10 "$BOUND" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency \
+    -s "$here/book.lua" "$url/graphql" >"$tmp/wrk_book.out" 2>&1 || { cat "$tmp/wrk_book.out" >&2; die "wrk (book) failed"; }
+  after=$(stock "$tt" sold)
+  available=$(stock "$tt" available)
+  grep -E 'requests in|Requests/sec|Socket errors|Non-2xx|^book.lua:' "$tmp/wrk_book.out" | sed 's/^ */  wrk: /'
+  b_seats+=($((after - before)))
+  ((b_seats[-1] > 0)) || die "marquee sold nothing in round $1 of (b)"
+  b_p50s+=("$(wrk_percentile 50 "$tmp/wrk_book.out")")
+  b_p99s+=("$(wrk_percentile 99 "$tmp/wrk_book.out")")
+  b_wrk_rps+=("$(awk '/^Requests\/sec:/ { print $2 }' "$tmp/wrk_book.out")")
+  echo "  marquee: ${b_seats[-1]} seats sold in ${DURATION}s; available after: $available"
+  ((available > 0)) || b_sold_out+=("$1")
+  other=$(sed -n 's/^book.lua:.* other_errors=\([0-9]*\) non_200=\([0-9]*\).*/\1 \2/p' "$tmp/wrk_book.out")
+  [[ -z $other || $other == "0 0" ]] || b_other+=("round $1: $other")
+}
+
+# typename_round N: one round of (c).
+typename_round() {
+  step "(c) round $1: wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency: { __typename }"
+  wrk_one c "$url" '{"query":"{ __typename }"}' '"Query"'
+  c_rpss+=("$c_rps")
+  c_p50s+=("$c_p50")
+  c_p99s+=("$c_p99")
+  c_bad_total=$((c_bad_total + ${c_bad:-0}))
+}
+
+b_seats=() b_p50s=() b_p99s=() b_wrk_rps=() b_sold_out=() b_other=()
+c_rpss=() c_p50s=() c_p99s=() c_bad_total=0
+for ((round = 1; round <= ROUNDS; round++)); do
+  if ((round % 2 == 1)); then
+    book_round "$round"
+    typename_round "$round"
+  else
+    typename_round "$round"
+    book_round "$round"
+  fi
+done
+
+# mean / median / highest of numbers given as arguments.
+mean() { printf '%s\n' "$@" | awk '{ s += $1 } END { print s / NR }'; }
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+highest() { printf '%s\n' "$@" | sort -g | tail -n1; }
+# join SEPARATOR WORDS...: the words with SEPARATOR between them.
+join() { local separator=$1 first=$2; shift 2; printf '%s' "$first" "${@/#/$separator}"; }
+b_rates=()
+for seats in "${b_seats[@]}"; do b_rates+=("$(calc "$seats / $DURATION")"); done
+b_rate=$(mean "${b_rates[@]}")
+b_p50=$(median "${b_p50s[@]}")
+b_p99=$(highest "${b_p99s[@]}")
+c_rps=$(mean "${c_rpss[@]}")
+c_p50=$(median "${c_p50s[@]}")
+c_p99=$(highest "${c_p99s[@]}")
 
 # ------------------------------------------------------------ (b) k6
 
@@ -301,45 +385,6 @@ k6_p99=$(jq -r .p99 "$tmp/k6.json")
 k6_failed=$(jq -r .failedChecks "$tmp/k6.json")
 echo "  k6: $(jq -r .requests "$tmp/k6.json") requests, $((k6_sold_after - k6_sold_before)) seats sold, $k6_failed not confirmed, available after: $k6_available_after"
 
-# wrk_one NAME URL BODY EXPECT: the wrk load of (b) with one fixed request
-# body, counting answers that are not 200 with EXPECT in the body (like
-# book.lua it looks at every response, so the client does the same work).
-# Sets ${NAME}_rps, ${NAME}_p50, ${NAME}_p99 and ${NAME}_bad.
-wrk_one() {
-  local name=$1 url=$2 body=$3 expect=$4
-  cat >"$tmp/$name.lua" <<LUA
-wrk.method = "POST"
-wrk.body = '$body'
-wrk.headers["Content-Type"] = "application/json"
-local threads = {}
-function setup(thread) table.insert(threads, thread) end
-bad = 0
-function response(status, headers, body)
-  if status ~= 200 or not body:find('$expect', 1, true) then bad = bad + 1 end
-end
-function done(summary, latency, requests)
-  local total = 0
-  for _, thread in ipairs(threads) do total = total + (thread:get("bad") or 0) end
-  io.write(string.format("$name.lua: requests=%d bad=%d\\n", summary.requests, total))
-end
-LUA
-  timeout --kill-after=10 "$BOUND" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency \
-    -s "$tmp/$name.lua" "$url/graphql" >"$tmp/wrk_$name.out" 2>&1 \
-    || { cat "$tmp/wrk_$name.out" >&2; die "wrk ($name) failed"; }
-  grep -E "requests in|Requests/sec|Socket errors|Non-2xx|^$name.lua:" "$tmp/wrk_$name.out" | sed 's/^ */  wrk: /'
-  local rps
-  rps=$(awk '/^Requests\/sec:/ { print $2 }' "$tmp/wrk_$name.out")
-  [[ -n $rps ]] || die "no Requests/sec in the wrk output ($name)"
-  printf -v "${name}_rps" '%s' "$rps"
-  printf -v "${name}_p50" '%s' "$(wrk_percentile 50 "$tmp/wrk_$name.out")"
-  printf -v "${name}_p99" '%s' "$(wrk_percentile 99 "$tmp/wrk_$name.out")"
-  printf -v "${name}_bad" '%s' "$(sed -n "s/^$name.lua:.* bad=\([0-9]*\).*/\1/p" "$tmp/wrk_$name.out")"
-}
-
-# ------------------------------------------------------------ (c) wrk __typename
-
-step "(c) wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency: { __typename }"
-wrk_one c "$url" '{"query":"{ __typename }"}' '"Query"'
 stop_marquee
 server_errors=$(sed 's/\x1b\[[0-9;]*m//g' "$tmp/marquee.log" | grep -cE ' ERROR |panicked' || true)
 
@@ -354,7 +399,7 @@ ceiling_pid=""
 # ============================================================ report
 
 echo
-echo "=== Results (${DURATION}s each, $CONNECTIONS connections, load generator and server share $(nproc) cores)"
+echo "=== Results (${DURATION}s each, (b) wrk and (c) over $ROUNDS rounds each, $CONNECTIONS connections, load generator and server share $(nproc) cores)"
 row() { printf '%-24s | %-28s | %18s | %9s | %9s\n' "$@"; }
 ms() { awk -v v="$1" 'BEGIN { printf "%.2f ms", v }'; }
 per_s() { awk -v v="$1" -v u="$2" 'BEGIN { printf "%.0f %s", v, u }'; }
@@ -365,7 +410,14 @@ row "(b) marquee bookTickets" "wrk -t$THREADS -c$CONNECTIONS book.lua" "$(per_s 
 row "(b) marquee bookTickets" "k6 $CONNECTIONS VUs" "$(per_s "$k6_rps" req)" "$(ms "$k6_p50")" "$(ms "$k6_p99")"
 row "(c) marquee __typename" "wrk -t$THREADS -c$CONNECTIONS" "$(per_s "$c_rps" req)" "$(ms "$c_p50")" "$(ms "$c_p99")"
 row "(d) bare stack mutation" "wrk -t$THREADS -c$CONNECTIONS" "$(per_s "$d_rps" req)" "$(ms "$d_p50")" "$(ms "$d_p99")"
-echo "(b) wrk throughput is seats the server sold / ${DURATION}s; wrk itself reported $b_wrk_rps req/s."
+echo "(b) wrk throughput is seats the server sold / ${DURATION}s; wrk itself reported $(join ' / ' "${b_wrk_rps[@]}") req/s."
+echo
+echo "=== (b) wrk and (c), round by round (order: b c, c b, ...)"
+printf '%-6s | %16s | %9s | %14s | %9s | %7s\n' round "(b) bookings/s" "(b) p99" "(c) req/s" "(c) p99" "(b)/(c)"
+for ((i = 0; i < ROUNDS; i++)); do
+  printf '%-6s | %16.0f | %6.2f ms | %14.0f | %6.2f ms | %6.1f%%\n' "$((i + 1))" "${b_rates[i]}" "${b_p99s[i]}" \
+    "${c_rpss[i]}" "${c_p99s[i]}" "$(calc "${b_rates[i]} / ${c_rpss[i]} * 100")"
+done
 
 verdict() { if [[ $(awk "BEGIN { print ($1) ? 1 : 0 }") -eq 1 ]]; then echo "met"; else echo "NOT met"; fi; }
 r_pg=$(calc "$b_rate / $a_rate")
@@ -380,17 +432,17 @@ printf '(c)/(d)  marquee __typename vs bare stack mutation %6.1f%%   (reference:
 printf '(b)/(d)  bookTickets vs bare stack mutation %8.1f%%\n' "$(calc "$b_rate / $d_rps * 100")"
 
 echo
-if $b_sold_out; then
-  echo "WARNING: the hot ticket type SOLD OUT during (b): the throughput above is bounded by the stock."
+if ((${#b_sold_out[@]} > 0)); then
+  echo "WARNING: the hot ticket type SOLD OUT during (b) round(s) ${b_sold_out[*]}: the throughput above is bounded by the stock."
 else
-  echo "(b) never sold out: $available_after of 1000000 seats still available after the wrk run."
+  echo "(b) never sold out: each round's ticket type had seats left after its run."
 fi
 [[ $k6_available_after -gt 0 ]] || echo "WARNING: the k6 ticket type sold out during its run."
-if [[ -n $b_other && $b_other != "0 0" ]]; then
-  echo "WARNING: book.lua saw unexpected answers (other_errors non_200): $b_other"
+if ((${#b_other[@]} > 0)); then
+  echo "WARNING: book.lua saw unexpected answers (other_errors non_200): $(join '; ' "${b_other[@]}")"
 fi
 [[ $k6_failed == 0 ]] || echo "WARNING: $k6_failed k6 bookings were not CONFIRMED"
-[[ ${c_bad:-0} == 0 ]] || echo "WARNING: $c_bad __typename answers were not 200 + \"Query\""
+[[ $c_bad_total == 0 ]] || echo "WARNING: $c_bad_total __typename answers were not 200 + \"Query\""
 [[ ${d_bad:-0} == 0 ]] || echo "WARNING: $d_bad bare stack answers were not 200 + the quantity"
 [[ $server_errors -eq 0 ]] || {
   echo "WARNING: marquee logged $server_errors error line(s):"
