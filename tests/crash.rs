@@ -158,10 +158,11 @@ fn verify(server: &Server, shop: &Shop, acked: &[Acked]) {
     verify_inboxes(server, shop, acked);
 }
 
-/// Once the notifications reader has caught up, each buyer's newest
-/// notifications are in strictly decreasing log order (a notification
-/// written twice, by entries applied again after a crash, would show
-/// twice) and there are as many as the buyer was sent, up to a page.
+/// Once the notifications reader has caught up, each buyer's inbox lists
+/// every notification once (one written twice, by entries applied again
+/// after a crash, would show twice), the stored ones in decreasing log
+/// order, as many as the buyer was sent up to a page, and, when they fit
+/// the page, the confirmation of every acknowledged booking.
 fn verify_inboxes(server: &Server, shop: &Shop, acked: &[Acked]) {
     const PAGE: usize = 100;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -175,26 +176,30 @@ fn verify_inboxes(server: &Server, shop: &Shop, acked: &[Acked]) {
         std::thread::sleep(Duration::from_millis(50));
     }
     for (buyer, token) in shop.buyers.iter().enumerate() {
-        let mine = acked.iter().filter(|a| a.buyer == buyer);
+        let mine: Vec<&Acked> = acked.iter().filter(|a| a.buyer == buyer).collect();
         // A confirmation for each booking, a notice for each cancel.
-        let sent = mine.map(|a| 1 + usize::from(a.cancel == Cancel::Acknowledged)).sum::<usize>();
+        let sent = mine.iter().map(|a| 1 + usize::from(a.cancel == Cancel::Acknowledged)).sum::<usize>();
         let inbox =
             data(server.gql(Some(token), "query($n: Int) { notifications(first: $n) { id } }", json!({"n": PAGE})));
-        let order: Vec<(u64, u64)> = inbox["notifications"]
-            .as_array()
-            .unwrap()
+        let ids: Vec<&str> =
+            inbox["notifications"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap()).collect();
+        assert_eq!(ids.iter().collect::<HashSet<_>>().len(), ids.len(), "buyer {buyer}'s inbox, each once: {ids:?}");
+        // Stored ones are `seq-k`; confirmations, `confirmed-<booking>`.
+        let stored: Vec<(u64, u64)> = ids
             .iter()
-            .map(|n| {
-                let (seq, k) = n["id"].as_str().unwrap().split_once('-').unwrap();
-                (seq.parse().unwrap(), k.parse().unwrap())
+            .filter_map(|id| {
+                let (seq, k) = id.split_once('-')?;
+                Some((seq.parse().ok()?, k.parse().ok()?))
             })
             .collect();
-        assert!(order.windows(2).all(|w| w[0] > w[1]), "buyer {buyer}'s inbox, newest first, each once: {order:?}");
-        assert!(
-            order.len() >= sent.min(PAGE),
-            "buyer {buyer} was sent {sent} notifications, {} are listed",
-            order.len()
-        );
+        assert!(stored.windows(2).all(|w| w[0] > w[1]), "buyer {buyer}'s stored ones, newest first: {ids:?}");
+        assert!(ids.len() >= sent.min(PAGE), "buyer {buyer} was sent {sent} notifications, {} are listed", ids.len());
+        if sent <= PAGE {
+            for ack in mine {
+                let confirmed = format!("confirmed-{}", ack.id);
+                assert!(ids.contains(&confirmed.as_str()), "buyer {buyer} is told of {ack:?}: {ids:?}");
+            }
+        }
     }
 }
 

@@ -106,7 +106,7 @@ fn event_changes_and_notifications_reach_their_subscribers() {
     friend_ws.subscribe("n", "subscription { notifications { kind message } }", json!({}));
     std::thread::sleep(Duration::from_millis(300));
 
-    book(&server, &fan, &stage.ticket_type, 2, "a", false);
+    let booked = book(&server, &fan, &stage.ticket_type, 2, "a", false);
     let mine = fan_ws.next_data("n")["notifications"].clone();
     assert_eq!(mine["kind"], "booking.confirmed");
     assert_eq!(mine["eventId"], stage.event.as_str());
@@ -140,12 +140,14 @@ fn event_changes_and_notifications_reach_their_subscribers() {
     let kinds: Vec<&str> = inbox.as_array().unwrap().iter().map(|n| n["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["event.updated", "booking.confirmed"]);
     let first = inbox[1]["id"].clone();
+    // A confirmation is listed from its booking, and named after it.
+    assert_eq!(first, format!("confirmed-{}", booked["id"].as_str().unwrap()).as_str());
     // The booking told the fan and the friend from one log entry; their
     // notifications still have ids of their own.
     let friends = data(server.gql(Some(&friend), "{ notifications { id kind } }", json!({})))["notifications"].clone();
     let going = friends.as_array().unwrap().iter().find(|n| n["kind"] == "friend.going").expect("friend.going");
     assert_ne!(going["id"], first, "ids are unique across users: {friends} {inbox}");
-    for bad in ["abc", "12", "1-x", "-1-2"] {
+    for bad in ["abc", "12", "1-x", "-1-2", "confirmed-", "confirmed-x", "confirmed-1-2"] {
         let refused = server.gql(
             Some(&fan),
             "mutation($ids: [ID!]) { markNotificationsRead(ids: $ids) }",

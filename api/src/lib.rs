@@ -150,6 +150,8 @@ pub struct Readers {
     pub outbox: readers::ReaderHandle,
     /// New notifications by user, for the `notifications` subscription.
     pub live_notifications: Arc<readers::notifications::LiveFeeds>,
+    /// Which confirmations the inboxes list from the bookings.
+    pub derived_confirmations: Arc<readers::notifications::DerivedConfirmations>,
     /// Availability and event-change channels.
     pub hub: Arc<readers::live::LiveHub>,
     _live: readers::live::LiveReader,
@@ -173,10 +175,15 @@ impl Readers {
                 .map_err(failed("analytics"))?;
         let analytics = readers::spawn(graph.clone(), analytics).map_err(failed("analytics"))?;
         let live_notifications = Arc::new(readers::notifications::LiveFeeds::default());
+        let notification_rows = store.reader(readers::notifications::Notifications::ID_OF);
+        let derived_confirmations = readers::notifications::DerivedConfirmations::open(&notification_rows, ledger)
+            .map_err(failed("notifications"))?;
+        let derived_confirmations = Arc::new(derived_confirmations);
         let notifications = readers::notifications::Notifications::load(
             graph.clone(),
-            &store.reader(readers::notifications::Notifications::ID_OF),
+            &notification_rows,
             live_notifications.clone(),
+            derived_confirmations.clone(),
         )
         .map_err(failed("notifications"))?;
         let notifications = readers::spawn(graph.clone(), notifications).map_err(failed("notifications"))?;
@@ -189,7 +196,17 @@ impl Readers {
         let hub = Arc::new(readers::live::LiveHub::default());
         let live = readers::live::LiveReader::spawn(graph.clone(), ledger.clone(), hub.clone())
             .map_err(|e| format!("cannot start the live reader: {e}"))?;
-        Ok(Readers { sales, analytics, notifications, outbox, live_notifications, hub, _live: live, stop_deliveries })
+        Ok(Readers {
+            sales,
+            analytics,
+            notifications,
+            outbox,
+            live_notifications,
+            derived_confirmations,
+            hub,
+            _live: live,
+            stop_deliveries,
+        })
     }
 
     /// Stops the readers after their current batches.

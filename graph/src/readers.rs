@@ -140,7 +140,21 @@ impl ReaderRows<'_> {
     /// reader's own thread, which must not bring back a row it removed. Not
     /// flushed: it becomes durable with the next group commit.
     pub fn replace(&self, key: &[u8], old: &[u8], new: &[u8]) -> Result<bool, Error> {
-        self.store.replace_row(&self.key(key), old, new)
+        self.store.replace_row(&self.key(key), Some(old), new)
+    }
+
+    /// Writes one row only if there is none with its key: false when there
+    /// is. Beside the reader's own thread, like [`ReaderRows::replace`], and
+    /// not flushed either.
+    pub fn insert_new(&self, key: &[u8], value: &[u8]) -> Result<bool, Error> {
+        self.store.replace_row(&self.key(key), None, value)
+    }
+
+    /// Makes every row written so far durable now, rather than with the next
+    /// group commit: for a row that must not be lost once anything has
+    /// relied on it.
+    pub fn flush(&self) -> Result<(), Error> {
+        self.store.flush_rows()
     }
 
     /// Writes the rows `batch` puts ahead now, taking them out of it

@@ -665,11 +665,11 @@ impl Store {
     }
 
     /// Replaces one row's value, written outside the log like
-    /// [`Store::write_rows`], only if it still holds `old`; false when it
-    /// changed or is gone.
-    pub(crate) fn replace_row(&self, key: &[u8], old: &[u8], new: &[u8]) -> Result<bool, Error> {
+    /// [`Store::write_rows`], only if it still holds `old` (`None`: only if
+    /// there is no such row); false when it does not.
+    pub(crate) fn replace_row(&self, key: &[u8], old: Option<&[u8]>, new: &[u8]) -> Result<bool, Error> {
         self.shared.check_healthy()?;
-        let swapped = self.shared.tree.compare_and_swap(key, Some(old), Some(new)).map_err(|e| self.shared.fail(e))?;
+        let swapped = self.shared.tree.compare_and_swap(key, old, Some(new)).map_err(|e| self.shared.fail(e))?;
         Ok(swapped.is_ok())
     }
 

@@ -177,7 +177,7 @@ impl Ledger {
         let mut cancelled_events = HashSet::new();
         for booking in self.graph.bookings()? {
             let booking = booking?;
-            counter_max = counter_max.max(booking.id.0 >> 8);
+            counter_max = counter_max.max(issue_order(booking.id));
             if booking.takes_seats() && self.graph.event_status(booking.event).is_some_and(EventStatus::is_cancelled) {
                 cancelled_events.insert(booking.event);
             }
@@ -349,8 +349,8 @@ impl Ledger {
                 return Err(Error::LimitExceeded { limit, owned, asked: request.quantity });
             }
         }
-        let counter = self.next_booking.fetch_add(1, Ordering::Relaxed);
-        let id = BookingId((counter << 8) | shard_hint(request.ticket_type));
+        let order = self.next_booking.fetch_add(1, Ordering::Relaxed);
+        let id = BookingId((order << 8) | shard_hint(request.ticket_type));
         let mut booking = Booking {
             id,
             user: request.user,
@@ -611,10 +611,33 @@ impl Ledger {
         found
     }
 
+    /// The [`issue_order`] the next booking takes: every booking made from
+    /// now on has this or a later one.
+    pub fn next_issue_order(&self) -> u64 {
+        self.next_booking.load(Ordering::Relaxed)
+    }
+
+    /// The bookings held now (seats taken, neither confirmed nor ended;
+    /// a hold past its expiry counts until the reaper ends it).
+    pub fn held_bookings(&self) -> Vec<BookingId> {
+        let mut held = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock().expect("shard lock poisoned");
+            held.extend(shard.holds.iter().map(|&(_, id)| id));
+        }
+        held
+    }
+
     /// Seats sold (confirmed + live held) of a ticket type.
     pub fn sold(&self, ticket_type: TicketTypeId) -> u32 {
         self.shard_of(ticket_type).stock.get(&ticket_type).map_or(0, Stock::sold)
     }
+}
+
+/// The order in which booking `id` was issued: bookings are numbered one
+/// after another, and the id's low byte names the shard.
+pub fn issue_order(id: BookingId) -> u64 {
+    id.0 >> 8
 }
 
 fn check_request(request: &BookRequest) -> Result<(), Error> {

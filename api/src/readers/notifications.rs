@@ -9,6 +9,11 @@
 //! most [`FRIEND_FANOUT_MAX`] of them. Each inbox keeps its newest
 //! [`INBOX_MAX`] notifications; older ones are dropped.
 //!
+//! A `booking.confirmed` is not stored: the inbox lists it from the booking
+//! itself, which holds all it says (see [`DerivedConfirmations`]), and
+//! stores only that its user read it (`r|user|booking`). Stores from before
+//! keep the confirmations they had written as inbox rows.
+//!
 //! Rows (reader 2): `n|user|slot` a user's inbox, a ring of [`INBOX_MAX`]
 //! slots (u16, BE) in which the newest notification takes the oldest one's
 //! slot, so that a full inbox costs one write per notification and no scan;
@@ -35,6 +40,7 @@ use graph::log::{Entry, Record};
 use graph::model::{Booking, Event};
 use graph::readers::{ReaderBatch, ReaderRows};
 use graph::Graph;
+use ledger::Ledger;
 use serde::{Deserialize, Serialize};
 
 use super::{key, u64_at, Reader};
@@ -49,6 +55,13 @@ pub const LIVE_BUFFER: usize = 1_024;
 
 const INBOX: u8 = b'n';
 const HOLDER: u8 = b'h';
+/// The row that says which confirmations are derived.
+const DERIVED: u8 = b'c';
+/// `r|user|booking`: a derived confirmation its user has read.
+const READ_MARK: u8 = b'r';
+/// A derived confirmation's id: this, then the booking's id.
+const CONFIRMED_ID: &str = "confirmed-";
+const CONFIRMED_KIND: &str = "booking.confirmed";
 
 /// Slots in an inbox ring.
 const SLOTS: u16 = INBOX_MAX as u16;
@@ -102,11 +115,18 @@ pub struct Notifications {
     /// Created in the current batch, published once it is committed.
     created: Vec<Notification>,
     live: Arc<LiveFeeds>,
+    derived: Arc<DerivedConfirmations>,
 }
 
 impl Notifications {
-    /// The reader, loaded from its rows; `live` receives every new notification.
-    pub fn load(graph: Arc<Graph>, rows: &ReaderRows<'_>, live: Arc<LiveFeeds>) -> Result<Notifications, graph::Error> {
+    /// The reader, loaded from its rows; `live` receives every new
+    /// notification; the confirmations `derived` names are not stored.
+    pub fn load(
+        graph: Arc<Graph>,
+        rows: &ReaderRows<'_>,
+        live: Arc<LiveFeeds>,
+        derived: Arc<DerivedConfirmations>,
+    ) -> Result<Notifications, graph::Error> {
         let mut reader = Notifications {
             graph,
             holders: HashMap::new(),
@@ -118,6 +138,7 @@ impl Notifications {
             stored_ahead: HashMap::new(),
             created: Vec::new(),
             live,
+            derived,
         };
         reader.reload(rows)?;
         Ok(reader)
@@ -126,20 +147,17 @@ impl Notifications {
     /// Notifies `note`'s users; their notifications are numbered from
     /// `first_k` within the entry (see [`Reader::apply`] below).
     fn notify(&mut self, rows: &ReaderRows<'_>, batch: &mut ReaderBatch, entry: &Entry, note: Note, first_k: usize) {
-        let Note { users, kind, message, event } = note;
+        let Note { users, kind, message, event, derived_from } = note;
         for (k, user) in users.into_iter().enumerate() {
             let k = first_k + k;
             let k = u16::try_from(k).unwrap_or(u16::MAX);
-            if self.stored_ahead.get(&user).is_some_and(|&stored| (entry.seq, k) <= stored) {
+            let to_store = derived_from.is_none();
+            if to_store && self.stored_ahead.get(&user).is_some_and(|&stored| (entry.seq, k) <= stored) {
                 continue;
             }
-            // Rows are put in order, so an entry after the checkpoint (a
-            // replay after a crash) takes the slot it took the first time.
-            let next = self.next_slots.entry(user).or_default();
-            let slot = *next;
-            *next = (slot + 1) % SLOTS;
             let notification = Notification {
-                id: format!("{}-{k}", entry.seq),
+                // A derived one is listed from its booking, by its id.
+                id: derived_from.map_or_else(|| format!("{}-{k}", entry.seq), confirmed_id),
                 user: user.0,
                 kind: kind.to_string(),
                 message: message.clone(),
@@ -147,7 +165,14 @@ impl Notifications {
                 created_at_ms: entry.at_ms,
                 read: false,
             };
-            batch.put_ahead(rows, &inbox_key(user, slot), &encode(entry.seq, k, &notification));
+            if to_store {
+                // Rows are put in order, so an entry after the checkpoint (a
+                // replay after a crash) takes the slot it took the first time.
+                let next = self.next_slots.entry(user).or_default();
+                let slot = *next;
+                *next = (slot + 1) % SLOTS;
+                batch.put_ahead(rows, &inbox_key(user, slot), &encode(entry.seq, k, &notification));
+            }
             self.created.push(notification);
         }
     }
@@ -201,7 +226,7 @@ impl Notifications {
     }
 
     fn title(&self, event: EventId) -> String {
-        self.graph.event(event).map_or_else(|| format!("event {event}"), |e| e.title.clone())
+        title(&self.graph, event)
     }
 
     /// What one record tells whom.
@@ -218,7 +243,13 @@ impl Notifications {
             Record::BookingCancelled(booking) => {
                 self.hold(booking, false);
                 let message = format!("Your booking {} for {} was cancelled.", booking.id, self.title(booking.event));
-                vec![Note { users: vec![booking.user], kind: "booking.cancelled", message, event: Some(booking.event) }]
+                vec![Note {
+                    users: vec![booking.user],
+                    kind: "booking.cancelled",
+                    message,
+                    event: Some(booking.event),
+                    derived_from: None,
+                }]
             }
             Record::BookingExpired(booking) => {
                 self.hold(booking, false);
@@ -236,7 +267,13 @@ impl Notifications {
                     webhook.id,
                     host.as_deref().unwrap_or("its endpoint")
                 );
-                vec![Note { users: vec![webhook.owner], kind: "webhook.failing", message, event: None }]
+                vec![Note {
+                    users: vec![webhook.owner],
+                    kind: "webhook.failing",
+                    message,
+                    event: None,
+                    derived_from: None,
+                }]
             }
             _ => Vec::new(),
         }
@@ -244,13 +281,12 @@ impl Notifications {
 
     fn confirmed(&mut self, booking: &Booking) -> Vec<Note> {
         let title = self.title(booking.event);
-        let seats =
-            if booking.quantity == 1 { "1 ticket".to_string() } else { format!("{} tickets", booking.quantity) };
         let mut notes = vec![Note {
             users: vec![booking.user],
-            kind: "booking.confirmed",
-            message: format!("Your booking of {seats} for {title} is confirmed."),
+            kind: CONFIRMED_KIND,
+            message: confirmed_message(booking.quantity, &title),
             event: Some(booking.event),
+            derived_from: self.derived.derives(booking.id).then_some(booking.id),
         }];
         // Friends hear of the booker's going with the first confirmed one.
         let already_told = !self.told_friends.insert((booking.event, booking.user));
@@ -264,7 +300,13 @@ impl Notifications {
         if !friends.is_empty() {
             let name = self.graph.user(booking.user).ok().flatten().map_or_else(|| "A friend".into(), |u| u.name);
             let message = format!("{name} is going to {title}.");
-            notes.push(Note { users: friends, kind: "friend.going", message, event: Some(booking.event) });
+            notes.push(Note {
+                users: friends,
+                kind: "friend.going",
+                message,
+                event: Some(booking.event),
+                derived_from: None,
+            });
         }
         notes
     }
@@ -275,6 +317,7 @@ impl Notifications {
             kind,
             message: format!("{} {what}.", event.title),
             event: Some(event.id),
+            derived_from: None,
         }
     }
 }
@@ -381,6 +424,95 @@ struct Note {
     kind: &'static str,
     message: String,
     event: Option<EventId>,
+    /// A confirmation the inbox lists from this booking: not stored.
+    derived_from: Option<BookingId>,
+}
+
+/// An event's title, for messages.
+fn title(graph: &Graph, event: EventId) -> String {
+    graph.event(event).map_or_else(|| format!("event {event}"), |e| e.title.clone())
+}
+
+/// What a `booking.confirmed` says.
+fn confirmed_message(quantity: u32, title: &str) -> String {
+    let seats = if quantity == 1 { "1 ticket".to_string() } else { format!("{quantity} tickets") };
+    format!("Your booking of {seats} for {title} is confirmed.")
+}
+
+/// The id of the confirmation derived from `booking`.
+fn confirmed_id(booking: BookingId) -> String {
+    format!("{CONFIRMED_ID}{booking}")
+}
+
+/// Which bookings' `booking.confirmed` the inbox lists from the booking
+/// itself instead of storing it.
+///
+/// At an on-sale every buyer's confirmation went to a different inbox row,
+/// the most the readers wrote: with the reader's other work it came to an
+/// eighth of the server's CPU at the peak. The booking already holds what
+/// the notification says (whose, which event, how many seats, when), so the
+/// inbox lists confirmations from the ledger, and a read mark is stored
+/// when its user reads one. A confirmation is listed as soon as the ledger
+/// holds it, as `myBookings` lists the booking; the live feed hears of it
+/// once it is durable, from the log.
+///
+/// A store from before holds the confirmations it had written as inbox
+/// rows. Its first start with this layout notes, in row `c`, where bookings
+/// stood: the next [`ledger::issue_order`], and the bookings held then,
+/// whose confirmations were still to come. Those, and every booking issued
+/// later, are derived; the others keep their rows. The row is flushed
+/// before anything is served, so the split never moves.
+pub struct DerivedConfirmations {
+    issued_from: u64,
+    held_then: HashSet<BookingId>,
+}
+
+impl DerivedConfirmations {
+    /// The split stored in the reader's rows, or, on the first start with
+    /// this layout, the ledger's present one, stored and flushed. Call with
+    /// the ledger recovered and before anything is booked.
+    pub fn open(rows: &ReaderRows<'_>, ledger: &Ledger) -> Result<DerivedConfirmations, graph::Error> {
+        if let Some(value) = rows.get(&[DERIVED])? {
+            return DerivedConfirmations::decode(&value);
+        }
+        let derived = DerivedConfirmations {
+            issued_from: ledger.next_issue_order(),
+            held_then: ledger.held_bookings().into_iter().collect(),
+        };
+        let mut batch = ReaderBatch::default();
+        batch.put(rows, &[DERIVED], &derived.encode());
+        rows.commit(batch, None)?;
+        rows.flush()?;
+        Ok(derived)
+    }
+
+    /// Whether `booking`'s confirmation is listed from the booking.
+    pub fn derives(&self, booking: BookingId) -> bool {
+        ledger::issue_order(booking) >= self.issued_from || self.held_then.contains(&booking)
+    }
+
+    /// `issued_from u64 | held booking u64 *`, big-endian.
+    fn encode(&self) -> Vec<u8> {
+        let mut held: Vec<BookingId> = self.held_then.iter().copied().collect();
+        held.sort_unstable();
+        let mut value = Vec::with_capacity(8 * (1 + held.len()));
+        value.extend_from_slice(&self.issued_from.to_be_bytes());
+        for booking in held {
+            value.extend_from_slice(&booking.to_key());
+        }
+        value
+    }
+
+    fn decode(value: &[u8]) -> Result<DerivedConfirmations, graph::Error> {
+        let what = "derived confirmations";
+        if !value.len().is_multiple_of(8) {
+            return Err(graph::Error::Corrupt(what));
+        }
+        let issued_from = u64_at(value, 0, what)?;
+        let held_then =
+            value[8..].chunks_exact(8).map(|id| u64_at(id, 0, what).map(BookingId)).collect::<Result<_, _>>()?;
+        Ok(DerivedConfirmations { issued_from, held_then })
+    }
 }
 
 impl Notifications {
@@ -470,7 +602,7 @@ impl Reader for Notifications {
                 // The newest notification's slot is the one before the next.
                 let mut newest = None;
                 for (slot, (_, value)) in slots.into_iter().zip(user_rows) {
-                    let (order, _) = order_and_read(user, value)?;
+                    let (_, order, _) = placed(user, value)?;
                     if newest.is_none_or(|(newest, _)| order > newest) {
                         newest = Some((order, slot));
                     }
@@ -617,63 +749,164 @@ fn decode(user: UserId, value: &[u8]) -> Result<Stored, graph::Error> {
     Ok(Stored { seq: encoded.seq, k: encoded.k, notification })
 }
 
-/// A user's notifications, newest first, at most `first`. Only those
-/// served are decoded into notifications.
-pub fn inbox(graph: &Graph, user: UserId, first: usize, unread_only: bool) -> Result<Vec<Notification>, graph::Error> {
-    let rows = graph.store().reader(Notifications::ID);
-    let mut listed = Vec::new();
-    for (_, value) in rows.scan(&key(&[&[INBOX], &user.to_key()]), false, usize::MAX)? {
-        let (order, read) = order_and_read(user, &value)?;
-        if !(unread_only && read) {
-            listed.push((order, value));
+/// Where an inbox's notification comes from.
+enum Source {
+    /// A stored notification: its row and value.
+    Row { key: Vec<u8>, value: Vec<u8> },
+    /// A confirmation derived from its booking.
+    Booking(Arc<Booking>),
+}
+
+/// One of an inbox's notifications, not yet decoded.
+struct Listed {
+    created_at_ms: i64,
+    read: bool,
+    source: Source,
+}
+
+impl Listed {
+    fn notification(self, graph: &Graph, user: UserId) -> Result<Notification, graph::Error> {
+        match self.source {
+            Source::Row { value, .. } => decode(user, &value).map(|stored| stored.notification),
+            Source::Booking(booking) => Ok(Notification {
+                id: confirmed_id(booking.id),
+                user: user.0,
+                kind: CONFIRMED_KIND.to_string(),
+                message: confirmed_message(booking.quantity, &title(graph, booking.event)),
+                event: Some(booking.event.0),
+                created_at_ms: self.created_at_ms,
+                read: self.read,
+            }),
         }
     }
-    listed.sort_unstable_by_key(|(order, _)| std::cmp::Reverse(*order));
-    listed.truncate(first);
-    listed.iter().map(|(_, value)| decode(user, value).map(|stored| stored.notification)).collect()
+}
+
+/// A user's newest [`INBOX_MAX`] notifications, stored and derived, newest
+/// first.
+fn listed(
+    graph: &Graph,
+    ledger: &Ledger,
+    derived: &DerivedConfirmations,
+    user: UserId,
+) -> Result<Vec<Listed>, graph::Error> {
+    let rows = graph.store().reader(Notifications::ID);
+    // Stored ones newest first in the log's order.
+    let mut stored = Vec::new();
+    for (key, value) in rows.scan(&key(&[&[INBOX], &user.to_key()]), false, usize::MAX)? {
+        let (created_at_ms, order, read) = placed(user, &value)?;
+        stored.push((order, Listed { created_at_ms, read, source: Source::Row { key, value } }));
+    }
+    stored.sort_unstable_by_key(|(order, _)| std::cmp::Reverse(*order));
+    // Derived ones newest first by confirmation time (then booking).
+    let mut confirmed: Vec<Arc<Booking>> =
+        ledger.bookings_of(user).into_iter().filter(|b| b.confirmed_at_ms.is_some() && derived.derives(b.id)).collect();
+    confirmed.sort_unstable_by_key(|b| std::cmp::Reverse((b.confirmed_at_ms, b.id)));
+    let mut marked = HashSet::new();
+    if !confirmed.is_empty() {
+        for (row, _) in rows.scan(&key(&[&[READ_MARK], &user.to_key()]), false, usize::MAX)? {
+            marked.insert(BookingId(u64_at(&row, 9, "read mark")?));
+        }
+    }
+    let derived = confirmed.into_iter().map(|booking| Listed {
+        created_at_ms: booking.confirmed_at_ms.unwrap_or(booking.created_at_ms),
+        read: marked.contains(&booking.id),
+        source: Source::Booking(booking),
+    });
+    // Merged by creation time, each kept in its own order (a clock set
+    // back does not reorder the log's).
+    let (mut stored, mut derived) = (stored.into_iter().map(|(_, item)| item).peekable(), derived.peekable());
+    let mut listed = Vec::new();
+    while listed.len() < INBOX_MAX {
+        let stored_next = match (stored.peek(), derived.peek()) {
+            (Some(row), Some(booking)) => row.created_at_ms >= booking.created_at_ms,
+            (row, booking) => row.is_some() || booking.is_none(),
+        };
+        match if stored_next { stored.next() } else { derived.next() } {
+            Some(item) => listed.push(item),
+            None => break,
+        }
+    }
+    Ok(listed)
+}
+
+/// A user's notifications, newest first, at most `first`. Only those
+/// served are decoded into notifications.
+pub fn inbox(
+    graph: &Graph,
+    ledger: &Ledger,
+    derived: &DerivedConfirmations,
+    user: UserId,
+    first: usize,
+    unread_only: bool,
+) -> Result<Vec<Notification>, graph::Error> {
+    let listed = listed(graph, ledger, derived, user)?;
+    let served = listed.into_iter().filter(|item| !(unread_only && item.read)).take(first);
+    served.map(|item| item.notification(graph, user)).collect()
 }
 
 /// How many of a user's notifications are unread.
-pub fn unread_count(graph: &Graph, user: UserId) -> Result<usize, graph::Error> {
-    let rows = graph.store().reader(Notifications::ID);
-    let mut unread = 0;
-    for (_, value) in rows.scan(&key(&[&[INBOX], &user.to_key()]), false, usize::MAX)? {
-        if !order_and_read(user, &value)?.1 {
-            unread += 1;
-        }
-    }
-    Ok(unread)
+pub fn unread_count(
+    graph: &Graph,
+    ledger: &Ledger,
+    derived: &DerivedConfirmations,
+    user: UserId,
+) -> Result<usize, graph::Error> {
+    Ok(listed(graph, ledger, derived, user)?.iter().filter(|item| !item.read).count())
 }
 
-/// Where a stored notification sorts, and whether it is read, checked
-/// whole but without copying its text.
-fn order_and_read(user: UserId, value: &[u8]) -> Result<((u64, u16), bool), graph::Error> {
+/// When a stored notification was created, where it sorts among its
+/// inbox's rows, and whether it is read, checked whole but without copying
+/// its text.
+fn placed(user: UserId, value: &[u8]) -> Result<(i64, (u64, u16), bool), graph::Error> {
     if value.first() == Some(&ENCODED) {
         let encoded = Encoded::parse(value)?;
-        return Ok(((encoded.seq, encoded.k), encoded.read()));
+        return Ok((encoded.created_at_ms, (encoded.seq, encoded.k), encoded.read()));
     }
     let stored = decode(user, value)?;
-    Ok((stored.order(), stored.notification.read))
+    Ok((stored.notification.created_at_ms, stored.order(), stored.notification.read))
+}
+
+/// The read mark of the confirmation derived from `booking`.
+fn read_mark_key(user: UserId, booking: BookingId) -> Vec<u8> {
+    key(&[&[READ_MARK], &user.to_key(), &booking.to_key()])
 }
 
 /// Marks a user's notifications read: the listed ids, or all; returns how
 /// many changed. Ids that are not the user's are ignored.
-pub fn mark_read(graph: &Graph, user: UserId, ids: Option<&[String]>) -> Result<usize, graph::Error> {
+pub fn mark_read(
+    graph: &Graph,
+    ledger: &Ledger,
+    derived: &DerivedConfirmations,
+    user: UserId,
+    ids: Option<&[String]>,
+) -> Result<usize, graph::Error> {
     let rows = graph.store().reader(Notifications::ID);
     let wanted: Option<HashSet<&str>> = ids.map(|ids| ids.iter().map(String::as_str).collect());
+    let is_wanted = |id: &str| wanted.as_ref().is_none_or(|wanted| wanted.contains(id));
     let mut changed = 0;
-    for (row, value) in rows.scan(&key(&[&[INBOX], &user.to_key()]), false, usize::MAX)? {
-        let mut stored = decode(user, &value)?;
-        let notification = &mut stored.notification;
-        if notification.read || wanted.as_ref().is_some_and(|w| !w.contains(notification.id.as_str())) {
+    for item in listed(graph, ledger, derived, user)? {
+        if item.read {
             continue;
         }
-        notification.read = true;
-        // The reader may put a newer notification in this slot while we
-        // look: a plain write would bring the old one back, so replace it
-        // only if it is still there as we read it.
-        if rows.replace(&row, &value, &encode(stored.seq, stored.k, notification))? {
-            changed += 1;
+        match item.source {
+            Source::Row { key: row, value } => {
+                let mut stored = decode(user, &value)?;
+                if !is_wanted(&stored.notification.id) {
+                    continue;
+                }
+                stored.notification.read = true;
+                // The reader may put a newer notification in this slot while
+                // we look: a plain write would bring the old one back, so
+                // replace it only if it is still there as we read it.
+                if rows.replace(&row, &value, &encode(stored.seq, stored.k, &stored.notification))? {
+                    changed += 1;
+                }
+            }
+            Source::Booking(booking) => {
+                if is_wanted(&confirmed_id(booking.id)) && rows.insert_new(&read_mark_key(user, booking.id), &[])? {
+                    changed += 1;
+                }
+            }
         }
     }
     if changed > 0 {
@@ -785,7 +1018,7 @@ mod tests {
     fn holders_are_the_live_bookings_across_batches_reloads_and_layouts() {
         let (_dir, graph, live) = scratch("holders");
         let rows = graph.store().reader(Notifications::ID);
-        let mut reader = Notifications::load(graph.clone(), &rows, live.clone()).unwrap();
+        let mut reader = Notifications::load(graph.clone(), &rows, live.clone(), stored_layout()).unwrap();
         // Booking n (id n << 8, so 16 to a group) by user n % 37, event 1 or 2.
         let event_of = |n: u64| 1 + n % 2;
         let mut live_bookings: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
@@ -816,7 +1049,7 @@ mod tests {
         for event in [1, 2] {
             assert_eq!(reader.holders_of(EventId(event)), expected(event), "event {event}");
         }
-        let reloaded = Notifications::load(graph.clone(), &rows, live.clone()).unwrap();
+        let reloaded = Notifications::load(graph.clone(), &rows, live.clone(), stored_layout()).unwrap();
         for event in [1, 2] {
             assert_eq!(reloaded.holders_of(EventId(event)), expected(event), "event {event} after a reload");
         }
@@ -829,20 +1062,37 @@ mod tests {
             &[],
         );
         rows.commit(batch, None).unwrap();
-        let mut reader = Notifications::load(graph.clone(), &rows, live.clone()).unwrap();
+        let mut reader = Notifications::load(graph.clone(), &rows, live.clone(), stored_layout()).unwrap();
         assert_eq!(reader.holders_of(EventId(3)), [UserId(5)]);
         apply_and_commit(&mut reader, &rows, &[booking_entry(seq + 1, 500 << 8, 6, 3, BookingStatus::Held)]).unwrap();
         let keys: Vec<usize> = rows.scan(&[HOLDER], false, usize::MAX).unwrap().iter().map(|(k, _)| k.len()).collect();
         assert!(keys.iter().all(|&len| len == 17), "only group rows remain: {keys:?}");
-        let reloaded = Notifications::load(graph.clone(), &rows, live).unwrap();
+        let reloaded = Notifications::load(graph.clone(), &rows, live, stored_layout()).unwrap();
         assert_eq!(reloaded.holders_of(EventId(3)), [UserId(5), UserId(6)]);
         for event in [1, 2] {
             assert_eq!(reloaded.holders_of(EventId(event)), expected(event));
         }
     }
 
-    fn ids(graph: &Graph, user: UserId) -> Vec<String> {
-        inbox(graph, user, usize::MAX, false).unwrap().into_iter().map(|n| n.id).collect()
+    /// The layout before derived confirmations: every one is stored.
+    fn stored_layout() -> Arc<DerivedConfirmations> {
+        Arc::new(DerivedConfirmations { issued_from: u64::MAX, held_then: HashSet::new() })
+    }
+
+    /// An inbox of stored notifications only (the entries of the tests
+    /// above make no bookings in a ledger).
+    fn stored_inbox(graph: &Arc<Graph>, user: UserId, first: usize, unread_only: bool) -> Vec<Notification> {
+        let ledger = Ledger::open(graph.clone(), ledger::Options { durable: false, ..Default::default() }).unwrap();
+        inbox(graph, &ledger, &stored_layout(), user, first, unread_only).unwrap()
+    }
+
+    fn stored_mark_read(graph: &Arc<Graph>, user: UserId, ids: Option<&[String]>) -> usize {
+        let ledger = Ledger::open(graph.clone(), ledger::Options { durable: false, ..Default::default() }).unwrap();
+        mark_read(graph, &ledger, &stored_layout(), user, ids).unwrap()
+    }
+
+    fn ids(graph: &Arc<Graph>, user: UserId) -> Vec<String> {
+        stored_inbox(graph, user, usize::MAX, false).into_iter().map(|n| n.id).collect()
     }
 
     /// Batches of 1 to 3 * INBOX_MAX entries for two users: after each
@@ -852,7 +1102,7 @@ mod tests {
     fn an_inbox_keeps_its_newest_notifications_whatever_the_batch_size() {
         let (_dir, graph, live) = scratch("inbox");
         let rows = graph.store().reader(Notifications::ID);
-        let mut reader = Notifications::load(graph.clone(), &rows, live.clone()).unwrap();
+        let mut reader = Notifications::load(graph.clone(), &rows, live.clone(), stored_layout()).unwrap();
         let users = [UserId(7), UserId(8)];
         let mut sent: HashMap<UserId, Vec<String>> = HashMap::new();
         let mut seq = 0;
@@ -868,7 +1118,7 @@ mod tests {
             apply_and_commit(&mut reader, &rows, &entries).unwrap();
             reader.committed(seq);
             if round == 4 {
-                reader = Notifications::load(graph.clone(), &rows, live.clone()).unwrap();
+                reader = Notifications::load(graph.clone(), &rows, live.clone(), stored_layout()).unwrap();
             }
             for user in users {
                 let newest: Vec<String> =
@@ -897,7 +1147,7 @@ mod tests {
         for kept_up_to in [COMMITTED, COMMITTED + 1, 120, 300, LAST] {
             let (_dir, graph, live) = scratch(&format!("inbox-ahead-{kept_up_to}"));
             let rows = graph.store().reader(Notifications::ID);
-            let mut reader = Notifications::load(graph.clone(), &rows, live.clone()).unwrap();
+            let mut reader = Notifications::load(graph.clone(), &rows, live.clone(), stored_layout()).unwrap();
             apply_and_commit(&mut reader, &rows, &entries(1..=COMMITTED)).unwrap();
             // The crashed run: it put the rows of the entries up to
             // `kept_up_to` ahead, and its batch and checkpoint were lost.
@@ -910,7 +1160,7 @@ mod tests {
             drop((lost, reader));
             assert_eq!(rows.checkpoint().unwrap(), COMMITTED);
 
-            let mut reader = Notifications::load(graph.clone(), &rows, live.clone()).unwrap();
+            let mut reader = Notifications::load(graph.clone(), &rows, live.clone(), stored_layout()).unwrap();
             apply_and_commit(&mut reader, &rows, &entries(COMMITTED + 1..=LAST)).unwrap();
             reader.committed(LAST);
             assert!(reader.stored_ahead.is_empty(), "nothing left to skip past the checkpoint");
@@ -960,17 +1210,18 @@ mod tests {
         rows.commit(old_rows, None).unwrap();
         let before: HashMap<String, Notification> = [many, few]
             .into_iter()
-            .flat_map(|user| inbox(&graph, user, usize::MAX, false).unwrap())
+            .flat_map(|user| stored_inbox(&graph, user, usize::MAX, false))
             .map(|n| (n.id.clone(), n))
             .collect();
-        assert_eq!(before.len(), INBOX_MAX + 40 + (INBOX_MAX + 40) / 20, "the old layout reads as it is");
+        // Listed as they are, the newest INBOX_MAX of each user.
+        assert_eq!(before.len(), INBOX_MAX + (INBOX_MAX + 40) / 20, "the old layout reads as it is");
 
-        let mut reader = Notifications::load(graph.clone(), &rows, live.clone()).unwrap();
+        let mut reader = Notifications::load(graph.clone(), &rows, live.clone(), stored_layout()).unwrap();
         let stored = rows.scan(&[INBOX], false, usize::MAX).unwrap();
         assert!(stored.iter().all(|(row, _)| ring_slot(row).is_some()), "only ring rows remain");
         for user in [many, few] {
             let newest: Vec<String> = sent[&user].iter().rev().take(INBOX_MAX).cloned().collect();
-            let now = inbox(&graph, user, usize::MAX, false).unwrap();
+            let now = stored_inbox(&graph, user, usize::MAX, false);
             assert_eq!(now.iter().map(|n| n.id.clone()).collect::<Vec<_>>(), newest, "user {user}");
             for notification in now {
                 assert_eq!(notification, before[&notification.id], "kept as it was");
@@ -991,6 +1242,160 @@ mod tests {
         }
     }
 
+    /// A scratch graph with an event on sale ("Gig", one ticket type of 100
+    /// seats, holds of a minute) and a durable ledger over it.
+    fn shop(name: &str) -> (ScratchDir, Arc<Graph>, Arc<LiveFeeds>, Ledger, TicketTypeId) {
+        let (dir, graph, live) = scratch(name);
+        let organizer = graph.register("org@example.com", "Org", graph::model::Role::Organizer, None).unwrap();
+        let gig = graph::NewEvent {
+            title: "Gig".into(),
+            city: "Oslo".into(),
+            starts_at_ms: 4_102_444_800_000,
+            ..graph::NewEvent::default()
+        };
+        let event = graph.create_event(organizer.id, gig).unwrap();
+        let seats = graph::NewTicketType {
+            name: "GA".into(),
+            price_cents: 1000,
+            currency: "EUR".into(),
+            capacity: 100,
+            per_user_limit: None,
+        };
+        let ticket_type = graph.add_ticket_type(event.id, seats).unwrap();
+        graph.publish_event(event.id).unwrap();
+        let options = ledger::Options { shards: 2, hold_ttl_ms: 60_000, durable: true };
+        let ledger = Ledger::open(graph.clone(), options).unwrap();
+        (dir, graph, live, ledger, ticket_type.id)
+    }
+
+    /// `user` books `quantity` seats at `now_ms` (held or confirmed).
+    fn book(ledger: &Ledger, ticket_type: TicketTypeId, user: u64, quantity: u32, hold: bool, now_ms: i64) -> Booking {
+        let key = format!("{user}-{now_ms}");
+        let request = ledger::BookRequest { user: UserId(user), ticket_type, quantity, idempotency_key: key, hold };
+        Booking::clone(&ledger.book(&request, now_ms).unwrap())
+    }
+
+    /// Applies the log's entries after `at` to `reader`; returns the last seq.
+    fn catch_up(graph: &Graph, reader: &mut Notifications, at: u64) -> u64 {
+        let entries = graph.store().read_durable_log(at, usize::MAX).unwrap();
+        let last = entries.last().map_or(at, |entry| entry.seq);
+        apply_and_commit(reader, &graph.store().reader(Notifications::ID), &entries).unwrap();
+        reader.committed(last);
+        last
+    }
+
+    /// On a new store every confirmation is derived: none is stored, the
+    /// live feed hears of each with the id the inbox lists, and the inbox
+    /// lists it from its booking among the stored notifications, newest
+    /// first. Only read marks are stored, for the user's own confirmations
+    /// only, and they last.
+    #[tokio::test]
+    async fn confirmations_are_listed_from_their_bookings_and_only_their_read_marks_stored() {
+        let (_dir, graph, live, ledger, ticket_type) = shop("inbox-derived");
+        let rows = graph.store().reader(Notifications::ID);
+        let derived = Arc::new(DerivedConfirmations::open(&rows, &ledger).unwrap());
+        let mut reader = Notifications::load(graph.clone(), &rows, live.clone(), derived.clone()).unwrap();
+        let mut ann_feed = live.subscribe(UserId(7));
+
+        let pair = book(&ledger, ticket_type, 7, 2, false, 1_000);
+        let held = book(&ledger, ticket_type, 7, 1, true, 2_000);
+        let held = Booking::clone(&ledger.confirm(held.id, 3_000).unwrap());
+        let gone = book(&ledger, ticket_type, 7, 1, false, 4_000);
+        ledger.cancel(gone.id, 5_000).unwrap();
+        let bobs = book(&ledger, ticket_type, 8, 1, false, 6_000);
+        catch_up(&graph, &mut reader, 0);
+
+        let stored = rows.scan(&[INBOX], false, usize::MAX).unwrap();
+        let stored: Vec<String> =
+            stored.iter().map(|(_, value)| decode(UserId(7), value).unwrap().notification.kind).collect();
+        assert_eq!(stored, ["booking.cancelled"], "only the cancellation is stored");
+        let confirmed = |b: &Booking| confirmed_id(b.id);
+        let mut heard = Vec::new();
+        for _ in 0..4 {
+            let notification = ann_feed.recv().await.unwrap();
+            heard.push((notification.id.clone(), notification.created_at_ms));
+        }
+        let cancelled_id = stored_inbox_ids(&graph, &ledger, &derived, UserId(7))[0].clone();
+        assert_eq!(
+            heard,
+            [(confirmed(&pair), 1_000), (confirmed(&held), 3_000), (confirmed(&gone), 4_000), (cancelled_id, 5_000)]
+        );
+
+        let listed = inbox(&graph, &ledger, &derived, UserId(7), usize::MAX, false).unwrap();
+        let ids: Vec<&str> = listed.iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(ids[1..], [confirmed(&gone), confirmed(&held), confirmed(&pair)], "newest first");
+        let first = &listed[3];
+        assert_eq!(first.kind, "booking.confirmed");
+        assert_eq!(first.message, "Your booking of 2 tickets for Gig is confirmed.");
+        assert_eq!((first.event, first.created_at_ms, first.read), (Some(pair.event.0), 1_000, false));
+        assert_eq!(listed[1].message, "Your booking of 1 ticket for Gig is confirmed.", "cancelled since, still told");
+
+        let unread = |user: u64| unread_count(&graph, &ledger, &derived, UserId(user)).unwrap();
+        assert_eq!(unread(7), 4);
+        let named = [confirmed(&pair), confirmed(&bobs), "999-0".to_string()];
+        assert_eq!(mark_read(&graph, &ledger, &derived, UserId(7), Some(&named)).unwrap(), 1, "bob's is not ann's");
+        assert_eq!(mark_read(&graph, &ledger, &derived, UserId(7), Some(&named)).unwrap(), 0, "read already");
+        let unread_ids: Vec<String> =
+            inbox(&graph, &ledger, &derived, UserId(7), usize::MAX, true).unwrap().into_iter().map(|n| n.id).collect();
+        assert_eq!(unread_ids, ids[..3]);
+        assert_eq!(mark_read(&graph, &ledger, &derived, UserId(7), None).unwrap(), 3);
+        assert_eq!((unread(7), unread(8)), (0, 1));
+
+        // The marks and the split outlast a restart.
+        let derived = DerivedConfirmations::open(&rows, &ledger).unwrap();
+        let listed = inbox(&graph, &ledger, &derived, UserId(7), usize::MAX, false).unwrap();
+        assert!(listed.iter().all(|n| n.read), "{listed:?}");
+        assert_eq!(inbox(&graph, &ledger, &derived, UserId(8), 1, true).unwrap()[0].id, confirmed(&bobs));
+    }
+
+    fn stored_inbox_ids(graph: &Graph, ledger: &Ledger, derived: &DerivedConfirmations, user: UserId) -> Vec<String> {
+        let listed = inbox(graph, ledger, derived, user, usize::MAX, false).unwrap();
+        listed.into_iter().filter(|n| !n.id.starts_with(CONFIRMED_ID)).map(|n| n.id).collect()
+    }
+
+    /// A store from before derived confirmations: its first start with them
+    /// keeps the confirmations it stored, derives the ones still to come
+    /// (of bookings held then and of later ones), lists each once, and
+    /// keeps that split across restarts, when the held booking is no longer
+    /// held. A damaged split row is an error.
+    #[test]
+    fn the_first_start_with_derived_confirmations_keeps_those_stored_before() {
+        let (_dir, graph, live, ledger, ticket_type) = shop("inbox-split");
+        let rows = graph.store().reader(Notifications::ID);
+        let mut before = Notifications::load(graph.clone(), &rows, live.clone(), stored_layout()).unwrap();
+        let early = book(&ledger, ticket_type, 7, 1, false, 1_000);
+        let held = book(&ledger, ticket_type, 7, 3, true, 2_000);
+        let at = catch_up(&graph, &mut before, 0);
+        drop(before);
+
+        let derived = Arc::new(DerivedConfirmations::open(&rows, &ledger).unwrap());
+        assert!(!derived.derives(early.id), "stored before");
+        assert!(derived.derives(held.id), "its confirmation was still to come");
+        let mut reader = Notifications::load(graph.clone(), &rows, live, derived.clone()).unwrap();
+        let held = Booking::clone(&ledger.confirm(held.id, 3_000).unwrap());
+        let later = book(&ledger, ticket_type, 7, 1, false, 4_000);
+        assert!(derived.derives(later.id));
+        catch_up(&graph, &mut reader, at);
+
+        let stored = rows.scan(&[INBOX], false, usize::MAX).unwrap();
+        assert_eq!(stored.len(), 1, "the confirmation stored before, and nothing since");
+        let early_id = decode(UserId(7), &stored[0].1).unwrap().notification.id;
+        let listed: Vec<String> =
+            inbox(&graph, &ledger, &derived, UserId(7), usize::MAX, false).unwrap().into_iter().map(|n| n.id).collect();
+        assert_eq!(listed, [confirmed_id(later.id), confirmed_id(held.id), early_id]);
+
+        // Restarted: the split is the stored one, not where bookings stand now.
+        let again = DerivedConfirmations::open(&rows, &ledger).unwrap();
+        assert!(again.derives(held.id) && !again.derives(early.id) && again.derives(later.id));
+        let fresh = DerivedConfirmations::open(&graph.store().reader(Notifications::ID + 100), &ledger).unwrap();
+        assert!(!fresh.derives(held.id), "now confirmed, it would be taken as stored");
+
+        let mut damaged = ReaderBatch::default();
+        damaged.put(&rows, &[DERIVED], &[0, 0, 0, 1, 2]);
+        rows.commit(damaged, None).unwrap();
+        assert!(matches!(DerivedConfirmations::open(&rows, &ledger), Err(graph::Error::Corrupt(_))));
+    }
+
     /// Marking read changes only the named notifications of the user,
     /// survives a reload, and a value that does not decode is an error,
     /// not a panic.
@@ -998,21 +1403,21 @@ mod tests {
     fn marks_read_and_rejects_damaged_values() {
         let (_dir, graph, live) = scratch("inbox-read");
         let rows = graph.store().reader(Notifications::ID);
-        let mut reader = Notifications::load(graph.clone(), &rows, live.clone()).unwrap();
+        let mut reader = Notifications::load(graph.clone(), &rows, live.clone(), stored_layout()).unwrap();
         let entries: Vec<Entry> = (1..=5).map(|seq| booking_entry(seq, seq, 9, 1, BookingStatus::Confirmed)).collect();
         apply_and_commit(&mut reader, &rows, &entries).unwrap();
         let named = ["2-0".to_string(), "4-0".to_string(), "7-0".to_string()];
-        assert_eq!(mark_read(&graph, UserId(9), Some(&named)).unwrap(), 2);
-        assert_eq!(mark_read(&graph, UserId(10), None).unwrap(), 0, "another user's inbox is empty");
-        let _reloaded = Notifications::load(graph.clone(), &rows, live).unwrap();
+        assert_eq!(stored_mark_read(&graph, UserId(9), Some(&named)), 2);
+        assert_eq!(stored_mark_read(&graph, UserId(10), None), 0, "another user's inbox is empty");
+        let _reloaded = Notifications::load(graph.clone(), &rows, live, stored_layout()).unwrap();
         let read: Vec<(String, bool)> =
-            inbox(&graph, UserId(9), usize::MAX, false).unwrap().into_iter().map(|n| (n.id, n.read)).collect();
+            stored_inbox(&graph, UserId(9), usize::MAX, false).into_iter().map(|n| (n.id, n.read)).collect();
         let expected: Vec<(String, bool)> = (1..=5).rev().map(|seq| (format!("{seq}-0"), seq % 2 == 0)).collect();
         assert_eq!(read, expected);
-        let unread: Vec<String> = inbox(&graph, UserId(9), 2, true).unwrap().into_iter().map(|n| n.id).collect();
+        let unread: Vec<String> = stored_inbox(&graph, UserId(9), 2, true).into_iter().map(|n| n.id).collect();
         assert_eq!(unread, ["5-0", "3-0"]);
 
-        let good = encode(1, 0, &inbox(&graph, UserId(9), 1, false).unwrap()[0]);
+        let good = encode(1, 0, &stored_inbox(&graph, UserId(9), 1, false)[0]);
         for damaged in [&good[..ENCODED_HEAD - 1], &good[..ENCODED_HEAD + 2], &[7u8, 1, 2][..], b"{\"id\":\"x\"}"] {
             assert!(matches!(decode(UserId(9), damaged), Err(graph::Error::Corrupt(_))), "{damaged:?}");
         }

@@ -53,7 +53,8 @@ impl NotificationsQuery {
         let app = app(ctx).clone();
         let unread_only = unread_only.unwrap_or(false);
         blocking(move || {
-            let found = notifications::inbox(&app.graph, user, first, unread_only)?;
+            let derived = &app.readers.derived_confirmations;
+            let found = notifications::inbox(&app.graph, &app.ledger, derived, user, first, unread_only)?;
             Ok(found.into_iter().map(NotificationObject).collect())
         })
         .await
@@ -63,7 +64,11 @@ impl NotificationsQuery {
     async fn unread_notification_count(&self, ctx: &Context<'_>) -> ApiResult<i32> {
         let user = viewer(ctx).require()?.id;
         let app = app(ctx).clone();
-        blocking(move || Ok(notifications::unread_count(&app.graph, user)? as i32)).await
+        blocking(move || {
+            let derived = &app.readers.derived_confirmations;
+            Ok(notifications::unread_count(&app.graph, &app.ledger, derived, user)? as i32)
+        })
+        .await
     }
 }
 
@@ -79,14 +84,22 @@ impl NotificationsMutation {
         if ids.as_ref().is_some_and(|ids| ids.len() > MARK_IDS_MAX) {
             return Err(ApiError::bad_input("ids", format!("at most {MARK_IDS_MAX} ids at once")));
         }
-        // A notification's id is `seq-k`, two numbers: anything else names none.
-        let is_notification_id =
-            |id: &ID| id.split_once('-').is_some_and(|(seq, k)| [seq, k].iter().all(|n| n.parse::<u64>().is_ok()));
+        // A notification's id is `seq-k`, two numbers, or `confirmed-` and a
+        // booking's id: anything else names none.
+        let is_notification_id = |id: &ID| {
+            id.split_once('-').is_some_and(|(first, second)| {
+                (first == "confirmed" || first.parse::<u64>().is_ok()) && second.parse::<u64>().is_ok()
+            })
+        };
         if let Some(bad) = ids.iter().flatten().find(|id| !is_notification_id(id)) {
             return Err(ApiError::bad_input("ids", format!("{:?} is not a valid id", bad.as_str())));
         }
         let ids: Option<Vec<String>> = ids.map(|ids| ids.into_iter().map(|id| id.0).collect());
         let app = app(ctx).clone();
-        blocking(move || Ok(notifications::mark_read(&app.graph, user, ids.as_deref())?)).await
+        blocking(move || {
+            let derived = &app.readers.derived_confirmations;
+            Ok(notifications::mark_read(&app.graph, &app.ledger, derived, user, ids.as_deref())?)
+        })
+        .await
     }
 }
