@@ -24,7 +24,9 @@
 -- server, on the same two cores, would otherwise lose. At the end it
 -- prints one line:
 --   book.lua: requests=N confirmed=N sold_out=N other_errors=N non_200=N
--- where other_errors counts any error but SOLD_OUT (all should be 0).
+-- where other_errors counts any error but SOLD_OUT (all should be 0), and
+-- one more with latency percentiles in microseconds, for pooling runs:
+--   book.lua: latency_us 90=V 95=V ... 99.9=V 100=V
 
 local tokens_file = os.getenv("MARQUEE_TOKENS_FILE")
 local ticket_type = os.getenv("MARQUEE_TICKET_TYPE")
@@ -116,4 +118,11 @@ function done(summary, latency, requests)
    io.write(string.format(
       "book.lua: requests=%d confirmed=%d sold_out=%d other_errors=%d non_200=%d\n",
       summary.requests, totals.confirmed, totals.sold_out, totals.other_errors, totals.non_200))
+   local percentiles = {}
+   for _, p in ipairs({ 90, 95, 97, 98, 98.5, 99, 99.25, 99.5, 99.75, 99.9 }) do
+      table.insert(percentiles, string.format("%g=%d", p, latency:percentile(p)))
+   end
+   -- (percentile(100) reads 0 here: the maximum instead.)
+   table.insert(percentiles, string.format("100=%d", latency.max))
+   io.write("book.lua: latency_us " .. table.concat(percentiles, " ") .. "\n")
 end
