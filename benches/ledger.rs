@@ -57,8 +57,9 @@ fn world(name: &str, count: usize, capacity: i64) -> World {
         };
         let event = graph.create_event(organizer, new).expect("create event").id;
         for _ in 0..(count - ticket_types.len()).min(graph::rules::TICKET_TYPES_PER_EVENT_MAX) {
+            // Names are unique within an event.
             let new = NewTicketType {
-                name: "GA".into(),
+                name: format!("GA {}", ticket_types.len()),
                 price_cents: 4_500,
                 currency: "EUR".into(),
                 capacity,
