@@ -444,6 +444,15 @@ fn confirmed_id(booking: BookingId) -> String {
     format!("{CONFIRMED_ID}{booking}")
 }
 
+/// Whether `id` has the form of a notification's id: `seq-k` (two numbers)
+/// for a stored one, `confirmed-` and a booking's id for a derived one.
+pub fn is_notification_id(id: &str) -> bool {
+    if let Some(booking) = id.strip_prefix(CONFIRMED_ID) {
+        return booking.parse::<u64>().is_ok();
+    }
+    id.split_once('-').is_some_and(|(seq, k)| [seq, k].iter().all(|n| n.parse::<u64>().is_ok()))
+}
+
 /// Which bookings' `booking.confirmed` the inbox lists from the booking
 /// itself instead of storing it.
 ///
@@ -1079,16 +1088,19 @@ mod tests {
         Arc::new(DerivedConfirmations { issued_from: u64::MAX, held_then: HashSet::new() })
     }
 
-    /// An inbox of stored notifications only (the entries of the tests
-    /// above make no bookings in a ledger).
+    /// A ledger over `graph` without bookings: the entries of the tests
+    /// above make none in it.
+    fn no_bookings(graph: &Arc<Graph>) -> Ledger {
+        Ledger::open(graph.clone(), ledger::Options { durable: false, ..Default::default() }).unwrap()
+    }
+
+    /// An inbox of stored notifications only.
     fn stored_inbox(graph: &Arc<Graph>, user: UserId, first: usize, unread_only: bool) -> Vec<Notification> {
-        let ledger = Ledger::open(graph.clone(), ledger::Options { durable: false, ..Default::default() }).unwrap();
-        inbox(graph, &ledger, &stored_layout(), user, first, unread_only).unwrap()
+        inbox(graph, &no_bookings(graph), &stored_layout(), user, first, unread_only).unwrap()
     }
 
     fn stored_mark_read(graph: &Arc<Graph>, user: UserId, ids: Option<&[String]>) -> usize {
-        let ledger = Ledger::open(graph.clone(), ledger::Options { durable: false, ..Default::default() }).unwrap();
-        mark_read(graph, &ledger, &stored_layout(), user, ids).unwrap()
+        mark_read(graph, &no_bookings(graph), &stored_layout(), user, ids).unwrap()
     }
 
     fn ids(graph: &Arc<Graph>, user: UserId) -> Vec<String> {

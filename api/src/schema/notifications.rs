@@ -84,14 +84,8 @@ impl NotificationsMutation {
         if ids.as_ref().is_some_and(|ids| ids.len() > MARK_IDS_MAX) {
             return Err(ApiError::bad_input("ids", format!("at most {MARK_IDS_MAX} ids at once")));
         }
-        // A notification's id is `seq-k`, two numbers, or `confirmed-` and a
-        // booking's id: anything else names none.
-        let is_notification_id = |id: &ID| {
-            id.split_once('-').is_some_and(|(first, second)| {
-                (first == "confirmed" || first.parse::<u64>().is_ok()) && second.parse::<u64>().is_ok()
-            })
-        };
-        if let Some(bad) = ids.iter().flatten().find(|id| !is_notification_id(id)) {
+        // Anything but a notification's id names none.
+        if let Some(bad) = ids.iter().flatten().find(|id| !notifications::is_notification_id(id)) {
             return Err(ApiError::bad_input("ids", format!("{:?} is not a valid id", bad.as_str())));
         }
         let ids: Option<Vec<String>> = ids.map(|ids| ids.into_iter().map(|id| id.0).collect());
